@@ -1,0 +1,51 @@
+//! `voxelscan info PATH`: one JSON object with the facts nibabel reports for the image.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{CliResult, OpenArgs};
+use crate::proxy::ArrayProxy;
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Image file (NIfTI-1/2 .nii/.hdr, Analyze .hdr, MGH .mgh/.mgz, .npy, raw with --raw; .gz accepted).
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub open: OpenArgs,
+}
+
+/// The contract's field names and order.
+#[derive(Debug, Serialize)]
+struct Info {
+    format: &'static str,
+    shape: Vec<usize>,
+    dtype: String,
+    scaled_dtype: String,
+    offset: u64,
+    slope: f64,
+    inter: f64,
+    order: String,
+    affine: [[f64; 4]; 4],
+    zooms: Vec<f64>,
+}
+
+pub fn run(args: InfoArgs) -> CliResult {
+    let header = args.open.header(&args.path)?;
+    let proxy = ArrayProxy::from_header(&header, Default::default())?;
+    let info = Info {
+        format: header.format.name(),
+        shape: proxy.shape().to_vec(),
+        dtype: proxy.dtype().numpy_str(),
+        scaled_dtype: proxy.scaled_dtype()?.numpy_str(),
+        offset: proxy.offset(),
+        slope: proxy.slope().value(),
+        inter: proxy.inter().value(),
+        order: proxy.order().to_string(),
+        affine: header.affine,
+        zooms: header.zooms.clone(),
+    };
+    let text = serde_json::to_string(&info).map_err(|e| super::CliError(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}

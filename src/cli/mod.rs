@@ -1,0 +1,135 @@
+//! The command-line front: argument parsing and dispatch only; each subcommand lives in its own file.
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::VoxelError;
+
+mod info;
+mod slice;
+#[cfg(feature = "sql")]
+pub mod export;
+#[cfg(feature = "sql")]
+pub mod sql;
+
+/// SQL over the voxels of neuroimaging files, read lazily and exactly as nibabel would.
+#[derive(Debug, Parser)]
+#[command(name = "voxelscan", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an image's header facts as one JSON object.
+    Info(info::InfoArgs),
+    /// Write `proxy[SPEC]` (numpy basic indexing) to a .npy file.
+    Slice(slice::SliceArgs),
+    /// Run SQL statements over image tables (interactive prompt without a statement).
+    #[cfg(feature = "sql")]
+    Sql(sql::SqlArgs),
+    /// Export an image (or a query over it) to Parquet.
+    #[cfg(feature = "sql")]
+    Export(export::ExportArgs),
+}
+
+/// A failure to report: printed as one `error: …` line, exit status 2.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<VoxelError> for CliError {
+    fn from(e: VoxelError) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+/// Entry point of the `voxelscan` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(&CliError(clap_message(&e))),
+    };
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Slice(a) => slice::run(a),
+        #[cfg(feature = "sql")]
+        Command::Sql(a) => sql::run(a),
+        #[cfg(feature = "sql")]
+        Command::Export(a) => export::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// clap's first message line, without its own `error: ` prefix and usage block.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    first.trim_start_matches("error:").trim().to_string()
+}
+
+fn fail(e: &CliError) -> ExitCode {
+    let one_line = e.0.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("error: {one_line}");
+    ExitCode::from(2)
+}
+
+/// Options shared by commands that open an image.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpenArgs {
+    /// Read PATH as a headerless raw array: 'shape=2,3,4;dtype=<i2;offset=16;slope=2.0;inter=1.0;order=C'
+    /// (slope/inter as 'f4:2.5' for a float32 factor).
+    #[arg(long, value_name = "SPEC")]
+    pub raw: Option<String>,
+    /// Memory-map uncompressed files: c (copy-on-write, default), r (read-only) or off.
+    #[arg(long, value_name = "MODE", default_value = "c")]
+    pub mmap: crate::io::local::MmapMode,
+    /// Keep one file handle open for all reads instead of opening the file per read.
+    #[arg(long)]
+    pub keep_file_open: bool,
+}
+
+impl OpenArgs {
+    pub fn open(&self, path: &std::path::Path) -> Result<crate::proxy::ArrayProxy, VoxelError> {
+        let opts = crate::proxy::ProxyOptions {
+            mmap: self.mmap,
+            keep_file_open: self.keep_file_open,
+            ..Default::default()
+        };
+        match &self.raw {
+            Some(spec) => crate::proxy::ArrayProxy::open_raw(path, spec, opts),
+            None => crate::proxy::ArrayProxy::open(path, opts),
+        }
+    }
+
+    pub fn header(&self, path: &std::path::Path) -> Result<crate::formats::ImageHeader, VoxelError> {
+        match &self.raw {
+            Some(spec) => crate::formats::parse_raw_spec(spec, path),
+            None => crate::formats::read_header(path),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! One error type for the whole crate: every failure says what was wrong and, where known, in which file.
+
+use std::path::Path;
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = VoxelError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading an image or serving a query.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VoxelError {
+    /// The operating system refused a read/open.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A header is malformed (wrong magic, absurd dims, unknown datatype, ...).
+    #[error("{path}: {msg}")]
+    Header { path: String, msg: String },
+    /// The file holds fewer bytes than the header promises.
+    #[error("{path}: file is truncated: expected {expected} bytes, found {actual}")]
+    Truncated {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A slice spec that cannot be parsed or does not fit the array (numpy's IndexError/ValueError).
+    #[error("invalid slice: {0}")]
+    Slice(String),
+    /// A dtype string or code that is not understood or not supported.
+    #[error("dtype: {0}")]
+    DType(String),
+    /// Scaling would overflow every supported float type.
+    #[error("overflow: {0}")]
+    Overflow(String),
+    /// A feature of the file that this crate does not read (float128, ...).
+    #[error("{path}: unsupported: {what}")]
+    Unsupported { path: String, what: String },
+    /// A bad option, spec or argument from the caller.
+    #[error("{0}")]
+    Invalid(String),
+    /// A pure-module error with the file it happened in attached afterwards.
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        #[source]
+        source: Box<VoxelError>,
+    },
+}
+
+impl VoxelError {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        VoxelError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    pub fn header(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        VoxelError::Header {
+            path: path.as_ref().display().to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Attach a file name to an error that does not carry one yet.
+    pub fn in_file(self, path: impl AsRef<Path>) -> Self {
+        match self {
+            VoxelError::Slice(_) | VoxelError::DType(_) | VoxelError::Overflow(_) | VoxelError::Invalid(_) => {
+                VoxelError::InFile {
+                    path: path.as_ref().display().to_string(),
+                    source: Box::new(self),
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Local, uncompressed files: positional reads (`pread`) or a memory map. Reads never move a caller's file cursor.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::{ByteSource, ReadStats};
+use crate::error::{Result, VoxelError};
+use crate::plan::Segment;
+
+/// nibabel's `mmap` option. For owned results both mapping modes read the same bytes; they differ only for the
+/// zero-copy views of [`crate::proxy::ArrayProxy::map_unscaled`] (`ReadOnly` views cannot be written,
+/// `CopyOnWrite` ones can, privately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MmapMode {
+    Off,
+    /// numpy mode `'c'`, also what `mmap=True` means.
+    #[default]
+    CopyOnWrite,
+    /// numpy mode `'r'`.
+    ReadOnly,
+}
+
+impl std::str::FromStr for MmapMode {
+    type Err = VoxelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "c" | "true" | "1" | "on" | "yes" => Ok(MmapMode::CopyOnWrite),
+            "r" => Ok(MmapMode::ReadOnly),
+            "off" | "false" | "0" | "no" | "none" => Ok(MmapMode::Off),
+            _ => Err(VoxelError::Invalid(format!(
+                "mmap should be one of c, r, off (got '{s}')"
+            ))),
+        }
+    }
+}
+
+/// Where the file handle comes from.
+#[derive(Debug, Clone)]
+pub enum Handle {
+    /// Open the path afresh for every read (nibabel's `keep_file_open=False`).
+    PerRead,
+    /// Open once, on first use, and keep it for the source's lifetime (`keep_file_open=True`).
+    Kept(Arc<OnceLock<Arc<File>>>),
+    /// A handle the caller opened; never closed by us, its cursor never moved.
+    Shared(Arc<File>),
+}
+
+/// A local file read by positional reads or through a memory map.
+#[derive(Debug)]
+pub struct LocalSource {
+    path: PathBuf,
+    location: String,
+    handle: Handle,
+    mmap: MmapMode,
+    /// Serialises reads on a shared handle, like nibabel's per-proxy RLock (shared by copies over the same handle).
+    lock: Arc<Mutex<()>>,
+}
+
+impl LocalSource {
+    pub fn new(path: &Path, handle: Handle, mmap: MmapMode, lock: Arc<Mutex<()>>) -> LocalSource {
+        LocalSource {
+            path: path.to_path_buf(),
+            location: path.display().to_string(),
+            handle,
+            mmap,
+            lock,
+        }
+    }
+
+    fn file(&self) -> Result<Arc<File>> {
+        let open = || File::open(&self.path).map(Arc::new).map_err(|e| VoxelError::io(&self.path, e));
+        match &self.handle {
+            Handle::PerRead => open(),
+            Handle::Shared(f) => Ok(Arc::clone(f)),
+            Handle::Kept(cell) => {
+                if let Some(f) = cell.get() {
+                    return Ok(Arc::clone(f));
+                }
+                let f = open()?;
+                Ok(Arc::clone(cell.get_or_init(|| f)))
+            }
+        }
+    }
+
+    fn file_len(&self, file: &File) -> Result<u64> {
+        Ok(file.metadata().map_err(|e| VoxelError::io(&self.path, e))?.len())
+    }
+
+    fn check_bounds(&self, segments: &[Segment], len: u64) -> Result<()> {
+        let end = segments.iter().map(|s| s.offset.saturating_add(s.len)).max().unwrap_or(0);
+        if end > len {
+            return Err(VoxelError::Truncated {
+                path: self.location.clone(),
+                expected: end,
+                actual: len,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_mapped(&self, file: &File, segments: &[Segment], out: &mut [u8]) -> Result<bool> {
+        // SAFETY: the map is read-only and private to this call; the length was checked against the file's size just
+        // before mapping. A file truncated by another process during the copy would fault: that is the documented
+        // hazard of memory-mapped reads (nibabel/numpy share it), and `MmapMode::Off` avoids it.
+        let map: Mmap = match unsafe { MmapOptions::new().map(file) } {
+            Ok(m) => m,
+            // Not mappable (special files, some filesystems): fall back to positional reads, as numpy's memmap
+            // failure makes nibabel do.
+            Err(_) => return Ok(false),
+        };
+        let mut pos = 0usize;
+        for s in segments {
+            let (start, n) = (usize::try_from(s.offset), usize::try_from(s.len));
+            let (Ok(start), Ok(n)) = (start, n) else {
+                return Err(VoxelError::Invalid(format!("{}: segment beyond address space", self.location)));
+            };
+            let src = map.get(start..start + n).ok_or_else(|| VoxelError::Truncated {
+                path: self.location.clone(),
+                expected: s.offset + s.len,
+                actual: map.len() as u64,
+            })?;
+            out[pos..pos + n].copy_from_slice(src);
+            pos += n;
+        }
+        Ok(true)
+    }
+
+    fn read_positional(&self, file: &File, segments: &[Segment], out: &mut [u8]) -> Result<()> {
+        let mut pos = 0usize;
+        for s in segments {
+            let n = s.len as usize;
+            read_exact_at(file, &mut out[pos..pos + n], s.offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    VoxelError::Truncated {
+                        path: self.location.clone(),
+                        expected: s.offset + s.len,
+                        actual: self.file_len(file).unwrap_or(0),
+                    }
+                } else {
+                    VoxelError::io(&self.path, e)
+                }
+            })?;
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+/// `read_exact_at` that retries interrupted reads (std's does too) and reports a short file as `UnexpectedEof`.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    file.read_exact_at(buf, offset)
+}
+
+/// Below this many bytes a map costs more than it saves.
+const MIN_MAP_BYTES: u64 = 64 * 1024;
+
+impl ByteSource for LocalSource {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn size(&self) -> Result<Option<u64>> {
+        let f = self.file()?;
+        Ok(Some(self.file_len(&f)?))
+    }
+
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        let total: u64 = segments.iter().map(|s| s.len).sum();
+        if total != out.len() as u64 {
+            return Err(VoxelError::Invalid(format!(
+                "{}: read buffer of {} bytes for {} planned bytes",
+                self.location,
+                out.len(),
+                total
+            )));
+        }
+        let stats = ReadStats {
+            bytes_read: total,
+            bytes_delivered: total,
+            segments: segments.len() as u64,
+            requests: segments.len() as u64,
+        };
+        if segments.is_empty() {
+            return Ok(stats);
+        }
+        let file = self.file()?;
+        let len = self.file_len(&file)?;
+        self.check_bounds(segments, len)?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.mmap != MmapMode::Off && total >= MIN_MAP_BYTES && segments.len() > 1 && self.read_mapped(&file, segments, out)? {
+            return Ok(ReadStats { requests: 1, ..stats });
+        }
+        self.read_positional(&file, segments, out)?;
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source(bytes: &[u8], mmap: MmapMode) -> (tempfile::NamedTempFile, LocalSource) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        let s = LocalSource::new(f.path(), Handle::PerRead, mmap, Arc::default());
+        (f, s)
+    }
+
+    #[test]
+    fn reads_segments_both_ways() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+        for mode in [MmapMode::Off, MmapMode::CopyOnWrite, MmapMode::ReadOnly] {
+            let (_f, s) = source(&data, mode);
+            let segs = [
+                Segment { offset: 3, len: 70_000 },
+                Segment { offset: 100_000, len: 5 },
+            ];
+            let mut out = vec![0; 70_005];
+            s.read_segments(&segs, &mut out).unwrap();
+            assert_eq!(&out[..70_000], &data[3..70_003]);
+            assert_eq!(&out[70_000..], &data[100_000..100_005]);
+        }
+    }
+
+    #[test]
+    fn short_file_is_truncated_error() {
+        let (_f, s) = source(&[1, 2, 3], MmapMode::Off);
+        let mut out = vec![0; 4];
+        let err = s.read_segments(&[Segment { offset: 0, len: 4 }], &mut out).unwrap_err();
+        assert!(matches!(err, VoxelError::Truncated { expected: 4, actual: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_path() {
+        let s = LocalSource::new(Path::new("/no/such/file.nii"), Handle::PerRead, MmapMode::Off, Arc::default());
+        let mut out = vec![0; 1];
+        let err = s.read_segments(&[Segment { offset: 0, len: 1 }], &mut out).unwrap_err();
+        assert!(err.to_string().contains("/no/such/file.nii"));
+    }
+
+    #[test]
+    fn parses_mmap_modes() {
+        assert_eq!("c".parse::<MmapMode>().unwrap(), MmapMode::CopyOnWrite);
+        assert_eq!("r".parse::<MmapMode>().unwrap(), MmapMode::ReadOnly);
+        assert_eq!("off".parse::<MmapMode>().unwrap(), MmapMode::Off);
+        assert!("rw".parse::<MmapMode>().is_err());
+    }
+}

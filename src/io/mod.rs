@@ -1,0 +1,55 @@
+//! Byte sources: where the bytes of an image come from. One trait, several places (local file by mmap or
+//! positional reads, a gzip stream, later object storage). The read planner decides *which* bytes; a source only
+//! fetches them, coalescing as suits the medium.
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::plan::Segment;
+
+pub mod local;
+pub mod stream;
+
+/// What one read cost, for `EXPLAIN ANALYZE`, `--stats` and the bytes-read assertions in tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Bytes taken from the medium (compressed bytes for gzip, bytes fetched for remote stores).
+    pub bytes_read: u64,
+    /// Bytes delivered to the caller (sum of the segment lengths).
+    pub bytes_delivered: u64,
+    /// Planned segments served.
+    pub segments: u64,
+    /// Physical requests issued (reads, GETs, decompression passes).
+    pub requests: u64,
+}
+
+impl ReadStats {
+    pub fn add(&mut self, other: ReadStats) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_delivered += other.bytes_delivered;
+        self.segments += other.segments;
+        self.requests += other.requests;
+    }
+}
+
+/// A readable, immutable run of bytes.
+pub trait ByteSource: Send + Sync + Debug {
+    /// Path or URL, for error messages.
+    fn location(&self) -> &str;
+
+    /// Total length when known without reading the data (not for compressed streams).
+    fn size(&self) -> Result<Option<u64>>;
+
+    /// Fill `out` with the bytes of `segments`, concatenated in the order given. Segments are sorted by offset and do
+    /// not overlap; `out.len()` equals the sum of their lengths. A segment past the end of the data is an error
+    /// (`VoxelError::Truncated`), never a short or zero-filled result.
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats>;
+}
+
+/// The byte source for a gzip-compressed file at `path`.
+pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
+    let _ = keep_open;
+    Ok(Arc::new(stream::GzipPathSource::new(path)))
+}

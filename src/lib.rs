@@ -1,0 +1,22 @@
+//! # voxelscan
+//!
+//! SQL over the voxels of neuroimaging files, read lazily and exactly as nibabel reads them.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! file ─► formats (header) ─► proxy ─► slicer (canonical slice) ─► plan (byte segments + post-slicing)
+//!      ─► io (byte source: mmap / pread / gzip) ─► values (decode) ─► scaling ─► VoxelArray | Arrow batches (table)
+//! ```
+//!
+//! The core type is `proxy::ArrayProxy`, a Rust rendering of nibabel's `ArrayProxy`.
+
+pub mod dtype;
+pub mod error;
+pub mod synth;
+pub mod values;
+// Modules enabled as the pieces they build on land (slicer, plan, formats):
+// pub mod array; pub mod cli; pub mod io; pub mod proxy; pub mod scaling;
+
+pub use dtype::{ByteOrder, DType, Scalar};
+pub use error::{Result, VoxelError};

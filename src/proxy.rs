@@ -1,0 +1,575 @@
+//! The array proxy: a lazy, read-only view of an n-dimensional array stored contiguously in a file, with nibabel's
+//! `ArrayProxy` semantics (reference §1). Reading goes header → canonical slice → read plan → byte source → decode →
+//! scaling.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::array::VoxelArray;
+use crate::dtype::DType;
+use crate::error::{Result, VoxelError};
+use crate::formats::{self, Compression, Factor, ImageHeader};
+use crate::io::local::{Handle, LocalSource, MmapMode};
+use crate::io::stream::GzipStreamSource;
+use crate::io::{ByteSource, ReadStats};
+use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
+use crate::scaling;
+use crate::slicer::{CanonicalSlice, SliceSpec, canonical_slice};
+use crate::values::Values;
+
+/// Crate-level default of `keep_file_open` (nibabel's `KEEP_FILE_OPEN_DEFAULT`).
+pub const KEEP_FILE_OPEN_DEFAULT: bool = false;
+
+/// How a proxy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// Memory-map uncompressed local files; silently ignored where the source cannot be mapped.
+    pub mmap: MmapMode,
+    /// Keep one handle for the proxy's lifetime instead of opening the file for every read.
+    pub keep_file_open: bool,
+    /// Override the spec's storage order (F is the default for tuple specs, NIfTI, Analyze and MGH).
+    pub order: Option<Order>,
+    /// nibabel's skip threshold in bytes: gaps up to this size are read through rather than skipped.
+    pub skip_threshold: u64,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            mmap: MmapMode::CopyOnWrite,
+            keep_file_open: KEEP_FILE_OPEN_DEFAULT,
+            order: None,
+            skip_threshold: SKIP_THRESHOLD,
+        }
+    }
+}
+
+/// What a proxy needs from a header (nibabel's `get_data_shape`, `get_data_dtype`, `get_data_offset`,
+/// `get_slope_inter`). The values are copied at construction.
+pub trait HeaderSpec {
+    fn data_shape(&self) -> Vec<usize>;
+    fn data_dtype(&self) -> DType;
+    fn data_offset(&self) -> u64;
+    /// The factors to apply: (1.0, 0.0) where the header means "no scaling".
+    fn slope_inter(&self) -> (Factor, Factor);
+    fn default_order(&self) -> Order {
+        Order::F
+    }
+}
+
+impl HeaderSpec for ImageHeader {
+    fn data_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn data_dtype(&self) -> DType {
+        self.dtype
+    }
+    fn data_offset(&self) -> u64 {
+        self.offset
+    }
+    fn slope_inter(&self) -> (Factor, Factor) {
+        (self.slope, self.inter)
+    }
+    fn default_order(&self) -> Order {
+        self.order
+    }
+}
+
+/// nibabel's tuple spec `(shape, dtype, offset=0, slope=1.0, inter=0.0)`; factors are applied literally.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArraySpec {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub offset: u64,
+    pub slope: Factor,
+    pub inter: Factor,
+}
+
+impl ArraySpec {
+    pub fn new(shape: Vec<usize>, dtype: DType) -> ArraySpec {
+        ArraySpec {
+            shape,
+            dtype,
+            offset: 0,
+            slope: Factor::F64(1.0),
+            inter: Factor::F64(0.0),
+        }
+    }
+
+    pub fn with_offset(mut self, offset: u64) -> ArraySpec {
+        self.offset = offset;
+        self
+    }
+
+    pub fn with_scaling(mut self, slope: Factor, inter: Factor) -> ArraySpec {
+        self.slope = slope;
+        self.inter = inter;
+        self
+    }
+}
+
+impl HeaderSpec for ArraySpec {
+    fn data_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+    fn data_dtype(&self) -> DType {
+        self.dtype
+    }
+    fn data_offset(&self) -> u64 {
+        self.offset
+    }
+    fn slope_inter(&self) -> (Factor, Factor) {
+        (self.slope, self.inter)
+    }
+}
+
+/// Where the data bytes live.
+#[derive(Debug, Clone)]
+pub enum DataFile {
+    Path(PathBuf),
+    /// An already-open handle: read with positional reads, never closed or moved by the proxy.
+    Handle { file: Arc<File>, name: String },
+}
+
+impl From<&Path> for DataFile {
+    fn from(p: &Path) -> Self {
+        DataFile::Path(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for DataFile {
+    fn from(p: PathBuf) -> Self {
+        DataFile::Path(p)
+    }
+}
+
+impl From<File> for DataFile {
+    fn from(f: File) -> Self {
+        DataFile::Handle {
+            file: Arc::new(f),
+            name: "<open file>".into(),
+        }
+    }
+}
+
+impl DataFile {
+    fn location(&self) -> String {
+        match self {
+            DataFile::Path(p) => p.display().to_string(),
+            DataFile::Handle { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// A lazy, read-only n-dimensional array in a file.
+#[derive(Debug)]
+pub struct ArrayProxy {
+    file: DataFile,
+    compression: Compression,
+    shape: Vec<usize>,
+    dtype: DType,
+    offset: u64,
+    slope: Factor,
+    inter: Factor,
+    order: Order,
+    opts: ProxyOptions,
+    /// Shared by copies over the same open handle (nibabel's RLock); a path-based proxy has its own.
+    lock: Arc<Mutex<()>>,
+    source: OnceLock<Arc<dyn ByteSource>>,
+    stats: Mutex<ReadStats>,
+}
+
+impl ArrayProxy {
+    /// A proxy over `file` described by `spec` (a header or an [`ArraySpec`]).
+    pub fn new(file: impl Into<DataFile>, spec: &dyn HeaderSpec, opts: ProxyOptions) -> Result<ArrayProxy> {
+        Self::with_compression(file.into(), Compression::None, spec, opts)
+    }
+
+    pub fn with_compression(
+        file: DataFile,
+        compression: Compression,
+        spec: &dyn HeaderSpec,
+        opts: ProxyOptions,
+    ) -> Result<ArrayProxy> {
+        let (slope, inter) = spec.slope_inter();
+        let proxy = ArrayProxy {
+            compression,
+            shape: spec.data_shape(),
+            dtype: spec.data_dtype(),
+            offset: spec.data_offset(),
+            slope,
+            inter,
+            order: opts.order.unwrap_or_else(|| spec.default_order()),
+            opts,
+            lock: Arc::default(),
+            source: OnceLock::new(),
+            stats: Mutex::default(),
+            file,
+        };
+        proxy.byte_len().map_err(|e| e.in_file(proxy.file.location()))?;
+        Ok(proxy)
+    }
+
+    /// Open an image file (any supported format, detected from magic and name; `.gz` handled).
+    pub fn open(path: &Path, opts: ProxyOptions) -> Result<ArrayProxy> {
+        let header = formats::read_header(path)?;
+        Self::from_header(&header, opts)
+    }
+
+    /// A proxy over the data file a parsed header points at.
+    pub fn from_header(header: &ImageHeader, opts: ProxyOptions) -> Result<ArrayProxy> {
+        Self::with_compression(DataFile::Path(header.data_path.clone()), header.compression, header, opts)
+    }
+
+    /// A headerless raw file described by a spec string (`shape=2,3,4;dtype=<i2;offset=16;order=C`).
+    pub fn open_raw(path: &Path, spec: &str, opts: ProxyOptions) -> Result<ArrayProxy> {
+        let header = formats::parse_raw_spec(spec, path)?;
+        Self::from_header(&header, opts)
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+    /// Storage dtype, with its byte order.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    pub fn slope(&self) -> Factor {
+        self.slope
+    }
+    pub fn inter(&self) -> Factor {
+        self.inter
+    }
+    pub fn order(&self) -> Order {
+        self.order
+    }
+    pub fn options(&self) -> ProxyOptions {
+        self.opts
+    }
+    pub fn is_proxy(&self) -> bool {
+        true
+    }
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+    pub fn location(&self) -> String {
+        self.file.location()
+    }
+    /// The data file's path, when the proxy reads from a path.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.file {
+            DataFile::Path(p) => Some(p),
+            DataFile::Handle { .. } => None,
+        }
+    }
+
+    /// The dtype `to_array()` and `slice()` return.
+    pub fn scaled_dtype(&self) -> Result<DType> {
+        scaling::scaled_dtype(self.dtype, self.slope, self.inter, None)
+    }
+
+    /// Total bytes the array occupies; an error if the shape is absurd.
+    pub fn byte_len(&self) -> Result<u64> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&n| self.offset.checked_add(n).is_some() && usize::try_from(n).is_ok())
+            .ok_or_else(|| VoxelError::Invalid(format!("array of shape {:?} and dtype {} is too large", self.shape, self.dtype)))
+    }
+
+    /// Everything read through this proxy so far.
+    pub fn stats(&self) -> ReadStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn source(&self) -> Result<Arc<dyn ByteSource>> {
+        if let Some(s) = self.source.get() {
+            return Ok(Arc::clone(s));
+        }
+        let made = self.make_source()?;
+        Ok(Arc::clone(self.source.get_or_init(|| made)))
+    }
+
+    fn make_source(&self) -> Result<Arc<dyn ByteSource>> {
+        let lock = Arc::clone(&self.lock);
+        Ok(match (&self.file, self.compression) {
+            (DataFile::Path(p), Compression::None) => {
+                let handle = if self.opts.keep_file_open { Handle::Kept(Arc::default()) } else { Handle::PerRead };
+                Arc::new(LocalSource::new(p, handle, self.opts.mmap, lock))
+            }
+            (DataFile::Handle { file, name }, Compression::None) => Arc::new(LocalSource::new(
+                Path::new(name),
+                Handle::Shared(Arc::clone(file)),
+                self.opts.mmap,
+                lock,
+            )),
+            (DataFile::Path(p), Compression::Gzip) => crate::io::gzip_source(p, self.opts.keep_file_open)?,
+            (DataFile::Handle { file, name }, Compression::Gzip) => {
+                Arc::new(GzipStreamSource::new(Arc::clone(file), name.clone(), lock))
+            }
+        })
+    }
+
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<()> {
+        let st = self.source()?.read_segments(segments, out)?;
+        if let Ok(mut s) = self.stats.lock() {
+            s.add(st);
+        }
+        Ok(())
+    }
+
+    /// The stored elements selected by `slice` (storage byte order untouched, no scaling), laid out in `out_order`
+    /// over `slice.out_shape()`. This is what the SQL scan decodes.
+    pub fn read_raw(&self, slice: &CanonicalSlice, out_order: Order) -> Result<(Vec<u8>, ReadStats)> {
+        let before = self.stats();
+        let plan = ReadPlan::new(slice, &self.shape, self.dtype.size(), self.offset, self.order, self.opts.skip_threshold)?;
+        let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
+        self.read_segments(plan.segments(), &mut buf)?;
+        let out = if slice.is_full(&self.shape) && out_order == self.order {
+            buf
+        } else {
+            plan.gather(&buf, out_order)?
+        };
+        Ok((out, diff(self.stats(), before)))
+    }
+
+    /// Stored elements of `slice` decoded to native order, with their shape and layout.
+    fn read_values(&self, slice: &CanonicalSlice) -> Result<(Values, Vec<usize>)> {
+        if slice.is_full(&self.shape) {
+            return Ok((self.read_full()?, self.shape.clone()));
+        }
+        let plan = ReadPlan::new(slice, &self.shape, self.dtype.size(), self.offset, self.order, self.opts.skip_threshold)?;
+        let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
+        self.read_segments(plan.segments(), &mut buf)?;
+        let out = plan.gather(&buf, self.order)?;
+        Ok((Values::from_bytes(&out, self.dtype)?, plan.out_shape().to_vec()))
+    }
+
+    /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
+    fn read_full(&self) -> Result<Values> {
+        let n: usize = self.shape.iter().product();
+        let mut values = Values::zeroed(self.dtype.scalar, n);
+        if n > 0 {
+            let seg = [Segment {
+                offset: self.offset,
+                len: self.byte_len()?,
+            }];
+            self.read_segments(&seg, values.bytes_mut())?;
+            if self.dtype.needs_swap() {
+                values.swap_bytes();
+            }
+        }
+        Ok(values)
+    }
+
+    fn canonical(&self, spec: &SliceSpec) -> Result<CanonicalSlice> {
+        canonical_slice(spec, &self.shape)
+    }
+
+    fn finish(&self, values: Values, shape: Vec<usize>, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
+        let (values, dtype) = if scale {
+            scaling::scale_values(values, self.dtype, self.slope, self.inter, requested)?
+        } else {
+            match requested {
+                None => (values, self.dtype),
+                Some(r) => (values.cast(r.scalar)?, r),
+            }
+        };
+        VoxelArray::new(dtype, shape, self.order, values)
+    }
+
+    fn read(&self, spec: &SliceSpec, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
+        let slice = self.canonical(spec)?;
+        let (values, shape) = self.read_values(&slice).map_err(|e| e.in_file(self.location()))?;
+        self.finish(values, shape, requested, scale)
+            .map_err(|e| e.in_file(self.location()))
+    }
+
+    /// `np.asarray(proxy)`: the whole array, scaled.
+    pub fn to_array(&self) -> Result<VoxelArray> {
+        self.read(&SliceSpec::all(), None, true)
+    }
+
+    /// `np.asarray(proxy, dtype=dtype)`: the whole array, scaled, then cast to exactly `dtype`.
+    pub fn to_array_as(&self, dtype: DType) -> Result<VoxelArray> {
+        self.read(&SliceSpec::all(), Some(dtype), true)
+    }
+
+    /// `proxy[spec]`: numpy basic indexing, scaled.
+    pub fn slice(&self, spec: &SliceSpec) -> Result<VoxelArray> {
+        self.read(spec, None, true)
+    }
+
+    /// `np.asarray(proxy, dtype=dtype)[spec]`.
+    pub fn slice_as(&self, spec: &SliceSpec, dtype: DType) -> Result<VoxelArray> {
+        self.read(spec, Some(dtype), true)
+    }
+
+    /// `proxy.get_unscaled()`: stored values, storage dtype (byte order included).
+    pub fn get_unscaled(&self) -> Result<VoxelArray> {
+        self.read(&SliceSpec::all(), None, false)
+    }
+
+    /// `proxy.get_unscaled()[spec]`.
+    pub fn get_unscaled_slice(&self, spec: &SliceSpec) -> Result<VoxelArray> {
+        self.read(spec, None, false)
+    }
+
+    fn respec(&self, shape: Vec<usize>, lock: Arc<Mutex<()>>) -> ArrayProxy {
+        ArrayProxy {
+            file: self.file.clone(),
+            compression: self.compression,
+            shape,
+            dtype: self.dtype,
+            offset: self.offset,
+            slope: self.slope,
+            inter: self.inter,
+            order: self.order,
+            opts: ProxyOptions {
+                order: Some(self.order),
+                ..self.opts
+            },
+            lock,
+            source: OnceLock::new(),
+            stats: Mutex::default(),
+        }
+    }
+
+    fn lock_for_copy(&self) -> Arc<Mutex<()>> {
+        match self.file {
+            DataFile::Handle { .. } => Arc::clone(&self.lock),
+            DataFile::Path(_) => Arc::default(),
+        }
+    }
+
+    /// A new proxy over the same bytes with the same options (order included, unlike nibabel's Q5 bug). Over an open
+    /// handle the copy shares the original's lock; over a path it has its own.
+    pub fn copy(&self) -> ArrayProxy {
+        self.respec(self.shape.clone(), self.lock_for_copy())
+    }
+
+    /// The same bytes seen with another shape (at most one `-1`, inferred). Keeps order and `keep_file_open`.
+    pub fn reshape(&self, shape: &[i64]) -> Result<ArrayProxy> {
+        let size: usize = self.shape.iter().product();
+        let new_shape = resolve_shape(size, shape)?;
+        Ok(self.respec(new_shape, self.lock_for_copy()))
+    }
+}
+
+fn to_usize(n: u64) -> Result<usize> {
+    usize::try_from(n).map_err(|_| VoxelError::Invalid(format!("{n} bytes do not fit in memory")))
+}
+
+fn diff(after: ReadStats, before: ReadStats) -> ReadStats {
+    ReadStats {
+        bytes_read: after.bytes_read - before.bytes_read,
+        bytes_delivered: after.bytes_delivered - before.bytes_delivered,
+        segments: after.segments - before.segments,
+        requests: after.requests - before.requests,
+    }
+}
+
+/// numpy's reshape rule: at most one `-1`, sizes must match.
+pub fn resolve_shape(size: usize, shape: &[i64]) -> Result<Vec<usize>> {
+    let unknown = shape.iter().filter(|&&d| d == -1).count();
+    if unknown > 1 {
+        return Err(VoxelError::Invalid("can only specify one unknown dimension".into()));
+    }
+    if shape.iter().any(|&d| d < -1) {
+        return Err(VoxelError::Invalid(format!("negative dimensions not allowed in {shape:?}")));
+    }
+    let known: usize = shape
+        .iter()
+        .filter(|&&d| d != -1)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+        .ok_or_else(|| VoxelError::Invalid(format!("shape {shape:?} is too large")))?;
+    let fill = if unknown == 1 && known != 0 { size / known } else { 0 };
+    let out: Vec<usize> = shape.iter().map(|&d| if d == -1 { fill } else { d as usize }).collect();
+    if out.iter().product::<usize>() != size || (unknown == 1 && known == 0) {
+        return Err(VoxelError::Invalid(format!(
+            "cannot reshape array of size {size} into shape {shape:?}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Anything that can stand for image data: a proxy or an in-memory array (nibabel's `dataobj`).
+pub trait DataObj {
+    fn is_proxy(&self) -> bool {
+        false
+    }
+    /// The dtype of the values the object yields (scaled, for a proxy).
+    fn obj_dtype(&self) -> Result<DType>;
+}
+
+impl DataObj for ArrayProxy {
+    fn is_proxy(&self) -> bool {
+        true
+    }
+    fn obj_dtype(&self) -> Result<DType> {
+        self.scaled_dtype()
+    }
+}
+
+impl DataObj for VoxelArray {
+    fn obj_dtype(&self) -> Result<DType> {
+        Ok(self.dtype)
+    }
+}
+
+/// nibabel's `is_proxy(obj)`.
+pub fn is_proxy(obj: &dyn DataObj) -> bool {
+    obj.is_proxy()
+}
+
+/// nibabel's `get_obj_dtype(obj)`: the dtype of the values `np.asarray(obj)` gives.
+pub fn get_obj_dtype(obj: &dyn DataObj) -> Result<DType> {
+    obj.obj_dtype()
+}
+
+/// Objects that can be reshaped without reading (a proxy) or by relabelling (an array).
+pub trait Reshape: Sized {
+    fn reshape_to(&self, shape: &[i64]) -> Result<Self>;
+}
+
+impl Reshape for ArrayProxy {
+    fn reshape_to(&self, shape: &[i64]) -> Result<Self> {
+        self.reshape(shape)
+    }
+}
+
+impl Reshape for VoxelArray {
+    fn reshape_to(&self, shape: &[i64]) -> Result<Self> {
+        let new_shape = resolve_shape(self.len(), shape)?;
+        let c = self.to_c_layout();
+        VoxelArray::new(c.dtype, new_shape, Order::C, c.values)
+    }
+}
+
+/// nibabel's `reshape_dataobj(obj, shape)`: leaves `obj` unchanged.
+pub fn reshape_dataobj<T: Reshape>(obj: &T, shape: &[i64]) -> Result<T> {
+    obj.reshape_to(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_rules() {
+        assert_eq!(resolve_shape(24, &[2, 3, 4]).unwrap(), vec![2, 3, 4]);
+        assert_eq!(resolve_shape(24, &[2, -1, 4]).unwrap(), vec![2, 3, 4]);
+        assert!(resolve_shape(24, &[-1, -1, 4]).is_err());
+        assert!(resolve_shape(24, &[2, 3, 5]).is_err());
+        assert!(resolve_shape(24, &[2, -1, 5]).is_err());
+        assert_eq!(resolve_shape(0, &[0, 3]).unwrap(), vec![0, 3]);
+        assert!(resolve_shape(0, &[0, -1]).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Synthetic images for benchmarks, examples and tests: a minimal NIfTI-1 writer and reproducible pseudo-random data.
+//! (Reading never goes through here.)
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::dtype::{ByteOrder, DType, Scalar};
+use crate::error::{Result, VoxelError};
+
+/// NIfTI-1 datatype code of a scalar.
+pub fn nifti_code(s: Scalar) -> i16 {
+    match s {
+        Scalar::U8 => 2,
+        Scalar::I16 => 4,
+        Scalar::I32 => 8,
+        Scalar::F32 => 16,
+        Scalar::C64 => 32,
+        Scalar::F64 => 64,
+        Scalar::Rgb24 => 128,
+        Scalar::I8 => 256,
+        Scalar::U16 => 512,
+        Scalar::U32 => 768,
+        Scalar::I64 => 1024,
+        Scalar::U64 => 1280,
+        Scalar::C128 => 1792,
+        Scalar::Rgba32 => 2304,
+        // float16 has no NIfTI code; callers use npy or raw for it.
+        Scalar::F16 => 0,
+    }
+}
+
+/// The 352 bytes (header + empty extension flag) of a single-file NIfTI-1 image with unit zooms and an identity
+/// sform, in `dtype`'s byte order.
+pub fn nifti1_header(shape: &[usize], dtype: DType, slope: f32, inter: f32) -> Result<Vec<u8>> {
+    if shape.is_empty() || shape.len() > 7 || nifti_code(dtype.scalar) == 0 {
+        return Err(VoxelError::Invalid(format!(
+            "cannot write a NIfTI-1 image of shape {shape:?} and dtype {dtype}"
+        )));
+    }
+    let big = dtype.order == ByteOrder::Big;
+    let mut h = vec![0u8; 352];
+    let mut put = |off: usize, bytes: &[u8]| h[off..off + bytes.len()].copy_from_slice(bytes);
+    let i16b = |v: i16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+    let i32b = |v: i32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+    let f32b = |v: f32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+    put(0, &i32b(348));
+    put(40, &i16b(shape.len() as i16));
+    for (k, &d) in shape.iter().enumerate() {
+        let d = i16::try_from(d).map_err(|_| VoxelError::Invalid(format!("dimension {d} too large for NIfTI-1")))?;
+        put(42 + 2 * k, &i16b(d));
+    }
+    for k in shape.len()..7 {
+        put(42 + 2 * k, &i16b(1));
+    }
+    put(70, &i16b(nifti_code(dtype.scalar)));
+    put(72, &i16b((dtype.size() * 8) as i16));
+    for k in 0..8 {
+        put(76 + 4 * k, &f32b(1.0));
+    }
+    put(108, &f32b(352.0));
+    put(112, &f32b(slope));
+    put(116, &f32b(inter));
+    put(123, &[10]); // mm + sec
+    put(254, &i16b(1)); // sform_code: scanner
+    put(280, &f32b(1.0));
+    put(296 + 4, &f32b(1.0));
+    put(312 + 8, &f32b(1.0));
+    put(344, b"n+1\0");
+    Ok(h)
+}
+
+/// Write a single-file NIfTI-1 image (`.nii`, or gzip-compressed when `gzip`) whose data section is `data`
+/// (already in `dtype`'s byte order, F order).
+pub fn write_nifti1(path: &Path, shape: &[usize], dtype: DType, slope: f32, inter: f32, data: &[u8], gzip: bool) -> Result<()> {
+    let expected = shape.iter().product::<usize>() * dtype.size();
+    if data.len() != expected {
+        return Err(VoxelError::Invalid(format!(
+            "{} data bytes for shape {shape:?} of {dtype} (expected {expected})",
+            data.len()
+        )));
+    }
+    let header = nifti1_header(shape, dtype, slope, inter)?;
+    let file = std::fs::File::create(path).map_err(|e| VoxelError::io(path, e))?;
+    let io = |e| VoxelError::io(path, e);
+    if gzip {
+        let mut enc = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::new(6));
+        enc.write_all(&header).map_err(io)?;
+        enc.write_all(data).map_err(io)?;
+        enc.finish().map_err(io)?.flush().map_err(io)?;
+    } else {
+        let mut w = std::io::BufWriter::new(file);
+        w.write_all(&header).map_err(io)?;
+        w.write_all(data).map_err(io)?;
+        w.flush().map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Reproducible pseudo-random int16 samples in `[lo, hi)` (xorshift64*), little-endian bytes.
+pub fn random_i16_le(n: usize, seed: u64, lo: i16, hi: i16) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let span = (hi as i32 - lo as i32).max(1) as u64;
+    let mut out = Vec::with_capacity(n * 2);
+    for _ in 0..n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33;
+        let v = (lo as i64 + (r % span) as i64) as i16;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
