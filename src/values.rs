@@ -49,7 +49,6 @@ macro_rules! each_variant {
         }
     };
 }
-pub(crate) use each_variant;
 
 /// Element types whose bytes can be reversed for byte-order conversion.
 trait Swap: bytemuck::Pod {
