@@ -11,6 +11,7 @@ use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
 use crate::formats::{self, Compression, Factor, ImageHeader};
 use crate::io::local::{Handle, LocalSource, MmapMode};
+use crate::io::mapped::MappedArray;
 use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
@@ -420,6 +421,33 @@ impl ArrayProxy {
     /// `proxy.get_unscaled()[spec]`.
     pub fn get_unscaled_slice(&self, spec: &SliceSpec) -> Result<VoxelArray> {
         self.read(spec, None, false)
+    }
+
+    /// `get_unscaled()` without reading: a memory map of the stored array (nibabel returns an `np.memmap` here).
+    /// `None` where nibabel would not map either: mmap off, compressed data, zero-size arrays, or a file that cannot
+    /// be mapped. A file shorter than the array is an error.
+    pub fn map_unscaled(&self) -> Result<Option<MappedArray>> {
+        if self.opts.mmap == MmapMode::Off || self.compression != Compression::None || self.byte_len()? == 0 {
+            return Ok(None);
+        }
+        let (file, path) = match &self.file {
+            DataFile::Path(p) => (Arc::new(File::open(p).map_err(|e| VoxelError::io(p, e))?), p.clone()),
+            DataFile::Handle { file, name } => (Arc::clone(file), PathBuf::from(name)),
+        };
+        let len = file.metadata().map_err(|e| VoxelError::io(&path, e))?.len();
+        let need = self.offset + self.byte_len()?;
+        if len < need {
+            return Err(VoxelError::Truncated {
+                path: path.display().to_string(),
+                expected: need,
+                actual: len,
+            });
+        }
+        match MappedArray::map(&file, &path, self.offset, self.shape.clone(), self.dtype, self.order, self.opts.mmap) {
+            Ok(m) => Ok(Some(m)),
+            Err(VoxelError::Io { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn respec(&self, shape: Vec<usize>, lock: Arc<Mutex<()>>) -> ArrayProxy {

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::plan::Segment;
 
 pub mod local;
+pub mod mapped;
 pub mod stream;
 
 /// What one read cost, for `EXPLAIN ANALYZE`, `--stats` and the bytes-read assertions in tests.
