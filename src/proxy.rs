@@ -16,7 +16,7 @@ use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
 use crate::scaling;
-use crate::slicer::{CanonicalSlice, SliceSpec, canonical_slice};
+use crate::slicer::{AxisSel, CanonicalSlice, SliceSpec, canonical_slice};
 use crate::values::Values;
 
 /// Crate-level default of `keep_file_open` (nibabel's `KEEP_FILE_OPEN_DEFAULT`).
@@ -389,8 +389,14 @@ impl ArrayProxy {
     fn read(&self, spec: &SliceSpec, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
         let slice = self.canonical(spec)?;
         let (values, shape) = self.read_values(&slice).map_err(|e| e.in_file(self.location()))?;
-        self.finish(values, shape, requested, scale)
-            .map_err(|e| e.in_file(self.location()))
+        let mut array = self
+            .finish(values, shape, requested, scale)
+            .map_err(|e| e.in_file(self.location()))?;
+        // Indexing every axis with an integer gives a numpy scalar, and numpy scalars are always native-endian.
+        if slice.items.iter().all(|a| matches!(a, AxisSel::Index(_))) {
+            array.dtype = array.dtype.to_native();
+        }
+        Ok(array)
     }
 
     /// `np.asarray(proxy)`: the whole array, scaled.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{CliResult, OpenArgs};
+use crate::formats::Format;
 use crate::proxy::ArrayProxy;
 
 #[derive(Debug, clap::Args)]
@@ -26,13 +27,15 @@ struct Info {
     slope: f64,
     inter: f64,
     order: String,
-    affine: [[f64; 4]; 4],
-    zooms: Vec<f64>,
+    /// `null` for formats without spatial metadata (npy, raw).
+    affine: Option<[[f64; 4]; 4]>,
+    zooms: Option<Vec<f64>>,
 }
 
 pub fn run(args: InfoArgs) -> CliResult {
     let header = args.open.header(&args.path)?;
     let proxy = ArrayProxy::from_header(&header, Default::default())?;
+    let spatial = !matches!(header.format, Format::Npy | Format::Raw);
     let info = Info {
         format: header.format.name(),
         shape: proxy.shape().to_vec(),
@@ -42,8 +45,8 @@ pub fn run(args: InfoArgs) -> CliResult {
         slope: proxy.slope().value(),
         inter: proxy.inter().value(),
         order: proxy.order().to_string(),
-        affine: header.affine,
-        zooms: header.zooms.clone(),
+        affine: spatial.then_some(header.affine),
+        zooms: spatial.then(|| header.zooms.clone()),
     };
     let text = serde_json::to_string(&info).map_err(|e| super::CliError(e.to_string()))?;
     println!("{text}");

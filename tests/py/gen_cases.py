@@ -707,7 +707,13 @@ class Generator:
         rng = self.rng
         shape = tuple(int(d) for d in prox.shape)
         unscaled, scaled = self.full_arrays(prox)
-        overflow = isinstance(scaled, Exception) or scaled.dtype == np.longdouble
+        # No scaled answer: nibabel raises (e.g. records with a slope), or would need longdouble (the contract: error).
+        if isinstance(scaled, Exception):
+            overflow = f'nibabel raises {type(scaled).__name__}: {scaled}'[:200]
+        elif scaled.dtype == np.longdouble:
+            overflow = 'scaling overflows float64 (nibabel would use longdouble)'
+        else:
+            overflow = ''
         cid = f'{self.seed}/{index:03d}'
         n_case = 0
 
@@ -727,8 +733,7 @@ class Generator:
             args = ['slice', rel, spec.text, '-o', '{out}'] + open_args + self.cli_options()
             cur = next_id()
             if overflow:
-                why = 'scaled dtype would be longdouble' if not isinstance(scaled, Exception) else str(scaled)
-                self.add(cur, desc + f' spec={spec.text!r}', args, {'kind': 'error', 'why': why[:200]})
+                self.add(cur, desc + f' spec={spec.text!r}', args, {'kind': 'error', 'why': overflow})
                 continue
             self.check_spec_text(spec)
             spec.quirky |= 0 in shape or shape == ()  # nibabel's Q6/Q8 zero-size bugs
@@ -762,8 +767,8 @@ class Generator:
         args = ['slice', rel, spec.text, '-o', '{out}', '--dtype', target] + open_args + self.cli_options()
         label = desc + f' dtype={target} spec={spec.text!r}'
         if overflow:
-            # np.asarray(prox, dtype=X) still goes through the longdouble scaling: the contract says error.
-            self.add(cur, label, args, {'kind': 'error', 'why': 'scaling needs longdouble'})
+            # np.asarray(prox, dtype=X) goes through the same scaling first.
+            self.add(cur, label, args, {'kind': 'error', 'why': overflow})
             return
         try:
             with warnings.catch_warnings():
