@@ -13,6 +13,8 @@
 
 pub mod dtype;
 pub mod error;
+pub mod plan;
+pub mod slicer;
 pub mod synth;
 pub mod values;
 // Modules enabled as the pieces they build on land (slicer, plan, formats):
