@@ -293,59 +293,71 @@ fn apply(values: Values, r: &Recipe) -> Values {
     match values {
         Values::C64(v) => complex_out(v.into_iter().map(|c| (c.re as f64, c.im as f64)), r),
         Values::C128(v) => complex_out(v.into_iter().map(|c| (c.re, c.im)), r),
-        Values::U8(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::I8(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::U16(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::I16(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::U32(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::I32(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::U64(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::I64(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::F16(v) => real_out(v.into_iter().map(|x| x.to_f64()), r),
-        Values::F32(v) => real_out(v.into_iter().map(|x| x as f64), r),
-        Values::F64(v) => real_out(v.into_iter(), r),
+        Values::U8(v) => real_out(&v, |x| x as f64, r),
+        Values::I8(v) => real_out(&v, |x| x as f64, r),
+        Values::U16(v) => real_out(&v, |x| x as f64, r),
+        Values::I16(v) => real_out(&v, |x| x as f64, r),
+        Values::U32(v) => real_out(&v, |x| x as f64, r),
+        Values::I32(v) => real_out(&v, |x| x as f64, r),
+        Values::U64(v) => real_out(&v, |x| x as f64, r),
+        Values::I64(v) => real_out(&v, |x| x as f64, r),
+        Values::F16(v) => real_out(&v, |x| x.to_f64(), r),
+        Values::F32(v) => real_out(&v, |x| x as f64, r),
+        Values::F64(v) => real_out(&v, |x| x, r),
         // Records never get a recipe (`recipe` refuses them).
         other => other,
     }
 }
 
-fn real_out(it: impl Iterator<Item = f64>, r: &Recipe) -> Values {
+/// Below this many elements one thread is faster than several.
+const PAR_MIN: usize = 1 << 20;
+
+/// `input.map(f)` into a new Vec, split across the machine's cores for large inputs. The output is written in place,
+/// chunk by chunk, so its pages are first touched by the thread that fills them.
+fn par_map<I: Copy + Sync, O: Copy + Default + Send>(input: &[I], f: impl Fn(I) -> O + Sync) -> Vec<O> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if input.len() < PAR_MIN || threads < 2 {
+        return input.iter().map(|&x| f(x)).collect();
+    }
+    let mut out = vec![O::default(); input.len()];
+    let chunk = input.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (src, dst) in input.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            let f = &f;
+            scope.spawn(move || {
+                for (o, &x) in dst.iter_mut().zip(src) {
+                    *o = f(x);
+                }
+            });
+        }
+    });
+    out
+}
+
+fn real_out<T: Copy + Sync>(v: &[T], to_f64: impl Fn(T) -> f64 + Sync, r: &Recipe) -> Values {
     if r.complex {
-        return complex_out(it.map(|x| (x, 0.0)), r);
+        return complex_out(v.iter().map(|&x| (to_f64(x), 0.0)), r);
     }
     let (s, i) = (r.slope, r.inter);
-    match r.width {
+    let (mul, add) = (s != 1.0, i != 0.0);
+    match (r.width, r.mul_width) {
         // f64: every operand is exact in f64, and each operation rounds once, as numpy's float64 loops do.
-        Width::F64 => Values::F64(it.map(|x| scale_f64(x, s, i)).collect()),
-        Width::F32 => {
+        (Width::F64, Width::F64) => Values::F64(par_map(v, |x| {
+            let m = if mul { to_f64(x) * s } else { to_f64(x) };
+            if add { m + i } else { m }
+        })),
+        (Width::F32, Width::F32) => {
             let (s32, i32_) = (s as f32, i as f32);
-            let mul = r.mul_width;
-            if mul == Width::F32 {
-                Values::F32(it.map(|x| scale_f32(x as f32, s32, i32_, s != 1.0, i != 0.0)).collect())
-            } else {
-                Values::F32(
-                    it.map(|x| scale_one(x, s, i, mul, Width::F32) as f32)
-                        .collect(),
-                )
-            }
+            Values::F32(par_map(v, |x| {
+                let x = to_f64(x) as f32;
+                let m = if mul { x * s32 } else { x };
+                if add { m + i32_ } else { m }
+            }))
         }
-        Width::F16 => Values::F16(
-            it.map(|x| f16::from_f64(scale_one(x, s, i, r.mul_width, Width::F16)))
-                .collect(),
-        ),
+        (Width::F64, mw) => Values::F64(par_map(v, |x| scale_one(to_f64(x), s, i, mw, Width::F64))),
+        (Width::F32, mw) => Values::F32(par_map(v, |x| scale_one(to_f64(x), s, i, mw, Width::F32) as f32)),
+        (Width::F16, mw) => Values::F16(par_map(v, |x| f16::from_f64(scale_one(to_f64(x), s, i, mw, Width::F16)))),
     }
-}
-
-#[inline]
-fn scale_f64(x: f64, s: f64, i: f64) -> f64 {
-    let m = if s != 1.0 { x * s } else { x };
-    if i != 0.0 { m + i } else { m }
-}
-
-#[inline]
-fn scale_f32(x: f32, s: f32, i: f32, mul: bool, add: bool) -> f32 {
-    let m = if mul { x * s } else { x };
-    if add { m + i } else { m }
 }
 
 /// numpy's complex arithmetic with a real factor promoted to complex: `(a+bi)(s+0i) = (as − b·0) + (a·0 + bs)i`,
