@@ -54,7 +54,12 @@ fn shaped<T>(shape: &[usize], layout: Order, v: Vec<T>) -> Result<ArrayD<T>> {
 }
 
 impl VoxelArray {
-    pub fn new(dtype: DType, shape: Vec<usize>, layout: Order, values: Values) -> Result<VoxelArray> {
+    pub fn new(
+        dtype: DType,
+        shape: Vec<usize>,
+        layout: Order,
+        values: Values,
+    ) -> Result<VoxelArray> {
         let n: usize = shape.iter().product();
         if n != values.len() || values.scalar() != dtype.scalar {
             return Err(VoxelError::Invalid(format!(

@@ -194,7 +194,11 @@ pub struct DType {
 
 impl DType {
     pub fn new(scalar: Scalar, order: ByteOrder) -> DType {
-        let order = if scalar.swap_unit() == 1 { ByteOrder::Little } else { order };
+        let order = if scalar.swap_unit() == 1 {
+            ByteOrder::Little
+        } else {
+            order
+        };
         DType { scalar, order }
     }
 
@@ -246,7 +250,8 @@ impl DType {
             Some('|') | Some('=') => (None, &t[1..]),
             _ => (None, t),
         };
-        let scalar = parse_scalar(body).ok_or_else(|| VoxelError::DType(format!("unknown dtype '{text}'")))?;
+        let scalar = parse_scalar(body)
+            .ok_or_else(|| VoxelError::DType(format!("unknown dtype '{text}'")))?;
         Ok(DType::new(scalar, order.unwrap_or(ByteOrder::NATIVE)))
     }
 }
@@ -287,7 +292,10 @@ mod tests {
 
     #[test]
     fn parses_numpy_strings() {
-        assert_eq!(DType::parse("<i2").unwrap(), DType::new(Scalar::I16, ByteOrder::Little));
+        assert_eq!(
+            DType::parse("<i2").unwrap(),
+            DType::new(Scalar::I16, ByteOrder::Little)
+        );
         assert_eq!(DType::parse(">f4").unwrap().numpy_str(), ">f4");
         assert_eq!(DType::parse("|u1").unwrap().numpy_str(), "|u1");
         assert_eq!(DType::parse(">u1").unwrap().numpy_str(), "|u1");
@@ -302,7 +310,10 @@ mod tests {
     #[test]
     fn swap_rules() {
         assert!(!DType::new(Scalar::U8, ByteOrder::Big).needs_swap());
-        assert_eq!(DType::new(Scalar::C64, ByteOrder::Big).scalar.swap_unit(), 4);
+        assert_eq!(
+            DType::new(Scalar::C64, ByteOrder::Big).scalar.swap_unit(),
+            4
+        );
         let other = ByteOrder::NATIVE.swapped();
         assert!(DType::new(Scalar::I16, other).needs_swap());
     }

@@ -68,12 +68,13 @@ impl VoxelError {
     /// Attach a file name to an error that does not carry one yet.
     pub fn in_file(self, path: impl AsRef<Path>) -> Self {
         match self {
-            VoxelError::Slice(_) | VoxelError::DType(_) | VoxelError::Overflow(_) | VoxelError::Invalid(_) => {
-                VoxelError::InFile {
-                    path: path.as_ref().display().to_string(),
-                    source: Box::new(self),
-                }
-            }
+            VoxelError::Slice(_)
+            | VoxelError::DType(_)
+            | VoxelError::Overflow(_)
+            | VoxelError::Invalid(_) => VoxelError::InFile {
+                path: path.as_ref().display().to_string(),
+                source: Box::new(self),
+            },
             other => other,
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod formats;
 pub mod plan;
 pub mod slicer;
 pub mod synth;

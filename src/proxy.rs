@@ -130,7 +130,10 @@ impl HeaderSpec for ArraySpec {
 pub enum DataFile {
     Path(PathBuf),
     /// An already-open handle: read with positional reads, never closed or moved by the proxy.
-    Handle { file: Arc<File>, name: String },
+    Handle {
+        file: Arc<File>,
+        name: String,
+    },
 }
 
 impl From<&Path> for DataFile {
@@ -183,7 +186,11 @@ pub struct ArrayProxy {
 
 impl ArrayProxy {
     /// A proxy over `file` described by `spec` (a header or an [`ArraySpec`]).
-    pub fn new(file: impl Into<DataFile>, spec: &dyn HeaderSpec, opts: ProxyOptions) -> Result<ArrayProxy> {
+    pub fn new(
+        file: impl Into<DataFile>,
+        spec: &dyn HeaderSpec,
+        opts: ProxyOptions,
+    ) -> Result<ArrayProxy> {
         Self::with_compression(file.into(), Compression::None, spec, opts)
     }
 
@@ -208,7 +215,9 @@ impl ArrayProxy {
             stats: Mutex::default(),
             file,
         };
-        proxy.byte_len().map_err(|e| e.in_file(proxy.file.location()))?;
+        proxy
+            .byte_len()
+            .map_err(|e| e.in_file(proxy.file.location()))?;
         Ok(proxy)
     }
 
@@ -220,7 +229,12 @@ impl ArrayProxy {
 
     /// A proxy over the data file a parsed header points at.
     pub fn from_header(header: &ImageHeader, opts: ProxyOptions) -> Result<ArrayProxy> {
-        Self::with_compression(DataFile::Path(header.data_path.clone()), header.compression, header, opts)
+        Self::with_compression(
+            DataFile::Path(header.data_path.clone()),
+            header.compression,
+            header,
+            opts,
+        )
     }
 
     /// A headerless raw file described by a spec string (`shape=2,3,4;dtype=<i2;offset=16;order=C`).
@@ -280,9 +294,16 @@ impl ArrayProxy {
     pub fn byte_len(&self) -> Result<u64> {
         self.shape
             .iter()
-            .try_fold(self.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .try_fold(self.dtype.size() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            })
             .filter(|&n| self.offset.checked_add(n).is_some() && usize::try_from(n).is_ok())
-            .ok_or_else(|| VoxelError::Invalid(format!("array of shape {:?} and dtype {} is too large", self.shape, self.dtype)))
+            .ok_or_else(|| {
+                VoxelError::Invalid(format!(
+                    "array of shape {:?} and dtype {} is too large",
+                    self.shape, self.dtype
+                ))
+            })
     }
 
     /// Everything read through this proxy so far.
@@ -302,7 +323,11 @@ impl ArrayProxy {
         let lock = Arc::clone(&self.lock);
         Ok(match (&self.file, self.compression) {
             (DataFile::Path(p), Compression::None) => {
-                let handle = if self.opts.keep_file_open { Handle::Kept(Arc::default()) } else { Handle::PerRead };
+                let handle = if self.opts.keep_file_open {
+                    Handle::Kept(Arc::default())
+                } else {
+                    Handle::PerRead
+                };
                 Arc::new(LocalSource::new(p, handle, self.opts.mmap, lock))
             }
             (DataFile::Handle { file, name }, Compression::None) => Arc::new(LocalSource::new(
@@ -311,7 +336,9 @@ impl ArrayProxy {
                 self.opts.mmap,
                 lock,
             )),
-            (DataFile::Path(p), Compression::Gzip) => crate::io::gzip_source(p, self.opts.keep_file_open)?,
+            (DataFile::Path(p), Compression::Gzip) => {
+                crate::io::gzip_source(p, self.opts.keep_file_open)?
+            }
             (DataFile::Handle { file, name }, Compression::Gzip) => {
                 Arc::new(GzipStreamSource::new(Arc::clone(file), name.clone(), lock))
             }
@@ -328,9 +355,20 @@ impl ArrayProxy {
 
     /// The stored elements selected by `slice` (storage byte order untouched, no scaling), laid out in `out_order`
     /// over `slice.out_shape()`. This is what the SQL scan decodes.
-    pub fn read_raw(&self, slice: &CanonicalSlice, out_order: Order) -> Result<(Vec<u8>, ReadStats)> {
+    pub fn read_raw(
+        &self,
+        slice: &CanonicalSlice,
+        out_order: Order,
+    ) -> Result<(Vec<u8>, ReadStats)> {
         let before = self.stats();
-        let plan = ReadPlan::new(slice, &self.shape, self.dtype.size(), self.offset, self.order, self.opts.skip_threshold)?;
+        let plan = ReadPlan::new(
+            slice,
+            &self.shape,
+            self.dtype.size(),
+            self.offset,
+            self.order,
+            self.opts.skip_threshold,
+        )?;
         let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
         self.read_segments(plan.segments(), &mut buf)?;
         let out = if slice.is_full(&self.shape) && out_order == self.order {
@@ -346,11 +384,21 @@ impl ArrayProxy {
         if slice.is_full(&self.shape) {
             return Ok((self.read_full()?, self.shape.clone()));
         }
-        let plan = ReadPlan::new(slice, &self.shape, self.dtype.size(), self.offset, self.order, self.opts.skip_threshold)?;
+        let plan = ReadPlan::new(
+            slice,
+            &self.shape,
+            self.dtype.size(),
+            self.offset,
+            self.order,
+            self.opts.skip_threshold,
+        )?;
         let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
         self.read_segments(plan.segments(), &mut buf)?;
         let out = plan.gather(&buf, self.order)?;
-        Ok((Values::from_bytes(&out, self.dtype)?, plan.out_shape().to_vec()))
+        Ok((
+            Values::from_bytes(&out, self.dtype)?,
+            plan.out_shape().to_vec(),
+        ))
     }
 
     /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
@@ -374,7 +422,13 @@ impl ArrayProxy {
         canonical_slice(spec, &self.shape)
     }
 
-    fn finish(&self, values: Values, shape: Vec<usize>, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
+    fn finish(
+        &self,
+        values: Values,
+        shape: Vec<usize>,
+        requested: Option<DType>,
+        scale: bool,
+    ) -> Result<VoxelArray> {
         let (values, dtype) = if scale {
             scaling::scale_values(values, self.dtype, self.slope, self.inter, requested)?
         } else {
@@ -388,7 +442,9 @@ impl ArrayProxy {
 
     fn read(&self, spec: &SliceSpec, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
         let slice = self.canonical(spec)?;
-        let (values, shape) = self.read_values(&slice).map_err(|e| e.in_file(self.location()))?;
+        let (values, shape) = self
+            .read_values(&slice)
+            .map_err(|e| e.in_file(self.location()))?;
         let mut array = self
             .finish(values, shape, requested, scale)
             .map_err(|e| e.in_file(self.location()))?;
@@ -433,11 +489,17 @@ impl ArrayProxy {
     /// `None` where nibabel would not map either: mmap off, compressed data, zero-size arrays, or a file that cannot
     /// be mapped. A file shorter than the array is an error.
     pub fn map_unscaled(&self) -> Result<Option<MappedArray>> {
-        if self.opts.mmap == MmapMode::Off || self.compression != Compression::None || self.byte_len()? == 0 {
+        if self.opts.mmap == MmapMode::Off
+            || self.compression != Compression::None
+            || self.byte_len()? == 0
+        {
             return Ok(None);
         }
         let (file, path) = match &self.file {
-            DataFile::Path(p) => (Arc::new(File::open(p).map_err(|e| VoxelError::io(p, e))?), p.clone()),
+            DataFile::Path(p) => (
+                Arc::new(File::open(p).map_err(|e| VoxelError::io(p, e))?),
+                p.clone(),
+            ),
             DataFile::Handle { file, name } => (Arc::clone(file), PathBuf::from(name)),
         };
         let len = file.metadata().map_err(|e| VoxelError::io(&path, e))?.len();
@@ -449,7 +511,15 @@ impl ArrayProxy {
                 actual: len,
             });
         }
-        match MappedArray::map(&file, &path, self.offset, self.shape.clone(), self.dtype, self.order, self.opts.mmap) {
+        match MappedArray::map(
+            &file,
+            &path,
+            self.offset,
+            self.shape.clone(),
+            self.dtype,
+            self.order,
+            self.opts.mmap,
+        ) {
             Ok(m) => Ok(Some(m)),
             Err(VoxelError::Io { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -514,18 +584,29 @@ fn diff(after: ReadStats, before: ReadStats) -> ReadStats {
 pub fn resolve_shape(size: usize, shape: &[i64]) -> Result<Vec<usize>> {
     let unknown = shape.iter().filter(|&&d| d == -1).count();
     if unknown > 1 {
-        return Err(VoxelError::Invalid("can only specify one unknown dimension".into()));
+        return Err(VoxelError::Invalid(
+            "can only specify one unknown dimension".into(),
+        ));
     }
     if shape.iter().any(|&d| d < -1) {
-        return Err(VoxelError::Invalid(format!("negative dimensions not allowed in {shape:?}")));
+        return Err(VoxelError::Invalid(format!(
+            "negative dimensions not allowed in {shape:?}"
+        )));
     }
     let known: usize = shape
         .iter()
         .filter(|&&d| d != -1)
         .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
         .ok_or_else(|| VoxelError::Invalid(format!("shape {shape:?} is too large")))?;
-    let fill = if unknown == 1 && known != 0 { size / known } else { 0 };
-    let out: Vec<usize> = shape.iter().map(|&d| if d == -1 { fill } else { d as usize }).collect();
+    let fill = if unknown == 1 && known != 0 {
+        size / known
+    } else {
+        0
+    };
+    let out: Vec<usize> = shape
+        .iter()
+        .map(|&d| if d == -1 { fill } else { d as usize })
+        .collect();
     if out.iter().product::<usize>() != size || (unknown == 1 && known == 0) {
         return Err(VoxelError::Invalid(format!(
             "cannot reshape array of size {size} into shape {shape:?}"

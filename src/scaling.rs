@@ -35,7 +35,11 @@ impl Width {
     }
 
     fn complex_scalar(self) -> Scalar {
-        if self == Width::F64 { Scalar::C128 } else { Scalar::C64 }
+        if self == Width::F64 {
+            Scalar::C128
+        } else {
+            Scalar::C64
+        }
     }
 
     /// Round `x` to this width (numpy's astype between floats).
@@ -128,7 +132,11 @@ fn factors(slope: Factor, inter: Factor, requested: Option<Scalar>) -> (Held, He
     let (s, i) = (held(slope), held(inter));
     match requested {
         None => {
-            let i = if i.width <= s.width { cast_if_safe(i, s.width.scalar()) } else { i };
+            let i = if i.width <= s.width {
+                cast_if_safe(i, s.width.scalar())
+            } else {
+                i
+            };
             (s, i)
         }
         Some(t) => (cast_if_safe(s, t), cast_if_safe(i, t)),
@@ -143,7 +151,10 @@ fn is_identity(s: Held, i: Held) -> bool {
 fn int_recipe(storage: Scalar, s: Held, i: Held) -> Result<Recipe> {
     let default = if s.complex { Width::F64 } else { s.width };
     let (lo, hi) = storage.int_range().unwrap_or((0, 0));
-    for ftype in [Width::F16, Width::F32, Width::F64].into_iter().filter(|w| *w >= default) {
+    for ftype in [Width::F16, Width::F32, Width::F64]
+        .into_iter()
+        .filter(|w| *w >= default)
+    {
         let (sv, iv) = (ftype.round(s.value), ftype.round(i.value));
         let width = Width::promote_int(storage, ftype);
         let finite = [lo, hi].iter().all(|&x| {
@@ -171,8 +182,16 @@ fn int_recipe(storage: Scalar, s: Held, i: Held) -> Result<Recipe> {
 /// Float or complex storage: plain promotion, multiply then add.
 fn float_recipe(storage: Scalar, s: Held, i: Held) -> Recipe {
     let base = Width::of(storage).unwrap_or(Width::F64);
-    let mul_width = if s.value != 1.0 { base.max(s.width) } else { base };
-    let width = if i.value != 0.0 { mul_width.max(i.width) } else { mul_width };
+    let mul_width = if s.value != 1.0 {
+        base.max(s.width)
+    } else {
+        base
+    };
+    let width = if i.value != 0.0 {
+        mul_width.max(i.width)
+    } else {
+        mul_width
+    };
     Recipe {
         width,
         complex: storage.kind() == Kind::Complex || s.complex || i.complex,
@@ -187,8 +206,16 @@ fn float_recipe(storage: Scalar, s: Held, i: Held) -> Recipe {
 /// computes in float32 and rounds to float16.
 #[inline]
 fn scale_one(x: f64, slope: f64, inter: f64, mul_w: Width, w: Width) -> f64 {
-    let m = if slope != 1.0 { binop(x, slope, mul_w, |a, b| a * b, |a, b| a * b) } else { x };
-    if inter != 0.0 { binop(m, inter, w, |a, b| a + b, |a, b| a + b) } else { m }
+    let m = if slope != 1.0 {
+        binop(x, slope, mul_w, |a, b| a * b, |a, b| a * b)
+    } else {
+        x
+    };
+    if inter != 0.0 {
+        binop(m, inter, w, |a, b| a + b, |a, b| a + b)
+    } else {
+        m
+    }
 }
 
 #[inline]
@@ -201,7 +228,12 @@ fn binop(a: f64, b: f64, w: Width, f64op: fn(f64, f64) -> f64, f32op: fn(f32, f3
 }
 
 /// The dtype `np.asarray(proxy[...])` (or, with `requested`, `np.asarray(proxy, dtype=requested)`) has.
-pub fn scaled_dtype(storage: DType, slope: Factor, inter: Factor, requested: Option<DType>) -> Result<DType> {
+pub fn scaled_dtype(
+    storage: DType,
+    slope: Factor,
+    inter: Factor,
+    requested: Option<DType>,
+) -> Result<DType> {
     if let Some(r) = requested {
         check_castable(storage.scalar, r.scalar)?;
         let (s, i) = factors(slope, inter, Some(r.scalar));
@@ -221,7 +253,11 @@ pub fn scaled_dtype(storage: DType, slope: Factor, inter: Factor, requested: Opt
 fn check_castable(from: Scalar, to: Scalar) -> Result<()> {
     let rec = |s: Scalar| s.kind() == Kind::Record;
     if (rec(from) || rec(to)) && from != to {
-        return Err(VoxelError::DType(format!("cannot cast {} to {}", from.name(), to.name())));
+        return Err(VoxelError::DType(format!(
+            "cannot cast {} to {}",
+            from.name(),
+            to.name()
+        )));
     }
     Ok(())
 }
@@ -240,7 +276,11 @@ fn recipe(storage: Scalar, s: Held, i: Held) -> Result<Recipe> {
 }
 
 fn result_scalar(r: &Recipe) -> Scalar {
-    if r.complex { r.width.complex_scalar() } else { r.width.scalar() }
+    if r.complex {
+        r.width.complex_scalar()
+    } else {
+        r.width.scalar()
+    }
 }
 
 /// Apply the factors to stored values (already decoded to native order), nibabel-exactly. With `requested`, the
@@ -286,7 +326,10 @@ pub fn scale_to_native(
 ) -> Result<(DType, Vec<u8>)> {
     let values = Values::from_bytes(raw, storage)?;
     let (v, dt) = scale_values(values, storage, slope, inter, requested)?;
-    Ok((dt.with_order(ByteOrder::NATIVE), v.to_bytes(ByteOrder::NATIVE)))
+    Ok((
+        dt.with_order(ByteOrder::NATIVE),
+        v.to_bytes(ByteOrder::NATIVE),
+    ))
 }
 
 fn apply(values: Values, r: &Recipe) -> Values {
@@ -314,7 +357,10 @@ const PAR_MIN: usize = 1 << 20;
 
 /// `input.map(f)` into a new Vec, split across the machine's cores for large inputs. The output is written in place,
 /// chunk by chunk, so its pages are first touched by the thread that fills them.
-fn par_map<I: Copy + Sync, O: Copy + Default + Send>(input: &[I], f: impl Fn(I) -> O + Sync) -> Vec<O> {
+fn par_map<I: Copy + Sync, O: Copy + Default + Send>(
+    input: &[I],
+    f: impl Fn(I) -> O + Sync,
+) -> Vec<O> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if input.len() < PAR_MIN || threads < 2 {
         return input.iter().map(|&x| f(x)).collect();
@@ -355,8 +401,12 @@ fn real_out<T: Copy + Sync>(v: &[T], to_f64: impl Fn(T) -> f64 + Sync, r: &Recip
             }))
         }
         (Width::F64, mw) => Values::F64(par_map(v, |x| scale_one(to_f64(x), s, i, mw, Width::F64))),
-        (Width::F32, mw) => Values::F32(par_map(v, |x| scale_one(to_f64(x), s, i, mw, Width::F32) as f32)),
-        (Width::F16, mw) => Values::F16(par_map(v, |x| f16::from_f64(scale_one(to_f64(x), s, i, mw, Width::F16)))),
+        (Width::F32, mw) => Values::F32(par_map(v, |x| {
+            scale_one(to_f64(x), s, i, mw, Width::F32) as f32
+        })),
+        (Width::F16, mw) => Values::F16(par_map(v, |x| {
+            f16::from_f64(scale_one(to_f64(x), s, i, mw, Width::F16))
+        })),
     }
 }
 
@@ -398,7 +448,10 @@ mod tests {
     }
 
     fn out(s: Scalar, slope: Factor, inter: Factor) -> &'static str {
-        scaled_dtype(st(s), slope, inter, None).unwrap().scalar.code()
+        scaled_dtype(st(s), slope, inter, None)
+            .unwrap()
+            .scalar
+            .code()
     }
 
     use Factor::{F16 as H, F32 as S, F64 as D};
@@ -474,30 +527,54 @@ mod tests {
         assert!(scaled_dtype(st(Scalar::I16), D(f64::NAN), D(0.0), None).is_err());
         assert!(scaled_dtype(st(Scalar::I16), D(2.0), D(f64::INFINITY), None).is_err());
         // Float storage never checks: NaN propagates.
-        let (v, _) = scale_values(Values::F32(vec![1.0]), st(Scalar::F32), D(f64::NAN), D(0.0), None).unwrap();
+        let (v, _) = scale_values(
+            Values::F32(vec![1.0]),
+            st(Scalar::F32),
+            D(f64::NAN),
+            D(0.0),
+            None,
+        )
+        .unwrap();
         assert!(matches!(v, Values::F64(ref x) if x[0].is_nan()));
     }
 
     #[test]
     fn values_are_two_rounded_steps() {
-        let (v, dt) = scale_values(Values::I16(vec![3, -7]), st(Scalar::I16), D(0.5), D(10.0), None).unwrap();
+        let (v, dt) = scale_values(
+            Values::I16(vec![3, -7]),
+            st(Scalar::I16),
+            D(0.5),
+            D(10.0),
+            None,
+        )
+        .unwrap();
         assert_eq!(dt.scalar, Scalar::F64);
         assert_eq!(v, Values::F64(vec![11.5, 6.5]));
         // f32 factors on int16 compute in f32.
-        let (v, _) = scale_values(Values::I16(vec![3]), st(Scalar::I16), S(0.1), S(0.2), None).unwrap();
+        let (v, _) =
+            scale_values(Values::I16(vec![3]), st(Scalar::I16), S(0.1), S(0.2), None).unwrap();
         assert_eq!(v, Values::F32(vec![3.0f32 * 0.1f32 + 0.2f32]));
         // f32 factors on int32 compute in f64 with the f32 factor values.
-        let (v, _) = scale_values(Values::I32(vec![3]), st(Scalar::I32), S(0.1), D(0.0), None).unwrap();
+        let (v, _) =
+            scale_values(Values::I32(vec![3]), st(Scalar::I32), S(0.1), D(0.0), None).unwrap();
         assert_eq!(v, Values::F64(vec![3.0 * (0.1f32 as f64)]));
         // slope 0 in a spec is applied literally.
-        let (v, _) = scale_values(Values::U8(vec![9]), st(Scalar::U8), D(0.0), D(4.0), None).unwrap();
+        let (v, _) =
+            scale_values(Values::U8(vec![9]), st(Scalar::U8), D(0.0), D(4.0), None).unwrap();
         assert_eq!(v, Values::F64(vec![4.0]));
     }
 
     #[test]
     fn requested_dtype_is_exact() {
         let want = DType::new(Scalar::F32, ByteOrder::Big);
-        let (v, dt) = scale_values(Values::I16(vec![3]), st(Scalar::I16), D(0.1), D(0.0), Some(want)).unwrap();
+        let (v, dt) = scale_values(
+            Values::I16(vec![3]),
+            st(Scalar::I16),
+            D(0.1),
+            D(0.0),
+            Some(want),
+        )
+        .unwrap();
         assert_eq!(dt, want);
         // computed in f64 (a Python-float slope cannot be safely cast to f32), then rounded to f32.
         assert_eq!(v, Values::F32(vec![(3.0f64 * 0.1) as f32]));

@@ -40,13 +40,32 @@ pub fn nifti1_header(shape: &[usize], dtype: DType, slope: f32, inter: f32) -> R
     let big = dtype.order == ByteOrder::Big;
     let mut h = vec![0u8; 352];
     let mut put = |off: usize, bytes: &[u8]| h[off..off + bytes.len()].copy_from_slice(bytes);
-    let i16b = |v: i16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-    let i32b = |v: i32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-    let f32b = |v: f32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+    let i16b = |v: i16| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let i32b = |v: i32| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let f32b = |v: f32| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
     put(0, &i32b(348));
     put(40, &i16b(shape.len() as i16));
     for (k, &d) in shape.iter().enumerate() {
-        let d = i16::try_from(d).map_err(|_| VoxelError::Invalid(format!("dimension {d} too large for NIfTI-1")))?;
+        let d = i16::try_from(d)
+            .map_err(|_| VoxelError::Invalid(format!("dimension {d} too large for NIfTI-1")))?;
         put(42 + 2 * k, &i16b(d));
     }
     for k in shape.len()..7 {
@@ -71,7 +90,15 @@ pub fn nifti1_header(shape: &[usize], dtype: DType, slope: f32, inter: f32) -> R
 
 /// Write a single-file NIfTI-1 image (`.nii`, or gzip-compressed when `gzip`) whose data section is `data`
 /// (already in `dtype`'s byte order, F order).
-pub fn write_nifti1(path: &Path, shape: &[usize], dtype: DType, slope: f32, inter: f32, data: &[u8], gzip: bool) -> Result<()> {
+pub fn write_nifti1(
+    path: &Path,
+    shape: &[usize],
+    dtype: DType,
+    slope: f32,
+    inter: f32,
+    data: &[u8],
+    gzip: bool,
+) -> Result<()> {
     let expected = shape.iter().product::<usize>() * dtype.size();
     if data.len() != expected {
         return Err(VoxelError::Invalid(format!(
@@ -83,7 +110,10 @@ pub fn write_nifti1(path: &Path, shape: &[usize], dtype: DType, slope: f32, inte
     let file = std::fs::File::create(path).map_err(|e| VoxelError::io(path, e))?;
     let io = |e| VoxelError::io(path, e);
     if gzip {
-        let mut enc = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::new(6));
+        let mut enc = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(file),
+            flate2::Compression::new(6),
+        );
         enc.write_all(&header).map_err(io)?;
         enc.write_all(data).map_err(io)?;
         enc.finish().map_err(io)?.flush().map_err(io)?;

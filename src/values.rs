@@ -99,7 +99,8 @@ impl Swap for [u8; 4] {
 fn decode<T: Swap>(raw: &[u8], swap: bool) -> Vec<T> {
     let n = raw.len() / std::mem::size_of::<T>();
     let mut out: Vec<T> = vec![T::zeroed(); n];
-    bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&raw[..n * std::mem::size_of::<T>()]);
+    bytemuck::cast_slice_mut::<T, u8>(&mut out)
+        .copy_from_slice(&raw[..n * std::mem::size_of::<T>()]);
     if swap {
         out.iter_mut().for_each(|x| *x = x.swap());
     }
@@ -108,7 +109,9 @@ fn decode<T: Swap>(raw: &[u8], swap: bool) -> Vec<T> {
 
 fn encode<T: Swap>(v: &[T], swap: bool) -> Vec<u8> {
     if swap {
-        v.iter().flat_map(|x| bytemuck::bytes_of(&x.swap()).to_vec()).collect()
+        v.iter()
+            .flat_map(|x| bytemuck::bytes_of(&x.swap()).to_vec())
+            .collect()
     } else {
         bytemuck::cast_slice(v).to_vec()
     }
@@ -121,7 +124,7 @@ fn swap_in_place<T: Swap>(v: &mut [T]) {
 impl Values {
     /// Decode stored bytes of `dtype` into native elements. `raw.len()` must be a multiple of the element size.
     pub fn from_bytes(raw: &[u8], dtype: DType) -> Result<Values> {
-        if raw.len() % dtype.size() != 0 {
+        if !raw.len().is_multiple_of(dtype.size()) {
             return Err(VoxelError::Invalid(format!(
                 "{} bytes is not a whole number of {} elements",
                 raw.len(),
@@ -219,7 +222,9 @@ impl Values {
                 }
             };
         }
-        pick!(U8, I8, U16, I16, U32, I32, U64, I64, F16, F32, F64, C64, C128, Rgb24, Rgba32)
+        pick!(
+            U8, I8, U16, I16, U32, I32, U64, I64, F16, F32, F64, C64, C128, Rgb24, Rgba32
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -237,7 +242,9 @@ impl Values {
         if self.scalar() == target {
             return Ok(self);
         }
-        if matches!(target, Scalar::Rgb24 | Scalar::Rgba32) || matches!(self, Values::Rgb24(_) | Values::Rgba32(_)) {
+        if matches!(target, Scalar::Rgb24 | Scalar::Rgba32)
+            || matches!(self, Values::Rgb24(_) | Values::Rgba32(_))
+        {
             return Err(VoxelError::DType(format!(
                 "cannot cast {} to {}",
                 self.scalar().name(),
@@ -245,7 +252,9 @@ impl Values {
             )));
         }
         Ok(match self {
-            Values::C64(v) => cast_complex(v.into_iter().map(|c| (c.re as f64, c.im as f64)), target),
+            Values::C64(v) => {
+                cast_complex(v.into_iter().map(|c| (c.re as f64, c.im as f64)), target)
+            }
             Values::C128(v) => cast_complex(v.into_iter().map(|c| (c.re, c.im)), target),
             other => cast_real(&other, target),
         })
@@ -289,8 +298,8 @@ fn cast_real(values: &Values, target: Scalar) -> Values {
         Scalar::I32 => Values::I32(it.map(|r| to_i64_trunc32(r) as i32).collect()),
         Scalar::U64 => Values::U64(it.map(to_u64).collect()),
         Scalar::I64 => Values::I64(it.map(to_i64_trunc64).collect()),
-        Scalar::F16 => Values::F16(it.map(|r| f16_of(r)).collect()),
-        Scalar::F32 => Values::F32(it.map(|r| f32_of(r)).collect()),
+        Scalar::F16 => Values::F16(it.map(f16_of).collect()),
+        Scalar::F32 => Values::F32(it.map(f32_of).collect()),
         Scalar::F64 => Values::F64(it.map(f64_of).collect()),
         Scalar::C64 => Values::C64(it.map(|r| Complex32::new(f32_of(r), 0.0)).collect()),
         Scalar::C128 => Values::C128(it.map(|r| Complex64::new(f64_of(r), 0.0)).collect()),
@@ -305,7 +314,10 @@ fn unreachable_records() -> Values {
 
 fn cast_complex(it: impl Iterator<Item = (f64, f64)>, target: Scalar) -> Values {
     match target {
-        Scalar::C64 => Values::C64(it.map(|(re, im)| Complex32::new(re as f32, im as f32)).collect()),
+        Scalar::C64 => Values::C64(
+            it.map(|(re, im)| Complex32::new(re as f32, im as f32))
+                .collect(),
+        ),
         Scalar::C128 => Values::C128(it.map(|(re, im)| Complex64::new(re, im)).collect()),
         _ => cast_real(&Values::F64(it.map(|(re, _)| re).collect()), target),
     }
@@ -343,7 +355,7 @@ fn to_i64_trunc32(r: Real) -> i64 {
         Real::Int(i) => i as i64,
         _ => {
             let f = f64_of(r);
-            if f.is_nan() || f >= 2147483648.0 || f < -2147483648.0 {
+            if !(-2147483648.0..2147483648.0).contains(&f) {
                 i32::MIN as i64
             } else {
                 f.trunc() as i64
@@ -352,13 +364,16 @@ fn to_i64_trunc32(r: Real) -> i64 {
     }
 }
 
+/// 2^63 as f64.
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+
 /// x86-64 `cvttsd2si` with a 64-bit destination.
 fn to_i64_trunc64(r: Real) -> i64 {
     match r {
         Real::Int(i) => i as i64,
         _ => {
             let f = f64_of(r);
-            if f.is_nan() || f >= 9.223372036854775808e18 || f < -9.223372036854775808e18 {
+            if !(-TWO_63..TWO_63).contains(&f) {
                 i64::MIN
             } else {
                 f.trunc() as i64
@@ -373,8 +388,8 @@ fn to_u64(r: Real) -> u64 {
         Real::Int(i) => i as u64,
         _ => {
             let f = f64_of(r);
-            if f >= 9.223372036854775808e18 {
-                (to_i64_trunc64(Real::Float(f - 9.223372036854775808e18)) as u64) ^ (1 << 63)
+            if f >= TWO_63 {
+                (to_i64_trunc64(Real::Float(f - TWO_63)) as u64) ^ (1 << 63)
             } else {
                 to_i64_trunc64(Real::Float(f)) as u64
             }
@@ -388,7 +403,11 @@ mod tests {
 
     #[test]
     fn decode_swaps_big_endian() {
-        let v = Values::from_bytes(&[0x01, 0x02, 0xff, 0xfe], DType::new(Scalar::I16, ByteOrder::Big)).unwrap();
+        let v = Values::from_bytes(
+            &[0x01, 0x02, 0xff, 0xfe],
+            DType::new(Scalar::I16, ByteOrder::Big),
+        )
+        .unwrap();
         assert_eq!(v, Values::I16(vec![0x0102, -2]));
         assert_eq!(v.to_bytes(ByteOrder::Big), vec![0x01, 0x02, 0xff, 0xfe]);
         assert_eq!(v.to_bytes(ByteOrder::Little), vec![0x02, 0x01, 0xfe, 0xff]);
@@ -411,18 +430,29 @@ mod tests {
     #[test]
     fn casts_follow_numpy() {
         let v = Values::F64(vec![1.9, -1.9, 70000.0, f64::NAN, 3e10]);
-        assert_eq!(v.clone().cast(Scalar::I16).unwrap(), Values::I16(vec![1, -1, 4464, 0, 0]));
+        assert_eq!(
+            v.clone().cast(Scalar::I16).unwrap(),
+            Values::I16(vec![1, -1, 4464, 0, 0])
+        );
         assert_eq!(
             v.clone().cast(Scalar::I32).unwrap(),
             Values::I32(vec![1, -1, 70000, i32::MIN, i32::MIN])
         );
-        assert_eq!(Values::I16(vec![-1, 300]).cast(Scalar::U8).unwrap(), Values::U8(vec![255, 44]));
         assert_eq!(
-            Values::C64(vec![Complex32::new(2.5, 1.0)]).cast(Scalar::F64).unwrap(),
+            Values::I16(vec![-1, 300]).cast(Scalar::U8).unwrap(),
+            Values::U8(vec![255, 44])
+        );
+        assert_eq!(
+            Values::C64(vec![Complex32::new(2.5, 1.0)])
+                .cast(Scalar::F64)
+                .unwrap(),
             Values::F64(vec![2.5])
         );
         assert!(Values::Rgb24(vec![[1, 2, 3]]).cast(Scalar::F32).is_err());
-        assert_eq!(Values::F64(vec![-1.0]).cast(Scalar::U64).unwrap(), Values::U64(vec![u64::MAX]));
+        assert_eq!(
+            Values::F64(vec![-1.0]).cast(Scalar::U64).unwrap(),
+            Values::U64(vec![u64::MAX])
+        );
     }
 
     #[test]

@@ -72,7 +72,11 @@ impl LocalSource {
     }
 
     fn file(&self) -> Result<Arc<File>> {
-        let open = || File::open(&self.path).map(Arc::new).map_err(|e| VoxelError::io(&self.path, e));
+        let open = || {
+            File::open(&self.path)
+                .map(Arc::new)
+                .map_err(|e| VoxelError::io(&self.path, e))
+        };
         match &self.handle {
             Handle::PerRead => open(),
             Handle::Shared(f) => Ok(Arc::clone(f)),
@@ -87,11 +91,18 @@ impl LocalSource {
     }
 
     fn file_len(&self, file: &File) -> Result<u64> {
-        Ok(file.metadata().map_err(|e| VoxelError::io(&self.path, e))?.len())
+        Ok(file
+            .metadata()
+            .map_err(|e| VoxelError::io(&self.path, e))?
+            .len())
     }
 
     fn check_bounds(&self, segments: &[Segment], len: u64) -> Result<()> {
-        let end = segments.iter().map(|s| s.offset.saturating_add(s.len)).max().unwrap_or(0);
+        let end = segments
+            .iter()
+            .map(|s| s.offset.saturating_add(s.len))
+            .max()
+            .unwrap_or(0);
         if end > len {
             return Err(VoxelError::Truncated {
                 path: self.location.clone(),
@@ -116,13 +127,18 @@ impl LocalSource {
         for s in segments {
             let (start, n) = (usize::try_from(s.offset), usize::try_from(s.len));
             let (Ok(start), Ok(n)) = (start, n) else {
-                return Err(VoxelError::Invalid(format!("{}: segment beyond address space", self.location)));
+                return Err(VoxelError::Invalid(format!(
+                    "{}: segment beyond address space",
+                    self.location
+                )));
             };
-            let src = map.get(start..start + n).ok_or_else(|| VoxelError::Truncated {
-                path: self.location.clone(),
-                expected: s.offset + s.len,
-                actual: map.len() as u64,
-            })?;
+            let src = map
+                .get(start..start + n)
+                .ok_or_else(|| VoxelError::Truncated {
+                    path: self.location.clone(),
+                    expected: s.offset + s.len,
+                    actual: map.len() as u64,
+                })?;
             out[pos..pos + n].copy_from_slice(src);
             pos += n;
         }
@@ -191,8 +207,15 @@ impl ByteSource for LocalSource {
         let len = self.file_len(&file)?;
         self.check_bounds(segments, len)?;
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.mmap != MmapMode::Off && total >= MIN_MAP_BYTES && segments.len() > 1 && self.read_mapped(&file, segments, out)? {
-            return Ok(ReadStats { requests: 1, ..stats });
+        if self.mmap != MmapMode::Off
+            && total >= MIN_MAP_BYTES
+            && segments.len() > 1
+            && self.read_mapped(&file, segments, out)?
+        {
+            return Ok(ReadStats {
+                requests: 1,
+                ..stats
+            });
         }
         self.read_positional(&file, segments, out)?;
         Ok(stats)
@@ -217,8 +240,14 @@ mod tests {
         for mode in [MmapMode::Off, MmapMode::CopyOnWrite, MmapMode::ReadOnly] {
             let (_f, s) = source(&data, mode);
             let segs = [
-                Segment { offset: 3, len: 70_000 },
-                Segment { offset: 100_000, len: 5 },
+                Segment {
+                    offset: 3,
+                    len: 70_000,
+                },
+                Segment {
+                    offset: 100_000,
+                    len: 5,
+                },
             ];
             let mut out = vec![0; 70_005];
             s.read_segments(&segs, &mut out).unwrap();
@@ -231,15 +260,34 @@ mod tests {
     fn short_file_is_truncated_error() {
         let (_f, s) = source(&[1, 2, 3], MmapMode::Off);
         let mut out = vec![0; 4];
-        let err = s.read_segments(&[Segment { offset: 0, len: 4 }], &mut out).unwrap_err();
-        assert!(matches!(err, VoxelError::Truncated { expected: 4, actual: 3, .. }), "{err}");
+        let err = s
+            .read_segments(&[Segment { offset: 0, len: 4 }], &mut out)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VoxelError::Truncated {
+                    expected: 4,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_file_names_path() {
-        let s = LocalSource::new(Path::new("/no/such/file.nii"), Handle::PerRead, MmapMode::Off, Arc::default());
+        let s = LocalSource::new(
+            Path::new("/no/such/file.nii"),
+            Handle::PerRead,
+            MmapMode::Off,
+            Arc::default(),
+        );
         let mut out = vec![0; 1];
-        let err = s.read_segments(&[Segment { offset: 0, len: 1 }], &mut out).unwrap_err();
+        let err = s
+            .read_segments(&[Segment { offset: 0, len: 1 }], &mut out)
+            .unwrap_err();
         assert!(err.to_string().contains("/no/such/file.nii"));
     }
 

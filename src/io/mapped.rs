@@ -42,7 +42,15 @@ pub struct MappedArray {
 
 impl MappedArray {
     /// Map `len` bytes at `offset` of `file`. The caller has checked that the file holds them.
-    pub fn map(file: &File, path: &Path, offset: u64, shape: Vec<usize>, dtype: DType, order: Order, mode: MmapMode) -> Result<MappedArray> {
+    pub fn map(
+        file: &File,
+        path: &Path,
+        offset: u64,
+        shape: Vec<usize>,
+        dtype: DType,
+        order: Order,
+        mode: MmapMode,
+    ) -> Result<MappedArray> {
         let len: usize = shape.iter().product::<usize>() * dtype.size();
         let mut opts = MmapOptions::new();
         opts.offset(offset).len(len);
@@ -54,7 +62,12 @@ impl MappedArray {
             MmapMode::CopyOnWrite => Map::CopyOnWrite(unsafe { opts.map_copy(file) }.map_err(io)?),
             MmapMode::Off => return Err(VoxelError::Invalid("memory mapping is off".into())),
         };
-        Ok(MappedArray { map, shape, dtype, order })
+        Ok(MappedArray {
+            map,
+            shape,
+            dtype,
+            order,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -102,8 +115,12 @@ impl MappedArray {
     /// The mapped data as a typed view; `T` must be the stored scalar, in native byte order and suitably aligned.
     pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
         self.check::<T>()?;
-        let data: &[T] = bytemuck::try_cast_slice(self.bytes())
-            .map_err(|e| VoxelError::Invalid(format!("mapped data cannot be viewed as {}: {e}", T::SCALAR.name())))?;
+        let data: &[T] = bytemuck::try_cast_slice(self.bytes()).map_err(|e| {
+            VoxelError::Invalid(format!(
+                "mapped data cannot be viewed as {}: {e}",
+                T::SCALAR.name()
+            ))
+        })?;
         ArrayViewD::from_shape(self.dim(), data).map_err(|e| VoxelError::Invalid(e.to_string()))
     }
 
@@ -112,10 +129,16 @@ impl MappedArray {
         self.check::<T>()?;
         let dim = self.dim();
         let Map::CopyOnWrite(m) = &mut self.map else {
-            return Err(VoxelError::Invalid("a read-only map cannot be written (use copy-on-write)".into()));
+            return Err(VoxelError::Invalid(
+                "a read-only map cannot be written (use copy-on-write)".into(),
+            ));
         };
-        let data: &mut [T] = bytemuck::try_cast_slice_mut(&mut m[..])
-            .map_err(|e| VoxelError::Invalid(format!("mapped data cannot be viewed as {}: {e}", T::SCALAR.name())))?;
+        let data: &mut [T] = bytemuck::try_cast_slice_mut(&mut m[..]).map_err(|e| {
+            VoxelError::Invalid(format!(
+                "mapped data cannot be viewed as {}: {e}",
+                T::SCALAR.name()
+            ))
+        })?;
         ArrayViewMutD::from_shape(dim, data).map_err(|e| VoxelError::Invalid(e.to_string()))
     }
 }

@@ -41,12 +41,21 @@ pub struct GzipStreamSource {
 
 impl GzipStreamSource {
     pub fn new(file: Arc<File>, location: String, lock: Arc<Mutex<()>>) -> GzipStreamSource {
-        GzipStreamSource { file, location, lock }
+        GzipStreamSource {
+            file,
+            location,
+            lock,
+        }
     }
 }
 
 /// Decompress `reader` once, copying the bytes of `segments` (sorted, non-overlapping) into `out`.
-pub fn read_segments_forward(reader: impl Read, segments: &[Segment], out: &mut [u8], location: &str) -> Result<()> {
+pub fn read_segments_forward(
+    reader: impl Read,
+    segments: &[Segment],
+    out: &mut [u8],
+    location: &str,
+) -> Result<()> {
     let mut dec = std::io::BufReader::with_capacity(1 << 16, reader);
     let mut pos: u64 = 0;
     let mut written = 0usize;
@@ -64,7 +73,10 @@ pub fn read_segments_forward(reader: impl Read, segments: &[Segment], out: &mut 
     };
     for s in segments {
         let mut skip = s.offset.checked_sub(pos).ok_or_else(|| {
-            VoxelError::Invalid(format!("{location}: segments out of order at offset {}", s.offset))
+            VoxelError::Invalid(format!(
+                "{location}: segments out of order at offset {}",
+                s.offset
+            ))
         })?;
         while skip > 0 {
             let n = skip.min(scratch.len() as u64) as usize;
@@ -76,7 +88,8 @@ pub fn read_segments_forward(reader: impl Read, segments: &[Segment], out: &mut 
             pos += n as u64;
         }
         let n = s.len as usize;
-        let got = read_full(&mut dec, &mut out[written..written + n]).map_err(|e| map_err(e, pos))?;
+        let got =
+            read_full(&mut dec, &mut out[written..written + n]).map_err(|e| map_err(e, pos))?;
         if got < n {
             return Err(truncated(location, s.offset + s.len, pos + got as u64));
         }
@@ -174,7 +187,8 @@ impl ByteSource for GzipPathSource {
 
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
         let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
-        GzipStreamSource::new(Arc::new(file), self.location.clone(), Arc::default()).read_segments(segments, out)
+        GzipStreamSource::new(Arc::new(file), self.location.clone(), Arc::default())
+            .read_segments(segments, out)
     }
 }
 
@@ -196,7 +210,13 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&gz(&data)).unwrap();
         let src = GzipStreamSource::new(Arc::new(f), "x.gz".into(), Arc::default());
-        let segs = [Segment { offset: 10, len: 5 }, Segment { offset: 200_000, len: 70_000 }];
+        let segs = [
+            Segment { offset: 10, len: 5 },
+            Segment {
+                offset: 200_000,
+                len: 70_000,
+            },
+        ];
         let mut out = vec![0; 70_005];
         let st = src.read_segments(&segs, &mut out).unwrap();
         assert_eq!(&out[..5], &data[10..15]);
@@ -211,7 +231,15 @@ mod tests {
         f.write_all(&gz(&data)).unwrap();
         let src = GzipStreamSource::new(Arc::new(f), "x.gz".into(), Arc::default());
         let mut out = vec![0; 10];
-        let err = src.read_segments(&[Segment { offset: 995, len: 10 }], &mut out).unwrap_err();
+        let err = src
+            .read_segments(
+                &[Segment {
+                    offset: 995,
+                    len: 10,
+                }],
+                &mut out,
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("x.gz"), "{err}");
     }
 }
