@@ -9,6 +9,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::plan::Segment;
 
+pub mod gzindex;
+pub mod gzip;
 pub mod local;
 pub mod mapped;
 pub mod stream;
@@ -49,8 +51,8 @@ pub trait ByteSource: Send + Sync + Debug {
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats>;
 }
 
-/// The byte source for a gzip-compressed file at `path`.
+/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip.rs`).
 pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
-    let _ = keep_open;
-    Ok(Arc::new(stream::GzipPathSource::new(path)))
+    let options = gzip::GzipOptions { keep_open, ..gzip::GzipOptions::from_env() };
+    Ok(Arc::new(gzip::GzipSource::with_options(path, options)?))
 }

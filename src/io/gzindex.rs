@@ -1,0 +1,1235 @@
+//! Random access into gzip files: a seek-point index over the DEFLATE stream (the zran technique of zlib's
+//! `examples/zran.c`, as indexed_gzip uses it).
+//!
+//! DEFLATE has no random access: a block may copy from anywhere in the 32 KiB of output before it. But at the start
+//! of any block, the decoder state is just (input bit position, last 32 KiB of output). A [`SeekPoint`] records
+//! exactly that every `span` bytes of output (default [`DEFAULT_SPAN`], 1 MiB); to read `[offset, offset + len)`,
+//! decompression restarts from the last point at or before `offset` (a raw inflate primed with the point's bits and
+//! preset with its window) and discards at most `span` bytes plus one block before reaching `offset`.
+//!
+//! Points are taken by a [`GzIndexBuilder`] riding along with an ordinary forward pass ([`GzCursor::recording`]): the
+//! pass inflates with `Z_BLOCK`, so zlib stops at every block boundary and reports it in `data_type` (bit 7 = at a
+//! block boundary, bit 6 = after the last block, bits 0–2 = unused bits of the last input byte), and the window is
+//! read back with `inflateGetDictionary`. A query that reads the file anyway builds the index for free.
+//! Multi-member files (concatenated gzip members) work: at a member's end the cursor checks its trailer (in gzip
+//! mode zlib verifies CRC-32 and length; a pass started from a point skips the partial member's trailer), skips zero
+//! padding as Python's gzip does, and restarts on the next member's header; a member's first point has an empty or
+//! short window, since nothing before a member can be referenced.
+//!
+//! Inflate comes from `libz-rs-sys` (zlib-rs behind zlib's C API): the only pure-Rust inflate that offers
+//! `inflatePrime`, `inflateSetDictionary`, `inflateGetDictionary` and `Z_BLOCK` with zlib's `data_type` bits.
+//!
+//! # Index file (version 1, little-endian)
+//!
+//! ```text
+//! magic "VXGZIDX\0" | version u32 | flags u32 (bit 0: complete) | gz size u64 | gz mtime ns i64 |
+//! crc32 of the gz file's first 64 KiB u32 | span u64 | covered_out u64 | total_out u64 | points u32 |
+//! per point: out u64, in u64, bits u8, window kind u8 (0 raw, 1 raw-deflate), window len u32, stored len u32, bytes |
+//! crc32 of everything before it u32
+//! ```
+//!
+//! Loading checks all of it (magic, version, the identity of the gz file, the checksum, every point's bounds and
+//! order, each window's length); anything off is an [`IndexRejected`] and the caller rebuilds.
+
+use std::ffi::{CStr, c_int, c_uint};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::UNIX_EPOCH;
+
+use libz_rs_sys as z;
+
+use crate::error::{Result, VoxelError};
+
+/// Default distance between seek points in uncompressed bytes: a random read decompresses at most about this much
+/// before reaching its data.
+pub const DEFAULT_SPAN: u64 = 1 << 20;
+/// DEFLATE's window: the most output a block can refer back to.
+pub const WINDOW_SIZE: usize = 32 * 1024;
+/// How much of the start of a gz file is hashed into its identity.
+pub const HEAD_HASH_LEN: usize = 64 * 1024;
+
+const MAGIC: &[u8; 8] = b"VXGZIDX\0";
+const VERSION: u32 = 1;
+const FLAG_COMPLETE: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 4 + 8 + 8 + 8 + 4;
+const POINT_HEAD_LEN: usize = 8 + 8 + 1 + 1 + 4 + 4;
+/// Compressed bytes read per `pread`.
+const INPUT_CHUNK: usize = 128 * 1024;
+/// zlib `windowBits`: gzip header and trailer, or a bare deflate stream (used when restarting at a point).
+const GZIP_BITS: c_int = 31;
+const RAW_BITS: c_int = -15;
+
+/// Positional reads of compressed bytes: a local file, an in-memory buffer, later a remote object.
+pub trait ReadAt: Send + Sync {
+    /// Read up to `buf.len()` bytes at `offset`; 0 means end of data.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Which gz file an index belongs to: size, modification time and a hash of the first 64 KiB, all three checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch (negative before it).
+    pub mtime_ns: i64,
+    /// CRC-32 of the first `min(size, 64 KiB)` bytes.
+    pub head_crc: u32,
+}
+
+impl FileIdentity {
+    /// The identity of an open file (`location` for error messages).
+    pub fn of(file: &File, location: &str) -> Result<FileIdentity> {
+        let meta = file.metadata().map_err(|e| VoxelError::io(location, e))?;
+        let (_, mtime_ns) = FileIdentity::of_metadata(&meta).ok_or_else(|| {
+            VoxelError::header(location, "the file system gives no modification time")
+        })?;
+        let mut head =
+            vec![0u8; HEAD_HASH_LEN.min(usize::try_from(meta.len()).unwrap_or(HEAD_HASH_LEN))];
+        read_full_at(file, &mut head, 0).map_err(|e| VoxelError::io(location, e))?;
+        Ok(FileIdentity {
+            size: meta.len(),
+            mtime_ns,
+            head_crc: zlib_rs::crc32::crc32(0, &head),
+        })
+    }
+}
+
+impl FileIdentity {
+    /// The cheap part of an identity: (size, modification time in ns), `None` without a modification time.
+    pub fn of_metadata(meta: &std::fs::Metadata) -> Option<(u64, i64)> {
+        let modified = meta.modified().ok()?;
+        let mtime_ns = match modified.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        };
+        Some((meta.len(), mtime_ns))
+    }
+}
+
+/// Fill `buf` from `offset`, stopping early only at end of data; returns the bytes read.
+fn read_full_at(
+    src: &(impl ReadAt + ?Sized),
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Where decompression can restart: the start of a DEFLATE block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeekPoint {
+    /// Offset in the decompressed data.
+    pub out: u64,
+    /// Offset in the gz file of the first byte wholly inside the block.
+    pub input: u64,
+    /// How many high bits of the byte before `input` belong to the block (0–7).
+    pub bits: u8,
+    /// Up to 32 KiB of decompressed data just before `out` (less at the start of a gzip member).
+    window: Arc<[u8]>,
+}
+
+impl SeekPoint {
+    pub fn window(&self) -> &[u8] {
+        &self.window
+    }
+}
+
+/// Why a stored index was not used. Every case means "absent": the caller rebuilds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexRejected {
+    #[error("no index file")]
+    Missing,
+    #[error("cannot read the index file: {0}")]
+    Unreadable(String),
+    #[error("not a voxelscan gzip index (bad magic)")]
+    BadMagic,
+    #[error("index format version {0}, expected {VERSION}")]
+    Version(u32),
+    #[error("index file is truncated")]
+    Truncated,
+    #[error("index checksum mismatch (corrupt)")]
+    Checksum,
+    #[error("index is stale: the gz file's {0} changed")]
+    Stale(&'static str),
+    #[error("index is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The seek points of one gzip stream, complete up to `covered_out` decompressed bytes (the whole stream once the
+/// total size is known). A partial index is extended by later passes that go past `covered_out`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GzIndex {
+    span: u64,
+    points: Vec<SeekPoint>,
+    covered_out: u64,
+    total_out: Option<u64>,
+}
+
+/// What one recording pass learnt, merged into an index with [`GzIndex::absorb`].
+#[derive(Debug, Clone)]
+pub struct PassRecord {
+    points: Vec<SeekPoint>,
+    reached_out: u64,
+    total_out: Option<u64>,
+}
+
+impl PassRecord {
+    pub fn reached_out(&self) -> u64 {
+        self.reached_out
+    }
+
+    pub fn total_out(&self) -> Option<u64> {
+        self.total_out
+    }
+}
+
+impl GzIndex {
+    /// An empty index (nothing known yet) with points every `span` bytes (at least 1).
+    pub fn new(span: u64) -> GzIndex {
+        GzIndex {
+            span: span.max(1),
+            points: Vec::new(),
+            covered_out: 0,
+            total_out: None,
+        }
+    }
+
+    /// Build the complete index in one forward pass (for `voxelscan index`); `progress` gets the compressed bytes
+    /// consumed so far, about every 16 MiB of output.
+    pub fn build(
+        src: &dyn ReadAt,
+        location: &str,
+        span: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<GzIndex> {
+        let mut cursor =
+            GzCursor::from_start(src, location)?.recording(GzIndexBuilder::after(None, span));
+        let mut scratch = vec![0u8; 1 << 20];
+        let mut since = 0usize;
+        loop {
+            let n = cursor.fill(&mut scratch)?;
+            if n == 0 {
+                break;
+            }
+            since += n;
+            if since >= 16 << 20 {
+                progress(cursor.compressed_pos());
+                since = 0;
+            }
+        }
+        progress(cursor.compressed_pos());
+        let mut index = GzIndex::new(span);
+        if let Some(record) = cursor.into_record() {
+            index.absorb(record);
+        }
+        Ok(index)
+    }
+
+    pub fn span(&self) -> u64 {
+        self.span
+    }
+
+    pub fn points(&self) -> &[SeekPoint] {
+        &self.points
+    }
+
+    /// Decompressed bytes up to which the points are known.
+    pub fn covered_out(&self) -> u64 {
+        self.covered_out
+    }
+
+    /// Size of the decompressed data, once a pass has reached the end.
+    pub fn total_out(&self) -> Option<u64> {
+        self.total_out
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.total_out.is_some()
+    }
+
+    /// The last point at or before decompressed `offset` (`None`: start from the beginning of the file).
+    pub fn point_at_or_before(&self, offset: u64) -> Option<&SeekPoint> {
+        let after = self.points.partition_point(|p| p.out <= offset);
+        after.checked_sub(1).and_then(|i| self.points.get(i))
+    }
+
+    /// The last point (where a pass extending the index starts).
+    pub fn last_point(&self) -> Option<&SeekPoint> {
+        self.points.last()
+    }
+
+    /// Merge what a recording pass learnt; returns whether the index grew. Passes are deterministic (same block
+    /// boundaries, same spacing rule from the same last point), so points past the current last one are appended.
+    pub fn absorb(&mut self, record: PassRecord) -> bool {
+        let before = (self.points.len(), self.covered_out, self.total_out);
+        let last = self.points.last().map(|p| p.out);
+        self.points.extend(
+            record
+                .points
+                .into_iter()
+                .filter(|p| last.is_none_or(|l| p.out > l)),
+        );
+        self.covered_out = self.covered_out.max(record.reached_out);
+        if let Some(total) = record.total_out {
+            self.total_out = Some(total);
+            self.covered_out = total;
+        }
+        before != (self.points.len(), self.covered_out, self.total_out)
+    }
+
+    /// The index file's bytes for the gz file `id`.
+    pub fn to_bytes(&self, id: &FileIdentity) -> Vec<u8> {
+        let mut b = Vec::with_capacity(
+            HEADER_LEN + self.points.len() * (POINT_HEAD_LEN + WINDOW_SIZE / 2) + 4,
+        );
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(if self.is_complete() { FLAG_COMPLETE } else { 0 }).to_le_bytes());
+        b.extend_from_slice(&id.size.to_le_bytes());
+        b.extend_from_slice(&id.mtime_ns.to_le_bytes());
+        b.extend_from_slice(&id.head_crc.to_le_bytes());
+        b.extend_from_slice(&self.span.to_le_bytes());
+        b.extend_from_slice(&self.covered_out.to_le_bytes());
+        b.extend_from_slice(&self.total_out.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&(self.points.len() as u32).to_le_bytes());
+        // Windows are stored deflated when the data has redundancy; when a sample window does not shrink by a
+        // quarter (noise-like data), compressing all of them would cost time for nothing, so they are stored raw.
+        let sample = self.points.iter().find(|p| p.window.len() == WINDOW_SIZE);
+        let pack = sample.is_none_or(|p| {
+            deflate_window(&p.window).is_some_and(|d| d.len() * 4 <= p.window.len() * 3)
+        });
+        for p in &self.points {
+            write_point(&mut b, p, pack);
+        }
+        let crc = zlib_rs::crc32::crc32(0, &b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parse and verify an index file's bytes against the gz file `id`.
+    pub fn from_bytes(bytes: &[u8], id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(if bytes.len() < MAGIC.len() {
+                IndexRejected::Truncated
+            } else {
+                IndexRejected::BadMagic
+            });
+        }
+        let mut r = Reader {
+            bytes,
+            pos: MAGIC.len(),
+        };
+        let version = r.u32()?;
+        if version != VERSION {
+            return Err(IndexRejected::Version(version));
+        }
+        let body_len = bytes.len().checked_sub(4).ok_or(IndexRejected::Truncated)?;
+        if body_len < HEADER_LEN {
+            return Err(IndexRejected::Truncated);
+        }
+        let stored_crc = u32::from_le_bytes(
+            bytes[body_len..]
+                .try_into()
+                .map_err(|_| IndexRejected::Truncated)?,
+        );
+        if zlib_rs::crc32::crc32(0, &bytes[..body_len]) != stored_crc {
+            return Err(IndexRejected::Checksum);
+        }
+        let r = Reader {
+            bytes: &bytes[..body_len],
+            pos: r.pos,
+        };
+        parse_body(r, id)
+    }
+
+    /// Write the index for `id` to `path` atomically (temporary file in the same directory, then rename).
+    pub fn save(&self, path: &Path, id: &FileIdentity) -> std::io::Result<()> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        static SAVES: AtomicU64 = AtomicU64::new(0);
+        let unique = SAVES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}-{unique}.tmp", std::process::id()));
+        // No fsync: a file cut short by a crash fails its checksum on load and is rebuilt, never used.
+        let written = File::create(&tmp).and_then(|mut f| f.write_all(&self.to_bytes(id)));
+        let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        renamed
+    }
+
+    /// Read and verify the index at `path` for the gz file `id`.
+    pub fn load(path: &Path, id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
+        match std::fs::read(path) {
+            Ok(bytes) => GzIndex::from_bytes(&bytes, id),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(IndexRejected::Missing),
+            Err(e) => Err(IndexRejected::Unreadable(e.to_string())),
+        }
+    }
+}
+
+fn write_point(b: &mut Vec<u8>, p: &SeekPoint, pack: bool) {
+    let packed = pack
+        .then(|| deflate_window(&p.window))
+        .flatten()
+        .filter(|d| d.len() < p.window.len());
+    b.extend_from_slice(&p.out.to_le_bytes());
+    b.extend_from_slice(&p.input.to_le_bytes());
+    b.push(p.bits);
+    b.push(u8::from(packed.is_some()));
+    b.extend_from_slice(&(p.window.len() as u32).to_le_bytes());
+    let stored: &[u8] = packed.as_deref().unwrap_or(&p.window);
+    b.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    b.extend_from_slice(stored);
+}
+
+fn deflate_window(window: &[u8]) -> Option<Vec<u8>> {
+    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+    let mut out = Vec::with_capacity(window.len() + 64);
+    match c.compress_vec(window, &mut out, flate2::FlushCompress::Finish) {
+        Ok(flate2::Status::StreamEnd) => Some(out),
+        _ => None,
+    }
+}
+
+fn inflate_window(stored: &[u8], len: usize) -> Result<Vec<u8>, IndexRejected> {
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(len);
+    let bad = || IndexRejected::Malformed("a window does not decompress to its length".into());
+    match d.decompress_vec(stored, &mut out, flate2::FlushDecompress::Finish) {
+        Ok(flate2::Status::StreamEnd) if out.len() == len => Ok(out),
+        _ => Err(bad()),
+    }
+}
+
+/// Little-endian field reader over a verified body; running out of bytes means a truncated file.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], IndexRejected> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(IndexRejected::Truncated)?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, IndexRejected> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, IndexRejected> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| IndexRejected::Truncated)?,
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, IndexRejected> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| IndexRejected::Truncated)?,
+        ))
+    }
+}
+
+fn parse_body(mut r: Reader<'_>, id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
+    let flags = r.u32()?;
+    let size = r.u64()?;
+    let mtime_ns = r.u64()? as i64;
+    let head_crc = r.u32()?;
+    if size != id.size {
+        return Err(IndexRejected::Stale("size"));
+    }
+    if mtime_ns != id.mtime_ns {
+        return Err(IndexRejected::Stale("modification time"));
+    }
+    if head_crc != id.head_crc {
+        return Err(IndexRejected::Stale("first 64 KiB"));
+    }
+    let span = r.u64()?;
+    let covered_out = r.u64()?;
+    let total = r.u64()?;
+    let count = r.u32()?;
+    let malformed = |m: &str| IndexRejected::Malformed(m.to_string());
+    if span == 0 || flags & !FLAG_COMPLETE != 0 {
+        return Err(malformed("bad span or flags"));
+    }
+    let total_out = (flags & FLAG_COMPLETE != 0).then_some(total);
+    if total_out.is_some_and(|t| t != covered_out) {
+        return Err(malformed(
+            "complete index whose coverage is not the total size",
+        ));
+    }
+    let mut points: Vec<SeekPoint> = Vec::new();
+    for _ in 0..count {
+        let p = parse_point(&mut r, size)?;
+        if points
+            .last()
+            .is_some_and(|q| q.out >= p.out || q.input > p.input)
+            || p.out > covered_out
+        {
+            return Err(malformed("points out of order or past the covered range"));
+        }
+        points.push(p);
+    }
+    if r.pos != r.bytes.len() {
+        return Err(malformed("trailing bytes after the points"));
+    }
+    Ok(GzIndex {
+        span,
+        points,
+        covered_out,
+        total_out,
+    })
+}
+
+fn parse_point(r: &mut Reader<'_>, gz_size: u64) -> Result<SeekPoint, IndexRejected> {
+    let out = r.u64()?;
+    let input = r.u64()?;
+    let bits = r.u8()?;
+    let kind = r.u8()?;
+    let len = r.u32()? as usize;
+    let stored_len = r.u32()? as usize;
+    if bits > 7 || (bits > 0 && input == 0) || input > gz_size || len > WINDOW_SIZE || kind > 1 {
+        return Err(IndexRejected::Malformed(format!(
+            "point at output offset {out} is out of bounds"
+        )));
+    }
+    let stored = r.take(stored_len)?;
+    let window = match kind {
+        0 if stored_len == len => stored.to_vec(),
+        0 => {
+            return Err(IndexRejected::Malformed(
+                "raw window of the wrong length".into(),
+            ));
+        }
+        _ => inflate_window(stored, len)?,
+    };
+    Ok(SeekPoint {
+        out,
+        input,
+        bits,
+        window: window.into(),
+    })
+}
+
+/// Records seek points at block boundaries during a forward pass: the first boundary of the pass when it starts at
+/// the beginning of the file, then the first boundary at least `span` bytes after the previous point.
+#[derive(Debug)]
+pub struct GzIndexBuilder {
+    span: u64,
+    last_out: Option<u64>,
+    points: Vec<SeekPoint>,
+}
+
+impl GzIndexBuilder {
+    /// A builder continuing after the point at decompressed offset `last_out` (`None`: from the start of the file).
+    pub fn after(last_out: Option<u64>, span: u64) -> GzIndexBuilder {
+        GzIndexBuilder {
+            span: span.max(1),
+            last_out,
+            points: Vec::new(),
+        }
+    }
+
+    fn due(&self, out: u64) -> bool {
+        self.due_at().is_none_or(|at| out >= at)
+    }
+
+    /// Output offset from which the next point is wanted (`None`: at the first boundary).
+    fn due_at(&self) -> Option<u64> {
+        self.last_out.map(|l| l.saturating_add(self.span))
+    }
+}
+
+/// A safe handle on one zlib-rs inflate stream (the C API of `libz-rs-sys`).
+struct Inflater {
+    // Boxed so that the stream never moves after initialisation (zlib's contract for `z_stream`).
+    strm: Box<z::z_stream>,
+}
+
+// SAFETY: the z_stream and its state are owned exclusively by this value; the raw input/output pointers inside are
+// set only for the duration of one `inflate` call made through `&mut self` and cleared afterwards, so nothing is
+// shared with the thread that created it.
+unsafe impl Send for Inflater {}
+
+impl Inflater {
+    fn new(window_bits: c_int) -> std::result::Result<Inflater, String> {
+        let mut strm = Box::new(z::z_stream::default());
+        // SAFETY: `strm` is a valid default z_stream (allocator set, no state yet); the version string and struct
+        // size are the library's own.
+        let ret = unsafe {
+            z::inflateInit2_(
+                &mut *strm,
+                window_bits,
+                z::zlibVersion(),
+                size_of::<z::z_stream>() as c_int,
+            )
+        };
+        if ret == z::Z_OK {
+            Ok(Inflater { strm })
+        } else {
+            Err(format!("cannot start inflate (zlib code {ret})"))
+        }
+    }
+
+    fn reset(&mut self, window_bits: c_int) -> std::result::Result<(), String> {
+        // SAFETY: the stream was initialised by `inflateInit2_` in `new`.
+        let ret = unsafe { z::inflateReset2(&mut *self.strm, window_bits) };
+        if ret == z::Z_OK {
+            Ok(())
+        } else {
+            Err(format!("cannot reset inflate (zlib code {ret})"))
+        }
+    }
+
+    /// Start a raw stream mid-byte: `bits` high bits of `byte` are the first input bits.
+    fn prime(&mut self, bits: u8, byte: u8) -> std::result::Result<(), String> {
+        if bits == 0 {
+            return Ok(());
+        }
+        // SAFETY: initialised stream; 1..=7 bits is within inflatePrime's 16-bit limit.
+        let ret = unsafe {
+            z::inflatePrime(
+                &mut *self.strm,
+                c_int::from(bits),
+                c_int::from(byte >> (8 - bits)),
+            )
+        };
+        if ret == z::Z_OK {
+            Ok(())
+        } else {
+            Err(format!("cannot prime inflate (zlib code {ret})"))
+        }
+    }
+
+    fn set_dictionary(&mut self, dict: &[u8]) -> std::result::Result<(), String> {
+        if dict.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: initialised raw stream; `dict` is a valid slice of at most 32 KiB for the call's duration.
+        let ret = unsafe {
+            z::inflateSetDictionary(&mut *self.strm, dict.as_ptr(), dict.len() as c_uint)
+        };
+        if ret == z::Z_OK {
+            Ok(())
+        } else {
+            Err(format!("cannot set the inflate window (zlib code {ret})"))
+        }
+    }
+
+    /// The last (up to) 32 KiB of output since the stream's last reset.
+    fn window(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; WINDOW_SIZE];
+        let mut len: c_uint = 0;
+        // SAFETY: initialised stream; `buf` has the 32 KiB that inflateGetDictionary may write.
+        unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        buf.truncate((len as usize).min(WINDOW_SIZE));
+        buf
+    }
+
+    /// One `inflate` call: (input bytes used, output bytes made, zlib return code).
+    fn inflate(&mut self, input: &[u8], output: &mut [u8], flush: c_int) -> (usize, usize, c_int) {
+        let avail_in = input.len().min(c_uint::MAX as usize) as c_uint;
+        let avail_out = output.len().min(c_uint::MAX as usize) as c_uint;
+        self.strm.next_in = input.as_ptr();
+        self.strm.avail_in = avail_in;
+        self.strm.next_out = output.as_mut_ptr();
+        self.strm.avail_out = avail_out;
+        // SAFETY: initialised stream; next_in/avail_in and next_out/avail_out describe live slices that outlive
+        // the call, and are cleared right after it.
+        let ret = unsafe { z::inflate(&mut *self.strm, flush) };
+        let used = (avail_in - self.strm.avail_in) as usize;
+        let made = (avail_out - self.strm.avail_out) as usize;
+        self.strm.next_in = std::ptr::null();
+        self.strm.avail_in = 0;
+        self.strm.next_out = std::ptr::null_mut();
+        self.strm.avail_out = 0;
+        (used, made, ret)
+    }
+
+    fn data_type(&self) -> c_int {
+        self.strm.data_type
+    }
+
+    fn message(&self) -> String {
+        if self.strm.msg.is_null() {
+            return "invalid data".into();
+        }
+        // SAFETY: zlib-rs sets `msg` only to its static NUL-terminated messages.
+        unsafe { CStr::from_ptr(self.strm.msg) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new` and ended exactly once, here.
+        unsafe { z::inflateEnd(&mut *self.strm) };
+    }
+}
+
+/// A forward pass over a gzip stream, from the start of the file or from a seek point, producing decompressed bytes
+/// in order across member boundaries; optionally recording seek points as it goes.
+pub struct GzCursor<'a> {
+    src: &'a dyn ReadAt,
+    location: &'a str,
+    inf: Inflater,
+    /// Inside a member entered at a seek point: raw deflate, its trailer is skipped by hand.
+    raw: bool,
+    buf: Vec<u8>,
+    buf_pos: usize,
+    buf_len: usize,
+    /// File offset just after `buf[..buf_len]`.
+    next_read: u64,
+    input_ended: bool,
+    out_pos: u64,
+    finished: bool,
+    compressed_read: u64,
+    builder: Option<GzIndexBuilder>,
+}
+
+impl<'a> GzCursor<'a> {
+    /// A pass from the start of the gzip file.
+    pub fn from_start(src: &'a dyn ReadAt, location: &'a str) -> Result<GzCursor<'a>> {
+        let inf = Inflater::new(GZIP_BITS).map_err(|m| corrupt(location, 0, &m))?;
+        Ok(GzCursor::with(src, location, inf, false, 0, 0))
+    }
+
+    /// A pass restarting at `point`.
+    pub fn from_point(
+        src: &'a dyn ReadAt,
+        location: &'a str,
+        point: &SeekPoint,
+    ) -> Result<GzCursor<'a>> {
+        let bad = |m: String| corrupt(location, point.input, &m);
+        let mut inf = Inflater::new(RAW_BITS).map_err(bad)?;
+        if point.bits > 0 {
+            let mut byte = [0u8; 1];
+            let at = point.input.saturating_sub(1);
+            let got = read_full_at(src, &mut byte, at).map_err(|e| VoxelError::io(location, e))?;
+            if got == 0 {
+                return Err(truncated_input(location, point.out));
+            }
+            inf.prime(point.bits, byte[0]).map_err(bad)?;
+        }
+        inf.set_dictionary(point.window()).map_err(bad)?;
+        Ok(GzCursor::with(
+            src,
+            location,
+            inf,
+            true,
+            point.input,
+            point.out,
+        ))
+    }
+
+    fn with(
+        src: &'a dyn ReadAt,
+        location: &'a str,
+        inf: Inflater,
+        raw: bool,
+        input: u64,
+        out: u64,
+    ) -> GzCursor<'a> {
+        GzCursor {
+            src,
+            location,
+            inf,
+            raw,
+            buf: vec![0u8; INPUT_CHUNK],
+            buf_pos: 0,
+            buf_len: 0,
+            next_read: input,
+            input_ended: false,
+            out_pos: out,
+            finished: false,
+            compressed_read: 0,
+            builder: None,
+        }
+    }
+
+    /// Record seek points during this pass.
+    pub fn recording(mut self, builder: GzIndexBuilder) -> GzCursor<'a> {
+        self.builder = Some(builder);
+        self
+    }
+
+    /// Decompressed offset of the next byte.
+    pub fn out_pos(&self) -> u64 {
+        self.out_pos
+    }
+
+    /// Offset in the gz file of the next compressed byte to be consumed.
+    pub fn compressed_pos(&self) -> u64 {
+        self.next_read - (self.buf_len - self.buf_pos) as u64
+    }
+
+    /// Compressed bytes read from the source so far.
+    pub fn compressed_read(&self) -> u64 {
+        self.compressed_read
+    }
+
+    /// Whether the pass has reached the end of the last member.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The points recorded (if recording), how far the pass got and, if it reached the end, the total size.
+    pub fn into_record(self) -> Option<PassRecord> {
+        let total_out = self.finished.then_some(self.out_pos);
+        let reached_out = self.out_pos;
+        self.builder.map(|b| PassRecord {
+            points: b.points,
+            reached_out,
+            total_out,
+        })
+    }
+
+    /// Decompress into `out`, returning how many bytes were produced: `out.len()`, or fewer only at the end of the
+    /// stream (0 once finished). A stream that stops mid-member or holds bad data is an error naming the file.
+    pub fn fill(&mut self, out: &mut [u8]) -> Result<usize> {
+        let mut made = 0;
+        while made < out.len() && !self.finished {
+            if self.buf_pos == self.buf_len {
+                self.refill()?;
+            }
+            let (flush, room) = self.flush_and_room(out.len() - made);
+            let (used, n, ret) = self.inf.inflate(
+                &self.buf[self.buf_pos..self.buf_len],
+                &mut out[made..made + room],
+                flush,
+            );
+            self.buf_pos += used;
+            made += n;
+            self.out_pos += n as u64;
+            match ret {
+                z::Z_OK => self.maybe_record(),
+                z::Z_STREAM_END => self.next_member()?,
+                z::Z_BUF_ERROR if self.input_ended && self.buf_pos == self.buf_len => {
+                    return Err(VoxelError::Truncated {
+                        path: format!("{} (gzip stream ends early)", self.location),
+                        expected: self.out_pos + (out.len() - made) as u64,
+                        actual: self.out_pos,
+                    });
+                }
+                z::Z_BUF_ERROR => {}
+                _ => {
+                    return Err(corrupt(
+                        self.location,
+                        self.compressed_pos(),
+                        &self.inf.message(),
+                    ));
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// How to call inflate for `room` bytes of output space. Recording stops at every block boundary (`Z_BLOCK`)
+    /// only once a point is due; before that, plain inflate runs up to the offset where it becomes due, so a
+    /// recording pass costs no more than a plain one (`Z_BLOCK` returns, and copies the window, once per block).
+    fn flush_and_room(&self, room: usize) -> (c_int, usize) {
+        match self.builder.as_ref().map(GzIndexBuilder::due_at) {
+            None => (z::Z_NO_FLUSH, room),
+            Some(Some(at)) if at > self.out_pos => {
+                let until = usize::try_from(at - self.out_pos).unwrap_or(usize::MAX);
+                (z::Z_NO_FLUSH, room.min(until))
+            }
+            Some(_) => (z::Z_BLOCK, room),
+        }
+    }
+
+    /// Fill all of `out`; a stream that ends first is `VoxelError::Truncated`.
+    pub fn read_exact(&mut self, out: &mut [u8]) -> Result<()> {
+        let start = self.out_pos;
+        let n = self.fill(out)?;
+        if n < out.len() {
+            return Err(VoxelError::Truncated {
+                path: format!("{} (decompressed)", self.location),
+                expected: start + out.len() as u64,
+                actual: self.out_pos,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decompress and drop `n` bytes, using `scratch` as the landing area.
+    pub fn skip(&mut self, mut n: u64, scratch: &mut [u8]) -> Result<()> {
+        let target = self.out_pos + n;
+        while n > 0 {
+            let k = n.min(scratch.len() as u64) as usize;
+            let got = self.fill(&mut scratch[..k])?;
+            if got < k {
+                return Err(VoxelError::Truncated {
+                    path: format!("{} (decompressed)", self.location),
+                    expected: target,
+                    actual: self.out_pos,
+                });
+            }
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// Decompress to the end of the stream, discarding the data (to complete an index).
+    pub fn skip_to_end(&mut self, scratch: &mut [u8]) -> Result<()> {
+        while self.fill(scratch)? > 0 {}
+        Ok(())
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        let n = read_full_at(self.src, &mut self.buf, self.next_read)
+            .map_err(|e| VoxelError::io(self.location, e))?;
+        self.buf_pos = 0;
+        self.buf_len = n;
+        self.next_read += n as u64;
+        self.compressed_read += n as u64;
+        self.input_ended = n < self.buf.len();
+        Ok(())
+    }
+
+    fn maybe_record(&mut self) {
+        let Some(builder) = self.builder.as_mut() else {
+            return;
+        };
+        // At the end of a gzip header or of a block that is not the member's last (zran's test).
+        let at_boundary = self.inf.data_type() & 0xc0 == 0x80;
+        if !at_boundary || !builder.due(self.out_pos) {
+            return;
+        }
+        let input = self.next_read - (self.buf_len - self.buf_pos) as u64;
+        let bits = (self.inf.data_type() & 7) as u8;
+        builder.points.push(SeekPoint {
+            out: self.out_pos,
+            input,
+            bits,
+            window: self.inf.window().into(),
+        });
+        builder.last_out = Some(self.out_pos);
+    }
+
+    /// After a member's end: skip its trailer if zlib did not read it, skip zero padding, start the next member.
+    fn next_member(&mut self) -> Result<()> {
+        if self.raw {
+            self.consume(8)?;
+        }
+        loop {
+            if self.buf_pos == self.buf_len {
+                self.refill()?;
+                if self.buf_len == 0 {
+                    self.finished = true;
+                    return Ok(());
+                }
+            }
+            let zeros = self.buf[self.buf_pos..self.buf_len]
+                .iter()
+                .take_while(|&&b| b == 0)
+                .count();
+            self.buf_pos += zeros;
+            if self.buf_pos < self.buf_len {
+                break;
+            }
+        }
+        // Not-gzip bytes after a member are reported by inflate as a bad header, as Python's gzip does.
+        self.raw = false;
+        self.inf
+            .reset(GZIP_BITS)
+            .map_err(|m| corrupt(self.location, self.compressed_pos(), &m))
+    }
+
+    /// Drop `n` compressed bytes (a member trailer).
+    fn consume(&mut self, mut n: usize) -> Result<()> {
+        while n > 0 {
+            if self.buf_pos == self.buf_len {
+                self.refill()?;
+                if self.buf_len == 0 {
+                    return Err(truncated_input(self.location, self.out_pos));
+                }
+            }
+            let k = n.min(self.buf_len - self.buf_pos);
+            self.buf_pos += k;
+            n -= k;
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(location: &str, at: u64, msg: &str) -> VoxelError {
+    VoxelError::header(
+        location,
+        format!("gzip data is corrupt near compressed byte {at}: {msg}"),
+    )
+}
+
+fn truncated_input(location: &str, out_pos: u64) -> VoxelError {
+    VoxelError::header(
+        location,
+        format!(
+            "gzip stream is truncated: the compressed data ends mid-stream after {out_pos} decompressed bytes"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    fn gz(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn noisy(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 3 == 0 {
+                    (x % 16) as u8
+                } else {
+                    (i / 7) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn id() -> FileIdentity {
+        FileIdentity {
+            size: 1 << 40,
+            mtime_ns: 99,
+            head_crc: 7,
+        }
+    }
+
+    fn built(data: &[u8], span: u64) -> (Vec<u8>, GzIndex) {
+        let file = gz(data, 6);
+        let index = GzIndex::build(&file, "t.gz", span, |_| {}).unwrap();
+        (file, index)
+    }
+
+    #[test]
+    fn build_records_points_every_span_and_the_total() {
+        let data = noisy(3_000_000, 1);
+        let (_, index) = built(&data, 256 * 1024);
+        assert_eq!(index.total_out(), Some(data.len() as u64));
+        let outs: Vec<u64> = index.points().iter().map(|p| p.out).collect();
+        assert_eq!(outs[0], 0);
+        assert!(outs.len() >= 9, "{outs:?}");
+        assert!(
+            outs.windows(2).all(|w| w[1] - w[0] >= 256 * 1024),
+            "{outs:?}"
+        );
+        for p in index.points() {
+            let from = p.out.saturating_sub(WINDOW_SIZE as u64) as usize;
+            assert_eq!(p.window(), &data[from..p.out as usize]);
+        }
+    }
+
+    #[test]
+    fn every_point_restarts_decompression() {
+        let data = noisy(2_000_000, 2);
+        let (file, index) = built(&data, 100_000);
+        for p in index.points() {
+            let mut c = GzCursor::from_point(&file, "t.gz", p).unwrap();
+            let mut buf = vec![0u8; 5000.min(data.len() - p.out as usize)];
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(
+                buf,
+                &data[p.out as usize..p.out as usize + buf.len()],
+                "point at {}",
+                p.out
+            );
+        }
+    }
+
+    #[test]
+    fn serialization_round_trips() {
+        let (_, index) = built(&noisy(1_500_000, 3), 200_000);
+        let bytes = index.to_bytes(&id());
+        assert_eq!(GzIndex::from_bytes(&bytes, &id()).unwrap(), index);
+    }
+
+    #[test]
+    fn stale_index_is_rejected_for_each_identity_field() {
+        let (_, index) = built(&noisy(300_000, 4), 100_000);
+        let bytes = index.to_bytes(&id());
+        let cases = [
+            (FileIdentity { size: 1, ..id() }, "size"),
+            (
+                FileIdentity {
+                    mtime_ns: 1,
+                    ..id()
+                },
+                "modification time",
+            ),
+            (
+                FileIdentity {
+                    head_crc: 1,
+                    ..id()
+                },
+                "first 64 KiB",
+            ),
+        ];
+        for (other, what) in cases {
+            assert_eq!(
+                GzIndex::from_bytes(&bytes, &other),
+                Err(IndexRejected::Stale(what))
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_corrupt_index_is_rejected() {
+        let (_, index) = built(&noisy(300_000, 5), 100_000);
+        let bytes = index.to_bytes(&id());
+        for cut in [0, 5, 20, HEADER_LEN, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                GzIndex::from_bytes(&bytes[..cut], &id()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        for at in [12, HEADER_LEN + 3, bytes.len() / 2, bytes.len() - 2] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            assert_eq!(
+                GzIndex::from_bytes(&bad, &id()),
+                Err(IndexRejected::Checksum),
+                "flip at {at}"
+            );
+        }
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert_eq!(
+            GzIndex::from_bytes(&bad, &id()),
+            Err(IndexRejected::BadMagic)
+        );
+        let mut bad = bytes;
+        bad[8] = 9;
+        assert_eq!(
+            GzIndex::from_bytes(&bad, &id()),
+            Err(IndexRejected::Version(9))
+        );
+    }
+
+    #[test]
+    fn save_is_atomic_and_load_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.vxidx");
+        assert_eq!(GzIndex::load(&path, &id()), Err(IndexRejected::Missing));
+        let (_, index) = built(&noisy(400_000, 6), 100_000);
+        index.save(&path, &id()).unwrap();
+        assert_eq!(GzIndex::load(&path, &id()).unwrap(), index);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("x.vxidx")],
+            "no temporary file left behind"
+        );
+    }
+
+    #[test]
+    fn multi_member_with_zero_padding_decompresses_whole() {
+        let (a, b) = (noisy(70_000, 7), noisy(50_000, 8));
+        let mut file = gz(&a, 1);
+        file.extend(gz(&[], 6));
+        file.extend(gz(&b, 9));
+        file.extend([0u8; 10]);
+        let index = GzIndex::build(&file, "m.gz", 10_000, |_| {}).unwrap();
+        assert_eq!(index.total_out(), Some(120_000));
+        let mut all = vec![0u8; 120_000];
+        GzCursor::from_start(&file, "m.gz")
+            .unwrap()
+            .read_exact(&mut all)
+            .unwrap();
+        assert_eq!(&all[..70_000], &a[..]);
+        assert_eq!(&all[70_000..], &b[..]);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_streams_name_the_file() {
+        let data = noisy(200_000, 9);
+        let file = gz(&data, 6);
+        let mut out = vec![0u8; data.len()];
+        let cut = &file[..file.len() / 2];
+        let err = GzCursor::from_start(&cut.to_vec(), "cut.nii.gz")
+            .unwrap()
+            .read_exact(&mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cut.nii.gz") && err.to_string().contains("truncated"),
+            "{err}"
+        );
+        let mut bad = file.clone();
+        for b in &mut bad[100..140] {
+            *b ^= 0x5a;
+        }
+        let err = GzCursor::from_start(&bad, "bad.nii.gz")
+            .unwrap()
+            .read_exact(&mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("bad.nii.gz") && err.to_string().contains("corrupt"),
+            "{err}"
+        );
+        let mut garbage = file;
+        garbage.extend(b"not gzip");
+        let err = GzCursor::from_start(&garbage, "g.gz")
+            .unwrap()
+            .skip_to_end(&mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("g.gz"), "{err}");
+    }
+}

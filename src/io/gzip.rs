@@ -1,0 +1,1279 @@
+//! `GzipSource`: a [`ByteSource`] over a gzip file (`.nii.gz`, `.img.gz`, `.mgz`, …) that reads through a seek-point
+//! index ([`super::gzindex`]) when it has one and builds it while reading when it has not.
+//!
+//! # How a read is served
+//!
+//! The planned segments of one `read_segments` call are grouped into *runs*: a run starts at a seek point (or at the
+//! start of the file) and serves, in one decompression pass, every segment up to where restarting at a later point
+//! would be cheaper than decompressing on. Thousands of tiny segments between two points cost one pass, not one each.
+//! Small segments are cut out of 128 KiB decompressed chunks; large ones are decompressed straight into the caller's
+//! buffer.
+//!
+//! Without an index (the first read of a file), everything is one forward pass from the start of the file that also
+//! records seek points. The index is *partial* until some pass reaches the end: a later read past the covered part
+//! resumes from the last point and extends it. A recording pass that has served its segments runs on to the end when
+//! at most a quarter of the compressed file is left (so reading most of a file completes its index; a slice near the
+//! start does not pay for the rest).
+//!
+//! With `threads > 1` ([`GzipOptions::threads`]), runs are also cut at every seek point inside them and decompressed
+//! in parallel; independent `read_segments` calls (DataFusion partitions) always run in parallel: no lock is held
+//! while decompressing.
+//!
+//! # Where indexes are kept
+//!
+//! - `VOXELSCAN_NO_INDEX=1`: no index at all; every read is one forward pass from the start of the file.
+//! - `VOXELSCAN_INDEX_CACHE=DIR`: index files go to `DIR/<key>.vxidx` only.
+//! - Otherwise, a hidden sidecar next to the file, `.<file name>.vxidx` (e.g. `.sub-01_bold.nii.gz.vxidx`; hidden
+//!   so that BIDS validators, `ls` and `*.nii.gz` globs do not see it), when that directory is writable; else
+//!   `$XDG_CACHE_HOME/voxelscan/<key>.vxidx` or `~/.cache/voxelscan/<key>.vxidx`.
+//!
+//! `<key>` is `<crc32><adler32>-<file name>` of the file's canonical path. Loading tries the sidecar, then the cache
+//! directory; an index is used only if it matches the gz file's size, modification time and first 64 KiB and its
+//! checksum holds, otherwise it is ignored and overwritten. Indexes are written atomically (temporary file +
+//! rename) when a pass completes the index or extends a partial one by at least 8 spans, and only for files with at
+//! least two seek points (smaller files are one span anyway).
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::gzindex::{
+    DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, GzIndexBuilder, PassRecord, ReadAt, SeekPoint,
+};
+use super::{ByteSource, ReadStats};
+use crate::error::{Result, VoxelError};
+use crate::plan::Segment;
+
+/// Disables index use when set to `1` (or `true`/`yes`).
+pub const ENV_NO_INDEX: &str = "VOXELSCAN_NO_INDEX";
+/// A directory that replaces the sidecar/cache-directory choice for index files.
+pub const ENV_INDEX_CACHE: &str = "VOXELSCAN_INDEX_CACHE";
+/// File name extension of index files.
+pub const INDEX_EXTENSION: &str = "vxidx";
+
+/// Decompressed chunk size for cutting out small segments.
+const CHUNK: usize = 128 * 1024;
+/// Segments at least this long are decompressed straight into the output.
+const DIRECT_MIN: u64 = 32 * 1024;
+/// A partial index is written again once it covers this many more spans.
+const SAVE_EVERY_SPANS: u64 = 8;
+
+/// Options of a [`GzipSource`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GzipOptions {
+    /// Distance between seek points in decompressed bytes ([`DEFAULT_SPAN`], 1 MiB).
+    pub span: u64,
+    /// Use (load, build, save) a seek-point index. `false`: every read is one forward pass.
+    pub use_index: bool,
+    /// Where index files live: `None` for the default (sidecar, else the user cache directory).
+    pub cache_dir: Option<PathBuf>,
+    /// Keep one open handle for the source's lifetime (`true`) or open the file for each read.
+    pub keep_open: bool,
+    /// Threads one `read_segments` call may use (1: decompress in the caller's thread only).
+    pub threads: usize,
+}
+
+impl Default for GzipOptions {
+    /// Indexing on, default cache locations, one handle, one thread; environment variables are not read.
+    fn default() -> Self {
+        GzipOptions {
+            span: DEFAULT_SPAN,
+            use_index: true,
+            cache_dir: None,
+            keep_open: true,
+            threads: 1,
+        }
+    }
+}
+
+impl GzipOptions {
+    /// The defaults with `VOXELSCAN_NO_INDEX` and `VOXELSCAN_INDEX_CACHE` applied.
+    pub fn from_env() -> GzipOptions {
+        let no_index = std::env::var(ENV_NO_INDEX)
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false);
+        let cache_dir = std::env::var_os(ENV_INDEX_CACHE)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        GzipOptions {
+            use_index: !no_index,
+            cache_dir,
+            ..GzipOptions::default()
+        }
+    }
+}
+
+/// The index state of one source: replaced wholesale (copy-on-write) when a pass teaches it something.
+struct State {
+    identity: FileIdentity,
+    index: Arc<GzIndex>,
+    /// `covered_out` of the last index written or loaded (to decide when a partial index is worth writing again).
+    stored_covered: u64,
+    stored_at: Option<PathBuf>,
+}
+
+/// A gzip file read through a seek-point index. `Send + Sync`; reads from several threads run in parallel.
+pub struct GzipSource {
+    path: PathBuf,
+    location: String,
+    options: GzipOptions,
+    file: Option<Arc<File>>,
+    state: RwLock<State>,
+}
+
+impl fmt::Debug for GzipSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let index = self.index();
+        f.debug_struct("GzipSource")
+            .field("location", &self.location)
+            .field("options", &self.options)
+            .field("points", &index.points().len())
+            .field("covered_out", &index.covered_out())
+            .field("total_out", &index.total_out())
+            .finish()
+    }
+}
+
+impl GzipSource {
+    /// Open `path` with [`GzipOptions::from_env`].
+    pub fn open(path: &Path) -> Result<GzipSource> {
+        GzipSource::with_options(path, GzipOptions::from_env())
+    }
+
+    /// Open `path`, loading a cached index when one matches the file.
+    pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
+        let location = path.display().to_string();
+        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let identity = FileIdentity::of(&file, &location)?;
+        let state = initial_state(path, &options, identity);
+        let file = options.keep_open.then(|| Arc::new(file));
+        Ok(GzipSource {
+            path: path.to_path_buf(),
+            location,
+            options,
+            file,
+            state: RwLock::new(state),
+        })
+    }
+
+    pub fn options(&self) -> &GzipOptions {
+        &self.options
+    }
+
+    /// The current index (possibly partial or empty).
+    pub fn index(&self) -> Arc<GzIndex> {
+        Arc::clone(&self.read_state().index)
+    }
+
+    /// Where the index was last loaded from or written to.
+    pub fn index_path(&self) -> Option<PathBuf> {
+        self.read_state().stored_at.clone()
+    }
+
+    /// Size of the decompressed data, when a complete index knows it.
+    pub fn uncompressed_size(&self) -> Option<u64> {
+        self.index().total_out()
+    }
+
+    /// Complete the index (one pass from its last point to the end), write it, and return it with where it was
+    /// written (`None` when it could not be, or is not worth writing). `progress` gets compressed bytes consumed.
+    pub fn build_index(
+        &self,
+        progress: impl FnMut(u64),
+    ) -> Result<(Arc<GzIndex>, Option<PathBuf>)> {
+        let (file, identity) = self.file_handle()?;
+        let index = self.index();
+        if !index.is_complete() {
+            let record = self.complete_pass(file.as_ref(), &index, progress)?;
+            self.absorb(record, identity);
+        }
+        let index = self.index();
+        let written = self.write_index(true);
+        Ok((index, written))
+    }
+
+    fn complete_pass(
+        &self,
+        src: &dyn ReadAt,
+        index: &GzIndex,
+        mut progress: impl FnMut(u64),
+    ) -> Result<PassRecord> {
+        let start = index.last_point();
+        let mut cursor = cursor_at(src, &self.location, start)?.recording(GzIndexBuilder::after(
+            start.map(|p| p.out),
+            self.options.span,
+        ));
+        let mut scratch = vec![0u8; 1 << 20];
+        let mut since = 0;
+        loop {
+            let n = cursor.fill(&mut scratch)?;
+            if n == 0 {
+                break;
+            }
+            since += n;
+            if since >= 16 << 20 {
+                progress(cursor.compressed_pos());
+                since = 0;
+            }
+        }
+        progress(cursor.compressed_pos());
+        cursor
+            .into_record()
+            .ok_or_else(|| VoxelError::Invalid("recording pass without a builder".into()))
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handle to read from; a fresh handle is checked against the identity the index belongs to, and a changed
+    /// file starts over with a new identity (and whatever index matches it).
+    fn file_handle(&self) -> Result<(Arc<File>, FileIdentity)> {
+        if let Some(f) = &self.file {
+            return Ok((Arc::clone(f), self.read_state().identity));
+        }
+        let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
+        let meta = file.metadata().map_err(|e| VoxelError::io(&self.path, e))?;
+        let known = self.read_state().identity;
+        let quick = FileIdentity::of_metadata(&meta);
+        if quick != Some((known.size, known.mtime_ns)) {
+            let identity = FileIdentity::of(&file, &self.location)?;
+            if identity != known {
+                *self.write_state() = initial_state(&self.path, &self.options, identity);
+            }
+            return Ok((Arc::new(file), identity));
+        }
+        Ok((Arc::new(file), known))
+    }
+
+    /// Merge the points of a pass made over the file `identity`; write the index when it became complete or grew
+    /// enough. A pass over a file that has been replaced since is dropped.
+    fn absorb(&self, record: PassRecord, identity: FileIdentity) {
+        let worth_writing = {
+            let mut state = self.write_state();
+            if state.identity != identity {
+                return;
+            }
+            let mut index = GzIndex::clone(&state.index);
+            if !index.absorb(record) {
+                return;
+            }
+            state.index = Arc::new(index);
+            let grown = state
+                .index
+                .covered_out()
+                .saturating_sub(state.stored_covered);
+            state.index.is_complete() || grown >= SAVE_EVERY_SPANS.saturating_mul(self.options.span)
+        };
+        if worth_writing {
+            self.write_index(false);
+        }
+    }
+
+    /// Write the current index to the first location that accepts it; `None` if none did or it is too small to
+    /// be worth it. `force` writes even if nothing changed since the last write.
+    fn write_index(&self, force: bool) -> Option<PathBuf> {
+        if !self.options.use_index {
+            return None;
+        }
+        let (index, identity, stored_covered) = {
+            let s = self.read_state();
+            (Arc::clone(&s.index), s.identity, s.stored_covered)
+        };
+        if index.points().len() < 2
+            || (!force && index.covered_out() <= stored_covered && stored_covered > 0)
+        {
+            return None;
+        }
+        for path in index_locations(&self.path, &self.options) {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if index.save(&path, &identity).is_ok() {
+                let mut s = self.write_state();
+                s.stored_covered = s.stored_covered.max(index.covered_out());
+                s.stored_at = Some(path.clone());
+                return Some(path);
+            }
+        }
+        None
+    }
+
+    fn forward_pass(
+        &self,
+        src: &dyn ReadAt,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        let run = Run {
+            start: None,
+            record: false,
+            pieces: pieces_of(segments),
+        };
+        let mut scratch = vec![0u8; CHUNK];
+        let done = execute(src, &self.location, &run, out, &mut scratch, None)?;
+        Ok(done.stats)
+    }
+
+    fn indexed_read(
+        &self,
+        src: &dyn ReadAt,
+        identity: FileIdentity,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        let index = {
+            let s = self.read_state();
+            // Another thread may have seen the file replaced meanwhile: never mix indexes of two files.
+            if s.identity == identity {
+                Arc::clone(&s.index)
+            } else {
+                Arc::new(GzIndex::new(self.options.span))
+            }
+        };
+        if let (Some(total), Some(last)) = (index.total_out(), segments.last()) {
+            let end = last.offset.saturating_add(last.len);
+            if end > total {
+                return Err(VoxelError::Truncated {
+                    path: self.location.clone(),
+                    expected: end,
+                    actual: total,
+                });
+            }
+        }
+        let mut runs = plan_runs(&index, segments);
+        if self.options.threads > 1 {
+            runs = runs
+                .into_iter()
+                .flat_map(|r| split_at_points(r, &index))
+                .collect();
+        }
+        let tail = Some(TailPolicy {
+            file_size: identity.size,
+            span: self.options.span,
+        });
+        let results = run_all(src, &self.location, &runs, out, self.options.threads, tail)?;
+        let mut stats = ReadStats::default();
+        for done in results {
+            stats.add(done.stats);
+            if let Some(record) = done.record {
+                self.absorb(record, identity);
+            }
+        }
+        Ok(stats)
+    }
+}
+
+impl ByteSource for GzipSource {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// `None`: the decompressed size is not known without reading (see [`GzipSource::uncompressed_size`]).
+    fn size(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        check_segments(&self.location, segments, out.len())?;
+        if out.is_empty() {
+            return Ok(ReadStats {
+                segments: segments.len() as u64,
+                ..ReadStats::default()
+            });
+        }
+        let (file, identity) = self.file_handle()?;
+        let mut stats = if self.options.use_index {
+            self.indexed_read(file.as_ref(), identity, segments, out)?
+        } else {
+            self.forward_pass(file.as_ref(), segments, out)?
+        };
+        stats.segments = segments.len() as u64;
+        stats.bytes_delivered = out.len() as u64;
+        Ok(stats)
+    }
+}
+
+/// The first `n` decompressed bytes of the gzip file at `path` (fewer only when the data is shorter), for header
+/// parsing. Corrupt or truncated compressed data is an error naming the file.
+pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>> {
+    let location = path.display().to_string();
+    let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
+    let mut cursor = GzCursor::from_start(&file, &location)?;
+    let mut out = vec![0u8; n];
+    let got = cursor.fill(&mut out)?;
+    out.truncate(got);
+    Ok(out)
+}
+
+/// Candidate index file locations, in order of preference.
+pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let name = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = canonical.as_os_str().as_encoded_bytes();
+    let key = format!(
+        "{:08x}{:08x}-{name}.{INDEX_EXTENSION}",
+        zlib_rs::crc32::crc32(0, bytes),
+        zlib_rs::adler32::adler32(1, bytes)
+    );
+    if let Some(dir) = &options.cache_dir {
+        return vec![dir.join(key)];
+    }
+    let mut out = Vec::new();
+    if let Some(dir) = canonical.parent() {
+        out.push(dir.join(format!(".{name}.{INDEX_EXTENSION}")));
+    }
+    if let Some(dir) = user_cache_dir() {
+        out.push(dir.join(key));
+    }
+    out
+}
+
+/// `$XDG_CACHE_HOME/voxelscan` (when absolute), else `$HOME/.cache/voxelscan`.
+fn user_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("voxelscan"))
+}
+
+/// A fresh state for `identity`, with the first cached index that matches it (or an empty one).
+fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> State {
+    let fresh = |index| State {
+        identity,
+        index: Arc::new(index),
+        stored_covered: 0,
+        stored_at: None,
+    };
+    if !options.use_index {
+        return fresh(GzIndex::new(options.span));
+    }
+    for candidate in index_locations(path, options) {
+        match GzIndex::load(&candidate, &identity) {
+            // An index coarser than asked for is rebuilt; a finer one is fine.
+            Ok(index) if index.span() <= options.span => {
+                let covered = index.covered_out();
+                return State {
+                    identity,
+                    index: Arc::new(index),
+                    stored_covered: covered,
+                    stored_at: Some(candidate),
+                };
+            }
+            _ => {}
+        }
+    }
+    fresh(GzIndex::new(options.span))
+}
+
+fn check_segments(location: &str, segments: &[Segment], out_len: usize) -> Result<()> {
+    let mut total: u64 = 0;
+    let mut prev_end = 0u64;
+    for s in segments {
+        let end = s.offset.checked_add(s.len);
+        if s.offset < prev_end || end.is_none() {
+            return Err(VoxelError::Invalid(format!(
+                "{location}: segments must be sorted and disjoint (segment at offset {})",
+                s.offset
+            )));
+        }
+        prev_end = end.unwrap_or(u64::MAX);
+        total = total.saturating_add(s.len);
+    }
+    if total != out_len as u64 {
+        return Err(VoxelError::Invalid(format!(
+            "{location}: read buffer of {out_len} bytes for {total} planned bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Part of a segment: decompressed range `[offset, offset + len)` goes to `out[out_at..]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    offset: u64,
+    len: u64,
+    out_at: usize,
+}
+
+impl Piece {
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// One decompression pass: from `start` (`None`: the start of the file) through `pieces`, in order.
+#[derive(Debug, Clone)]
+struct Run {
+    start: Option<SeekPoint>,
+    record: bool,
+    pieces: Vec<Piece>,
+}
+
+impl Run {
+    fn start_out(&self) -> u64 {
+        self.start.as_ref().map_or(0, |p| p.out)
+    }
+
+    fn end(&self) -> u64 {
+        self.pieces.last().map_or(self.start_out(), Piece::end)
+    }
+
+    /// Decompressed bytes this run goes through.
+    fn work(&self) -> u64 {
+        self.end() - self.start_out()
+    }
+
+    /// The part of the output buffer this run writes: `[first.out_at, last.out_at + last.len)`.
+    fn out_range(&self) -> (usize, usize) {
+        match (self.pieces.first(), self.pieces.last()) {
+            (Some(a), Some(b)) => (a.out_at, b.out_at + b.len as usize),
+            _ => (0, 0),
+        }
+    }
+}
+
+fn pieces_of(segments: &[Segment]) -> Vec<Piece> {
+    let mut out_at = 0usize;
+    let mut pieces = Vec::with_capacity(segments.len());
+    for s in segments {
+        if s.len > 0 {
+            pieces.push(Piece {
+                offset: s.offset,
+                len: s.len,
+                out_at,
+            });
+        }
+        out_at += s.len as usize;
+    }
+    pieces
+}
+
+/// Group segments into runs: a segment joins the current run unless the index has a point after where that run
+/// already is and at or before the segment. Segments past what the index covers go to one run that extends it from
+/// its last point.
+fn plan_runs(index: &GzIndex, segments: &[Segment]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for piece in pieces_of(segments) {
+        // Past the covered part, the run records points (those it finds again before the index's last point are
+        // dropped when merged).
+        let beyond = !index.is_complete() && piece.end() > index.covered_out();
+        let start = index.point_at_or_before(piece.offset);
+        let start_out = start.map_or(0, |p| p.out);
+        if let Some(run) = runs.last_mut() {
+            // A recording run goes on through everything; another one until a later point is closer.
+            if run.record || start_out <= run.end() {
+                run.record |= beyond;
+                run.pieces.push(piece);
+                continue;
+            }
+        }
+        runs.push(Run {
+            start: start.cloned(),
+            record: beyond,
+            pieces: vec![piece],
+        });
+    }
+    runs
+}
+
+/// Cut a (non-recording) run at every seek point inside its pieces, so the parts can run in parallel.
+fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
+    if run.record {
+        return vec![run];
+    }
+    let points = index.points();
+    let mut out = Vec::new();
+    let mut cur = Run {
+        start: run.start.clone(),
+        record: false,
+        pieces: Vec::new(),
+    };
+    for piece in run.pieces {
+        let (mut offset, mut out_at) = (piece.offset, piece.out_at);
+        let first = points.partition_point(|p| p.out <= offset);
+        for q in points[first..].iter().take_while(|q| q.out < piece.end()) {
+            let len = q.out - offset;
+            cur.pieces.push(Piece {
+                offset,
+                len,
+                out_at,
+            });
+            out.push(std::mem::replace(
+                &mut cur,
+                Run {
+                    start: Some(q.clone()),
+                    record: false,
+                    pieces: Vec::new(),
+                },
+            ));
+            offset = q.out;
+            out_at += len as usize;
+        }
+        cur.pieces.push(Piece {
+            offset,
+            len: piece.end() - offset,
+            out_at,
+        });
+    }
+    out.push(cur);
+    out.retain(|r| !r.pieces.is_empty() && r.pieces.iter().any(|p| p.len > 0));
+    out
+}
+
+/// When a recording pass may run on to the end to complete the index.
+#[derive(Debug, Clone, Copy)]
+struct TailPolicy {
+    file_size: u64,
+    span: u64,
+}
+
+struct RunDone {
+    stats: ReadStats,
+    record: Option<PassRecord>,
+}
+
+/// Execute `runs` into `out`, on up to `threads` threads (contiguous groups of runs of about equal work).
+fn run_all(
+    src: &dyn ReadAt,
+    location: &str,
+    runs: &[Run],
+    out: &mut [u8],
+    threads: usize,
+    tail: Option<TailPolicy>,
+) -> Result<Vec<RunDone>> {
+    let groups = group_runs(runs, threads.max(1));
+    if groups.len() <= 1 {
+        return run_group(src, location, runs, out, 0, tail);
+    }
+    // Hand each group the disjoint part of `out` its runs write.
+    let mut parts = Vec::with_capacity(groups.len());
+    let mut rest = out;
+    let mut consumed = 0usize;
+    for g in &groups {
+        let (_, end) = g.last().map_or((0, consumed), |r| r.out_range());
+        let (head, tail_part) = rest.split_at_mut(end - consumed);
+        parts.push((g, head, consumed));
+        rest = tail_part;
+        consumed = end;
+    }
+    let results: Vec<Result<Vec<RunDone>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|(g, part, base)| {
+                scope.spawn(move || run_group(src, location, g, part, base, tail))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(panicked(location))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+fn panicked(location: &str) -> VoxelError {
+    VoxelError::Invalid(format!("{location}: a decompression thread panicked"))
+}
+
+/// Split runs into at most `threads` contiguous groups of roughly equal work.
+fn group_runs(runs: &[Run], threads: usize) -> Vec<&[Run]> {
+    let total: u64 = runs.iter().map(Run::work).sum();
+    let target = total.div_ceil(threads as u64).max(1);
+    let mut groups = Vec::new();
+    let (mut start, mut acc) = (0usize, 0u64);
+    for (i, r) in runs.iter().enumerate() {
+        acc += r.work();
+        if acc >= target && groups.len() + 1 < threads {
+            groups.push(&runs[start..=i]);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < runs.len() {
+        groups.push(&runs[start..]);
+    }
+    groups
+}
+
+/// Execute runs in order; `out` starts at output offset `base`.
+fn run_group(
+    src: &dyn ReadAt,
+    location: &str,
+    runs: &[Run],
+    out: &mut [u8],
+    base: usize,
+    tail: Option<TailPolicy>,
+) -> Result<Vec<RunDone>> {
+    let mut scratch = vec![0u8; CHUNK];
+    let mut done = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (a, b) = run.out_range();
+        let shifted: Vec<Piece> = run
+            .pieces
+            .iter()
+            .map(|p| Piece {
+                out_at: p.out_at - a,
+                ..*p
+            })
+            .collect();
+        let local = Run {
+            pieces: shifted,
+            ..run.clone()
+        };
+        done.push(execute(
+            src,
+            location,
+            &local,
+            &mut out[a - base..b - base],
+            &mut scratch,
+            tail,
+        )?);
+    }
+    Ok(done)
+}
+
+fn cursor_at<'a>(
+    src: &'a dyn ReadAt,
+    location: &'a str,
+    start: Option<&SeekPoint>,
+) -> Result<GzCursor<'a>> {
+    match start {
+        Some(p) => GzCursor::from_point(src, location, p),
+        None => GzCursor::from_start(src, location),
+    }
+}
+
+/// One run: decompress from its start through its pieces into `out` (piece `out_at`s are relative to `out`).
+fn execute(
+    src: &dyn ReadAt,
+    location: &str,
+    run: &Run,
+    out: &mut [u8],
+    scratch: &mut [u8],
+    tail: Option<TailPolicy>,
+) -> Result<RunDone> {
+    let mut cursor = cursor_at(src, location, run.start.as_ref())?;
+    if run.record {
+        let span = tail.map_or(super::gzindex::DEFAULT_SPAN, |t| t.span);
+        cursor = cursor.recording(GzIndexBuilder::after(
+            run.start.as_ref().map(|p| p.out),
+            span,
+        ));
+    }
+    serve_pieces(&mut cursor, &run.pieces, out, scratch)?;
+    if let Some(t) = tail.filter(|_| run.record && !cursor.is_finished()) {
+        let left = t.file_size.saturating_sub(cursor.compressed_pos());
+        if left <= t.file_size / 4 {
+            // Completing the index is a bonus: the data asked for is already served, so a failure here only
+            // means the index stays partial (points recorded so far are still right).
+            let _ = cursor.skip_to_end(scratch);
+        }
+    }
+    let stats = ReadStats {
+        bytes_read: cursor.compressed_read(),
+        requests: 1,
+        ..ReadStats::default()
+    };
+    Ok(RunDone {
+        stats,
+        record: cursor.into_record(),
+    })
+}
+
+/// Serve sorted pieces from a cursor: big pieces straight into `out`, small ones cut from decompressed chunks.
+fn serve_pieces(
+    cursor: &mut GzCursor<'_>,
+    pieces: &[Piece],
+    out: &mut [u8],
+    scratch: &mut [u8],
+) -> Result<()> {
+    let Some(run_end) = pieces.last().map(Piece::end) else {
+        return Ok(());
+    };
+    let mut i = 0;
+    // Bytes of pieces[i] already delivered.
+    let mut done = 0u64;
+    while i < pieces.len() {
+        let p = pieces[i];
+        let (need_at, rem) = (p.offset + done, p.len - done);
+        let pos = cursor.out_pos();
+        if pos > need_at {
+            return Err(VoxelError::Invalid(format!(
+                "internal: a gzip run starts at {pos}, after its data at {need_at}"
+            )));
+        }
+        if pos == need_at && rem >= DIRECT_MIN {
+            let at = p.out_at + done as usize;
+            cursor.read_exact(&mut out[at..at + rem as usize])?;
+            (i, done) = (i + 1, 0);
+            continue;
+        }
+        let mut chunk_end = (pos + scratch.len() as u64).min(run_end);
+        if pos < need_at && rem >= DIRECT_MIN {
+            chunk_end = chunk_end.min(need_at);
+        }
+        let n = (chunk_end - pos) as usize;
+        cursor.read_exact(&mut scratch[..n])?;
+        // Copy what this chunk holds of the pieces from i on.
+        while i < pieces.len() {
+            let p = pieces[i];
+            let from = (p.offset + done).max(pos);
+            let to = p.end().min(chunk_end);
+            if from >= chunk_end {
+                break;
+            }
+            let dst = p.out_at + (from - p.offset) as usize;
+            let len = (to - from) as usize;
+            out[dst..dst + len]
+                .copy_from_slice(&scratch[(from - pos) as usize..(to - pos) as usize]);
+            done = to - p.offset;
+            if done < p.len {
+                break;
+            }
+            (i, done) = (i + 1, 0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn gz(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 2 == 0 {
+                    (x % 32) as u8
+                } else {
+                    (i / 1000) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn opts(cache: &Path) -> GzipOptions {
+        GzipOptions {
+            span: 64 * 1024,
+            cache_dir: Some(cache.to_path_buf()),
+            ..GzipOptions::default()
+        }
+    }
+
+    fn seg(offset: u64, len: u64) -> Segment {
+        Segment { offset, len }
+    }
+
+    fn read(src: &GzipSource, segs: &[Segment]) -> Result<(Vec<u8>, ReadStats)> {
+        let mut out = vec![0u8; segs.iter().map(|s| s.len as usize).sum()];
+        let stats = src.read_segments(segs, &mut out)?;
+        Ok((out, stats))
+    }
+
+    fn expect(d: &[u8], segs: &[Segment]) -> Vec<u8> {
+        segs.iter()
+            .flat_map(|s| d[s.offset as usize..(s.offset + s.len) as usize].to_vec())
+            .collect()
+    }
+
+    fn setup(n: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = data(n);
+        let path = dir.path().join("img.nii.gz");
+        std::fs::write(&path, gz(&d, 6)).unwrap();
+        (dir, path, d)
+    }
+
+    #[test]
+    fn cold_full_read_builds_and_writes_the_index_then_warm_reads_use_it() {
+        let (dir, path, d) = setup(1_500_000);
+        let cache = dir.path().join("cache");
+        let src = GzipSource::with_options(&path, opts(&cache)).unwrap();
+        let all = [seg(0, d.len() as u64)];
+        let (got, stats) = read(&src, &all).unwrap();
+        assert_eq!(got, d);
+        assert_eq!(stats.requests, 1);
+        assert!(src.index().is_complete());
+        let written = src.index_path().expect("index written");
+        assert!(written.starts_with(&cache), "{written:?}");
+
+        let warm = GzipSource::with_options(&path, opts(&cache)).unwrap();
+        assert_eq!(warm.uncompressed_size(), Some(d.len() as u64));
+        let segs = [seg(1_400_000, 10), seg(1_400_100, 5)];
+        let (got, stats) = read(&warm, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        assert!(
+            stats.bytes_read < 200_000,
+            "read from a nearby point: {stats:?}"
+        );
+    }
+
+    #[test]
+    fn many_tiny_segments_are_one_pass_per_span() {
+        let (dir, path, d) = setup(600_000);
+        let src = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+        let segs: Vec<Segment> = (0..5000).map(|k| seg(k * 113 + 7, 2)).collect();
+        let (got, stats) = read(&src, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        assert_eq!(stats.requests, 1, "cold: one forward pass");
+        let (got, stats) = read(&src, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        assert!(
+            stats.requests <= 10,
+            "warm: one run per point at most: {stats:?}"
+        );
+    }
+
+    #[test]
+    fn partial_index_is_extended_by_later_reads() {
+        let (dir, path, d) = setup(2_000_000);
+        let src = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+        let (got, _) = read(&src, &[seg(300_000, 100)]).unwrap();
+        assert_eq!(got, &d[300_000..300_100]);
+        let idx = src.index();
+        assert!(
+            !idx.is_complete() && idx.covered_out() >= 300_100 && idx.covered_out() < 1_000_000
+        );
+        let (got, _) = read(&src, &[seg(100_000, 10), seg(1_990_000, 10_000)]).unwrap();
+        assert_eq!(got, expect(&d, &[seg(100_000, 10), seg(1_990_000, 10_000)]));
+        assert!(src.index().is_complete());
+    }
+
+    #[test]
+    fn a_segment_reaching_past_the_covered_part_starts_at_its_own_point() {
+        let (dir, path, d) = setup(3_000_000);
+        let src = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+        read(&src, &[seg(600_000, 10)]).unwrap();
+        let covered = src.index().covered_out();
+        let segs = [seg(100_000, 5), seg(200_000, covered + 300_000 - 200_000)];
+        let (got, _) = read(&src, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        let outs: Vec<u64> = src.index().points().iter().map(|p| p.out).collect();
+        assert!(outs.windows(2).all(|w| w[0] < w[1]), "{outs:?}");
+        assert!(src.index().covered_out() >= covered + 300_000);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_gzip_files_name_the_file() {
+        let (dir, path, d) = setup(500_000);
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.nii.gz");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let bad = dir.path().join("bad.nii.gz");
+        let mut b = bytes.clone();
+        for x in &mut b[1000..1100] {
+            *x = !*x;
+        }
+        std::fs::write(&bad, &b).unwrap();
+        let all = [seg(0, d.len() as u64)];
+        let err = read(
+            &GzipSource::with_options(&cut, opts(dir.path())).unwrap(),
+            &all,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, VoxelError::Truncated { .. }) && err.to_string().contains("cut.nii.gz"),
+            "{err}"
+        );
+        let err = read(
+            &GzipSource::with_options(&bad, opts(dir.path())).unwrap(),
+            &all,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("bad.nii.gz") && err.to_string().contains("corrupt"),
+            "{err}"
+        );
+        assert!(read_prefix(&cut, 100).is_ok());
+    }
+
+    #[test]
+    fn threads_split_runs_at_points() {
+        let (dir, path, d) = setup(1_000_000);
+        let src = GzipSource::with_options(
+            &path,
+            GzipOptions {
+                threads: 3,
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        src.build_index(|_| {}).unwrap();
+        let segs = [seg(5, 700_000), seg(800_000, 3), seg(900_000, 100_000)];
+        let (got, stats) = read(&src, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        assert!(stats.requests > 3, "{stats:?}");
+    }
+
+    #[test]
+    fn past_the_end_is_truncated_cold_and_warm() {
+        let (dir, path, d) = setup(200_000);
+        let n = d.len() as u64;
+        for _ in 0..2 {
+            let src = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+            let err = read(&src, &[seg(n - 5, 10)]).unwrap_err();
+            assert!(matches!(err, VoxelError::Truncated { .. }), "{err}");
+            assert!(err.to_string().contains("img.nii.gz"), "{err}");
+            src.build_index(|_| {}).unwrap();
+        }
+    }
+
+    #[test]
+    fn stale_index_is_ignored_and_rebuilt() {
+        let (dir, path, d) = setup(400_000);
+        let o = opts(&dir.path().join("c"));
+        GzipSource::with_options(&path, o.clone())
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        // Same size, different content and mtime: the old index must not be used.
+        let mut d2 = d.clone();
+        d2.reverse();
+        std::fs::write(&path, gz(&d2, 6)).unwrap();
+        let src = GzipSource::with_options(&path, o).unwrap();
+        assert_eq!(src.index().points().len(), 0);
+        let (got, _) = read(&src, &[seg(350_000, 1000)]).unwrap();
+        assert_eq!(got, &d2[350_000..351_000]);
+    }
+
+    #[test]
+    fn corrupt_index_file_is_ignored() {
+        let (dir, path, d) = setup(400_000);
+        let o = opts(&dir.path().join("c"));
+        let (_, written) = GzipSource::with_options(&path, o.clone())
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        let written = written.unwrap();
+        let mut bytes = std::fs::read(&written).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&written, &bytes).unwrap();
+        let src = GzipSource::with_options(&path, o.clone()).unwrap();
+        assert_eq!(src.index().points().len(), 0);
+        std::fs::write(&written, &bytes[..mid]).unwrap();
+        let src = GzipSource::with_options(&path, o).unwrap();
+        assert_eq!(src.index().points().len(), 0);
+        let (got, _) = read(&src, &[seg(399_000, 1000)]).unwrap();
+        assert_eq!(got, &d[399_000..]);
+    }
+
+    #[test]
+    fn sidecar_is_preferred_and_no_index_disables_it() {
+        let (dir, path, d) = setup(300_000);
+        let o = GzipOptions {
+            span: 64 * 1024,
+            ..GzipOptions::default()
+        };
+        let (_, written) = GzipSource::with_options(&path, o.clone())
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        assert_eq!(
+            written.unwrap(),
+            dir.path().canonicalize().unwrap().join(".img.nii.gz.vxidx")
+        );
+        let off = GzipSource::with_options(
+            &path,
+            GzipOptions {
+                use_index: false,
+                ..o
+            },
+        )
+        .unwrap();
+        assert_eq!(off.index().points().len(), 0);
+        let (got, stats) = read(&off, &[seg(10, 10), seg(250_000, 10)]).unwrap();
+        assert_eq!(got, expect(&d, &[seg(10, 10), seg(250_000, 10)]));
+        assert_eq!(stats.requests, 1);
+    }
+
+    #[test]
+    fn reopened_handles_notice_a_replaced_file() {
+        let (dir, path, d) = setup(300_000);
+        let src = GzipSource::with_options(
+            &path,
+            GzipOptions {
+                keep_open: false,
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        src.build_index(|_| {}).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let d2: Vec<u8> = d.iter().map(|b| b.wrapping_add(1)).collect();
+        std::fs::write(&path, gz(&d2, 1)).unwrap();
+        let (got, _) = read(&src, &[seg(200_000, 100)]).unwrap();
+        assert_eq!(got, &d2[200_000..200_100]);
+    }
+
+    #[test]
+    fn read_prefix_and_bad_segments() {
+        let (_dir, path, d) = setup(100_000);
+        assert_eq!(read_prefix(&path, 348).unwrap(), &d[..348]);
+        assert_eq!(read_prefix(&path, 200_000).unwrap(), d);
+        let src = GzipSource::with_options(&path, GzipOptions::default()).unwrap();
+        let mut out = vec![0u8; 4];
+        assert!(
+            src.read_segments(&[seg(10, 2), seg(5, 2)], &mut out)
+                .is_err()
+        );
+        assert!(src.read_segments(&[seg(10, 2)], &mut out).is_err());
+    }
+
+    /// A gzip member written by zlib-rs with `level` and `strategy`, sync-flushed at `cuts` (empty stored blocks).
+    fn member(data: &[u8], level: i32, strategy: i32, cuts: &[usize]) -> Vec<u8> {
+        use zlib_rs::{DeflateConfig, DeflateFlush, Method, Strategy};
+        let config = DeflateConfig {
+            level,
+            method: Method::Deflated,
+            window_bits: 31,
+            mem_level: 8,
+            strategy: Strategy::try_from(strategy).unwrap(),
+        };
+        let mut d = zlib_rs::Deflate::new_with_config(config);
+        let mut out = vec![0u8; zlib_rs::compress_bound(data.len()) + 1024 + 16 * cuts.len()];
+        let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(data.len())).collect();
+        ends.sort();
+        ends.push(data.len());
+        for (k, &end) in ends.iter().enumerate() {
+            let flush = if k + 1 == ends.len() {
+                DeflateFlush::Finish
+            } else {
+                DeflateFlush::SyncFlush
+            };
+            let (i, o) = (d.total_in() as usize, d.total_out() as usize);
+            let status = d.compress(&data[i..end], &mut out[o..], flush).unwrap();
+            assert!(d.total_in() as usize == end, "deflate took all input");
+            if flush == DeflateFlush::Finish {
+                assert_eq!(status, zlib_rs::Status::StreamEnd);
+            }
+        }
+        out.truncate(d.total_out() as usize);
+        out
+    }
+
+    /// Reproducible test data mixing incompressible noise (stored blocks), runs and low-entropy bytes.
+    fn mixed(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let kind = next() % 3;
+            let len = (next() % 40_000) as usize + 1;
+            for _ in 0..len.min(n - out.len()) {
+                let r = next();
+                out.push(match kind {
+                    0 => r as u8,
+                    1 => (out.len() / 97) as u8,
+                    _ => (r % 7) as u8,
+                });
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Random reads through the index (cold, warm in memory, loaded from disk, and on 2 threads) equal the same
+        /// slices of the full decompression, including offsets on block and member boundaries and the last byte.
+        #[test]
+        fn indexed_reads_equal_full_decompression(
+            seed in proptest::prelude::any::<u64>(),
+            members in proptest::collection::vec((0usize..400_000, 0i32..=9, 0i32..=4, 0usize..4), 1..4),
+            span in proptest::sample::select(vec![1_000u64, 20_000, 65_536, 1 << 20]),
+            reads in proptest::collection::vec((0.0f64..1.0, 0u64..70_000), 1..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.nii.gz");
+            let (mut file, mut whole, mut boundaries) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, &(n, level, strategy, flushes)) in members.iter().enumerate() {
+                let data = mixed(seed ^ k as u64, n);
+                let cuts: Vec<usize> = (1..=flushes).map(|f| n * f / (flushes + 1)).collect();
+                file.extend(member(&data, level, strategy, &cuts));
+                boundaries.push(whole.len() as u64);
+                whole.extend(data);
+            }
+            std::fs::write(&path, &file).unwrap();
+            let total = whole.len() as u64;
+            let o = GzipOptions { span, cache_dir: Some(dir.path().join("c")), ..GzipOptions::default() };
+            let index = GzIndex::build(&file, "p.nii.gz", span, |_| {}).unwrap();
+            proptest::prop_assert_eq!(index.total_out(), Some(total));
+
+            let mut offsets: Vec<(u64, u64)> = reads.iter().map(|&(f, len)| ((f * total as f64) as u64, len)).collect();
+            offsets.extend(index.points().iter().map(|p| (p.out, 300)));
+            offsets.extend(boundaries.iter().map(|&b| (b, 5000)));
+            offsets.extend(boundaries.iter().filter(|&&b| b > 0).map(|&b| (b - 1, 2)));
+            offsets.push((total.saturating_sub(1), 1));
+            let segs: Vec<Segment> = offsets
+                .iter()
+                .filter(|&&(off, _)| off < total)
+                .map(|&(off, len)| seg(off, len.max(1).min(total - off)))
+                .collect();
+
+            let cold = GzipSource::with_options(&path, o.clone()).unwrap();
+            let two = GzipSource::with_options(&path, GzipOptions { threads: 2, ..o.clone() }).unwrap();
+            for s in &segs {
+                let want = expect(&whole, std::slice::from_ref(s));
+                proptest::prop_assert_eq!(&read(&cold, std::slice::from_ref(s)).unwrap().0, &want, "at {:?}", s);
+            }
+            cold.build_index(|_| {}).unwrap();
+            let warm = GzipSource::with_options(&path, o).unwrap();
+            // Every segment alone, then all of them sorted and merged into one call.
+            for s in &segs {
+                let want = expect(&whole, std::slice::from_ref(s));
+                proptest::prop_assert_eq!(&read(&warm, std::slice::from_ref(s)).unwrap().0, &want, "at {:?}", s);
+            }
+            let mut sorted = segs.clone();
+            sorted.sort_by_key(|s| s.offset);
+            let mut disjoint: Vec<Segment> = Vec::new();
+            for s in sorted {
+                if disjoint.last().is_none_or(|l| s.offset >= l.offset + l.len) {
+                    disjoint.push(s);
+                }
+            }
+            let want = expect(&whole, &disjoint);
+            proptest::prop_assert_eq!(&read(&warm, &disjoint).unwrap().0, &want);
+            proptest::prop_assert_eq!(&read(&two, &disjoint).unwrap().0, &want);
+            proptest::prop_assert_eq!(&read(&two, &[seg(0, total)]).unwrap().0, &whole);
+        }
+    }
+
+    #[test]
+    fn source_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<GzipSource>();
+    }
+}
