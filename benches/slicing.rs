@@ -19,35 +19,76 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { file: "t1", label: "axial [:, :, 88]", spec: ":, :, 88" },
-    Case { file: "t1", label: "sagittal [128]", spec: "128" },
-    Case { file: "t1", label: "coronal [:, 128]", spec: ":, 128" },
-    Case { file: "t1", label: "full scaled to_array()", spec: "" },
-    Case { file: "bold", label: "one volume [..., 150]", spec: "..., 150" },
-    Case { file: "bold", label: "time series [48, 48, 30, :]", spec: "48, 48, 30, :" },
+    Case {
+        file: "t1",
+        label: "axial [:, :, 88]",
+        spec: ":, :, 88",
+    },
+    Case {
+        file: "t1",
+        label: "sagittal [128]",
+        spec: "128",
+    },
+    Case {
+        file: "t1",
+        label: "coronal [:, 128]",
+        spec: ":, 128",
+    },
+    Case {
+        file: "t1",
+        label: "full scaled to_array()",
+        spec: "",
+    },
+    Case {
+        file: "bold",
+        label: "one volume [..., 150]",
+        spec: "..., 150",
+    },
+    Case {
+        file: "bold",
+        label: "time series [48, 48, 30, :]",
+        spec: "48, 48, 30, :",
+    },
 ];
 
 fn data_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-data");
     std::fs::create_dir_all(&d).expect("create target/bench-data");
     d
 }
 
 /// The two benchmark images (and their .nii.gz twins), generated once.
 fn ensure_images(dir: &Path) -> Vec<(String, PathBuf)> {
-    let specs: [(&str, &[usize], f32, f32); 2] = [("t1", &[256, 256, 176], 0.5, 10.0), ("bold", &[96, 96, 60, 300], 1.0, 0.0)];
+    let specs: [(&str, &[usize], f32, f32); 2] = [
+        ("t1", &[256, 256, 176], 0.5, 10.0),
+        ("bold", &[96, 96, 60, 300], 1.0, 0.0),
+    ];
     let mut out = Vec::new();
     for (name, shape, slope, inter) in specs {
         let n: usize = shape.iter().product();
         let dt = DType::new(Scalar::I16, ByteOrder::Little);
         for gz in [false, true] {
-            let path = dir.join(if gz { format!("{name}.nii.gz") } else { format!("{name}.nii") });
+            let path = dir.join(if gz {
+                format!("{name}.nii.gz")
+            } else {
+                format!("{name}.nii")
+            });
             if !path.exists() {
                 eprintln!("generating {}", path.display());
                 let data = synth::random_i16_le(n, 42, 0, 4096);
-                synth::write_nifti1(&path, shape, dt, slope, inter, &data, gz).expect("write bench image");
+                synth::write_nifti1(&path, shape, dt, slope, inter, &data, gz)
+                    .expect("write bench image");
             }
-            out.push((if gz { format!("{name}.gz") } else { name.to_string() }, path));
+            out.push((
+                if gz {
+                    format!("{name}.gz")
+                } else {
+                    name.to_string()
+                },
+                path,
+            ));
         }
     }
     out
@@ -60,18 +101,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn time_it(reps: usize, mut f: impl FnMut()) -> Duration {
     f(); // warm
-    median((0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed()
-    }).collect())
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
 }
 
 fn nibabel_times(files: &[(String, PathBuf)], quick: bool) -> Option<serde_json::Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var("VOXELSCAN_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let py = std::env::var("VOXELSCAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv/bin/python"));
     if !py.exists() {
-        eprintln!("(no {}: nibabel column skipped; run .ci/run once to create the venv)", py.display());
+        eprintln!(
+            "(no {}: nibabel column skipped; run .ci/run once to create the venv)",
+            py.display()
+        );
         return None;
     }
     let mut cmd = Command::new(py);
@@ -84,7 +134,10 @@ fn nibabel_times(files: &[(String, PathBuf)], quick: bool) -> Option<serde_json:
     }
     let out = cmd.output().ok()?;
     if !out.status.success() {
-        eprintln!("nibabel timing failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "nibabel timing failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
@@ -105,7 +158,10 @@ fn main() {
     for (name, path) in &files {
         let proxy = ArrayProxy::open(path, ProxyOptions::default()).expect("open bench image");
         let gz = name.ends_with(".gz");
-        for case in CASES.iter().filter(|c| name.trim_end_matches(".gz") == c.file) {
+        for case in CASES
+            .iter()
+            .filter(|c| name.trim_end_matches(".gz") == c.file)
+        {
             if gz && case.spec.is_empty() && case.file == "bold" {
                 continue;
             }
@@ -125,7 +181,12 @@ fn main() {
                 .and_then(|v| v.as_f64());
             let ours = t.as_secs_f64() * 1e3;
             match nib_t {
-                Some(n) => println!("| {name} | {} | {ours:.3} ms | {:.3} ms | {:.1}× |", case.label, n * 1e3, n * 1e3 / ours),
+                Some(n) => println!(
+                    "| {name} | {} | {ours:.3} ms | {:.3} ms | {:.1}× |",
+                    case.label,
+                    n * 1e3,
+                    n * 1e3 / ours
+                ),
                 None => println!("| {name} | {} | {ours:.3} ms | – | – |", case.label),
             }
         }
@@ -160,8 +221,24 @@ fn memcpy_anchor(dir: &Path) {
     println!();
     println!("| full T1 read | time | ratio to memcpy of the same bytes |");
     println!("|---|---:|---:|");
-    println!("| memcpy {} MB (int16 bytes) | {:.3} ms | 1.0× |", bytes / 1_000_000, ms(copy));
-    println!("| get_unscaled() → int16 | {:.3} ms | {:.2}× |", ms(unscaled), ms(unscaled) / ms(copy));
-    println!("| memcpy {} MB (float64 bytes) | {:.3} ms | 1.0× |", bytes * 4 / 1_000_000, ms(copy8));
-    println!("| to_array() → scaled float64 | {:.3} ms | {:.2}× of the f64 memcpy |", ms(scaled), ms(scaled) / ms(copy8));
+    println!(
+        "| memcpy {} MB (int16 bytes) | {:.3} ms | 1.0× |",
+        bytes / 1_000_000,
+        ms(copy)
+    );
+    println!(
+        "| get_unscaled() → int16 | {:.3} ms | {:.2}× |",
+        ms(unscaled),
+        ms(unscaled) / ms(copy)
+    );
+    println!(
+        "| memcpy {} MB (float64 bytes) | {:.3} ms | 1.0× |",
+        bytes * 4 / 1_000_000,
+        ms(copy8)
+    );
+    println!(
+        "| to_array() → scaled float64 | {:.3} ms | {:.2}× of the f64 memcpy |",
+        ms(scaled),
+        ms(scaled) / ms(copy8)
+    );
 }

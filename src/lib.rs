@@ -11,15 +11,20 @@
 //!
 //! The core type is `proxy::ArrayProxy`, a Rust rendering of nibabel's `ArrayProxy`.
 
+pub mod array;
+pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod formats;
+pub mod io;
 pub mod plan;
+pub mod proxy;
+pub mod scaling;
 pub mod slicer;
 pub mod synth;
 pub mod values;
-// Modules enabled as the pieces they build on land (slicer, plan, formats):
-// pub mod array; pub mod cli; pub mod io; pub mod proxy; pub mod scaling;
 
+pub use array::{ArrayData, VoxelArray};
 pub use dtype::{ByteOrder, DType, Scalar};
 pub use error::{Result, VoxelError};
+pub use proxy::{ArrayProxy, ArraySpec, ProxyOptions};

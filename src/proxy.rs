@@ -16,7 +16,7 @@ use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
 use crate::scaling;
-use crate::slicer::{AxisSel, CanonicalSlice, SliceSpec, canonical_slice};
+use crate::slicer::{AxisSel, CanonicalSlice, Index, SliceSpec, canonical_slice};
 use crate::values::Values;
 
 /// Crate-level default of `keep_file_open` (nibabel's `KEEP_FILE_OPEN_DEFAULT`).
@@ -448,8 +448,10 @@ impl ArrayProxy {
         let mut array = self
             .finish(values, shape, requested, scale)
             .map_err(|e| e.in_file(self.location()))?;
-        // Indexing every axis with an integer gives a numpy scalar, and numpy scalars are always native-endian.
-        if slice.items.iter().all(|a| matches!(a, AxisSel::Index(_))) {
+        // `proxy[spec]` is nibabel's slicer, which canonicalises `...` away; the other reads are numpy indexing of a
+        // whole array.
+        let nibabel_slicer = scale && requested.is_none();
+        if is_scalar_index(spec, &slice, nibabel_slicer) {
             array.dtype = array.dtype.to_native();
         }
         Ok(array)
@@ -565,6 +567,16 @@ impl ArrayProxy {
         let new_shape = resolve_shape(size, shape)?;
         Ok(self.respec(new_shape, self.lock_for_copy()))
     }
+}
+
+/// Whether the result is a numpy scalar, which is always native-endian. numpy gives a scalar when every axis is
+/// indexed by an integer and the index has no `...` (with an Ellipsis, or for an empty index, it is a 0-d array that
+/// keeps the stored byte order); nibabel's slicer gives one for every all-integer index once `...` is expanded.
+fn is_scalar_index(spec: &SliceSpec, slice: &CanonicalSlice, nibabel_slicer: bool) -> bool {
+    let all_ints = slice.items.iter().all(|a| matches!(a, AxisSel::Index(_)));
+    let has_ellipsis = spec.0.iter().any(|i| matches!(i, Index::Ellipsis));
+    let indexed = !slice.items.is_empty();
+    all_ints && indexed && (nibabel_slicer || (!has_ellipsis && !spec.0.is_empty()))
 }
 
 fn to_usize(n: u64) -> Result<usize> {

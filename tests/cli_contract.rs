@@ -31,13 +31,24 @@ fn assert_error(out: &Output, needle: &str) {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nibabel").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/nibabel")
+        .join(name)
 }
 
 fn write_small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> PathBuf {
     let path = dir.join(name);
     let data = synth::random_i16_le(2 * 3 * 4, 7, -100, 100);
-    synth::write_nifti1(&path, &[2, 3, 4], DType::new(Scalar::I16, ByteOrder::Little), slope, inter, &data, false).unwrap();
+    synth::write_nifti1(
+        &path,
+        &[2, 3, 4],
+        DType::new(Scalar::I16, ByteOrder::Little),
+        slope,
+        inter,
+        &data,
+        false,
+    )
+    .unwrap();
     path
 }
 
@@ -52,9 +63,24 @@ fn read_npy(path: &Path) -> (String, Vec<usize>, Vec<f64>) {
 #[test]
 fn info_has_every_contract_field() {
     let out = run(&["info", fixture("functional.nii").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in ["format", "shape", "dtype", "scaled_dtype", "offset", "slope", "inter", "order", "affine", "zooms"] {
+    for key in [
+        "format",
+        "shape",
+        "dtype",
+        "scaled_dtype",
+        "offset",
+        "slope",
+        "inter",
+        "order",
+        "affine",
+        "zooms",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["format"], "Nifti1Image");
@@ -83,14 +109,19 @@ fn raw_spec_slices_with_scaling_and_c_order() {
         "--raw",
         "shape=2,3,4;dtype=<i2;offset=16;slope=2.0;inter=1.0;order=C",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (dt, shape, got) = read_npy(&out_path);
     assert_eq!(dt, "<f8");
     assert_eq!(shape, vec![3, 4]);
     // C order: element [1, r, c] = vals[12 + 4r + c]; rows reversed.
     let want: Vec<f64> = [2, 1, 0]
         .iter()
-        .flat_map(|r| (0..4).map(move |c| vals[12 + 4 * r + c] as f64 * 2.0 + 1.0))
+        .flat_map(|&r| (0..4).map(move |c| (r, c)))
+        .map(|(r, c)| vals[12 + 4 * r + c] as f64 * 2.0 + 1.0)
         .collect();
     assert_eq!(got, want);
 
@@ -104,11 +135,17 @@ fn raw_spec_slices_with_scaling_and_c_order() {
         "--raw",
         "shape=2,3,4;dtype=<i2;offset=16;slope=f4:2.5;order=F",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (dt, shape, got) = read_npy(&out_path);
     assert_eq!((dt.as_str(), shape), ("<f4", vec![4]));
     // F order: element [0, 0, k] = vals[6k].
-    let want: Vec<f64> = (0..4).map(|k| (vals[6 * k] as f32 * 2.5f32) as f64).collect();
+    let want: Vec<f64> = (0..4)
+        .map(|k| (vals[6 * k] as f32 * 2.5f32) as f64)
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -119,13 +156,34 @@ fn unscaled_and_dtype_options() {
     let out_path = dir.path().join("o.npy");
     let p = path.to_str().unwrap();
     let o = out_path.to_str().unwrap();
-    assert!(run(&["slice", p, "...", "-o", o, "--unscaled"]).status.success());
+    assert!(
+        run(&["slice", p, "...", "-o", o, "--unscaled"])
+            .status
+            .success()
+    );
     assert_eq!(read_npy(&out_path).0, "<i2");
-    assert!(run(&["slice", p, "-1", "-o", o, "--dtype", ">f4"]).status.success());
+    assert!(
+        run(&["slice", p, "-1", "-o", o, "--dtype", ">f4"])
+            .status
+            .success()
+    );
     let (dt, shape, _) = read_npy(&out_path);
     assert_eq!((dt.as_str(), shape), (">f4", vec![3, 4]));
     for mmap in ["c", "r", "off"] {
-        assert!(run(&["slice", p, ":, 1", "-o", o, "--mmap", mmap, "--keep-file-open"]).status.success());
+        assert!(
+            run(&[
+                "slice",
+                p,
+                ":, 1",
+                "-o",
+                o,
+                "--mmap",
+                mmap,
+                "--keep-file-open"
+            ])
+            .status
+            .success()
+        );
     }
 }
 
@@ -138,7 +196,10 @@ fn errors_are_one_line_with_exit_2() {
     let o = o.to_str().unwrap();
 
     assert_error(&run(&["info", "/no/such/file.nii"]), "/no/such/file.nii");
-    assert_error(&run(&["slice", "/no/such/file.nii", "0", "-o", o]), "/no/such/file.nii");
+    assert_error(
+        &run(&["slice", "/no/such/file.nii", "0", "-o", o]),
+        "/no/such/file.nii",
+    );
 
     let junk = dir.path().join("junk.nii");
     std::fs::write(&junk, vec![0x5Au8; 400]).unwrap();
@@ -147,25 +208,48 @@ fn errors_are_one_line_with_exit_2() {
     let bytes = std::fs::read(&good).unwrap();
     let short = dir.path().join("short.nii");
     std::fs::write(&short, &bytes[..bytes.len() - 10]).unwrap();
-    assert_error(&run(&["slice", short.to_str().unwrap(), "...", "-o", o]), "short.nii");
+    assert_error(
+        &run(&["slice", short.to_str().unwrap(), "...", "-o", o]),
+        "short.nii",
+    );
 
     assert_error(&run(&["slice", g, "1,,2", "-o", o]), "");
     assert_error(&run(&["slice", g, "..., 1, ...", "-o", o]), "ellipsis");
     assert_error(&run(&["slice", g, "5", "-o", o]), "out of bounds");
     assert_error(&run(&["slice", g, "-3", "-o", o]), "out of bounds");
     assert_error(&run(&["slice", g, "::0", "-o", o]), "step");
-    assert_error(&run(&["slice", g, "0, 0, 0, 0", "-o", o]), "too many indices");
+    assert_error(
+        &run(&["slice", g, "0, 0, 0, 0", "-o", o]),
+        "too many indices",
+    );
     assert_error(&run(&["slice", g, "[0, 1]", "-o", o]), "");
     assert_error(&run(&["slice", g, "0", "-o", o, "--dtype", "<x9"]), "x9");
     assert_error(&run(&["slice", g, "0", "-o", o, "--mmap", "rw"]), "rw");
-    assert_error(&run(&["slice", g, "0", "-o", "/no/such/dir/o.npy"]), "/no/such/dir/o.npy");
+    assert_error(
+        &run(&["slice", g, "0", "-o", "/no/such/dir/o.npy"]),
+        "/no/such/dir/o.npy",
+    );
     assert_error(&run(&["frobnicate"]), "frobnicate");
 
     let raw = dir.path().join("r.raw");
     std::fs::write(&raw, vec![0u8; 10]).unwrap();
     let r = raw.to_str().unwrap();
-    assert_error(&run(&["slice", r, "0", "-o", o, "--raw", "shape=2,3,4;dtype=<i2"]), "r.raw");
-    assert_error(&run(&["slice", r, "0", "-o", o, "--raw", "shape=2,3;dtype=<i2;bogus=1"]), "bogus");
+    assert_error(
+        &run(&["slice", r, "0", "-o", o, "--raw", "shape=2,3,4;dtype=<i2"]),
+        "r.raw",
+    );
+    assert_error(
+        &run(&[
+            "slice",
+            r,
+            "0",
+            "-o",
+            o,
+            "--raw",
+            "shape=2,3;dtype=<i2;bogus=1",
+        ]),
+        "bogus",
+    );
     assert_error(&run(&["info", r, "--raw", "dtype=<i2"]), "shape");
 }
 
@@ -176,7 +260,19 @@ fn input_files_are_never_written() {
     let before = std::fs::read(&path).unwrap();
     let o = dir.path().join("o.npy");
     for mmap in ["c", "r", "off"] {
-        assert!(run(&["slice", path.to_str().unwrap(), "::-1", "-o", o.to_str().unwrap(), "--mmap", mmap]).status.success());
+        assert!(
+            run(&[
+                "slice",
+                path.to_str().unwrap(),
+                "::-1",
+                "-o",
+                o.to_str().unwrap(),
+                "--mmap",
+                mmap
+            ])
+            .status
+            .success()
+        );
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }

@@ -7,12 +7,9 @@ use clap::{Parser, Subcommand};
 
 use crate::error::VoxelError;
 
+mod index;
 mod info;
 mod slice;
-#[cfg(feature = "sql")]
-pub mod export;
-#[cfg(feature = "sql")]
-pub mod sql;
 
 /// SQL over the voxels of neuroimaging files, read lazily and exactly as nibabel would.
 #[derive(Debug, Parser)]
@@ -28,12 +25,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Write `proxy[SPEC]` (numpy basic indexing) to a .npy file.
     Slice(slice::SliceArgs),
-    /// Run SQL statements over image tables (interactive prompt without a statement).
-    #[cfg(feature = "sql")]
-    Sql(sql::SqlArgs),
-    /// Export an image (or a query over it) to Parquet.
-    #[cfg(feature = "sql")]
-    Export(export::ExportArgs),
+    /// Build gzip seek-point indexes for compressed images ahead of time.
+    Index(index::IndexArgs),
 }
 
 /// A failure to report: printed as one `error: …` line, exit status 2.
@@ -74,10 +67,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Slice(a) => slice::run(a),
-        #[cfg(feature = "sql")]
-        Command::Sql(a) => sql::run(a),
-        #[cfg(feature = "sql")]
-        Command::Export(a) => export::run(a),
+        Command::Index(a) => index::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,8 +78,19 @@ pub fn main() -> ExitCode {
 /// clap's first message line, without its own `error: ` prefix and usage block.
 fn clap_message(e: &clap::Error) -> String {
     let text = e.to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-    first.trim_start_matches("error:").trim().to_string()
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = message.join(" ");
+    let joined = joined.trim_start_matches("error:").trim();
+    if joined.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        joined.to_string()
+    }
 }
 
 fn fail(e: &CliError) -> ExitCode {
@@ -126,7 +127,10 @@ impl OpenArgs {
         }
     }
 
-    pub fn header(&self, path: &std::path::Path) -> Result<crate::formats::ImageHeader, VoxelError> {
+    pub fn header(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::formats::ImageHeader, VoxelError> {
         match &self.raw {
             Some(spec) => crate::formats::parse_raw_spec(spec, path),
             None => crate::formats::read_header(path),

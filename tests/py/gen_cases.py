@@ -399,7 +399,11 @@ def write_mgh(rng, base, dt_name, gz, shape, arr):
 
 def write_npy(rng, base, variant, arr):
     order, version = variant[0], variant[1]
-    a = np.asfortranarray(arr) if order == 'F' else np.ascontiguousarray(arr)
+    # ascontiguousarray/asfortranarray turn a 0-d array into shape (1,): keep 0-d arrays as they are.
+    if arr.ndim == 0:
+        a = arr.copy()
+    else:
+        a = np.asfortranarray(arr) if order == 'F' else np.ascontiguousarray(arr)
     path = base + '.npy'
     with open(path, 'wb') as f:
         np.lib.format.write_array(f, a, version=(int(version), 0))
