@@ -53,6 +53,9 @@ pub trait ByteSource: Send + Sync + Debug {
 
 /// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip.rs`).
 pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
-    let options = gzip::GzipOptions { keep_open, ..gzip::GzipOptions::from_env() };
+    let options = gzip::GzipOptions {
+        keep_open,
+        ..gzip::GzipOptions::from_env()
+    };
     Ok(Arc::new(gzip::GzipSource::with_options(path, options)?))
 }
