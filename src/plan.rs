@@ -189,6 +189,20 @@ impl ReadPlan {
 
     /// From the concatenated bytes of all segments (`read_bytes()` long), the result's elements (copied verbatim,
     /// `itemsize` bytes each) laid out in `out_order` over `out_shape()`.
+    /// True when the bytes read already are the result laid out in `out_order`, so [`ReadPlan::gather`] would only
+    /// copy them: callers can read straight into the result buffer.
+    pub fn is_identity(&self, out_order: Order) -> bool {
+        let count = self.out_shape.iter().product::<usize>();
+        let Some(bytes) = count.checked_mul(self.itemsize) else {
+            return false;
+        };
+        if self.base != 0 || to_u64(bytes) != self.read_bytes {
+            return false;
+        }
+        let dims = fused_dims(&self.axes, out_order);
+        count <= 1 || (dims.len() == 1 && dims[0].1 == self.itemsize as isize)
+    }
+
     pub fn gather(&self, read_buf: &[u8], out_order: Order) -> Result<Vec<u8>> {
         if to_u64(read_buf.len()) != self.read_bytes {
             return Err(VoxelError::Invalid(format!(
@@ -1638,6 +1652,20 @@ mod tests {
             ReadPlan::new(&spec, &shape, 4, 16, Order::F, SKIP_THRESHOLD).unwrap()
         );
         check_against_numpy("2:6, 1:5", &shape, 4, 16, Order::C, 0);
+    }
+
+    #[test]
+    fn identity_plans_need_no_gather() {
+        let id = |spec: &str, shape: &[usize], order: Order, out: Order| {
+            plan(spec, shape, 2, 352, order, SKIP_THRESHOLD).is_identity(out)
+        };
+        assert!(id("", &[4, 5, 6], Order::F, Order::F));
+        assert!(id("..., 3", &[4, 5, 6], Order::F, Order::F));
+        assert!(id("None, :, :, 1", &[4, 5, 6], Order::F, Order::F));
+        assert!(!id("..., 3", &[4, 5, 6], Order::F, Order::C));
+        assert!(!id("::-1", &[4, 5, 6], Order::F, Order::F));
+        assert!(!id("1", &[4, 5, 6], Order::F, Order::F));
+        assert!(id("1", &[4, 5, 6], Order::C, Order::C));
     }
 
     #[test]

@@ -392,6 +392,16 @@ impl ArrayProxy {
             self.order,
             self.opts.skip_threshold,
         )?;
+        if plan.is_identity(self.order) {
+            // One copy only: the bytes land straight in the typed result.
+            let n = plan.out_shape().iter().product();
+            let mut values = Values::zeroed(self.dtype.scalar, n);
+            self.read_segments(plan.segments(), values.bytes_mut())?;
+            if self.dtype.needs_swap() {
+                values.swap_bytes();
+            }
+            return Ok((values, plan.out_shape().to_vec()));
+        }
         let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
         self.read_segments(plan.segments(), &mut buf)?;
         let out = plan.gather(&buf, self.order)?;

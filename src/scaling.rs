@@ -357,26 +357,31 @@ const PAR_MIN: usize = 1 << 20;
 
 /// `input.map(f)` into a new Vec, split across the machine's cores for large inputs. The output is written in place,
 /// chunk by chunk, so its pages are first touched by the thread that fills them.
-fn par_map<I: Copy + Sync, O: Copy + Default + Send>(
-    input: &[I],
-    f: impl Fn(I) -> O + Sync,
-) -> Vec<O> {
+fn par_map<I: Copy + Sync, O: Copy + Send>(input: &[I], f: impl Fn(I) -> O + Sync) -> Vec<O> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if input.len() < PAR_MIN || threads < 2 {
-        return input.iter().map(|&x| f(x)).collect();
+    let n = input.len();
+    let mut out = crate::values::vec_for_large::<O>(n);
+    if n < PAR_MIN || threads < 2 {
+        out.extend(input.iter().map(|&x| f(x)));
+        return out;
     }
-    let mut out = vec![O::default(); input.len()];
-    let chunk = input.len().div_ceil(threads);
+    let chunk = n.div_ceil(threads);
     std::thread::scope(|scope| {
-        for (src, dst) in input.chunks(chunk).zip(out.chunks_mut(chunk)) {
+        for (src, dst) in input
+            .chunks(chunk)
+            .zip(out.spare_capacity_mut()[..n].chunks_mut(chunk))
+        {
             let f = &f;
             scope.spawn(move || {
                 for (o, &x) in dst.iter_mut().zip(src) {
-                    *o = f(x);
+                    o.write(f(x));
                 }
             });
         }
     });
+    // SAFETY: the chunks of `spare_capacity_mut()[..n]` and of `input` pair up one to one and cover all `n` slots,
+    // and every thread wrote every slot of its chunk before the scope ended.
+    unsafe { out.set_len(n) };
     out
 }
 

@@ -50,6 +50,41 @@ macro_rules! each_variant {
     };
 }
 
+/// Buffers at least this large ask the kernel for transparent huge pages, as numpy does: far fewer page faults when
+/// a multi-megabyte result is first written.
+const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+
+/// An empty Vec with room for `n` elements, its memory advised for huge pages when large.
+pub fn vec_for_large<T>(n: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(n);
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    if bytes >= HUGE_PAGE_MIN_BYTES {
+        advise_huge_pages(v.as_ptr() as usize, bytes);
+    }
+    v
+}
+
+/// `madvise(MADV_HUGEPAGE)` over the whole pages inside `[addr, addr + len)`. Advice only: failure is harmless.
+fn advise_huge_pages(addr: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = addr.div_ceil(PAGE) * PAGE;
+    let end = (addr + len) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the range lies inside an allocation we own (whole pages only); MADV_HUGEPAGE changes no contents
+        // and no mapping permissions, only how the kernel backs the pages.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+/// `n` zeroed elements in memory advised for huge pages when large.
+fn zeroed_vec<T: bytemuck::Zeroable + Clone>(n: usize) -> Vec<T> {
+    let mut v = vec_for_large::<T>(n);
+    v.resize(n, T::zeroed());
+    v
+}
+
 /// Element types whose bytes can be reversed for byte-order conversion.
 trait Swap: bytemuck::Pod {
     fn swap(self) -> Self;
@@ -154,21 +189,21 @@ impl Values {
     /// A zeroed buffer of `n` elements, for reading straight into (see [`Values::bytes_mut`]).
     pub fn zeroed(scalar: Scalar, n: usize) -> Values {
         match scalar {
-            Scalar::U8 => Values::U8(vec![0; n]),
-            Scalar::I8 => Values::I8(vec![0; n]),
-            Scalar::U16 => Values::U16(vec![0; n]),
-            Scalar::I16 => Values::I16(vec![0; n]),
-            Scalar::U32 => Values::U32(vec![0; n]),
-            Scalar::I32 => Values::I32(vec![0; n]),
-            Scalar::U64 => Values::U64(vec![0; n]),
-            Scalar::I64 => Values::I64(vec![0; n]),
-            Scalar::F16 => Values::F16(vec![f16::ZERO; n]),
-            Scalar::F32 => Values::F32(vec![0.0; n]),
-            Scalar::F64 => Values::F64(vec![0.0; n]),
-            Scalar::C64 => Values::C64(vec![Complex32::new(0.0, 0.0); n]),
-            Scalar::C128 => Values::C128(vec![Complex64::new(0.0, 0.0); n]),
-            Scalar::Rgb24 => Values::Rgb24(vec![[0; 3]; n]),
-            Scalar::Rgba32 => Values::Rgba32(vec![[0; 4]; n]),
+            Scalar::U8 => Values::U8(zeroed_vec(n)),
+            Scalar::I8 => Values::I8(zeroed_vec(n)),
+            Scalar::U16 => Values::U16(zeroed_vec(n)),
+            Scalar::I16 => Values::I16(zeroed_vec(n)),
+            Scalar::U32 => Values::U32(zeroed_vec(n)),
+            Scalar::I32 => Values::I32(zeroed_vec(n)),
+            Scalar::U64 => Values::U64(zeroed_vec(n)),
+            Scalar::I64 => Values::I64(zeroed_vec(n)),
+            Scalar::F16 => Values::F16(zeroed_vec(n)),
+            Scalar::F32 => Values::F32(zeroed_vec(n)),
+            Scalar::F64 => Values::F64(zeroed_vec(n)),
+            Scalar::C64 => Values::C64(zeroed_vec(n)),
+            Scalar::C128 => Values::C128(zeroed_vec(n)),
+            Scalar::Rgb24 => Values::Rgb24(zeroed_vec(n)),
+            Scalar::Rgba32 => Values::Rgba32(zeroed_vec(n)),
         }
     }
 
