@@ -53,8 +53,11 @@ pub trait ByteSource: Send + Sync + Debug {
 
 /// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip.rs`).
 pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
+    // Large reads decompress runs between index points on all cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let options = gzip::GzipOptions {
         keep_open,
+        threads,
         ..gzip::GzipOptions::from_env()
     };
     Ok(Arc::new(gzip::GzipSource::with_options(path, options)?))
