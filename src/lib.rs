@@ -22,6 +22,8 @@ pub mod proxy;
 pub mod scaling;
 pub mod slicer;
 pub mod synth;
+#[cfg(feature = "sql")]
+pub mod table;
 pub mod values;
 
 pub use array::{ArrayData, VoxelArray};

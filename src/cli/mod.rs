@@ -10,6 +10,10 @@ use crate::error::VoxelError;
 mod index;
 mod info;
 mod slice;
+#[cfg(feature = "sql")]
+pub mod export;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 /// SQL over the voxels of neuroimaging files, read lazily and exactly as nibabel would.
 #[derive(Debug, Parser)]
@@ -27,6 +31,12 @@ pub enum Command {
     Slice(slice::SliceArgs),
     /// Build gzip seek-point indexes for compressed images ahead of time.
     Index(index::IndexArgs),
+    /// Run SQL statements over image tables (interactive prompt without a statement).
+    #[cfg(feature = "sql")]
+    Sql(sql::SqlArgs),
+    /// Export an image (or a query over it) to Parquet.
+    #[cfg(feature = "sql")]
+    Export(export::ExportArgs),
 }
 
 /// A failure to report: printed as one `error: …` line, exit status 2.
@@ -67,6 +77,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Slice(a) => slice::run(a),
+        #[cfg(feature = "sql")]
+        Command::Sql(a) => sql::run(a),
+        #[cfg(feature = "sql")]
+        Command::Export(a) => export::run(a),
         Command::Index(a) => index::run(a),
     };
     match result {

@@ -1,0 +1,42 @@
+//! SQL over voxels: a DataFusion table provider whose filters on coordinates become slices of the array, so a query
+//! reads only the bytes it needs, straight from the image files.
+//!
+//! ```text
+//! CREATE EXTERNAL TABLE / voxels() / register_voxels ─► VoxelTable (files, headers, schema)
+//!   supports_filters_pushdown: predicate ─► per-axis IndexSet (Exact) | Inexact | Unsupported
+//!   scan: IndexSets ∩ files ─► Selection per file ─► slabs (PartitionedFile, real byte span) ─► partitions
+//!         ─► DataSourceExec(FileScanConfig + VoxelSource) ─► VoxelOpener ─► pieces ─► ArrayProxy::read_raw ─► batches
+//! ```
+//!
+//! # Columns
+//! One `Int64` coordinate per axis named `i, j, k, t, u, v, w`, then the values: `value` (the Arrow type of the
+//! scaled dtype, native byte order; `scaling 'false'` gives the stored type, `value_type 'float32'` casts as
+//! `np.asarray(proxy, dtype=float32)` does), or `value_re`/`value_im` for complex data, or
+//! `value_r`/`value_g`/`value_b` (+`value_a`) `UInt8` for RGB(A). A table over a directory, a glob or several
+//! locations has a `file` column (`Dictionary(UInt16, Utf8)`, the path as matched); its files must have the same
+//! number of axes; when their value types differ the column is `float64` (`complex128` if any is complex).
+//!
+//! # Pushdown
+//! Filters on one coordinate made of comparisons with literals, `BETWEEN`, `IN`, `NOT`, `AND`, `OR` and exact casts
+//! are `Exact`; filters on `file` alone are `Exact` (evaluated per file before any I/O); other filters on
+//! coordinates are `Inexact`; filters on values are `Unsupported`. Statistics (rows, coordinate min/max) are exact.
+
+pub mod files;
+pub mod index_set;
+pub mod layout;
+pub mod predicate;
+pub mod provider;
+pub mod read;
+pub mod register;
+pub mod scan;
+pub mod schema;
+
+pub use files::{FormatKind, TableOptions, VoxelFile};
+pub use index_set::IndexSet;
+pub use provider::VoxelTable;
+pub use register::{
+    VoxelTableFactory, VoxelsFunction, register_proxy, register_voxel_formats, register_voxels,
+    session_context, with_voxels,
+};
+pub use scan::VoxelSource;
+pub use schema::ValueMode;

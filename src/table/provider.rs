@@ -1,0 +1,370 @@
+//! The table provider: one array file, or many files of the same number of axes, as one lazily scanned table.
+//!
+//! `supports_filters_pushdown` classifies each conjunct ([`super::predicate`]); `scan` intersects the exact ones into
+//! per-file selections, cuts them into slabs and partitions ([`super::layout`]) and returns a `DataSourceExec` over
+//! a `FileScanConfig` with exact statistics (so `count(*)` is answered without reading).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, BooleanArray, DictionaryArray, RecordBatch, StringArray, UInt16Array,
+};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef, UInt16Type};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{
+    ColumnStatistics, DFSchema, DataFusionError, Result as DfResult, ScalarValue, Statistics,
+};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, wrap_partition_value_in_dict,
+};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+
+use crate::dtype::Scalar;
+use crate::error::{Result, VoxelError};
+use crate::proxy::ArrayProxy;
+
+use super::files::{TableFiles, TableOptions, VoxelFile, file_value_scalar};
+use super::index_set::IndexSet;
+use super::layout::{Selection, Slab, byte_span, group_slabs, slabs_of};
+use super::predicate::{FilterColumns, FilterKind, UNIVERSE};
+use super::scan::{ScanSpec, VoxelSource, object_path};
+use super::schema::{AXIS_NAMES, FILE_COLUMN, common_scalar, file_column_type, file_schema};
+
+/// Selected bytes per slab are aimed at this range (more slabs than partitions, so groups balance).
+const SLAB_MIN_BYTES: u64 = 1 << 20;
+const SLAB_MAX_BYTES: u64 = 64 << 20;
+
+/// A table of voxels over one or more image files.
+#[derive(Debug)]
+pub struct VoxelTable {
+    name: String,
+    files: Vec<Arc<VoxelFile>>,
+    multi: bool,
+    opts: TableOptions,
+    scalar: Scalar,
+    table_schema: TableSchema,
+    columns: FilterColumns,
+}
+
+impl VoxelTable {
+    /// A table over `locations` (files, directories, globs), read as `opts` say. `name` is used in messages.
+    pub fn open(name: &str, locations: &[String], opts: TableOptions) -> Result<VoxelTable> {
+        let tf = TableFiles::open(locations, &opts).map_err(|e| table_error(name, e))?;
+        VoxelTable::from_files(name, tf.files, tf.multi, opts)
+    }
+
+    /// A single-file table over an existing proxy (also one over an open handle).
+    pub fn from_proxy(name: &str, proxy: ArrayProxy, opts: TableOptions) -> Result<VoxelTable> {
+        let label = proxy.location();
+        let file = VoxelFile::from_proxy(label, proxy).map_err(|e| table_error(name, e))?;
+        VoxelTable::from_files(name, vec![file], false, opts)
+    }
+
+    pub fn from_files(
+        name: &str,
+        files: Vec<VoxelFile>,
+        multi: bool,
+        opts: TableOptions,
+    ) -> Result<VoxelTable> {
+        let scalars = files
+            .iter()
+            .map(|f| file_value_scalar(f, opts.mode))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| table_error(name, e))?;
+        let scalar = common_scalar(&scalars).map_err(|e| table_error(name, e))?;
+        let ndim = files.first().map_or(0, VoxelFile::ndim);
+        let fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
+        let partition_cols = if multi {
+            vec![Arc::new(Field::new(FILE_COLUMN, file_column_type(), false))]
+        } else {
+            Vec::new()
+        };
+        let axes = (0..ndim)
+            .map(|a| {
+                let longest = files.iter().map(|f| f.shape[a] as u64).max().unwrap_or(0);
+                (AXIS_NAMES[a].to_string(), longest)
+            })
+            .collect();
+        Ok(VoxelTable {
+            name: name.to_string(),
+            files: files.into_iter().map(Arc::new).collect(),
+            multi,
+            opts,
+            scalar,
+            table_schema: TableSchema::builder(fs)
+                .with_table_partition_cols(partition_cols)
+                .build(),
+            columns: FilterColumns {
+                axes,
+                file: multi.then(|| FILE_COLUMN.to_string()),
+            },
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn files(&self) -> &[Arc<VoxelFile>] {
+        &self.files
+    }
+
+    pub fn is_multi_file(&self) -> bool {
+        self.multi
+    }
+
+    pub fn options(&self) -> &TableOptions {
+        &self.opts
+    }
+
+    /// The element type of the value column(s).
+    pub fn value_scalar(&self) -> Scalar {
+        self.scalar
+    }
+
+    fn ndim(&self) -> usize {
+        self.columns.axes.len()
+    }
+
+    /// Intersect the exact coordinate filters into one set per axis.
+    fn axis_sets(&self, filters: &[Expr]) -> Vec<IndexSet> {
+        let mut sets = vec![IndexSet::full(UNIVERSE); self.ndim()];
+        for f in filters {
+            if let FilterKind::Axis { axis, set } = self.columns.classify(f) {
+                sets[axis] = sets[axis].intersect(&set);
+            }
+        }
+        sets
+    }
+
+    /// Which files pass the filters on the `file` column (evaluated once per file).
+    fn file_mask(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<bool>> {
+        let mut keep = vec![true; self.files.len()];
+        let file_filters: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| self.columns.classify(f) == FilterKind::File)
+            .collect();
+        if file_filters.is_empty() {
+            return Ok(keep);
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            FILE_COLUMN,
+            file_column_type(),
+            false,
+        )]));
+        let names = StringArray::from_iter_values(self.files.iter().map(|f| f.name.as_str()));
+        let keys = UInt16Array::from_iter_values(0..self.files.len() as u16);
+        let column = DictionaryArray::<UInt16Type>::try_new(keys, Arc::new(names))?;
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)])?;
+        let df_schema = DFSchema::try_from(schema)?;
+        for f in file_filters {
+            let phys = state.create_physical_expr(unnormalize_col(f.clone()), &df_schema)?;
+            let result = phys.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let pass = result
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| DataFusionError::Plan(format!("filter {f} is not boolean")))?;
+            for (k, keep) in keep.iter_mut().enumerate() {
+                *keep &= pass.is_valid(k) && pass.value(k);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Per file: the selection to read, or `None` when nothing of it is selected.
+    fn selections(&self, sets: &[IndexSet], keep: &[bool]) -> Vec<Option<Selection>> {
+        self.files
+            .iter()
+            .zip(keep)
+            .map(|(f, &keep)| {
+                let sel = Selection {
+                    axes: sets
+                        .iter()
+                        .zip(&f.shape)
+                        .map(|(s, &n)| s.clamp(n as u64))
+                        .collect(),
+                };
+                (keep && !sel.is_empty()).then_some(sel)
+            })
+            .collect()
+    }
+
+    fn partitioned_file(&self, slab: &Slab, sel: &Selection) -> DfResult<PartitionedFile> {
+        let f = &self.files[slab.file];
+        let mut pf = PartitionedFile::new(object_path(f), f.size);
+        if let Some(r) = &slab.slow {
+            let span = byte_span(f, Some(r));
+            let (s, e) = (i64::try_from(span.start), i64::try_from(span.end));
+            let (Ok(s), Ok(e)) = (s, e) else {
+                return Err(DataFusionError::Plan(format!(
+                    "{}: byte range beyond i64",
+                    f.name
+                )));
+            };
+            pf = pf.with_range(s, e);
+        }
+        if self.multi {
+            pf = pf.with_partition_values(vec![wrap_partition_value_in_dict(ScalarValue::Utf8(
+                Some(f.name.clone()),
+            ))]);
+        }
+        let slab_sel = super::layout::slab_selection(
+            sel,
+            super::layout::slow_axis(f.ndim(), f.order),
+            slab.slow.as_ref(),
+        );
+        Ok(pf.with_statistics(Arc::new(self.file_statistics(&slab_sel))))
+    }
+
+    /// Exact statistics of a selection over the file columns: rows, and min/max/distinct of each coordinate.
+    fn file_statistics(&self, sel: &Selection) -> Statistics {
+        let fs = self.table_schema.file_schema();
+        let rows = sel.rows() as usize;
+        let mut cols: Vec<ColumnStatistics> = sel
+            .axes
+            .iter()
+            .map(|s| {
+                let exact = |v: Option<u64>| {
+                    v.map_or(Precision::Absent, |v| {
+                        Precision::Exact(ScalarValue::Int64(Some(v as i64)))
+                    })
+                };
+                ColumnStatistics::new_unknown()
+                    .with_null_count(Precision::Exact(0))
+                    .with_min_value(exact(s.min()))
+                    .with_max_value(exact(s.max()))
+                    .with_distinct_count(Precision::Exact(s.count() as usize))
+            })
+            .collect();
+        while cols.len() < fs.fields().len() {
+            cols.push(ColumnStatistics::new_unknown().with_null_count(Precision::Exact(0)));
+        }
+        let width = self.ndim() * 8 + self.scalar.size();
+        Statistics {
+            num_rows: Precision::Exact(rows),
+            total_byte_size: Precision::Inexact(rows * width),
+            column_statistics: cols,
+        }
+    }
+
+    /// Statistics of a group or the whole scan from its files' (all exact, so the merge is exact).
+    fn merged_statistics(files: &[&PartitionedFile], schema: &Schema) -> DfResult<Statistics> {
+        let stats = files.iter().filter_map(|f| f.statistics.as_deref());
+        Statistics::try_merge_iter(stats, schema)
+    }
+
+    fn target_slab_bytes(selected: u64, partitions: usize) -> u64 {
+        (selected / (partitions as u64 * 4).max(1)).clamp(SLAB_MIN_BYTES, SLAB_MAX_BYTES)
+    }
+
+    /// The file groups of a scan, with statistics on every file and group.
+    fn file_groups(
+        &self,
+        sels: &[Option<Selection>],
+        partitions: usize,
+    ) -> DfResult<Vec<FileGroup>> {
+        let selected: u64 = self
+            .files
+            .iter()
+            .zip(sels)
+            .filter_map(|(f, s)| Some(s.as_ref()?.rows() * f.itemsize()))
+            .sum();
+        let target = Self::target_slab_bytes(selected, partitions);
+        let mut slabs = Vec::new();
+        for (k, (f, s)) in self.files.iter().zip(sels).enumerate() {
+            if let Some(s) = s {
+                slabs.extend(slabs_of(k, f, s, target));
+            }
+        }
+        let schema = self.table_schema.table_schema();
+        let mut groups = Vec::new();
+        for run in group_slabs(slabs, partitions) {
+            let files = run
+                .iter()
+                .map(|slab| {
+                    let sel = sels[slab.file]
+                        .as_ref()
+                        .ok_or_else(|| DataFusionError::Internal("slab of a pruned file".into()))?;
+                    self.partitioned_file(slab, sel)
+                })
+                .collect::<DfResult<Vec<_>>>()?;
+            let stats = Self::merged_statistics(&files.iter().collect::<Vec<_>>(), schema)?;
+            groups.push(FileGroup::new(files).with_statistics(Arc::new(stats)));
+        }
+        Ok(groups)
+    }
+}
+
+fn table_error(name: &str, e: VoxelError) -> VoxelError {
+    VoxelError::Invalid(format!("table {name}: {e}"))
+}
+
+#[async_trait]
+impl TableProvider for VoxelTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(self.table_schema.table_schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| self.columns.classify(f).pushdown())
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let sets = self.axis_sets(filters);
+        let keep = self.file_mask(state, filters)?;
+        let sels = self.selections(&sets, &keep);
+        let partitions = state.config().target_partitions().max(1);
+        let groups = self.file_groups(&sels, partitions)?;
+        if groups.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema().project(p)?),
+                None => self.schema(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        let all: Vec<&PartitionedFile> = groups.iter().flat_map(|g| g.iter()).collect();
+        let stats = Self::merged_statistics(&all, self.table_schema.table_schema())?;
+        let spec = ScanSpec::new(
+            self.name.clone(),
+            self.files.clone(),
+            sels,
+            self.opts.mode,
+            self.scalar,
+            self.opts.mmap,
+        );
+        let source = VoxelSource::new(Arc::new(spec), self.table_schema.clone());
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .with_statistics(stats)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
