@@ -45,6 +45,7 @@ pub struct SqlArgs {
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
     /// Statements separated by `;`. Without them, an interactive prompt starts.
+    #[arg(allow_hyphen_values = true)]
     pub statements: Option<String>,
 }
 
