@@ -198,7 +198,9 @@ fn make_cases(dir: &Path, count: usize) -> Vec<Case> {
             _ => (0.5 + rng.below(8) as f32 / 4.0, rng.below(5) as f32 - 2.0),
         };
         let n: usize = shape.iter().product();
-        let path = dir.join(format!("case{c}.nii"));
+        // Every fourth image is gzip-compressed.
+        let gz = c % 4 == 3;
+        let path = dir.join(format!("case{c}.nii{}", if gz { ".gz" } else { "" }));
         write_nifti1(
             &path,
             &shape,
@@ -206,7 +208,7 @@ fn make_cases(dir: &Path, count: usize) -> Vec<Case> {
             slope,
             inter,
             &data(&mut rng, dtype, n),
-            false,
+            gz,
         )
         .unwrap();
         let mode = *rng.pick(&["scaled", "scaled", "unscaled", "float32"]);

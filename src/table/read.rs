@@ -59,8 +59,8 @@ pub struct SlabReader {
 }
 
 impl SlabReader {
-    /// `budget`: the most elements per piece (smaller under a `LIMIT`). A gzip file is read in one piece, which is
-    /// one forward pass over the stream.
+    /// `budget`: the most elements per piece (smaller under a `LIMIT`). Pieces follow the file order (per box of the
+    /// selection), so a gzip file is decompressed forward, the core's gzip source resuming at its seek points.
     pub fn new(
         file: Arc<VoxelFile>,
         sel: &Selection,
@@ -69,12 +69,6 @@ impl SlabReader {
         budget: u64,
         mmap: crate::io::local::MmapMode,
     ) -> SlabReader {
-        let budget = if file.compression == crate::formats::Compression::Gzip && out.wants_values()
-        {
-            u64::MAX
-        } else {
-            budget
-        };
         SlabReader {
             pieces: pieces(sel, file.order, budget).into(),
             file,
