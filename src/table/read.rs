@@ -16,6 +16,9 @@ use super::files::VoxelFile;
 use super::layout::{Piece, Selection, coordinates, piece_len, pieces};
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
+use crate::formats::Order;
+use crate::io::mapped::MappedArray;
+use crate::values::Values;
 
 /// Most elements one read covers: bounds the memory of a partition (raw + decoded + projected coordinates).
 pub const PIECE_ELEMENTS: u64 = 1 << 20;
@@ -52,6 +55,8 @@ impl Output {
 pub struct SlabReader {
     file: Arc<VoxelFile>,
     proxy: Option<Arc<ArrayProxy>>,
+    /// The stored array memory-mapped (uncompressed local files): pieces are copied from it run by run.
+    map: Option<Option<MappedArray>>,
     pieces: VecDeque<Piece>,
     out: Arc<Output>,
     metrics: ScanMetrics,
@@ -73,6 +78,7 @@ impl SlabReader {
             pieces: pieces(sel, file.order, budget).into(),
             file,
             proxy: None,
+            map: None,
             out,
             metrics,
             mmap,
@@ -103,7 +109,38 @@ impl SlabReader {
         Ok(p)
     }
 
-    fn read_values(&mut self, piece: &Piece) -> Result<Vec<ArrayRef>> {
+    /// The memory map of the stored array, made on first use; `None` where the proxy cannot map.
+    fn mapped(&mut self) -> Result<Option<&MappedArray>> {
+        if self.map.is_none() {
+            let proxy = self.proxy()?;
+            self.map = Some(proxy.map_unscaled()?);
+        }
+        Ok(self.map.as_ref().and_then(Option::as_ref))
+    }
+
+    /// The stored elements of `piece` in storage order, and what reading them cost.
+    fn read_stored(&mut self, piece: &Piece) -> Result<Values> {
+        let (scalar, order, shape) = (self.file.dtype, self.file.order, self.file.shape.clone());
+        let read_time = self.metrics.read_time.clone();
+        if let Some(map) = self.mapped()? {
+            let timer = read_time.timer();
+            let mut values = Values::zeroed(scalar.scalar, piece_len(piece) as usize);
+            let runs = gather_box(
+                map.bytes(),
+                &shape,
+                scalar.size(),
+                order,
+                piece,
+                values.bytes_mut(),
+            )?;
+            if scalar.needs_swap() {
+                values.swap_bytes();
+            }
+            timer.done();
+            self.metrics.bytes_read.add(values.bytes().len());
+            self.metrics.segments_read.add(runs);
+            return Ok(values);
+        }
         let proxy = self.proxy()?;
         let ranges = piece
             .iter()
@@ -116,11 +153,16 @@ impl SlabReader {
         timer.done();
         self.metrics.bytes_read.add(stats.bytes_read as usize);
         self.metrics.segments_read.add(stats.segments as usize);
+        Values::from_bytes(&raw, self.file.dtype)
+    }
+
+    fn read_values(&mut self, piece: &Piece) -> Result<Vec<ArrayRef>> {
+        let stored = self.read_stored(piece)?;
         self.metrics.pieces_read.add(1);
         let f = &self.file;
         let _t = self.metrics.decode_time.timer();
         let values = decode_values(
-            &raw,
+            stored,
             f.dtype,
             f.slope,
             f.inter,
@@ -185,5 +227,81 @@ impl SlabReader {
     /// The file this slab belongs to, for messages.
     pub fn file_name(&self) -> &str {
         &self.file.name
+    }
+}
+
+/// Copy the elements of box `piece` of an array of `shape` stored in `bytes` (from its first element, `order`) into
+/// `out` in storage order, one contiguous run at a time; returns the number of runs. Out-of-range boxes are errors.
+pub fn gather_box(
+    bytes: &[u8],
+    shape: &[usize],
+    itemsize: usize,
+    order: Order,
+    piece: &Piece,
+    out: &mut [u8],
+) -> Result<usize> {
+    let fast: Vec<usize> = match order {
+        Order::F => (0..shape.len()).collect(),
+        Order::C => (0..shape.len()).rev().collect(),
+    };
+    // Element strides, fastest axis first.
+    let mut strides = Vec::with_capacity(fast.len());
+    let mut acc = 1u64;
+    for &a in &fast {
+        strides.push(acc);
+        acc *= shape[a] as u64;
+    }
+    // A run spans the leading whole axes and the first partial one.
+    let (mut run, mut k) = (1u64, 0);
+    while let Some(&a) = fast.get(k) {
+        let len = piece[a].end - piece[a].start;
+        run *= len;
+        k += 1;
+        if len != shape[a] as u64 {
+            break;
+        }
+    }
+    let run_bytes = run as usize * itemsize;
+    let start: u64 = fast
+        .iter()
+        .zip(&strides)
+        .map(|(&a, s)| piece[a].start * s)
+        .sum();
+    let outer = &fast[k..];
+    let mut idx: Vec<u64> = outer.iter().map(|&a| piece[a].start).collect();
+    let (mut pos, mut runs) = (0usize, 0usize);
+    let bad = || {
+        VoxelError::Invalid(format!(
+            "box {piece:?} lies outside the array of shape {shape:?}"
+        ))
+    };
+    loop {
+        let offset: u64 = start
+            + outer
+                .iter()
+                .zip(&idx)
+                .zip(&strides[k..])
+                .map(|((&a, &i), s)| (i - piece[a].start) * s)
+                .sum::<u64>();
+        let from = usize::try_from(offset).map_err(|_| bad())? * itemsize;
+        let src = bytes.get(from..from + run_bytes).ok_or_else(bad)?;
+        out.get_mut(pos..pos + run_bytes)
+            .ok_or_else(bad)?
+            .copy_from_slice(src);
+        pos += run_bytes;
+        runs += 1;
+        // Odometer over the outer axes, fastest first.
+        let mut d = 0;
+        loop {
+            let Some(&a) = outer.get(d) else {
+                return Ok(runs);
+            };
+            idx[d] += 1;
+            if idx[d] < piece[a].end {
+                break;
+            }
+            idx[d] = piece[a].start;
+            d += 1;
+        }
     }
 }

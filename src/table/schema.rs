@@ -183,16 +183,15 @@ fn channel<const N: usize>(v: &[[u8; N]], c: usize) -> ArrayRef {
     ))
 }
 
-/// Decode raw stored elements of one file into the table's value type.
+/// Stored elements of one file (decoded to native order) as the table's value type.
 pub fn decode_values(
-    raw: &[u8],
+    values: Values,
     storage: DType,
     slope: Factor,
     inter: Factor,
     mode: ValueMode,
     table_scalar: Scalar,
 ) -> Result<Values> {
-    let values = Values::from_bytes(raw, storage)?;
     let values = match mode {
         ValueMode::Unscaled => values,
         ValueMode::Scaled => scaling::scale_values(values, storage, slope, inter, None)?.0,
@@ -226,7 +225,7 @@ mod tests {
         let be = DType::new(Scalar::I16, ByteOrder::Big);
         let raw = [0u8, 2, 0xff, 0xfe];
         let unscaled = decode_values(
-            &raw,
+            Values::from_bytes(&raw, be).unwrap(),
             be,
             Factor::F64(1.0),
             Factor::F64(0.0),
@@ -237,7 +236,7 @@ mod tests {
         let f = value_scalar(be, Factor::F32(2.0), Factor::F32(1.0), ValueMode::Scaled).unwrap();
         assert_eq!(f, Scalar::F32);
         let v = decode_values(
-            &raw,
+            Values::from_bytes(&raw, be).unwrap(),
             be,
             Factor::F32(2.0),
             Factor::F32(1.0),
@@ -247,7 +246,7 @@ mod tests {
         .unwrap();
         assert_eq!(v, Values::F32(vec![5.0, -3.0]));
         let raw_vals = decode_values(
-            &raw,
+            Values::from_bytes(&raw, be).unwrap(),
             be,
             Factor::F32(2.0),
             Factor::F32(1.0),
