@@ -143,3 +143,60 @@ async fn explain_shows_slices_and_count_uses_statistics() {
     let plan = text(&ctx, "EXPLAIN ANALYZE SELECT sum(value) FROM v WHERE t = 3").await;
     assert!(plan.contains("bytes_read=48"), "{plan}");
 }
+
+/// A file big enough for several slabs per partition: every row still carries its own voxel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slabs_many_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [64usize, 48, 20, 40];
+    let mut data = Vec::with_capacity(shape.iter().product::<usize>() * 2);
+    for t in 0..40i32 {
+        for k in 0..20i32 {
+            for j in 0..48i32 {
+                for i in 0..64i32 {
+                    data.extend_from_slice(
+                        &(((i + 3 * j + 5 * k + 7 * t) % 1000) as i16).to_le_bytes(),
+                    );
+                }
+            }
+        }
+    }
+    let path = dir.path().join("big.nii");
+    write_nifti1(
+        &path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.0,
+        0.0,
+        &data,
+        false,
+    )
+    .unwrap();
+    let p = path.display().to_string();
+    for parts in [1, 2, 4] {
+        let ctx = session_context(SessionConfig::new().with_target_partitions(parts));
+        register_voxels(&ctx, "v", &p, &HashMap::new()).unwrap();
+        let plan = text(&ctx, "EXPLAIN SELECT sum(value) FROM v").await;
+        assert!(plan.contains("DataSourceExec"), "{plan}");
+        let bad = "SELECT count(*) FROM v WHERE value <> (i + 3*j + 5*k + 7*t) % 1000";
+        assert_eq!(scalar_i64(&ctx, bad).await, 0, "{parts} partitions");
+        assert_eq!(
+            scalar_i64(
+                &ctx,
+                "SELECT count(*) FROM (SELECT DISTINCT i, j, k, t FROM v)"
+            )
+            .await,
+            64 * 48 * 20 * 40
+        );
+        let sel = "SELECT count(*) FROM v WHERE t IN (3, 17, 39) AND j < 7 AND value <> (i + 3*j + 5*k + 7*t) % 1000";
+        assert_eq!(scalar_i64(&ctx, sel).await, 0);
+        assert_eq!(
+            scalar_i64(
+                &ctx,
+                "SELECT count(*) FROM v WHERE t IN (3, 17, 39) AND j < 7"
+            )
+            .await,
+            3 * 7 * 64 * 20
+        );
+    }
+}

@@ -13,12 +13,15 @@ use crate::proxy::ArrayProxy;
 use crate::slicer::CanonicalSlice;
 
 use super::files::VoxelFile;
-use super::layout::{Piece, Selection, coordinates, piece_len, pieces};
+use super::layout::{Piece, Selection, byte_span, coordinates, piece_len, pieces, slow_axis};
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
+use crate::formats::Compression;
 use crate::formats::Order;
+use crate::io::local::MmapMode;
 use crate::io::mapped::MappedArray;
 use crate::values::Values;
+use std::ops::Range;
 
 /// Most elements one read covers: bounds the memory of a partition (raw + decoded + projected coordinates).
 pub const PIECE_ELEMENTS: u64 = 1 << 20;
@@ -55,12 +58,15 @@ impl Output {
 pub struct SlabReader {
     file: Arc<VoxelFile>,
     proxy: Option<Arc<ArrayProxy>>,
-    /// The stored array memory-mapped (uncompressed local files): pieces are copied from it run by run.
-    map: Option<Option<MappedArray>>,
+    /// The slab's bytes memory-mapped (uncompressed files by path): pieces are copied from it run by run. Only the
+    /// slab is mapped, and the map goes with the reader, so mapped pages never add up over a scan.
+    map: Option<Option<SlabMap>>,
+    /// The slab's run of slow-axis indices (`None`: the whole selection, e.g. a gzip file).
+    slow: Option<Range<u64>>,
     pieces: VecDeque<Piece>,
     out: Arc<Output>,
     metrics: ScanMetrics,
-    mmap: crate::io::local::MmapMode,
+    mmap: MmapMode,
 }
 
 impl SlabReader {
@@ -72,9 +78,11 @@ impl SlabReader {
         out: Arc<Output>,
         metrics: ScanMetrics,
         budget: u64,
-        mmap: crate::io::local::MmapMode,
+        mmap: MmapMode,
+        slow: Option<Range<u64>>,
     ) -> SlabReader {
         SlabReader {
+            slow,
             pieces: pieces(sel, file.order, budget).into(),
             file,
             proxy: None,
@@ -109,31 +117,37 @@ impl SlabReader {
         Ok(p)
     }
 
-    /// The memory map of the stored array, made on first use; `None` where the proxy cannot map.
-    fn mapped(&mut self) -> Result<Option<&MappedArray>> {
+    /// The slab mapped, made on first use; `None` where it cannot or should not be mapped.
+    fn mapped(&mut self) -> Result<Option<&SlabMap>> {
         if self.map.is_none() {
-            let proxy = self.proxy()?;
-            self.map = Some(proxy.map_unscaled()?);
+            let made = match &self.slow {
+                Some(r) if self.mmap != MmapMode::Off => SlabMap::new(&self.file, r)?,
+                _ => None,
+            };
+            self.map = Some(made);
         }
         Ok(self.map.as_ref().and_then(Option::as_ref))
     }
 
     /// The stored elements of `piece` in storage order, and what reading them cost.
     fn read_stored(&mut self, piece: &Piece) -> Result<Values> {
-        let (scalar, order, shape) = (self.file.dtype, self.file.order, self.file.shape.clone());
+        let (dtype, order) = (self.file.dtype, self.file.order);
         let read_time = self.metrics.read_time.clone();
-        if let Some(map) = self.mapped()? {
+        if let Some(m) = self.mapped()? {
             let timer = read_time.timer();
-            let mut values = Values::zeroed(scalar.scalar, piece_len(piece) as usize);
+            let mut local = piece.clone();
+            local[m.slow_axis] =
+                piece[m.slow_axis].start - m.slow_start..piece[m.slow_axis].end - m.slow_start;
+            let mut values = Values::zeroed(dtype.scalar, piece_len(piece) as usize);
             let runs = gather_box(
-                map.bytes(),
-                &shape,
-                scalar.size(),
+                m.map.bytes(),
+                &m.shape,
+                dtype.size(),
                 order,
-                piece,
+                &local,
                 values.bytes_mut(),
             )?;
-            if scalar.needs_swap() {
+            if dtype.needs_swap() {
                 values.swap_bytes();
             }
             timer.done();
@@ -302,6 +316,67 @@ pub fn gather_box(
             }
             idx[d] = piece[a].start;
             d += 1;
+        }
+    }
+}
+
+/// One slab of an uncompressed file, memory-mapped: its planes along the slow axis, from `slow_start`.
+struct SlabMap {
+    map: MappedArray,
+    /// The file's shape with the slow axis cut to the slab.
+    shape: Vec<usize>,
+    slow_axis: usize,
+    slow_start: u64,
+}
+
+impl SlabMap {
+    /// `None` for files the scan does not map itself (compressed, or a registered proxy over an open handle).
+    fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
+        let Some(slow_axis) = slow_axis(f.ndim(), f.order) else {
+            return Ok(None);
+        };
+        if f.compression != Compression::None
+            || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
+        {
+            return Ok(None);
+        }
+        f.check_unchanged()?;
+        let span = byte_span(f, Some(slow));
+        let file =
+            std::fs::File::open(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| VoxelError::io(&f.data_path, e))?
+            .len();
+        if len < span.end {
+            return Err(VoxelError::Truncated {
+                path: f.data_path.display().to_string(),
+                expected: span.end,
+                actual: len,
+            });
+        }
+        let mut shape = f.shape.clone();
+        shape[slow_axis] = usize::try_from(slow.end - slow.start)
+            .map_err(|_| VoxelError::Invalid("slab beyond the address space".into()))?;
+        let elements = vec![shape.iter().product::<usize>()];
+        match MappedArray::map(
+            &file,
+            &f.data_path,
+            span.start,
+            elements,
+            f.dtype,
+            f.order,
+            MmapMode::ReadOnly,
+        ) {
+            Ok(map) => Ok(Some(SlabMap {
+                map,
+                shape,
+                slow_axis,
+                slow_start: slow.start,
+            })),
+            // Not mappable (special files, some filesystems): positional reads through the proxy instead.
+            Err(VoxelError::Io { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

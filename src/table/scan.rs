@@ -268,6 +268,7 @@ impl VoxelOpener {
             self.metrics.clone(),
             self.budget,
             spec.mmap,
+            slow,
         ))
     }
 }
