@@ -200,3 +200,78 @@ async fn many_slabs_many_partitions() {
         );
     }
 }
+
+#[tokio::test]
+async fn options_table_function_and_record_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = small_nifti(dir.path(), "scaled.nii", 2.0, 1.0);
+    let ctx = ctx(2);
+    // Scaled (float64: nibabel reads NIfTI factors as Python floats), unscaled, and cast values.
+    let q = |opts: &str| {
+        format!(
+            "SELECT arrow_typeof(value) AS ty, max(value) AS m FROM voxels('{p}'{opts}) GROUP BY ty"
+        )
+    };
+    let s = text(&ctx, &q("")).await;
+    assert!(s.contains("Float64") && s.contains("8247.0"), "{s}");
+    let s = text(&ctx, &q(", 'scaling', 'false'")).await;
+    assert!(s.contains("Int16") && s.contains("4123"), "{s}");
+    let s = text(&ctx, &q(", 'value_type', 'float32'")).await;
+    assert!(s.contains("Float32") && s.contains("8247.0"), "{s}");
+    let create = format!(
+        "CREATE EXTERNAL TABLE u STORED AS NIFTI LOCATION '{p}' OPTIONS ('Scaling' 'false')"
+    );
+    run(&ctx, &create).await;
+    assert_eq!(scalar_i64(&ctx, "SELECT max(value) FROM u").await, 4123);
+    let declared =
+        format!("CREATE EXTERNAL TABLE d (i BIGINT, x DOUBLE) STORED AS NIFTI LOCATION '{p}'");
+    let e = ctx.sql(&declared).await.unwrap_err().to_string();
+    assert!(e.contains("declared columns"), "{e}");
+
+    // complex64: value_re / value_im.
+    let c: Vec<u8> = (0..6)
+        .flat_map(|v: i32| [(v as f32).to_le_bytes(), (-(v as f32)).to_le_bytes()].concat())
+        .collect();
+    let cp = dir.path().join("c.nii");
+    write_nifti1(
+        &cp,
+        &[2, 3],
+        DType::native(Scalar::C64),
+        0.0,
+        0.0,
+        &c,
+        false,
+    )
+    .unwrap();
+    let s = text(
+        &ctx,
+        &format!(
+            "SELECT i, j, value_re, value_im FROM voxels('{}') WHERE i = 1 AND j = 2",
+            cp.display()
+        ),
+    )
+    .await;
+    assert!(s.contains("| 1 | 2 | 5.0      | -5.0     |"), "{s}");
+    // RGB24: value_r, value_g, value_b.
+    let rgb: Vec<u8> = (0..4u8).flat_map(|v| [v, 10 + v, 20 + v]).collect();
+    let rp = dir.path().join("rgb.nii");
+    write_nifti1(
+        &rp,
+        &[4],
+        DType::native(Scalar::Rgb24),
+        0.0,
+        0.0,
+        &rgb,
+        false,
+    )
+    .unwrap();
+    let s = text(
+        &ctx,
+        &format!(
+            "SELECT value_r, value_g, value_b FROM voxels('{}') WHERE i = 3",
+            rp.display()
+        ),
+    )
+    .await;
+    assert!(s.contains("| 3       | 13      | 23      |"), "{s}");
+}
