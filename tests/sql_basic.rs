@@ -198,6 +198,25 @@ async fn many_slabs_many_partitions() {
             .await,
             3 * 7 * 64 * 20
         );
+        // An inexact filter (two columns under OR) still prunes slabs by their coordinate bounds.
+        let q = "SELECT count(*) FROM v WHERE t < 2 OR j > 100";
+        assert_eq!(scalar_i64(&ctx, q).await, 2 * 64 * 48 * 20);
+        let plan = ctx
+            .sql(q)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let read = scan_bytes(&plan);
+        let plan = format!("{plan:?}");
+        assert!(
+            read < 64 * 48 * 20 * 40 * 2 / 2,
+            "{parts} partitions: read {read}: {plan}"
+        );
     }
 }
 
@@ -274,4 +293,13 @@ async fn options_table_function_and_record_layouts() {
     )
     .await;
     assert!(s.contains("| 3       | 13      | 23      |"), "{s}");
+}
+
+/// `bytes_read` summed over the plan's scans.
+fn scan_bytes(plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name("bytes_read"))
+        .map_or(0, |v| v.as_usize());
+    own + plan.children().into_iter().map(scan_bytes).sum::<usize>()
 }

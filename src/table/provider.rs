@@ -4,14 +4,18 @@
 //! per-file selections, cuts them into slabs and partitions ([`super::layout`]) and returns a `DataSourceExec` over
 //! a `FileScanConfig` with exact statistics (so `count(*)` is answered without reading).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, BooleanArray, DictionaryArray, RecordBatch, StringArray, UInt16Array,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, RecordBatch, StringArray,
+    UInt16Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef, UInt16Type};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Column;
+use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{
     ColumnStatistics, DFSchema, DataFusionError, Result as DfResult, ScalarValue, Statistics,
@@ -24,7 +28,9 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
@@ -271,6 +277,7 @@ impl VoxelTable {
         &self,
         sels: &[Option<Selection>],
         partitions: usize,
+        pruning: Option<&PruningPredicate>,
     ) -> DfResult<Vec<FileGroup>> {
         let selected: u64 = self
             .files
@@ -284,6 +291,9 @@ impl VoxelTable {
             if let Some(s) = s {
                 slabs.extend(slabs_of(k, f, s, target));
             }
+        }
+        if let Some(p) = pruning {
+            slabs = self.prune_slabs(slabs, sels, p);
         }
         let schema = self.table_schema.table_schema();
         let mut groups = Vec::new();
@@ -301,6 +311,113 @@ impl VoxelTable {
             groups.push(FileGroup::new(files).with_statistics(Arc::new(stats)));
         }
         Ok(groups)
+    }
+}
+
+impl VoxelTable {
+    /// Inexact filters on coordinates as a predicate over slab statistics (exact coordinate min/max), so slabs that
+    /// cannot hold a passing row are not read. Best effort: `None` when there is nothing to prune with.
+    fn pruning_predicate(&self, state: &dyn Session, filters: &[Expr]) -> Option<PruningPredicate> {
+        let inexact: Vec<Expr> = filters
+            .iter()
+            .filter(|f| self.columns.classify(f) == FilterKind::Inexact)
+            .map(|f| unnormalize_col(f.clone()))
+            .collect();
+        let expr = conjunction(inexact)?;
+        let schema = Arc::clone(self.table_schema.table_schema());
+        let df_schema = DFSchema::try_from(Arc::clone(&schema)).ok()?;
+        let phys = state.create_physical_expr(expr, &df_schema).ok()?;
+        let p = PruningPredicateBuilder::new()
+            .with_file_schema(schema)
+            .try_build(phys)
+            .ok()?;
+        (!p.always_true()).then_some(p)
+    }
+
+    /// Keep the slabs the predicate cannot rule out (all of them if it fails to evaluate).
+    fn prune_slabs(
+        &self,
+        slabs: Vec<Slab>,
+        sels: &[Option<Selection>],
+        p: &PruningPredicate,
+    ) -> Vec<Slab> {
+        let bounds: Vec<Vec<(i64, i64)>> = slabs
+            .iter()
+            .map(|slab| {
+                let f = &self.files[slab.file];
+                let Some(sel) = sels[slab.file].as_ref() else {
+                    return Vec::new();
+                };
+                let s = super::layout::slab_selection(
+                    sel,
+                    super::layout::slow_axis(f.ndim(), f.order),
+                    slab.slow.as_ref(),
+                );
+                s.axes
+                    .iter()
+                    .map(|a| (a.min().unwrap_or(0) as i64, a.max().unwrap_or(0) as i64))
+                    .collect()
+            })
+            .collect();
+        let stats = SlabStatistics {
+            names: &self.columns.axes,
+            bounds: &bounds,
+            rows: slabs.iter().map(|s| s.rows).collect(),
+        };
+        match p.prune(&stats) {
+            Ok(keep) => slabs
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(s, k)| k.then_some(s))
+                .collect(),
+            Err(_) => slabs,
+        }
+    }
+}
+
+/// Slabs as pruning containers: exact min/max of every coordinate, no nulls.
+struct SlabStatistics<'a> {
+    names: &'a [(String, u64)],
+    bounds: &'a [Vec<(i64, i64)>],
+    rows: Vec<u64>,
+}
+
+impl SlabStatistics<'_> {
+    fn axis(&self, column: &Column) -> Option<usize> {
+        self.names.iter().position(|(n, _)| *n == column.name)
+    }
+
+    fn column(&self, column: &Column, pick: fn((i64, i64)) -> i64) -> Option<ArrayRef> {
+        let a = self.axis(column)?;
+        let values = self.bounds.iter().map(|b| b.get(a).map(|&x| pick(x)));
+        Some(Arc::new(Int64Array::from_iter(values)))
+    }
+}
+
+impl PruningStatistics for SlabStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, |(lo, _)| lo)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, |(_, hi)| hi)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.bounds.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.axis(column)?;
+        Some(Arc::new(UInt64Array::from(vec![0u64; self.bounds.len()])))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from(self.rows.clone())))
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
     }
 }
 
@@ -339,7 +456,8 @@ impl TableProvider for VoxelTable {
         let keep = self.file_mask(state, filters)?;
         let sels = self.selections(&sets, &keep);
         let partitions = state.config().target_partitions().max(1);
-        let groups = self.file_groups(&sels, partitions)?;
+        let pruning = self.pruning_predicate(state, filters);
+        let groups = self.file_groups(&sels, partitions, pruning.as_ref())?;
         if groups.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema().project(p)?),
