@@ -7,11 +7,11 @@ use clap::{Parser, Subcommand};
 
 use crate::error::VoxelError;
 
+#[cfg(feature = "sql")]
+pub mod export;
 mod index;
 mod info;
 mod slice;
-#[cfg(feature = "sql")]
-pub mod export;
 #[cfg(feature = "sql")]
 pub mod sql;
 
