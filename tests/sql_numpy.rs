@@ -429,4 +429,8 @@ async fn selective_queries_read_only_what_they_need() {
         );
         assert!(read >= needed, "{sql}: read {read} bytes, needs {needed}");
     }
+    // LIMIT stops reading early: each partition reads at most the limit.
+    let (read, out) = bytes_read(&ctx, "SELECT value FROM v WHERE k = 3 LIMIT 5").await;
+    assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    assert!(read <= 2 * 5 * 2, "LIMIT 5 read {read} bytes");
 }
