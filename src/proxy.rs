@@ -444,7 +444,7 @@ impl ArrayProxy {
         } else {
             match requested {
                 None => (values, self.dtype),
-                Some(r) => (values.cast(r.scalar)?, r),
+                Some(r) => (values.cast_via_promotion(r.scalar)?, r),
             }
         };
         VoxelArray::new(dtype, shape, self.order, values)
@@ -585,8 +585,14 @@ impl ArrayProxy {
 fn is_scalar_index(spec: &SliceSpec, slice: &CanonicalSlice, nibabel_slicer: bool) -> bool {
     let all_ints = slice.items.iter().all(|a| matches!(a, AxisSel::Index(_)));
     let has_ellipsis = spec.0.iter().any(|i| matches!(i, Index::Ellipsis));
+    // numpy: `a[()]` of a 0-d array is a scalar too; nibabel's slicer returns the 0-d array for a full read.
     let indexed = !slice.items.is_empty();
-    all_ints && indexed && (nibabel_slicer || (!has_ellipsis && !spec.0.is_empty()))
+    all_ints
+        && if nibabel_slicer {
+            indexed
+        } else {
+            !has_ellipsis
+        }
 }
 
 fn to_usize(n: u64) -> Result<usize> {

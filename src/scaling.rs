@@ -45,7 +45,7 @@ impl Width {
     /// Round `x` to this width (numpy's astype between floats).
     fn round(self, x: f64) -> f64 {
         match self {
-            Width::F16 => f16::from_f64(x).to_f64(),
+            Width::F16 => crate::values::f64_to_f16(x).to_f64(),
             Width::F32 => x as f32 as f64,
             Width::F64 => x,
         }
@@ -301,7 +301,7 @@ pub fn scale_values(
     if is_identity(s, i) {
         return match requested {
             None => Ok((values, storage)),
-            Some(r) => Ok((values.cast(r.scalar)?, r)),
+            Some(r) => Ok((values.cast_via_promotion(r.scalar)?, r)),
         };
     }
     let rec = recipe(storage.scalar, s, i)?;
@@ -410,7 +410,7 @@ fn real_out<T: Copy + Sync>(v: &[T], to_f64: impl Fn(T) -> f64 + Sync, r: &Recip
             scale_one(to_f64(x), s, i, mw, Width::F32) as f32
         })),
         (Width::F16, mw) => Values::F16(par_map(v, |x| {
-            f16::from_f64(scale_one(to_f64(x), s, i, mw, Width::F16))
+            crate::values::f64_to_f16(scale_one(to_f64(x), s, i, mw, Width::F16))
         })),
     }
 }

@@ -270,6 +270,17 @@ impl Values {
         self.len() == 0
     }
 
+    /// numpy's `astype(promote_types(self, target)).astype(target)`, which is what `np.asarray(prox, dtype=target)`
+    /// does: a 64-bit unsigned/signed pair promotes to float64, so such casts go through float64.
+    pub fn cast_via_promotion(self, target: Scalar) -> Result<Values> {
+        let (from, to) = (self.scalar(), target);
+        let signed = |s: Scalar| matches!(s, Scalar::I8 | Scalar::I16 | Scalar::I32 | Scalar::I64);
+        if (from == Scalar::U64 && signed(to)) || (signed(from) && to == Scalar::U64) {
+            return self.cast(Scalar::F64)?.cast(target);
+        }
+        self.cast(target)
+    }
+
     /// numpy's `astype(target)` with C casting rules as numpy applies them on x86-64: int→int wraps, float→int
     /// truncates toward zero (out of range and NaN give what the hardware conversion gives), complex→real keeps the
     /// real part. Records cast only to themselves.
@@ -377,10 +388,24 @@ fn f32_of(r: Real) -> f32 {
 
 fn f16_of(r: Real) -> f16 {
     match r {
-        Real::Int(i) => f16::from_f64(i as f64),
-        Real::Float(f) => f16::from_f64(f),
+        Real::Int(i) => f64_to_f16(i as f64),
+        Real::Float(f) => f64_to_f16(f),
         Real::F32(f) => f16::from_f32(f),
     }
+}
+
+/// float64 → float16 rounded once, to nearest even, as numpy does (`half`'s conversions go through float32 and can
+/// round twice). Rounding to float32 *to odd* first keeps enough information for the final rounding to be exact.
+pub fn f64_to_f16(x: f64) -> f16 {
+    let f = x as f32;
+    if !x.is_finite() || f.is_infinite() || f as f64 == x {
+        return f16::from_f32(f);
+    }
+    let mut bits = f.to_bits();
+    if (f as f64).abs() > x.abs() {
+        bits -= 1; // truncate toward zero (same sign: the bit patterns are ordered by magnitude)
+    }
+    f16::from_f32(f32::from_bits(bits | 1))
 }
 
 /// x86-64 `cvttsd2si` with a 32-bit destination: truncation, and 0x8000_0000 for NaN / out of range. numpy's casts
@@ -488,6 +513,33 @@ mod tests {
             Values::F64(vec![-1.0]).cast(Scalar::U64).unwrap(),
             Values::U64(vec![u64::MAX])
         );
+    }
+
+    #[test]
+    fn float16_casts_round_once() {
+        let v = Values::F64(vec![-1545.4999928314382, 2049.0000001])
+            .cast(Scalar::F16)
+            .unwrap();
+        assert_eq!(
+            v,
+            Values::F16(vec![f16::from_f32(-1545.0), f16::from_f32(2050.0)])
+        );
+    }
+
+    #[test]
+    fn sign_changing_64_bit_casts_go_through_float64() {
+        let v = Values::U64(vec![6484113101942789355])
+            .cast_via_promotion(Scalar::I64)
+            .unwrap();
+        assert_eq!(v, Values::I64(vec![6484113101942789120]));
+        let v = Values::I64(vec![i64::MAX])
+            .cast_via_promotion(Scalar::U64)
+            .unwrap();
+        assert_eq!(v, Values::U64(vec![1 << 63]));
+        let v = Values::I16(vec![-1])
+            .cast_via_promotion(Scalar::U8)
+            .unwrap();
+        assert_eq!(v, Values::U8(vec![255]));
     }
 
     #[test]
