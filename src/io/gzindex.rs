@@ -232,20 +232,7 @@ impl GzIndex {
     ) -> Result<GzIndex> {
         let mut cursor =
             GzCursor::from_start(src, location)?.recording(GzIndexBuilder::after(None, span));
-        let mut scratch = vec![0u8; 1 << 20];
-        let mut since = 0usize;
-        loop {
-            let n = cursor.fill(&mut scratch)?;
-            if n == 0 {
-                break;
-            }
-            since += n;
-            if since >= 16 << 20 {
-                progress(cursor.compressed_pos());
-                since = 0;
-            }
-        }
-        progress(cursor.compressed_pos());
+        cursor.drain(&mut progress)?;
         let mut index = GzIndex::new(span);
         if let Some(record) = cursor.into_record() {
             index.absorb(record);
@@ -832,6 +819,26 @@ impl<'a> GzCursor<'a> {
 
     /// Decompress into `out`, returning how many bytes were produced: `out.len()`, or fewer only at the end of the
     /// stream (0 once finished). A stream that stops mid-member or holds bad data is an error naming the file.
+    /// Decompress to the end of the stream, discarding the output (to record index points), telling `progress` the
+    /// compressed bytes consumed every 16 MiB of output and once at the end.
+    pub fn drain(&mut self, progress: &mut impl FnMut(u64)) -> Result<()> {
+        let mut scratch = vec![0u8; 1 << 20];
+        let mut since = 0usize;
+        loop {
+            let n = self.fill(&mut scratch)?;
+            if n == 0 {
+                break;
+            }
+            since += n;
+            if since >= 16 << 20 {
+                progress(self.compressed_pos());
+                since = 0;
+            }
+        }
+        progress(self.compressed_pos());
+        Ok(())
+    }
+
     pub fn fill(&mut self, out: &mut [u8]) -> Result<usize> {
         let mut made = 0;
         while made < out.len() && !self.finished {

@@ -204,20 +204,7 @@ impl GzipSource {
             start.map(|p| p.out),
             self.options.span,
         ));
-        let mut scratch = vec![0u8; 1 << 20];
-        let mut since = 0;
-        loop {
-            let n = cursor.fill(&mut scratch)?;
-            if n == 0 {
-                break;
-            }
-            since += n;
-            if since >= 16 << 20 {
-                progress(cursor.compressed_pos());
-                since = 0;
-            }
-        }
-        progress(cursor.compressed_pos());
+        cursor.drain(&mut progress)?;
         cursor
             .into_record()
             .ok_or_else(|| VoxelError::Invalid("recording pass without a builder".into()))
