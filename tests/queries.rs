@@ -4,6 +4,8 @@
 //! Fixtures (made in a temporary directory that is the working directory of the queries): `bold.nii`, an
 //! 8×8×4×6 int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t) mod 101, and
 //! `runs/run-0{1,2,3}.nii`, the same pattern in shapes 8×8×4×6, 6×6×4×3 and 8×8×4×2.
+// The SQL front needs the `sql` feature (on by default).
+#![cfg(feature = "sql")]
 
 use std::path::Path;
 use std::process::Command;

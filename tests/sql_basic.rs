@@ -1,4 +1,6 @@
 //! SQL over small generated images: pushdown, statistics, registration paths, bad input.
+// The SQL front needs the `sql` feature (on by default).
+#![cfg(feature = "sql")]
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! `voxelscan sql` / `voxelscan export` contract and bad input: output formats (CSV floats round-trip), Parquet
 //! metadata, one-line errors with exit status 2 naming the table and the file, empty results outside the array.
+// The SQL front needs the `sql` feature (on by default).
+#![cfg(feature = "sql")]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,6 +4,8 @@
 //!
 //! Needs the project's Python (`VOXELSCAN_PYTHON`, else `.venv/bin/python`, which `.ci/run` creates): without it
 //! the test fails, it does not skip.
+// The SQL front needs the `sql` feature (on by default).
+#![cfg(feature = "sql")]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
