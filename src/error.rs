@@ -38,6 +38,9 @@ pub enum VoxelError {
     /// A feature of the file that this crate does not read (float128, ...).
     #[error("{path}: unsupported: {what}")]
     Unsupported { path: String, what: String },
+    /// Object storage or an HTTP server refused or failed a request (after retries).
+    #[error("{url}: {msg}")]
+    Remote { url: String, msg: String },
     /// A bad option, spec or argument from the caller.
     #[error("{0}")]
     Invalid(String),

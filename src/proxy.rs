@@ -134,6 +134,9 @@ pub enum DataFile {
         file: Arc<File>,
         name: String,
     },
+    /// An object in object storage or on an HTTP server, read with ranged GETs.
+    #[cfg(feature = "remote")]
+    Remote(crate::io::remote::RemoteObject),
 }
 
 impl From<&Path> for DataFile {
@@ -162,6 +165,8 @@ impl DataFile {
         match self {
             DataFile::Path(p) => p.display().to_string(),
             DataFile::Handle { name, .. } => name.clone(),
+            #[cfg(feature = "remote")]
+            DataFile::Remote(o) => o.url().to_string(),
         }
     }
 }
@@ -237,6 +242,35 @@ impl ArrayProxy {
         )
     }
 
+    /// Open an image at a path or URL (`s3://`, `gs://`, `az://`, `http(s)://`, `file://`): remote headers are read
+    /// with one small ranged GET, data with ranged GETs of the planned segments. `store` configures object stores.
+    #[cfg(feature = "remote")]
+    pub fn open_location(
+        location: &str,
+        raw: Option<&str>,
+        opts: ProxyOptions,
+        store: &crate::io::remote::StoreOptions,
+    ) -> Result<ArrayProxy> {
+        use crate::io::remote;
+        if !remote::is_url(location) {
+            let path = local_path(location);
+            return match raw {
+                Some(spec) => Self::open_raw(&path, spec, opts),
+                None => Self::open(&path, opts),
+            };
+        }
+        let image = match raw {
+            Some(spec) => remote::open_raw(location, spec, store)?,
+            None => remote::open_image(location, store)?,
+        };
+        Self::with_compression(
+            DataFile::Remote(image.data),
+            image.header.compression,
+            &image.header,
+            opts,
+        )
+    }
+
     /// A headerless raw file described by a spec string (`shape=2,3,4;dtype=<i2;offset=16;order=C`).
     pub fn open_raw(path: &Path, spec: &str, opts: ProxyOptions) -> Result<ArrayProxy> {
         let header = formats::parse_raw_spec(spec, path)?;
@@ -281,7 +315,7 @@ impl ArrayProxy {
     pub fn path(&self) -> Option<&Path> {
         match &self.file {
             DataFile::Path(p) => Some(p),
-            DataFile::Handle { .. } => None,
+            _ => None,
         }
     }
 
@@ -342,6 +376,14 @@ impl ArrayProxy {
             (DataFile::Handle { file, name }, Compression::Gzip) => {
                 Arc::new(GzipStreamSource::new(Arc::clone(file), name.clone(), lock))
             }
+            #[cfg(feature = "remote")]
+            (DataFile::Remote(o), Compression::None) => {
+                Arc::new(crate::io::remote::RemoteSource::new(o.clone()))
+            }
+            #[cfg(feature = "remote")]
+            (DataFile::Remote(o), Compression::Gzip) => {
+                Arc::new(crate::io::remote::RemoteGzipSource::new(o.clone()))
+            }
         })
     }
 
@@ -350,6 +392,7 @@ impl ArrayProxy {
         if let Ok(mut s) = self.stats.lock() {
             s.add(st);
         }
+        crate::io::record(st);
         Ok(())
     }
 
@@ -513,6 +556,8 @@ impl ArrayProxy {
                 p.clone(),
             ),
             DataFile::Handle { file, name } => (Arc::clone(file), PathBuf::from(name)),
+            #[cfg(feature = "remote")]
+            DataFile::Remote(_) => return Ok(None),
         };
         let len = file.metadata().map_err(|e| VoxelError::io(&path, e))?.len();
         let need = self.offset + self.byte_len()?;
@@ -561,7 +606,7 @@ impl ArrayProxy {
     fn lock_for_copy(&self) -> Arc<Mutex<()>> {
         match self.file {
             DataFile::Handle { .. } => Arc::clone(&self.lock),
-            DataFile::Path(_) => Arc::default(),
+            _ => Arc::default(),
         }
     }
 
@@ -715,4 +760,35 @@ mod tests {
         assert_eq!(resolve_shape(0, &[0, 3]).unwrap(), vec![0, 3]);
         assert!(resolve_shape(0, &[0, -1]).is_err());
     }
+}
+
+/// A local path from a path or a `file://` URL (percent-decoded).
+pub fn local_path(location: &str) -> PathBuf {
+    match location.strip_prefix("file://") {
+        Some(rest) => PathBuf::from(percent_decode(rest)),
+        None => PathBuf::from(location),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

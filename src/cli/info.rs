@@ -10,7 +10,8 @@ use crate::proxy::ArrayProxy;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
-    /// Image file (NIfTI-1/2 .nii/.hdr, Analyze .hdr, MGH .mgh/.mgz, .npy, raw with --raw; .gz accepted).
+    /// Image file (NIfTI-1/2 .nii/.hdr, Analyze .hdr, MGH .mgh/.mgz, .npy, raw with --raw; .gz accepted), or a URL:
+    /// s3://, gs://, az://, abfss://, http(s)://, file://.
     pub path: PathBuf,
     #[command(flatten)]
     pub open: OpenArgs,

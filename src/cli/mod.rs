@@ -129,12 +129,20 @@ pub struct OpenArgs {
 }
 
 impl OpenArgs {
+    /// A proxy over a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
     pub fn open(&self, path: &std::path::Path) -> Result<crate::proxy::ArrayProxy, VoxelError> {
         let opts = crate::proxy::ProxyOptions {
             mmap: self.mmap,
             keep_file_open: self.keep_file_open,
             ..Default::default()
         };
+        #[cfg(feature = "remote")]
+        {
+            let location = path.to_string_lossy();
+            let store = crate::io::remote::StoreOptions::default();
+            crate::proxy::ArrayProxy::open_location(&location, self.raw.as_deref(), opts, &store)
+        }
+        #[cfg(not(feature = "remote"))]
         match &self.raw {
             Some(spec) => crate::proxy::ArrayProxy::open_raw(path, spec, opts),
             None => crate::proxy::ArrayProxy::open(path, opts),
@@ -145,9 +153,33 @@ impl OpenArgs {
         &self,
         path: &std::path::Path,
     ) -> Result<crate::formats::ImageHeader, VoxelError> {
+        #[cfg(feature = "remote")]
+        {
+            use crate::io::remote;
+            let location = path.to_string_lossy();
+            if remote::is_url(&location) {
+                let store = remote::StoreOptions::default();
+                let image = match &self.raw {
+                    Some(spec) => remote::open_raw(&location, spec, &store)?,
+                    None => remote::open_image(&location, &store)?,
+                };
+                return Ok(image.header);
+            }
+        }
+        let path = crate::proxy::local_path(&path.to_string_lossy());
         match &self.raw {
-            Some(spec) => crate::formats::parse_raw_spec(spec, path),
-            None => crate::formats::read_header(path),
+            Some(spec) => crate::formats::parse_raw_spec(spec, &path),
+            None => crate::formats::read_header(&path),
         }
     }
+}
+
+/// `--stats`: what this process read, on standard error (stdout stays the command's output). For object storage
+/// `requests` are GET/HEAD/LIST requests and `bytes_fetched` the bytes received; locally, reads and bytes read.
+pub fn print_stats() {
+    let t = crate::io::totals();
+    eprintln!(
+        "stats: requests={} bytes_fetched={} bytes_used={} segments={}",
+        t.requests, t.bytes_read, t.bytes_delivered, t.segments
+    );
 }

@@ -8,7 +8,7 @@ use crate::slicer::SliceSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct SliceArgs {
-    /// Image file.
+    /// Image file, or a URL (s3://, gs://, az://, abfss://, http(s)://, file://).
     pub path: PathBuf,
     /// numpy basic-indexing spec, Python syntax: "10:20, ::-2, ..., None", "-1", "" (whole array).
     #[arg(allow_hyphen_values = true)]
@@ -22,6 +22,9 @@ pub struct SliceArgs {
     /// Output dtype, as np.asarray(img.dataobj, dtype=DT)[SPEC] (e.g. float32, <f4, >i2).
     #[arg(long, value_name = "DT")]
     pub dtype: Option<String>,
+    /// Print the requests made and bytes fetched to standard error.
+    #[arg(long)]
+    pub stats: bool,
     #[command(flatten)]
     pub open: OpenArgs,
 }
@@ -36,5 +39,8 @@ pub fn run(args: SliceArgs) -> CliResult {
         (false, None) => proxy.slice(&spec)?,
     };
     array.save_npy(&args.output)?;
+    if args.stats {
+        super::print_stats();
+    }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub struct SqlArgs {
     /// Write results to this file instead of standard output.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
+    /// Print the requests made and bytes fetched (all tables, headers included) to standard error at the end.
+    #[arg(long)]
+    pub stats: bool,
     /// Statements separated by `;`. Without them, an interactive prompt starts.
     #[arg(allow_hyphen_values = true)]
     pub statements: Option<String>,
@@ -81,7 +84,11 @@ async fn run_async(args: SqlArgs) -> CliResult {
         None => interactive(&ctx, args.format, &mut out).await?,
     }
     out.flush()
-        .map_err(|e| CliError(format!("writing results: {e}")))
+        .map_err(|e| CliError(format!("writing results: {e}")))?;
+    if args.stats {
+        super::print_stats();
+    }
+    Ok(())
 }
 
 /// Run every statement of `sql` in order, printing the rows of those that return any columns.

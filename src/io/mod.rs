@@ -13,6 +13,8 @@ pub mod gzindex;
 pub mod gzip;
 pub mod local;
 pub mod mapped;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod stream;
 
 /// What one read cost, for `EXPLAIN ANALYZE`, `--stats` and the bytes-read assertions in tests.
@@ -36,6 +38,26 @@ impl ReadStats {
         self.requests += other.requests;
     }
 }
+
+/// Everything read by this process so far (data reads through proxies, plus remote header and listing
+/// requests): what `--stats` prints.
+pub fn totals() -> ReadStats {
+    TOTALS.lock().map(|t| *t).unwrap_or_default()
+}
+
+/// Add to the process totals.
+pub fn record(stats: ReadStats) {
+    if let Ok(mut t) = TOTALS.lock() {
+        t.add(stats);
+    }
+}
+
+static TOTALS: std::sync::Mutex<ReadStats> = std::sync::Mutex::new(ReadStats {
+    bytes_read: 0,
+    bytes_delivered: 0,
+    segments: 0,
+    requests: 0,
+});
 
 /// A readable, immutable run of bytes.
 pub trait ByteSource: Send + Sync + Debug {

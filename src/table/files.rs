@@ -11,6 +11,7 @@ use crate::error::{Result, VoxelError};
 use crate::formats::detect::{NameKind, header_path_for, name_kind};
 use crate::formats::{self, Affine, Compression, Factor, Format, ImageHeader, Order};
 use crate::io::local::MmapMode;
+use crate::io::remote::{self, RemoteImage, RemoteObject, StoreOptions};
 use crate::proxy::{ArrayProxy, ArraySpec, DataFile, ProxyOptions};
 
 use super::schema::ValueMode;
@@ -91,6 +92,8 @@ pub struct TableOptions {
     /// The raw spec (`shape=…;dtype=…;…`) when the table reads headerless files.
     pub raw: Option<String>,
     pub mmap: MmapMode,
+    /// Object-store settings (`aws.*`, `gcp.*`, `azure.*`, `http.*`, `remote.*`) for URL locations.
+    pub store: StoreOptions,
 }
 
 impl TableOptions {
@@ -100,6 +103,7 @@ impl TableOptions {
             mode: ValueMode::Scaled,
             raw: None,
             mmap: MmapMode::default(),
+            store: StoreOptions::default(),
         }
     }
 
@@ -116,9 +120,13 @@ impl TableOptions {
         for (key, value) in options {
             let lower = key.to_ascii_lowercase();
             let key = lower.strip_prefix("format.").unwrap_or(&lower).to_string();
+            if StoreOptions::is_store_key(&key) {
+                opts.store.insert(&key, value)?;
+                continue;
+            }
             if !KEYS.contains(&key.as_str()) {
                 return Err(VoxelError::Invalid(format!(
-                    "unknown option '{key}' (known: {})",
+                    "unknown option '{key}' (known: {}, and object-store options aws.*, gcp.*, azure.*, http.*, remote.*)",
                     KEYS.join(", ")
                 )));
             }
@@ -206,6 +214,10 @@ pub struct VoxelFile {
     pub modified: Option<SystemTime>,
     /// A proxy registered directly (it may read from an open handle); otherwise the scan opens the path.
     pub proxy: Option<Arc<ArrayProxy>>,
+    /// For a file in object storage: the object's ETag at registration (reads are pinned to it), and the store
+    /// settings to reach it.
+    pub etag: Option<String>,
+    pub store: StoreOptions,
 }
 
 impl VoxelFile {
@@ -227,7 +239,38 @@ impl VoxelFile {
             size,
             modified,
             proxy: None,
+            etag: None,
+            store: StoreOptions::default(),
         })
+    }
+
+    /// A table file in object storage (header already read with ranged GETs).
+    pub fn from_remote(name: String, image: &RemoteImage) -> Result<VoxelFile> {
+        let h = &image.header;
+        Ok(VoxelFile {
+            name,
+            data_path: PathBuf::from(image.data.url()),
+            format: h.format,
+            shape: h.shape.clone(),
+            dtype: h.dtype,
+            offset: h.offset,
+            slope: h.slope,
+            inter: h.inter,
+            order: h.order,
+            compression: h.compression,
+            affine: h.affine,
+            zooms: h.zooms.clone(),
+            size: image.data.size(),
+            modified: None,
+            proxy: None,
+            etag: image.data.etag().map(str::to_string),
+            store: image.data.options().clone(),
+        })
+    }
+
+    /// Whether the data lives in object storage or on an HTTP server.
+    pub fn is_remote(&self) -> bool {
+        self.proxy.is_none() && remote::is_url(&self.data_path.to_string_lossy())
     }
 
     /// A table file over an existing proxy (read through that proxy, so an open handle works too).
@@ -255,6 +298,8 @@ impl VoxelFile {
             size,
             modified,
             proxy: Some(Arc::new(proxy)),
+            etag: None,
+            store: StoreOptions::default(),
         })
     }
 
@@ -269,7 +314,8 @@ impl VoxelFile {
 
     /// Fail when the data file is not the one registered (size or modification time changed).
     pub fn check_unchanged(&self) -> Result<()> {
-        if self.proxy.as_ref().is_some_and(|p| p.path().is_none()) {
+        // Remote reads carry the registered ETag (If-Match) and check sizes themselves.
+        if self.proxy.as_ref().is_some_and(|p| p.path().is_none()) || self.is_remote() {
             return Ok(());
         }
         let (size, modified) = fingerprint(&self.data_path)?;
@@ -299,12 +345,17 @@ impl VoxelFile {
             order: Some(self.order),
             skip_threshold: 0,
         };
-        let proxy = ArrayProxy::with_compression(
-            DataFile::Path(self.data_path.clone()),
-            self.compression,
-            &spec,
-            opts,
-        )?;
+        let file = if self.is_remote() {
+            DataFile::Remote(RemoteObject::known(
+                &self.data_path.to_string_lossy(),
+                &self.store,
+                self.size,
+                self.etag.clone(),
+            )?)
+        } else {
+            DataFile::Path(self.data_path.clone())
+        };
+        let proxy = ArrayProxy::with_compression(file, self.compression, &spec, opts)?;
         Ok(Arc::new(proxy))
     }
 
@@ -340,10 +391,15 @@ pub struct TableFiles {
 impl TableFiles {
     /// Resolve `locations` (a file, a directory, a glob, or several of these) and read every header.
     pub fn open(locations: &[String], opts: &TableOptions) -> Result<TableFiles> {
-        let (paths, multi) = resolve_locations(locations, opts.kind)?;
+        let (paths, multi) = resolve_locations_with(locations, opts.kind, &opts.store)?;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let name = path.display().to_string();
+            if remote::is_url(&name) {
+                let image = read_remote_header(&name, opts)?;
+                files.push(VoxelFile::from_remote(name, &image)?);
+                continue;
+            }
             let header = read_header(&path, opts)?;
             files.push(VoxelFile::from_header(name, &header)?);
         }
@@ -352,19 +408,31 @@ impl TableFiles {
     }
 }
 
+fn read_remote_header(url: &str, opts: &TableOptions) -> Result<RemoteImage> {
+    let image = match &opts.raw {
+        Some(spec) => remote::open_raw(url, spec, &opts.store)?,
+        None => remote::open_image(url, &opts.store)?,
+    };
+    check_kind(url, image.header.format, opts.kind)?;
+    Ok(image)
+}
+
+fn check_kind(name: &str, format: Format, kind: FormatKind) -> Result<()> {
+    if !kind.accepts(format) {
+        return Err(VoxelError::Invalid(format!(
+            "{name}: is {format}, not {} (use STORED AS VOXELS to detect the format)",
+            kind.name()
+        )));
+    }
+    Ok(())
+}
+
 fn read_header(path: &Path, opts: &TableOptions) -> Result<ImageHeader> {
     if let Some(spec) = &opts.raw {
         return formats::parse_raw_spec(spec, path);
     }
     let header = formats::read_header(path)?;
-    if !opts.kind.accepts(header.format) {
-        return Err(VoxelError::Invalid(format!(
-            "{}: is {}, not {} (use STORED AS VOXELS to detect the format)",
-            path.display(),
-            header.format,
-            opts.kind.name()
-        )));
-    }
+    check_kind(&path.display().to_string(), header.format, opts.kind)?;
     Ok(header)
 }
 
@@ -391,6 +459,16 @@ fn check_same_ndim(files: &[VoxelFile]) -> Result<()> {
 /// Expand locations into image paths (sorted within each location, duplicates dropped). A single location naming
 /// one file gives a single-file table; a directory, a glob or several locations give a multi-file table.
 pub fn resolve_locations(locations: &[String], kind: FormatKind) -> Result<(Vec<PathBuf>, bool)> {
+    resolve_locations_with(locations, kind, &StoreOptions::default())
+}
+
+/// [`resolve_locations`] where locations may be object-store URLs (listed with `store`'s settings). URLs are
+/// returned as they are, in a `PathBuf`.
+pub fn resolve_locations_with(
+    locations: &[String],
+    kind: FormatKind,
+    store: &StoreOptions,
+) -> Result<(Vec<PathBuf>, bool)> {
     if locations.is_empty() {
         return Err(VoxelError::Invalid("no LOCATION given".into()));
     }
@@ -398,10 +476,31 @@ pub fn resolve_locations(locations: &[String], kind: FormatKind) -> Result<(Vec<
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for loc in locations {
-        let path = loc.strip_prefix("file://").unwrap_or(loc);
+        if remote::is_url(loc) {
+            let listed = loc.ends_with('/') || loc.contains(['*', '?', '[']);
+            multi |= listed;
+            let found = if listed {
+                keep_remote_images(remote::list_matching(loc, store)?, kind)
+            } else {
+                vec![loc.clone()]
+            };
+            if found.is_empty() {
+                return Err(VoxelError::Invalid(format!(
+                    "location '{loc}' matches no image file"
+                )));
+            }
+            for url in found {
+                if seen.insert(PathBuf::from(&url)) {
+                    out.push(PathBuf::from(url));
+                }
+            }
+            continue;
+        }
+        let path_buf = crate::proxy::local_path(loc);
+        let path = path_buf.to_str().unwrap_or(loc);
         if path.contains("://") {
             return Err(VoxelError::Invalid(format!(
-                "location '{loc}': only local files are supported here"
+                "location '{loc}': unsupported URL scheme (s3, gs, az, abfss, http, https and file are read)"
             )));
         }
         let found = if Path::new(path).is_dir() {
@@ -439,6 +538,21 @@ fn is_image(path: &Path, kind: FormatKind, all: &HashSet<PathBuf>) -> bool {
         NameKind::Other => kind == FormatKind::Raw,
         _ => true,
     }
+}
+
+/// Listed objects a table reads: images by name (pairs once, by their `.hdr`; anything for RAW).
+fn keep_remote_images(urls: Vec<String>, kind: FormatKind) -> Vec<String> {
+    let all: HashSet<PathBuf> = urls.iter().map(PathBuf::from).collect();
+    urls.into_iter()
+        .filter(|u| {
+            let p = Path::new(u);
+            match name_kind(p) {
+                NameKind::Img => !all.contains(&header_path_for(p)),
+                NameKind::Other => kind == FormatKind::Raw,
+                _ => true,
+            }
+        })
+        .collect()
 }
 
 fn list_dir(dir: &Path, kind: FormatKind) -> Result<Vec<PathBuf>> {

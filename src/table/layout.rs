@@ -314,6 +314,8 @@ mod tests {
             size: 0,
             modified: None,
             proxy: None,
+            etag: None,
+            store: Default::default(),
         }
     }
 

@@ -31,6 +31,8 @@ pub const PIECE_ELEMENTS: u64 = 1 << 20;
 pub struct ScanMetrics {
     pub bytes_read: Count,
     pub segments_read: Count,
+    /// Physical requests: GETs for object storage, reads or decompression passes locally (0 for mapped reads).
+    pub requests: Count,
     pub pieces_read: Count,
     pub read_time: Time,
     pub decode_time: Time,
@@ -153,6 +155,12 @@ impl SlabReader {
             timer.done();
             self.metrics.bytes_read.add(values.bytes().len());
             self.metrics.segments_read.add(runs);
+            crate::io::record(crate::io::ReadStats {
+                bytes_read: values.bytes().len() as u64,
+                bytes_delivered: values.bytes().len() as u64,
+                segments: runs as u64,
+                requests: 0,
+            });
             return Ok(values);
         }
         let proxy = self.proxy()?;
@@ -167,6 +175,7 @@ impl SlabReader {
         timer.done();
         self.metrics.bytes_read.add(stats.bytes_read as usize);
         self.metrics.segments_read.add(stats.segments as usize);
+        self.metrics.requests.add(stats.requests as usize);
         Values::from_bytes(&raw, self.file.dtype)
     }
 
@@ -336,6 +345,7 @@ impl SlabMap {
             return Ok(None);
         };
         if f.compression != Compression::None
+            || f.is_remote()
             || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
         {
             return Ok(None);

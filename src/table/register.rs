@@ -10,6 +10,7 @@ use datafusion::catalog::{
 };
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::prelude::SessionConfig;
@@ -17,6 +18,7 @@ use datafusion::prelude::SessionConfig;
 use crate::error::{Result, VoxelError};
 use crate::proxy::ArrayProxy;
 
+use super::stores::LazyStoreRegistry;
 use super::files::{FormatKind, TableOptions, options_from_map};
 use super::provider::VoxelTable;
 
@@ -162,12 +164,17 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
 pub fn session_context(config: SessionConfig) -> SessionContext {
-    let state = with_voxels(
-        SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config),
-    )
-    .build();
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(LazyStoreRegistry::new()))
+        .build_arc();
+    let mut builder = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config);
+    // Building a runtime only fails on a bad disk-manager or memory-pool setup, which this one has none of.
+    if let Ok(rt) = runtime {
+        builder = builder.with_runtime_env(rt);
+    }
+    let state = with_voxels(builder).build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udtf(TABLE_FUNCTION, Arc::new(VoxelsFunction));
     ctx

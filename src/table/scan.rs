@@ -51,7 +51,12 @@ pub struct ScanSpec {
 }
 
 /// The object-store path a local data file is known by in `PartitionedFile`s.
+/// (A URL `s3://bucket/key` is known as `s3/bucket/key`: the scan reads through its own stores, not DataFusion's.)
 pub fn object_path(f: &VoxelFile) -> String {
+    if f.is_remote() {
+        let url = f.data_path.to_string_lossy();
+        return object_store::path::Path::from(url.replacen("://", "/", 1).as_str()).to_string();
+    }
     let abs = std::path::absolute(&f.data_path).unwrap_or_else(|_| f.data_path.clone());
     object_store::path::Path::from(abs.to_string_lossy().as_ref()).to_string()
 }
@@ -137,6 +142,7 @@ impl FileSource for VoxelSource {
         let metrics = ScanMetrics {
             bytes_read: m("bytes_read"),
             segments_read: m("segments_read"),
+            requests: m("requests"),
             pieces_read: m("pieces_read"),
             read_time: t("read_time"),
             decode_time: t("decode_time"),

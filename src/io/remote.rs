@@ -1,0 +1,1126 @@
+//! Images in object storage (S3, GCS, Azure) and on HTTP servers, read with ranged GETs through `object_store`.
+//!
+//! ```text
+//! URL ─► store_for (builder from the environment + per-table options, cached) ─► RemoteObject (size, ETag)
+//!   header: one GET of the first HEADER_PREFIX bytes (a second only when the header says it needs more)
+//!   data:   planned segments ─► one GET per run coalesced across gaps ≤ `remote.gap` (never more GETs than
+//!           segments) ─► `remote.concurrency` in flight, each body streamed into place (If-Match: the ETag)
+//!   gzip:   one streaming GET, decompressed forward, dropped after the last byte needed
+//! ```
+//!
+//! Transient failures (connection refused, 5xx, timeouts, a body cut mid-stream) are retried with backoff by
+//! `object_store`; what still fails is an error naming the URL. A response shorter than asked is an error, never
+//! a short result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+};
+use url::Url;
+
+use super::{ByteSource, ReadStats};
+use crate::error::{Result, VoxelError};
+use crate::formats::{self, Compression, ImageHeader};
+use crate::plan::{Segment, merge_segments};
+
+/// Bytes of the first GET of an image whose name does not tell its format: the largest fixed-size header
+/// (NIfTI-2's 540 bytes and its extension flag).
+pub const HEADER_PREFIX: u64 = 544;
+/// Default largest gap between two needed byte ranges read through rather than requested separately.
+pub const DEFAULT_GAP: u64 = 1 << 20;
+/// Default bound on bytes read through gaps, as a fraction of the bytes a read needs.
+pub const DEFAULT_OVERREAD: f64 = 0.25;
+/// Default GET requests in flight per read.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// URL schemes read through object storage (`file://` is a local path).
+const SCHEMES: &[&str] = &[
+    "s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl", "http", "https",
+];
+
+/// Whether a location names an object-store or HTTP URL (as opposed to a local path or `file://` URL).
+pub fn is_url(location: &str) -> bool {
+    location
+        .split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// Per-table object-store settings: `aws.*`, `gcp.*`, `azure.*` keys as `datafusion-cli` takes them (passed to the
+/// store builders after the environment), and this crate's own `remote.gap`, `remote.concurrency`,
+/// `remote.retries`, `remote.timeout` (seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct StoreOptions {
+    pub entries: BTreeMap<String, String>,
+}
+
+const STORE_PREFIXES: &[&str] = &["aws.", "gcp.", "google.", "azure.", "http.", "remote."];
+const REMOTE_KEYS: &[&str] = &["gap", "overread", "concurrency", "retries", "timeout"];
+
+impl StoreOptions {
+    /// Whether `key` (lower case) belongs to the store options rather than to the table's own options.
+    pub fn is_store_key(key: &str) -> bool {
+        STORE_PREFIXES.iter().any(|p| key.starts_with(p))
+    }
+
+    /// Add one option, checking the key now so that a typo fails at registration, not at the first read.
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = key.to_ascii_lowercase();
+        check_key(&key, value)?;
+        self.entries.insert(key, value.to_string());
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn number(&self, key: &str, default: u64) -> Result<u64> {
+        match self.entries.get(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| {
+                VoxelError::Invalid(format!("option '{key}': '{v}' is not a whole number"))
+            }),
+        }
+    }
+
+    /// Most bytes read through, as a fraction of the bytes needed (option `remote.overread`, default 0.25).
+    pub fn overread(&self) -> Result<f64> {
+        match self.entries.get("remote.overread") {
+            None => Ok(DEFAULT_OVERREAD),
+            Some(v) => v.trim().parse::<f64>().ok().filter(|x| *x >= 0.0).ok_or_else(|| {
+                VoxelError::Invalid(format!("option 'remote.overread': '{v}' is not a fraction ≥ 0"))
+            }),
+        }
+    }
+
+    /// Largest gap read through between two needed ranges (option `remote.gap`, env `VOXELSCAN_REMOTE_GAP`).
+    pub fn gap(&self) -> Result<u64> {
+        let default = env_number("VOXELSCAN_REMOTE_GAP").unwrap_or(DEFAULT_GAP);
+        self.number("remote.gap", default)
+    }
+
+    /// GETs in flight per read (option `remote.concurrency`, env `VOXELSCAN_REMOTE_CONCURRENCY`).
+    pub fn concurrency(&self) -> Result<usize> {
+        let default = env_number("VOXELSCAN_REMOTE_CONCURRENCY").unwrap_or(DEFAULT_CONCURRENCY as u64);
+        Ok(self.number("remote.concurrency", default)?.clamp(1, 256) as usize)
+    }
+
+    fn retry(&self) -> Result<RetryConfig> {
+        let retries = self.number("remote.retries", env_number("VOXELSCAN_REMOTE_RETRIES").unwrap_or(4))?;
+        Ok(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: retries as usize,
+            retry_timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn client(&self, allow_http: bool) -> Result<ClientOptions> {
+        let timeout = self.number("remote.timeout", 120)?;
+        Ok(ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(timeout.max(1))))
+    }
+
+    /// Options for one builder: the keys under `prefix`, with the prefix removed.
+    fn under<'a>(&'a self, prefixes: &'a [&str]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.entries.iter().filter_map(move |(k, v)| {
+            prefixes
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+                .map(|rest| (rest, v.as_str()))
+        })
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
+fn check_key(key: &str, value: &str) -> Result<()> {
+    let bad = |what: &str| VoxelError::Invalid(format!("unknown option '{key}'{what}"));
+    if let Some(rest) = key.strip_prefix("remote.") {
+        if !REMOTE_KEYS.contains(&rest) {
+            return Err(bad(&format!(" (remote options: {})", REMOTE_KEYS.join(", "))));
+        }
+        let ok = if rest == "overread" {
+            value.trim().parse::<f64>().is_ok_and(|x| x >= 0.0)
+        } else {
+            value.trim().parse::<u64>().is_ok()
+        };
+        if !ok {
+            return Err(VoxelError::Invalid(format!(
+                "option '{key}': '{value}' is not a whole number"
+            )));
+        }
+        return Ok(());
+    }
+    let known = if let Some(rest) = key.strip_prefix("aws.") {
+        aws_key(rest).is_some()
+    } else if let Some(rest) = key.strip_prefix("gcp.").or_else(|| key.strip_prefix("google.")) {
+        gcp_key(rest).is_some()
+    } else if let Some(rest) = key.strip_prefix("azure.") {
+        azure_key(rest).is_some()
+    } else if let Some(rest) = key.strip_prefix("http.") {
+        client_key(rest).is_some()
+    } else {
+        false
+    };
+    if known { Ok(()) } else { Err(bad("")) }
+}
+
+fn aws_key(rest: &str) -> Option<object_store::aws::AmazonS3ConfigKey> {
+    rest.parse().ok().or_else(|| format!("aws_{rest}").parse().ok())
+}
+
+fn gcp_key(rest: &str) -> Option<object_store::gcp::GoogleConfigKey> {
+    rest.parse().ok().or_else(|| format!("google_{rest}").parse().ok())
+}
+
+fn azure_key(rest: &str) -> Option<object_store::azure::AzureConfigKey> {
+    rest.parse()
+        .ok()
+        .or_else(|| format!("azure_{rest}").parse().ok())
+        .or_else(|| format!("azure_storage_{rest}").parse().ok())
+}
+
+fn client_key(rest: &str) -> Option<object_store::ClientConfigKey> {
+    rest.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The I/O runtime: remote reads are async; the proxy and the scan's slab readers are not.
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("voxelscan-io")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| VoxelError::Invalid(format!("cannot start the I/O runtime: {e}")))
+}
+
+/// Run `f` to completion on the I/O runtime from synchronous code. Inside another runtime's thread (a DataFusion
+/// worker, a blocking task) a runtime cannot be entered, so the wait happens on a scoped helper thread.
+pub fn block_on<F>(f: F) -> Result<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(rt.block_on(f));
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| rt.block_on(f))
+            .join()
+            .map_err(|_| VoxelError::Invalid("the I/O thread panicked".into()))
+    })
+}
+
+/// Requests made outside data reads (headers, HEADs, listings), for the process totals behind `--stats`; data
+/// reads are counted by the proxy that asked for them.
+fn count(requests: u64, bytes: u64) {
+    super::record(ReadStats {
+        bytes_read: bytes,
+        requests,
+        ..Default::default()
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stores.
+
+/// Where an object lives: the store it belongs to and its path there.
+#[derive(Debug, Clone)]
+struct Address {
+    url: Url,
+    path: ObjectPath,
+}
+
+fn parse_address(location: &str) -> Result<Address> {
+    let url = Url::parse(location)
+        .map_err(|e| VoxelError::Invalid(format!("'{location}' is not a valid URL: {e}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(VoxelError::Invalid(format!(
+            "'{location}': the URL names no bucket or host"
+        )));
+    }
+    let path = ObjectPath::from_url_path(url.path())
+        .map_err(|e| VoxelError::Invalid(format!("'{location}': bad object path: {e}")))?;
+    Ok(Address { url, path })
+}
+
+fn store_root(url: &Url) -> String {
+    let scheme = url.scheme();
+    let host = url.host_str().unwrap_or_default();
+    match (url.port(), url.username()) {
+        (Some(p), _) => format!("{scheme}://{host}:{p}"),
+        (None, user) if !user.is_empty() => format!("{scheme}://{user}@{host}"),
+        _ => format!("{scheme}://{host}"),
+    }
+}
+
+/// The store for a URL's bucket or host, as the scan builds it (environment + `opts`), for other users of
+/// `object_store` such as DataFusion's registry.
+pub fn store_for_url(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(VoxelError::Invalid(format!("'{url}': the URL names no bucket or host")));
+    }
+    store_for(url, opts)
+}
+
+/// The store serving `url` with `opts` (built once per root URL and option set, then shared).
+fn store_for(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+    type Cache = Mutex<HashMap<(String, StoreOptions), Arc<dyn ObjectStore>>>;
+    static STORES: OnceLock<Cache> = OnceLock::new();
+    let key = (store_root(url), opts.clone());
+    let cache = STORES.get_or_init(Cache::default);
+    if let Some(s) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(s);
+    }
+    let store = build_store(url, opts)?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, Arc::clone(&store));
+    }
+    Ok(store)
+}
+
+fn build_store(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+    let root = store_root(url);
+    let fail = |e: object_store::Error| VoxelError::Remote {
+        url: url.to_string(),
+        msg: format!("cannot configure the store: {e}"),
+    };
+    let retry = opts.retry()?;
+    Ok(match url.scheme() {
+        "s3" | "s3a" => {
+            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as K};
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(format!("s3://{}", url.host_str().unwrap_or_default()))
+                .with_retry(retry);
+            for (k, v) in opts.under(&["aws."]) {
+                if let Some(key) = aws_key(k) {
+                    b = b.with_config(key, v);
+                }
+            }
+            if b.get_config_value(&K::Region).is_none() {
+                b = b.with_region("us-east-1");
+            }
+            // No credentials anywhere: a public bucket, read unsigned (as `aws s3 --no-sign-request`).
+            if b.get_config_value(&K::AccessKeyId).is_none()
+                && b.get_config_value(&K::WebIdentityTokenFile).is_none()
+                && b.get_config_value(&K::ContainerCredentialsRelativeUri).is_none()
+                && b.get_config_value(&K::ContainerCredentialsFullUri).is_none()
+            {
+                b = b.with_skip_signature(true);
+            }
+            let http = b
+                .get_config_value(&K::Endpoint)
+                .is_some_and(|e| e.starts_with("http://"));
+            if http && b.get_config_value(&K::Client(object_store::ClientConfigKey::AllowHttp)).is_none() {
+                b = b.with_allow_http(true);
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
+        "gs" | "gcs" => {
+            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey as K};
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_url(format!("gs://{}", url.host_str().unwrap_or_default()))
+                .with_retry(retry);
+            for (k, v) in opts.under(&["gcp.", "google."]) {
+                if let Some(key) = gcp_key(k) {
+                    b = b.with_config(key, v);
+                }
+            }
+            if b.get_config_value(&K::ServiceAccount).is_none()
+                && b.get_config_value(&K::ServiceAccountKey).is_none()
+                && b.get_config_value(&K::ApplicationCredentials).is_none()
+            {
+                b = b.with_skip_signature(true);
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            use object_store::azure::MicrosoftAzureBuilder;
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
+            for (k, v) in opts.under(&["azure."]) {
+                if let Some(key) = azure_key(k) {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
+        "http" | "https" => {
+            let mut client = opts.client(url.scheme() == "http")?;
+            for (k, v) in opts.under(&["http."]) {
+                if let Some(key) = client_key(k) {
+                    client = client.with_config(key, v);
+                }
+            }
+            let b = object_store::http::HttpBuilder::new()
+                .with_url(root)
+                .with_client_options(client)
+                .with_retry(retry);
+            Arc::new(b.build().map_err(fail)?)
+        }
+        other => {
+            return Err(VoxelError::Invalid(format!(
+                "'{url}': unsupported URL scheme '{other}'"
+            )));
+        }
+    })
+}
+
+fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
+    let msg = match &e {
+        object_store::Error::NotFound { .. } => "object not found".to_string(),
+        object_store::Error::PermissionDenied { .. } => format!("access denied: {e}"),
+        object_store::Error::Unauthenticated { .. } => format!("not authenticated: {e}"),
+        object_store::Error::Precondition { .. } => {
+            "the object changed since it was opened (its ETag differs); open or register it again".to_string()
+        }
+        _ => e.to_string(),
+    };
+    VoxelError::Remote {
+        url: url.to_string(),
+        msg,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Objects.
+
+/// One object, as found when it was opened: reads are pinned to this version by its ETag.
+#[derive(Clone)]
+pub struct RemoteObject {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    size: u64,
+    etag: Option<String>,
+    opts: StoreOptions,
+}
+
+impl fmt::Debug for RemoteObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteObject")
+            .field("url", &self.url)
+            .field("size", &self.size)
+            .field("etag", &self.etag)
+            .finish()
+    }
+}
+
+impl RemoteObject {
+    /// Open `url` with one GET of its first `prefix` bytes (returned), learning its size and ETag.
+    pub fn open(url: &str, opts: &StoreOptions, prefix: u64) -> Result<(RemoteObject, Bytes)> {
+        let addr = parse_address(url)?;
+        let store = store_for(&addr.url, opts)?;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..prefix.max(1))),
+            ..Default::default()
+        };
+        let got = block_on(async {
+            let r = store.get_opts(&addr.path, options).await?;
+            let meta = r.meta.clone();
+            Ok::<_, object_store::Error>((meta, r.bytes().await?))
+        })?;
+        let (meta, bytes) = match got {
+            Ok(x) => x,
+            // A zero-length object cannot serve any range: say so plainly.
+            Err(e) if is_range_error(&e) => {
+                return Err(VoxelError::header(url, "empty object"));
+            }
+            Err(e) => return Err(remote_error(url, e)),
+        };
+        count(1, bytes.len() as u64);
+        let obj = RemoteObject {
+            url: url.to_string(),
+            store,
+            path: addr.path,
+            size: meta.size,
+            etag: meta.e_tag,
+            opts: opts.clone(),
+        };
+        Ok((obj, bytes))
+    }
+
+    /// An object known from an earlier open (size, ETag), without any request: for scans planned elsewhere.
+    pub fn known(
+        url: &str,
+        opts: &StoreOptions,
+        size: u64,
+        etag: Option<String>,
+    ) -> Result<RemoteObject> {
+        let addr = parse_address(url)?;
+        Ok(RemoteObject {
+            url: url.to_string(),
+            store: store_for(&addr.url, opts)?,
+            path: addr.path,
+            size,
+            etag,
+            opts: opts.clone(),
+        })
+    }
+
+    /// The size and ETag with a HEAD request (for a pair's data object, whose first bytes are not needed).
+    pub fn head(url: &str, opts: &StoreOptions) -> Result<RemoteObject> {
+        let addr = parse_address(url)?;
+        let store = store_for(&addr.url, opts)?;
+        let meta = block_on(store.head(&addr.path))?.map_err(|e| remote_error(url, e))?;
+        count(1, 0);
+        Ok(RemoteObject {
+            url: url.to_string(),
+            store,
+            path: addr.path,
+            size: meta.size,
+            etag: meta.e_tag,
+            opts: opts.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    fn get_options(&self, range: Option<Range<u64>>) -> GetOptions {
+        GetOptions {
+            range: range.map(GetRange::Bounded),
+            if_match: self.etag.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// One request's bytes streamed into its part of `out` as they arrive; returns the bytes received.
+    async fn fetch_into(&self, req: &Request, out: &mut [u8]) -> Result<u64> {
+        let range = req.range.clone();
+        let r = self
+            .store
+            .get_opts(&self.path, self.get_options(Some(range.clone())))
+            .await
+            .map_err(|e| remote_error(&self.url, e))?;
+        let size = r.meta.size;
+        let mut body = r.into_stream();
+        let mut at = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| remote_error(&self.url, e))? {
+            scatter(req, at, &chunk, out);
+            at += chunk.len() as u64;
+        }
+        let want = range.end - range.start;
+        if at != want {
+            return Err(if size < range.end {
+                VoxelError::Truncated {
+                    path: self.url.clone(),
+                    expected: range.end,
+                    actual: size,
+                }
+            } else {
+                VoxelError::Remote {
+                    url: self.url.clone(),
+                    msg: format!(
+                        "the server sent {at} bytes for range {}..{} ({want} asked); the connection may have been cut",
+                        range.start, range.end
+                    ),
+                }
+            });
+        }
+        Ok(at)
+    }
+
+    /// Bytes `range` of the object, exactly (a short answer is an error).
+    async fn get_range(&self, range: Range<u64>) -> Result<Bytes> {
+        let want = range.end - range.start;
+        let r = self
+            .store
+            .get_opts(&self.path, self.get_options(Some(range.clone())))
+            .await
+            .map_err(|e| remote_error(&self.url, e))?;
+        let size = r.meta.size;
+        let bytes = r.bytes().await.map_err(|e| remote_error(&self.url, e))?;
+        if bytes.len() as u64 != want {
+            return Err(if size < range.end {
+                VoxelError::Truncated {
+                    path: self.url.clone(),
+                    expected: range.end,
+                    actual: size,
+                }
+            } else {
+                VoxelError::Remote {
+                    url: self.url.clone(),
+                    msg: format!(
+                        "the server sent {} bytes for range {}..{} ({want} asked)",
+                        bytes.len(),
+                        range.start,
+                        range.end
+                    ),
+                }
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn check_within(&self, end: u64) -> Result<()> {
+        if end > self.size {
+            return Err(VoxelError::Truncated {
+                path: self.url.clone(),
+                expected: end,
+                actual: self.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The object from byte 0 as a stream (one GET), for gzip decompression.
+    fn stream(&self) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+        let store = Arc::clone(&self.store);
+        let path = self.path.clone();
+        let options = self.get_options(None);
+        let r = block_on(async move { store.get_opts(&path, options).await })?
+            .map_err(|e| remote_error(&self.url, e))?;
+        Ok(r.into_stream())
+    }
+}
+
+fn is_range_error(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("416") || text.contains("Range Not Satisfiable") || text.contains("InvalidRange")
+}
+
+/// One GET of a read: its byte range, the part of `out` it fills, and where each needed run of its response goes
+/// there (position in the response, position in its part of `out`, length).
+#[derive(Debug, PartialEq)]
+struct Request {
+    range: Range<u64>,
+    out: Range<u64>,
+    copies: Vec<(u64, u64, u64)>,
+}
+
+/// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps of at most `max_gap`, smallest
+/// gaps first, while the bytes read through stay within `overread` × the bytes needed. So a read never makes more
+/// GETs than it has segments, nor fetches more than (1 + overread) × what it needs.
+fn requests(segments: &[Segment], max_gap: u64, overread: f64) -> Vec<Request> {
+    let needed: u64 = segments.iter().map(|s| s.len).sum();
+    let budget = (needed as f64 * overread.max(0.0)) as u64;
+    let mut gaps: Vec<(u64, usize)> = segments
+        .windows(2)
+        .enumerate()
+        .filter_map(|(k, w)| {
+            let gap = w[1].offset.checked_sub(w[0].offset + w[0].len)?;
+            (gap <= max_gap).then_some((gap, k))
+        })
+        .collect();
+    gaps.sort_unstable();
+    let mut joined = vec![false; segments.len()];
+    let mut spent = 0u64;
+    for (gap, k) in gaps {
+        if spent + gap > budget {
+            break;
+        }
+        spent += gap;
+        joined[k] = true;
+    }
+    let mut reqs = Vec::new();
+    let mut out_pos = 0u64;
+    let mut start = 0;
+    while start < segments.len() {
+        let mut end = start + 1;
+        while end < segments.len() && joined[end - 1] {
+            end += 1;
+        }
+        let run = &segments[start..end];
+        start = end;
+        let Some(merged) = merge_segments(run, u64::MAX).into_iter().next() else {
+            continue;
+        };
+        let (merged, parts) = merged;
+        let first = out_pos;
+        let copies = parts
+            .into_iter()
+            .map(|(pos, len)| {
+                let c = (pos, out_pos - first, len);
+                out_pos += len;
+                c
+            })
+            .collect();
+        reqs.push(Request {
+            range: merged.offset..merged.offset + merged.len,
+            out: first..out_pos,
+            copies,
+        });
+    }
+    reqs
+}
+
+/// Copy the part of a response chunk (starting at `at` in the response) that the request needs into its `out`.
+fn scatter(req: &Request, at: u64, chunk: &[u8], out: &mut [u8]) {
+    let end = at + chunk.len() as u64;
+    for &(pos, dst, len) in &req.copies {
+        let lo = pos.max(at);
+        let hi = (pos + len).min(end);
+        if lo >= hi {
+            continue;
+        }
+        let from = chunk.get((lo - at) as usize..(hi - at) as usize);
+        let to = out.get_mut((dst + lo - pos) as usize..(dst + hi - pos) as usize);
+        if let (Some(f), Some(t)) = (from, to) {
+            t.copy_from_slice(f);
+        }
+    }
+}
+
+/// Split `out` into the disjoint parts the requests fill (requests are in output order).
+fn split_out<'a>(mut out: &'a mut [u8], reqs: &[Request]) -> Result<Vec<&'a mut [u8]>> {
+    let mut parts = Vec::with_capacity(reqs.len());
+    let mut pos = 0u64;
+    for r in reqs {
+        let skip = (r.out.start - pos) as usize;
+        let len = (r.out.end - r.out.start) as usize;
+        if out.len() < skip + len {
+            return Err(VoxelError::Invalid(
+                "output buffer shorter than the segments".into(),
+            ));
+        }
+        let (_, rest) = std::mem::take(&mut out).split_at_mut(skip);
+        let (mine, rest) = rest.split_at_mut(len);
+        parts.push(mine);
+        out = rest;
+        pos = r.out.end;
+    }
+    Ok(parts)
+}
+
+/// Uncompressed data in an object: planned segments by concurrent ranged GETs.
+#[derive(Debug)]
+pub struct RemoteSource {
+    object: RemoteObject,
+}
+
+impl RemoteSource {
+    pub fn new(object: RemoteObject) -> RemoteSource {
+        RemoteSource { object }
+    }
+}
+
+impl ByteSource for RemoteSource {
+    fn location(&self) -> &str {
+        &self.object.url
+    }
+
+    fn size(&self) -> Result<Option<u64>> {
+        Ok(Some(self.object.size))
+    }
+
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        let segments: Vec<Segment> = segments.iter().copied().filter(|s| s.len > 0).collect();
+        if let Some(last) = segments.iter().map(|s| s.offset.saturating_add(s.len)).max() {
+            self.object.check_within(last)?;
+        }
+        let opts = &self.object.opts;
+        let reqs = requests(&segments, opts.gap()?, opts.overread()?);
+        let concurrency = opts.concurrency()?;
+        let parts = split_out(out, &reqs)?;
+        let object = &self.object;
+        // The futures are made here, not in a closure inside the async block: that keeps the block `Send`.
+        let fetches: Vec<_> = reqs
+            .iter()
+            .zip(parts)
+            .map(|(r, part)| object.fetch_into(r, part))
+            .collect();
+        let fetched = block_on(async move {
+            let mut arrivals = futures::stream::iter(fetches).buffer_unordered(concurrency);
+            let mut sum = 0u64;
+            while let Some(n) = arrivals.next().await {
+                sum += n?;
+            }
+            Ok::<u64, VoxelError>(sum)
+        })??;
+        Ok(ReadStats {
+            bytes_read: fetched,
+            bytes_delivered: segments.iter().map(|s| s.len).sum(),
+            segments: segments.len() as u64,
+            requests: reqs.len() as u64,
+        })
+    }
+}
+
+/// A gzip-compressed object without an index: one streaming GET per read, decompressed forward and dropped after
+/// the last byte needed.
+#[derive(Debug)]
+pub struct RemoteGzipSource {
+    object: RemoteObject,
+}
+
+impl RemoteGzipSource {
+    pub fn new(object: RemoteObject) -> RemoteGzipSource {
+        RemoteGzipSource { object }
+    }
+}
+
+impl ByteSource for RemoteGzipSource {
+    fn location(&self) -> &str {
+        &self.object.url
+    }
+
+    fn size(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        let mut body = BodyReader {
+            stream: self.object.stream()?,
+            pending: Vec::new(),
+            at: 0,
+            fetched: 0,
+            url: &self.object.url,
+        };
+        let decoder = flate2::read::MultiGzDecoder::new(&mut body);
+        super::stream::read_segments_forward(decoder, segments, out, &self.object.url)?;
+        let fetched = body.fetched;
+        Ok(ReadStats {
+            bytes_read: fetched,
+            bytes_delivered: segments.iter().map(|s| s.len).sum(),
+            segments: segments.len() as u64,
+            requests: 1,
+        })
+    }
+}
+
+/// A response body as a blocking `Read`, pulling about a mebibyte per wait.
+struct BodyReader<'a> {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    pending: Vec<Bytes>,
+    at: usize,
+    fetched: u64,
+    url: &'a str,
+}
+
+const PULL_BYTES: usize = 1 << 20;
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.first().is_some_and(|b| self.at >= b.len()) {
+            self.pending.remove(0);
+            self.at = 0;
+        }
+        if self.pending.is_empty() {
+            let stream = &mut self.stream;
+            let chunks = block_on(async move {
+                let mut got = Vec::new();
+                let mut n = 0;
+                while n < PULL_BYTES {
+                    match stream.next().await {
+                        Some(Ok(b)) => {
+                            n += b.len();
+                            got.push(b);
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => break,
+                    }
+                }
+                Ok(got)
+            })
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(remote_error(self.url, e)))?;
+            self.fetched += chunks.iter().map(|b| b.len() as u64).sum::<u64>();
+            self.pending = chunks;
+            self.at = 0;
+        }
+        let Some(chunk) = self.pending.first() else {
+            return Ok(0);
+        };
+        let rest = chunk.get(self.at..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Headers and listings.
+
+/// An image in object storage: its parsed header and the object holding its data.
+#[derive(Debug, Clone)]
+pub struct RemoteImage {
+    pub header: ImageHeader,
+    pub data: RemoteObject,
+}
+
+/// The first GET's length: just the header the name promises, so that a small query fetches little more than
+/// it needs (NIfTI-1/Analyze 348 bytes + the extension flag, MGH 284, npy's usual 128; gzip: a few KiB that
+/// decompress to more than any header). A longer header costs one more GET.
+fn header_prefix(url: &str) -> u64 {
+    use formats::detect::{NameKind, name_kind};
+    let path = Path::new(url);
+    if formats::detect::compression_by_name(path) == Compression::Gzip {
+        return 4096;
+    }
+    match name_kind(path) {
+        NameKind::Nii | NameKind::Hdr | NameKind::Img => 352,
+        NameKind::Mgh => 284,
+        NameKind::Npy => 128,
+        _ => HEADER_PREFIX,
+    }
+}
+
+/// Most compressed bytes fetched to find a gzip-compressed header.
+const MAX_GZIP_HEADER_FETCH: u64 = 64 << 20;
+
+/// Read an image's header from object storage: one ranged GET of the first [`HEADER_PREFIX`] bytes, a second
+/// (longer) one only when the header continues past them; a pair's data object is checked with a HEAD request.
+pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
+    let hint = PathBuf::from(url);
+    let header_url = formats::detect::header_path_for(&hint)
+        .to_string_lossy()
+        .into_owned();
+    let (object, mut bytes) = RemoteObject::open(&header_url, opts, header_prefix(&header_url))?;
+    let header = loop {
+        let whole = bytes.len() as u64 >= object.size;
+        let parsed = if whole {
+            formats::parse_header_file(&bytes, &hint)
+        } else {
+            formats::parse_header_bytes(&bytes, &hint)
+        };
+        match parsed {
+            Err(VoxelError::Truncated { expected, .. }) if !whole => {
+                let gz = bytes.starts_with(&[0x1f, 0x8b]);
+                let want = if gz {
+                    // `expected` counts decompressed bytes: fetch more compressed bytes than that.
+                    (bytes.len() as u64 * 4).max(expected)
+                } else {
+                    expected
+                };
+                if gz && want > MAX_GZIP_HEADER_FETCH {
+                    return Err(VoxelError::header(url, "header not found in the first 64 MiB"));
+                }
+                bytes = object.get_range_blocking(0..want.min(object.size))?;
+            }
+            other => break other?,
+        }
+    };
+    let data = if header.format.is_pair() {
+        RemoteObject::head(&header.data_path.to_string_lossy(), opts)?
+    } else {
+        object
+    };
+    if header.compression == Compression::None {
+        data.check_within(header.offset.saturating_add(header.data_len()))?;
+    }
+    Ok(RemoteImage { header, data })
+}
+
+/// A headerless raw array in object storage, described by a spec (no header request; a HEAD for size and ETag).
+pub fn open_raw(url: &str, spec: &str, opts: &StoreOptions) -> Result<RemoteImage> {
+    let header = formats::raw::parse_spec(spec, Path::new(url))?;
+    let data = RemoteObject::head(url, opts)?;
+    if header.compression == Compression::None {
+        data.check_within(header.offset.saturating_add(header.data_len()))?;
+    }
+    Ok(RemoteImage { header, data })
+}
+
+impl RemoteObject {
+    /// A ranged GET outside data reads (a longer header prefix), counted in the process totals.
+    fn get_range_blocking(&self, range: Range<u64>) -> Result<Bytes> {
+        let bytes = block_on(self.get_range(range))??;
+        count(1, bytes.len() as u64);
+        Ok(bytes)
+    }
+}
+
+/// Objects whose URL matches `pattern` (a glob over the key: `*` and `?` stay within one `/` level, `**` crosses
+/// them), or every object directly under a URL ending in `/`. Sorted by URL.
+pub fn list_matching(pattern: &str, opts: &StoreOptions) -> Result<Vec<String>> {
+    let addr = parse_address(pattern)?;
+    if matches!(addr.url.scheme(), "http" | "https") {
+        return Err(VoxelError::Invalid(format!(
+            "'{pattern}': HTTP servers cannot be listed; name the files one by one"
+        )));
+    }
+    let store = store_for(&addr.url, opts)?;
+    let root = store_root(&addr.url);
+    let key = percent_decoded(addr.url.path().trim_start_matches('/'));
+    let directory = key.is_empty() || key.ends_with('/');
+    let literal_end = key.find(['*', '?', '[']).unwrap_or(key.len());
+    let prefix = match key[..literal_end].rfind('/') {
+        Some(i) => &key[..i],
+        None => "",
+    };
+    let glob = if directory {
+        None
+    } else {
+        Some(glob::Pattern::new(&key).map_err(|e| {
+            VoxelError::Invalid(format!("location '{pattern}' is not a valid glob: {e}"))
+        })?)
+    };
+    let match_opts = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let prefix_path = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let metas: Vec<object_store::ObjectMeta> = block_on(async {
+        if directory {
+            store
+                .list_with_delimiter(prefix_path.as_ref())
+                .await
+                .map(|l| l.objects)
+        } else {
+            store.list(prefix_path.as_ref()).try_collect().await
+        }
+    })?
+    .map_err(|e| remote_error(pattern, e))?;
+    count(1, 0);
+    let mut urls: Vec<String> = metas
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|k| glob.as_ref().is_none_or(|g| g.matches_with(k, match_opts)))
+        .map(|k| format!("{root}/{k}"))
+        .collect();
+    urls.sort();
+    Ok(urls)
+}
+
+fn percent_decoded(s: &str) -> String {
+    url::form_urlencoded::parse(format!("k={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(offset: u64, len: u64) -> Segment {
+        Segment { offset, len }
+    }
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        assert!(is_url("s3://bucket/a.nii"));
+        assert!(is_url("HTTPS://host/a.nii"));
+        assert!(is_url("abfss://c@acct.dfs.core.windows.net/x.nii"));
+        assert!(!is_url("file:///tmp/a.nii"));
+        assert!(!is_url("/tmp/a.nii"));
+        assert!(!is_url("weird://x/y"));
+    }
+
+    #[test]
+    fn requests_coalesce_small_gaps_only() {
+        let segs = [seg(0, 10), seg(15, 5), seg(100, 10)];
+        let r = requests(&segs, 8, 1.0);
+        assert_eq!(
+            r,
+            vec![
+                Request { range: 0..20, out: 0..15, copies: vec![(0, 0, 10), (15, 10, 5)] },
+                Request { range: 100..110, out: 15..25, copies: vec![(0, 0, 10)] },
+            ]
+        );
+        assert_eq!(requests(&segs, 0, 1.0).len(), 3);
+        assert_eq!(requests(&segs, 1000, 100.0).len(), 1);
+        // The overread budget (25 needed bytes × 0.25 = 6) allows the 5-byte gap, not the 80-byte one.
+        assert_eq!(requests(&segs, 1000, 0.25).len(), 2);
+        assert_eq!(requests(&segs, 1000, 0.0).len(), 3);
+    }
+
+    #[test]
+    fn overread_stays_within_budget_and_requests_within_segments() {
+        let segs: Vec<Segment> = (0..50u64).map(|k| seg(k * 37 + (k % 7) * 11, 5 + k % 4)).collect();
+        let needed: u64 = segs.iter().map(|s| s.len).sum();
+        for ratio in [0.0, 0.1, 0.25, 1.0, 10.0] {
+            let r = requests(&segs, 1 << 20, ratio);
+            let fetched: u64 = r.iter().map(|q| q.range.end - q.range.start).sum();
+            assert!(fetched as f64 <= needed as f64 * (1.0 + ratio), "ratio {ratio}");
+            assert!(r.len() <= segs.len());
+        }
+    }
+
+    #[test]
+    fn responses_in_any_chunking_rebuild_the_segments() {
+        // Object bytes are their offsets mod 251; any chunking of any response must rebuild the segments.
+        let segs = [seg(3, 7), seg(12, 1), seg(40, 30), seg(200, 64)];
+        let want: Vec<u8> = segs
+            .iter()
+            .flat_map(|s| (s.offset..s.offset + s.len).map(|b| (b % 251) as u8))
+            .collect();
+        for (gap, chunk) in [(0, 1), (4, 3), (50, 16), (1000, 1000)] {
+            let reqs = requests(&segs, gap, 100.0);
+            let mut out = vec![0u8; want.len()];
+            let parts = split_out(&mut out, &reqs).unwrap();
+            for (q, part) in reqs.iter().zip(parts) {
+                let body: Vec<u8> = q.range.clone().map(|b| (b % 251) as u8).collect();
+                for (k, c) in body.chunks(chunk).enumerate() {
+                    scatter(q, (k * chunk) as u64, c, part);
+                }
+            }
+            assert_eq!(out, want, "gap {gap} chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn store_options_check_keys_and_numbers() {
+        let mut o = StoreOptions::default();
+        o.insert("aws.endpoint", "http://127.0.0.1:3900").unwrap();
+        o.insert("AWS.ACCESS_KEY_ID", "k").unwrap();
+        o.insert("aws.allow_http", "true").unwrap();
+        o.insert("remote.gap", "4096").unwrap();
+        assert_eq!(o.gap().unwrap(), 4096);
+        assert!(o.insert("aws.endpont", "x").is_err());
+        assert!(o.insert("remote.gap", "big").is_err());
+        assert!(o.insert("remote.speed", "1").is_err());
+        assert!(StoreOptions::is_store_key("gcp.service_account_path"));
+        assert!(!StoreOptions::is_store_key("scaling"));
+    }
+
+    #[test]
+    fn addresses_keep_bucket_and_key() {
+        let a = parse_address("s3://bucket/ds/sub-01/func/x%20y.nii.gz").unwrap();
+        assert_eq!(store_root(&a.url), "s3://bucket");
+        assert_eq!(a.path.as_ref(), "ds/sub-01/func/x y.nii.gz");
+        let h = parse_address("http://127.0.0.1:8080/d/a.nii").unwrap();
+        assert_eq!(store_root(&h.url), "http://127.0.0.1:8080");
+        assert!(parse_address("s3:///nobucket").is_err());
+        assert!(parse_address("not a url").is_err());
+    }
+
+    #[test]
+    fn block_on_works_inside_and_outside_a_runtime() {
+        assert_eq!(block_on(async { 7 }).unwrap(), 7);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let v = rt.block_on(async { block_on(async { 8 }).unwrap() });
+        assert_eq!(v, 8);
+    }
+}
