@@ -3,6 +3,10 @@
 //! `voxelscan info` JSON with expected fields, and running the CLI.
 #![allow(dead_code)] // each test binary uses a different part
 
+// Real nginx and Garage servers for the object-storage tests (object_store comes with the `remote` feature).
+#[cfg(feature = "remote")]
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
