@@ -263,6 +263,11 @@ impl ArrayProxy {
             Some(spec) => remote::open_raw(location, spec, store)?,
             None => remote::open_image(location, store)?,
         };
+        // Planned segments are exactly the needed bytes: the remote source decides what gaps are worth a GET.
+        let opts = ProxyOptions {
+            skip_threshold: 0,
+            ..opts
+        };
         Self::with_compression(
             DataFile::Remote(image.data),
             image.header.compression,

@@ -1,0 +1,542 @@
+//! Images in object storage and on HTTP servers, against real servers started by the test (Garage for S3, nginx
+//! for HTTP; `.ci/run` installs both): the fixtures' slices and generated images' SQL answers over `s3://` and
+//! `http://` equal the local ones; selective reads fetch only what they need; faults give errors naming the URL.
+#![cfg(feature = "sql")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::servers::{Garage, Nginx};
+use common::{compare_npy, read_npy, run_cli};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use voxelscan::dtype::{ByteOrder, DType, Scalar};
+use voxelscan::io::remote::StoreOptions;
+use voxelscan::proxy::{ArrayProxy, ProxyOptions};
+use voxelscan::slicer::SliceSpec;
+use voxelscan::synth::{random_i16_le, write_nifti1};
+use voxelscan::table::{register_voxels, session_context};
+
+fn fixtures_dir() -> PathBuf {
+    common::repo_root().join("tests/data/nibabel")
+}
+
+fn fixture_names() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(fixtures_dir().join("expected.json")).expect("expected.json");
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).expect("expected.json is an object");
+    map.keys().cloned().collect()
+}
+
+/// Store options reaching the test Garage (what `OPTIONS ('aws.…' …)` would give).
+fn garage_options(g: &Garage) -> StoreOptions {
+    let mut o = StoreOptions::default();
+    for (k, v) in [
+        ("aws.endpoint", g.endpoint()),
+        ("aws.region", g.region().to_string()),
+        ("aws.access_key_id", g.access_key_id().to_string()),
+        ("aws.secret_access_key", g.secret_access_key().to_string()),
+        ("aws.allow_http", "true".to_string()),
+    ] {
+        o.insert(k, &v).expect("valid option");
+    }
+    o
+}
+
+fn option_map(o: &StoreOptions) -> HashMap<String, String> {
+    o.entries.clone().into_iter().collect()
+}
+
+/// Upload every fixture to Garage (under `prefix/`) and to the shared nginx; returns (s3 urls, http urls) by name.
+fn publish_fixtures(prefix: &str) -> Vec<(String, String, String)> {
+    let (g, n) = (Garage::shared(), Nginx::shared());
+    let mut out = Vec::new();
+    for name in fixture_names() {
+        let bytes = std::fs::read(fixtures_dir().join(&name)).expect("fixture");
+        let key = format!("{prefix}/{name}");
+        g.put(&key, &bytes);
+        n.put(&key, &bytes);
+        out.push((name, g.url_of(&key), n.url_of(&key)));
+    }
+    out
+}
+
+const SPECS: &[&str] = &[
+    "",
+    "0",
+    "-1",
+    "..., 1",
+    "1:4, ::2",
+    "::-3, 2",
+    "..., None, 0",
+    ":, :, 3:1:-1",
+];
+
+fn slice_bytes(p: &ArrayProxy, spec: &str) -> Result<(String, Vec<usize>, Vec<u8>), String> {
+    let spec = SliceSpec::parse(spec).map_err(|e| e.to_string())?;
+    let a = p.slice(&spec).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    a.write_npy(&mut buf).map_err(|e| e.to_string())?;
+    Ok((a.dtype.numpy_str(), a.shape.clone(), buf))
+}
+
+#[test]
+fn fixture_slices_over_s3_and_http_equal_local() {
+    let g = Garage::shared();
+    let store = garage_options(g);
+    let mut checked = 0;
+    for (name, s3, http) in publish_fixtures("fixtures") {
+        let local = ArrayProxy::open(&fixtures_dir().join(&name), ProxyOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for url in [&s3, &http] {
+            let remote = ArrayProxy::open_location(url, None, ProxyOptions::default(), &store)
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(remote.shape(), local.shape(), "{url}");
+            assert_eq!(remote.dtype(), local.dtype(), "{url}");
+            for spec in SPECS {
+                let want = slice_bytes(&local, spec);
+                let got = slice_bytes(&remote, spec);
+                match (&want, &got) {
+                    (Ok(w), Ok(g)) => assert!(w == g, "{url}[{spec}] differs from the local read"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{url}[{spec}]: local {want:?} vs remote {got:?}"),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 7 * 2 * SPECS.len());
+}
+
+/// The CLI over URLs, configured only by the standard environment variables: `info` equals the local answer and
+/// `slice` equals nibabel's recorded answers.
+#[test]
+fn cli_info_and_slice_over_urls_match_nibabel() {
+    let g = Garage::shared();
+    let published = publish_fixtures("cli");
+    let text =
+        std::fs::read_to_string(fixtures_dir().join("expected.json")).expect("expected.json");
+    let expected: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, s3, http) in published {
+        let local = run_cli(&fixtures_dir(), &["info".into(), name.clone()]);
+        assert_eq!(local.code, Some(0), "{}", local.stderr);
+        for url in [&s3, &http] {
+            let info = run_env(&["info", url], &g.env());
+            assert_eq!(info.code, Some(0), "{url}: {}", info.stderr);
+            assert_eq!(info.stdout, local.stdout, "{url}");
+            for s in expected[&name]["slices"]
+                .as_array()
+                .expect("slices")
+                .iter()
+                .take(4)
+            {
+                let spec = s["spec"].as_str().expect("spec");
+                let out = tmp.path().join("out.npy");
+                let out_s = out.display().to_string();
+                let run = run_env(&["slice", url, spec, "-o", &out_s, "--stats"], &g.env());
+                assert_eq!(run.code, Some(0), "{url}[{spec}]: {}", run.stderr);
+                assert!(run.stderr.contains("stats: requests="), "{}", run.stderr);
+                let want =
+                    read_npy(&fixtures_dir().join(s["npy"].as_str().expect("npy"))).expect("npy");
+                let got = read_npy(&out).expect("output npy");
+                compare_npy(&want, &got).unwrap_or_else(|e| panic!("{url}[{spec}]: {e}"));
+            }
+        }
+    }
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_env(args: &[&str], env: &[(String, String)]) -> Out {
+    let out = std::process::Command::new(common::voxelscan_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("VOXELSCAN_REMOTE_RETRIES", "2")
+        .output()
+        .expect("run voxelscan");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A 4-D int16 NIfTI with random values and scaling; `gz` compresses it.
+fn make_image(dir: &Path, name: &str, shape: &[usize], seed: u64) -> (PathBuf, Vec<u8>) {
+    let n: usize = shape.iter().product();
+    let data = random_i16_le(n, seed, -3000, 3000);
+    let path = dir.join(name);
+    write_nifti1(
+        &path,
+        shape,
+        DType::new(Scalar::I16, ByteOrder::Little),
+        0.5,
+        10.0,
+        &data,
+        name.ends_with(".gz"),
+    )
+    .expect("write image");
+    let bytes = std::fs::read(&path).expect("read back");
+    (path, bytes)
+}
+
+fn ctx() -> SessionContext {
+    session_context(
+        SessionConfig::new()
+            .with_target_partitions(3)
+            .with_batch_size(1000),
+    )
+}
+
+async fn answer(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pretty_format_batches(&batches).expect("format").to_string()
+}
+
+const QUERIES: &[&str] = &[
+    "SELECT count(*), sum(value), min(value), max(value) FROM img",
+    "SELECT t, avg(value) AS m FROM img GROUP BY t ORDER BY t",
+    "SELECT value FROM img WHERE i = 3 AND j = 4 AND k = 2 ORDER BY t",
+    "SELECT k, count(*), sum(value) FROM img WHERE i BETWEEN 2 AND 9 AND j IN (1, 5, 7) AND t != 2 GROUP BY k ORDER BY k",
+    "SELECT i, j, value FROM img WHERE k = 1 AND t = 3 AND value > 200 ORDER BY i, j LIMIT 20",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_s3_and_http_equals_local() {
+    let g = Garage::shared();
+    let n = Nginx::shared();
+    let store = option_map(&garage_options(g));
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, seed) in [("sql_a.nii", 1), ("sql_b.nii.gz", 2)] {
+        let (path, bytes) = make_image(dir.path(), name, &[12, 9, 4, 5], seed);
+        g.put(&format!("sql/{name}"), &bytes);
+        n.put(&format!("sql/{name}"), &bytes);
+        let local = ctx();
+        register_voxels(&local, "img", &path.display().to_string(), &HashMap::new())
+            .expect("local");
+        for url in [
+            g.url_of(&format!("sql/{name}")),
+            n.url_of(&format!("sql/{name}")),
+        ] {
+            let remote = ctx();
+            register_voxels(&remote, "img", &url, &store).unwrap_or_else(|e| panic!("{url}: {e}"));
+            for q in QUERIES {
+                assert_eq!(
+                    answer(&remote, q).await,
+                    answer(&local, q).await,
+                    "{url}: {q}"
+                );
+            }
+        }
+    }
+}
+
+/// A glob over a bucket prefix is one multi-file table; `CREATE EXTERNAL TABLE` takes the store options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_over_a_prefix_and_create_external_table() {
+    let g = Garage::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut local_sum = 0f64;
+    for (k, name) in ["sub-01_bold.nii", "sub-02_bold.nii", "sub-03_T1w.nii"]
+        .iter()
+        .enumerate()
+    {
+        let (path, bytes) = make_image(dir.path(), name, &[5, 4, 3, 2], 10 + k as u64);
+        g.put(&format!("bids/{name}"), &bytes);
+        if name.contains("bold") {
+            let c = ctx();
+            register_voxels(&c, "x", &path.display().to_string(), &HashMap::new()).expect("local");
+            let s = answer(&c, "SELECT sum(value) FROM x").await;
+            local_sum += s
+                .lines()
+                .nth(3)
+                .and_then(|l| l.trim_matches(['|', ' ']).parse::<f64>().ok())
+                .expect("sum");
+        }
+    }
+    let opts = garage_options(g);
+    let options: Vec<String> = opts
+        .entries
+        .iter()
+        .map(|(k, v)| format!("'{k}' '{v}'"))
+        .collect();
+    let c = ctx();
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE runs STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
+        g.url_of("bids/sub-*_bold.nii"),
+        options.join(", ")
+    );
+    c.sql(&ddl)
+        .await
+        .expect("create")
+        .collect()
+        .await
+        .expect("create");
+    let files = answer(
+        &c,
+        "SELECT file, count(*) FROM runs GROUP BY file ORDER BY file",
+    )
+    .await;
+    assert!(
+        files.contains("s3://")
+            && files.contains("sub-01_bold.nii")
+            && files.contains("sub-02_bold.nii"),
+        "{files}"
+    );
+    assert!(!files.contains("T1w"), "{files}");
+    let s = answer(&c, "SELECT sum(value) FROM runs").await;
+    let got: f64 = s
+        .lines()
+        .nth(3)
+        .and_then(|l| l.trim_matches(['|', ' ']).parse().ok())
+        .expect("sum");
+    assert_eq!(got, local_sum);
+    let none = c
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE nothing STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
+            g.url_of("bids/nomatch-*.nii"),
+            options.join(", ")
+        ))
+        .await;
+    let e = match none {
+        Ok(df) => df
+            .collect()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("matches no image file"), "{e}");
+}
+
+/// Selective reads: bytes fetched ≤ 1.25 × the bytes the answer needs (plus the header GET), GETs ≤ planned
+/// segments — counted by nginx itself.
+#[test]
+fn selective_reads_fetch_only_what_they_need() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shape = [64usize, 48, 20, 8];
+    let (_, bytes) = make_image(dir.path(), "sel.nii", &shape, 7);
+    n.put("sel/sel.nii", &bytes);
+    let url = n.url_of("sel/sel.nii");
+    let uri = "/sel/sel.nii";
+    let cases: &[(&str, u64, u64)] = &[
+        // (spec, bytes needed, planned segments)
+        ("3, 4, 5, :", 8 * 2, 8),            // a voxel's time series
+        (":, :, :, 6", 64 * 48 * 20 * 2, 1), // one volume
+        ("10:20, 5:15, 2:5, 1", 10 * 10 * 3 * 2, 30), // an ROI box
+        ("..., 3:5", 64 * 48 * 20 * 2 * 2, 1), // two volumes
+        ("::2, 7, 4, 0", 32 * 2, 32),        // strided row
+    ];
+    let store = StoreOptions::default();
+    for &(spec, needed, segments) in cases {
+        let before = n.log_of(uri).len();
+        let p =
+            ArrayProxy::open_location(&url, None, ProxyOptions::default(), &store).expect("open");
+        let header_reqs = n.log_of(uri).len() - before;
+        assert_eq!(header_reqs, 1, "{spec}: the header takes one GET");
+        let header_bytes: u64 = n.log_of(uri)[before..].iter().map(|r| r.bytes).sum();
+        assert!(
+            header_bytes <= 352,
+            "{spec}: header GET of {header_bytes} bytes"
+        );
+        slice_bytes(&p, spec).expect("slice");
+        let reqs = &n.log_of(uri)[before + 1..];
+        let fetched: u64 = reqs.iter().map(|r| r.bytes).sum();
+        assert!(
+            reqs.iter().all(|r| r.method == "GET" && r.status == 206),
+            "{spec}: {reqs:?}"
+        );
+        assert!(
+            reqs.len() as u64 <= segments,
+            "{spec}: {} GETs for {segments} segments",
+            reqs.len()
+        );
+        assert!(
+            fetched as f64 <= 1.25 * needed as f64,
+            "{spec}: fetched {fetched} for {needed}"
+        );
+        assert!(
+            fetched >= needed,
+            "{spec}: fetched {fetched} < needed {needed}"
+        );
+        let st = p.stats();
+        assert_eq!(
+            (st.bytes_read, st.requests),
+            (fetched, reqs.len() as u64),
+            "{spec}"
+        );
+    }
+}
+
+/// `EXPLAIN ANALYZE` shows the scan's requests and bytes; `--stats` prints the process totals.
+#[test]
+fn explain_analyze_and_stats_show_requests_and_bytes() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, bytes) = make_image(dir.path(), "ea.nii", &[16, 16, 8, 4], 3);
+    n.put("ea/ea.nii", &bytes);
+    let url = n.url_of("ea/ea.nii");
+    let sql = "EXPLAIN ANALYZE SELECT avg(value) FROM v WHERE t = 2";
+    let run = run_env(&["sql", "-t", &format!("v={url}"), "--stats", sql], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("requests="), "{}", run.stdout);
+    assert!(run.stdout.contains("bytes_read="), "{}", run.stdout);
+    let stats = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("stats: "))
+        .expect("stats line");
+    let fields: HashMap<&str, u64> = stats["stats: ".len()..]
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, v.parse().expect("number")))
+        .collect();
+    let log: Vec<_> = n.log_of("/ea/ea.nii");
+    assert_eq!(fields["requests"], log.len() as u64, "{stats} vs {log:?}");
+    assert_eq!(
+        fields["bytes_fetched"],
+        log.iter().map(|r| r.bytes).sum::<u64>(),
+        "{stats}"
+    );
+}
+
+// ---- faults ------------------------------------------------------------------------------------------------------
+
+fn expect_error(r: Result<impl std::fmt::Debug, voxelscan::VoxelError>, url: &str, what: &str) {
+    match r {
+        Ok(v) => panic!("{url}: expected an error ({what}), got {v:?}"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(url), "error does not name {url}: {text}");
+            assert!(
+                text.to_lowercase().contains(what),
+                "error does not say '{what}': {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_object_and_denied_key_are_clear_errors() {
+    let g = Garage::shared();
+    let url = g.url_of("nowhere/missing.nii");
+    let r = ArrayProxy::open_location(&url, None, ProxyOptions::default(), &garage_options(g));
+    expect_error(r.map(|_| ()), &url, "not found");
+    g.put(
+        "denied/a.nii",
+        &std::fs::read(fixtures_dir().join("anatomical.nii")).expect("fixture"),
+    );
+    let stranger = g.create_key("stranger");
+    let mut o = garage_options(g);
+    o.insert("aws.access_key_id", &stranger.id).expect("opt");
+    o.insert("aws.secret_access_key", &stranger.secret)
+        .expect("opt");
+    let url = g.url_of("denied/a.nii");
+    let r = ArrayProxy::open_location(&url, None, ProxyOptions::default(), &o);
+    expect_error(r.map(|_| ()), &url, "denied");
+    // The CLI says the same in one line, exit 2.
+    let run = run_env(&["info", &url], &g.env_with(&stranger));
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.starts_with("error: ") && run.stderr.contains(&url),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn truncated_and_replaced_objects_are_detected() {
+    let g = Garage::shared();
+    let n = Nginx::shared();
+    let full = std::fs::read(fixtures_dir().join("functional.nii")).expect("fixture");
+    let short = &full[..full.len() / 2];
+    g.put("faults/short.nii", short);
+    n.put("faults/short.nii", short);
+    for url in [g.url_of("faults/short.nii"), n.url_of("faults/short.nii")] {
+        let r = ArrayProxy::open_location(&url, None, ProxyOptions::default(), &garage_options(g));
+        expect_error(r.map(|_| ()), &url, "truncated");
+    }
+    // Replaced after opening (same size, other bytes): reads are pinned to the ETag seen at open.
+    g.put("faults/swap.nii", &full);
+    let url = g.url_of("faults/swap.nii");
+    let p = ArrayProxy::open_location(&url, None, ProxyOptions::default(), &garage_options(g))
+        .expect("open");
+    let mut other = full.clone();
+    if let Some(b) = other.last_mut() {
+        *b ^= 0xff;
+    }
+    g.put("faults/swap.nii", &other);
+    let r = p.slice(&SliceSpec::parse("..., 0").expect("spec"));
+    expect_error(r, &url, "changed");
+}
+
+/// nginx killed while a query runs: the query fails with an error naming the URL, no partial answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stopped_mid_query_fails_the_query() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let nginx = Arc::new(Nginx::start(root.path()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 24 MiB of int16: the scan reads it in many pieces, one GET each.
+    let (_, bytes) = make_image(dir.path(), "big.nii", &[128, 128, 64, 12], 5);
+    nginx.put("big.nii", &bytes);
+    let url = nginx.url_of("big.nii");
+    let c = ctx();
+    let mut store = HashMap::new();
+    store.insert("remote.retries".to_string(), "1".to_string());
+    register_voxels(&c, "big", &url, &store).expect("register");
+    let df = c
+        .sql("SELECT t, sum(value) FROM big GROUP BY t")
+        .await
+        .expect("plan");
+    let killer = {
+        let nginx = Arc::clone(&nginx);
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while nginx.log_of("/big.nii").len() < 3 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            nginx.stop();
+        })
+    };
+    let r = df.collect().await;
+    killer.join().expect("killer");
+    match r {
+        Ok(b) => {
+            // Only acceptable if every GET had been served before the kill.
+            let rows: usize = b.iter().map(|b| b.num_rows()).sum();
+            let gets = nginx.log_of("/big.nii").len();
+            panic!("query finished ({rows} rows) although nginx was stopped after {gets} GETs");
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&url), "error does not name the URL: {text}");
+        }
+    }
+    // A fresh read after the server is gone: a clear error, quickly (connection refused is retried, then fails).
+    let t0 = std::time::Instant::now();
+    let r = ArrayProxy::open_location(
+        &url,
+        None,
+        ProxyOptions::default(),
+        &StoreOptions::default(),
+    );
+    expect_error(r.map(|_| ()), &url, "");
+    assert!(t0.elapsed().as_secs() < 60);
+}
