@@ -751,22 +751,6 @@ pub fn reshape_dataobj<T: Reshape>(obj: &T, shape: &[i64]) -> Result<T> {
     obj.reshape_to(shape)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reshape_rules() {
-        assert_eq!(resolve_shape(24, &[2, 3, 4]).unwrap(), vec![2, 3, 4]);
-        assert_eq!(resolve_shape(24, &[2, -1, 4]).unwrap(), vec![2, 3, 4]);
-        assert!(resolve_shape(24, &[-1, -1, 4]).is_err());
-        assert!(resolve_shape(24, &[2, 3, 5]).is_err());
-        assert!(resolve_shape(24, &[2, -1, 5]).is_err());
-        assert_eq!(resolve_shape(0, &[0, 3]).unwrap(), vec![0, 3]);
-        assert!(resolve_shape(0, &[0, -1]).is_err());
-    }
-}
-
 /// A local path from a path or a `file://` URL (percent-decoded).
 pub fn local_path(location: &str) -> PathBuf {
     match location.strip_prefix("file://") {
@@ -796,4 +780,20 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_rules() {
+        assert_eq!(resolve_shape(24, &[2, 3, 4]).unwrap(), vec![2, 3, 4]);
+        assert_eq!(resolve_shape(24, &[2, -1, 4]).unwrap(), vec![2, 3, 4]);
+        assert!(resolve_shape(24, &[-1, -1, 4]).is_err());
+        assert!(resolve_shape(24, &[2, 3, 5]).is_err());
+        assert!(resolve_shape(24, &[2, -1, 5]).is_err());
+        assert_eq!(resolve_shape(0, &[0, 3]).unwrap(), vec![0, 3]);
+        assert!(resolve_shape(0, &[0, -1]).is_err());
+    }
 }

@@ -7,6 +7,8 @@
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -303,13 +305,71 @@ async fn sql_matches_numpy() {
     let dir = tempfile::tempdir().unwrap();
     let cases = make_cases(dir.path(), 120);
     let answers = oracle(dir.path(), &cases);
-    for (k, (case, want)) in cases.iter().zip(&answers).enumerate() {
+    check_cases(&cases, &answers, |_, case| {
+        (case.path.clone(), options(case.mode))
+    })
+    .await;
+}
+
+/// The same cases with every image in the S3-compatible test server (Garage), read by ranged GETs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_matches_numpy_over_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = make_cases(dir.path(), 120);
+    let answers = oracle(dir.path(), &cases);
+    let g = common::servers::Garage::shared();
+    let store = [
+        ("aws.endpoint", g.endpoint()),
+        ("aws.region", g.region().to_string()),
+        ("aws.access_key_id", g.access_key_id().to_string()),
+        ("aws.secret_access_key", g.secret_access_key().to_string()),
+    ];
+    check_cases(&cases, &answers, |k, case| {
+        let name = format!("sql_numpy/{k}-{}", file_name(&case.path));
+        g.put(&name, &std::fs::read(&case.path).unwrap());
+        let mut opts = options(case.mode);
+        opts.extend(store.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        (g.url_of(&name), opts)
+    })
+    .await;
+}
+
+/// The same cases served by nginx over HTTP (Range requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_matches_numpy_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = make_cases(dir.path(), 120);
+    let answers = oracle(dir.path(), &cases);
+    let n = common::servers::Nginx::shared();
+    check_cases(&cases, &answers, |k, case| {
+        let name = format!("sql_numpy/{k}-{}", file_name(&case.path));
+        n.put(&name, &std::fs::read(&case.path).unwrap());
+        (n.url_of(&name), options(case.mode))
+    })
+    .await;
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Answer every case through the table provider at the location `locate` gives, and compare with numpy's answer.
+async fn check_cases(
+    cases: &[Case],
+    answers: &[Value],
+    locate: impl Fn(usize, &Case) -> (String, HashMap<String, String>),
+) {
+    for (k, (case, want)) in cases.iter().zip(answers).enumerate() {
         let ctx = session_context(
             SessionConfig::new()
                 .with_target_partitions(1 + k % 3)
                 .with_batch_size(5),
         );
-        register_voxels(&ctx, "v", &case.path, &options(case.mode)).unwrap();
+        let (location, opts) = locate(k, case);
+        register_voxels(&ctx, "v", &location, &opts).unwrap_or_else(|e| panic!("{location}: {e}"));
         let p = &case.sql_pred;
         match case.group {
             Some(g) => {

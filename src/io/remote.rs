@@ -43,7 +43,7 @@ pub const DEFAULT_GAP: u64 = 1 << 20;
 /// Default bound on bytes read through gaps, as a fraction of the bytes a read needs.
 pub const DEFAULT_OVERREAD: f64 = 0.25;
 /// Default GET requests in flight per read.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const DEFAULT_CONCURRENCY: usize = 32;
 
 /// URL schemes read through object storage (`file://` is a local path).
 const SCHEMES: &[&str] = &[
@@ -99,9 +99,16 @@ impl StoreOptions {
     pub fn overread(&self) -> Result<f64> {
         match self.entries.get("remote.overread") {
             None => Ok(DEFAULT_OVERREAD),
-            Some(v) => v.trim().parse::<f64>().ok().filter(|x| *x >= 0.0).ok_or_else(|| {
-                VoxelError::Invalid(format!("option 'remote.overread': '{v}' is not a fraction ≥ 0"))
-            }),
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| *x >= 0.0)
+                .ok_or_else(|| {
+                    VoxelError::Invalid(format!(
+                        "option 'remote.overread': '{v}' is not a fraction ≥ 0"
+                    ))
+                }),
         }
     }
 
@@ -113,12 +120,16 @@ impl StoreOptions {
 
     /// GETs in flight per read (option `remote.concurrency`, env `VOXELSCAN_REMOTE_CONCURRENCY`).
     pub fn concurrency(&self) -> Result<usize> {
-        let default = env_number("VOXELSCAN_REMOTE_CONCURRENCY").unwrap_or(DEFAULT_CONCURRENCY as u64);
+        let default =
+            env_number("VOXELSCAN_REMOTE_CONCURRENCY").unwrap_or(DEFAULT_CONCURRENCY as u64);
         Ok(self.number("remote.concurrency", default)?.clamp(1, 256) as usize)
     }
 
     fn retry(&self) -> Result<RetryConfig> {
-        let retries = self.number("remote.retries", env_number("VOXELSCAN_REMOTE_RETRIES").unwrap_or(4))?;
+        let retries = self.number(
+            "remote.retries",
+            env_number("VOXELSCAN_REMOTE_RETRIES").unwrap_or(4),
+        )?;
         Ok(RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -157,7 +168,10 @@ fn check_key(key: &str, value: &str) -> Result<()> {
     let bad = |what: &str| VoxelError::Invalid(format!("unknown option '{key}'{what}"));
     if let Some(rest) = key.strip_prefix("remote.") {
         if !REMOTE_KEYS.contains(&rest) {
-            return Err(bad(&format!(" (remote options: {})", REMOTE_KEYS.join(", "))));
+            return Err(bad(&format!(
+                " (remote options: {})",
+                REMOTE_KEYS.join(", ")
+            )));
         }
         let ok = if rest == "overread" {
             value.trim().parse::<f64>().is_ok_and(|x| x >= 0.0)
@@ -173,7 +187,10 @@ fn check_key(key: &str, value: &str) -> Result<()> {
     }
     let known = if let Some(rest) = key.strip_prefix("aws.") {
         aws_key(rest).is_some()
-    } else if let Some(rest) = key.strip_prefix("gcp.").or_else(|| key.strip_prefix("google.")) {
+    } else if let Some(rest) = key
+        .strip_prefix("gcp.")
+        .or_else(|| key.strip_prefix("google."))
+    {
         gcp_key(rest).is_some()
     } else if let Some(rest) = key.strip_prefix("azure.") {
         azure_key(rest).is_some()
@@ -186,11 +203,15 @@ fn check_key(key: &str, value: &str) -> Result<()> {
 }
 
 fn aws_key(rest: &str) -> Option<object_store::aws::AmazonS3ConfigKey> {
-    rest.parse().ok().or_else(|| format!("aws_{rest}").parse().ok())
+    rest.parse()
+        .ok()
+        .or_else(|| format!("aws_{rest}").parse().ok())
 }
 
 fn gcp_key(rest: &str) -> Option<object_store::gcp::GoogleConfigKey> {
-    rest.parse().ok().or_else(|| format!("google_{rest}").parse().ok())
+    rest.parse()
+        .ok()
+        .or_else(|| format!("google_{rest}").parse().ok())
 }
 
 fn azure_key(rest: &str) -> Option<object_store::azure::AzureConfigKey> {
@@ -286,7 +307,9 @@ fn store_root(url: &Url) -> String {
 /// `object_store` such as DataFusion's registry.
 pub fn store_for_url(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(VoxelError::Invalid(format!("'{url}': the URL names no bucket or host")));
+        return Err(VoxelError::Invalid(format!(
+            "'{url}': the URL names no bucket or host"
+        )));
     }
     store_for(url, opts)
 }
@@ -331,15 +354,20 @@ fn build_store(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
             // No credentials anywhere: a public bucket, read unsigned (as `aws s3 --no-sign-request`).
             if b.get_config_value(&K::AccessKeyId).is_none()
                 && b.get_config_value(&K::WebIdentityTokenFile).is_none()
-                && b.get_config_value(&K::ContainerCredentialsRelativeUri).is_none()
-                && b.get_config_value(&K::ContainerCredentialsFullUri).is_none()
+                && b.get_config_value(&K::ContainerCredentialsRelativeUri)
+                    .is_none()
+                && b.get_config_value(&K::ContainerCredentialsFullUri)
+                    .is_none()
             {
                 b = b.with_skip_signature(true);
             }
             let http = b
                 .get_config_value(&K::Endpoint)
                 .is_some_and(|e| e.starts_with("http://"));
-            if http && b.get_config_value(&K::Client(object_store::ClientConfigKey::AllowHttp)).is_none() {
+            // An endpoint named `http://…` means plain HTTP, unless the user said otherwise explicitly.
+            let said = opts.entries.contains_key("aws.allow_http")
+                || std::env::var_os("AWS_ALLOW_HTTP").is_some();
+            if http && !said {
                 b = b.with_allow_http(true);
             }
             Arc::new(b.build().map_err(fail)?)
@@ -401,7 +429,8 @@ fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
         object_store::Error::PermissionDenied { .. } => format!("access denied: {e}"),
         object_store::Error::Unauthenticated { .. } => format!("not authenticated: {e}"),
         object_store::Error::Precondition { .. } => {
-            "the object changed since it was opened (its ETag differs); open or register it again".to_string()
+            "the object changed since it was opened (its ETag differs); open or register it again"
+                .to_string()
         }
         _ => e.to_string(),
     };
@@ -535,7 +564,11 @@ impl RemoteObject {
         let size = r.meta.size;
         let mut body = r.into_stream();
         let mut at = 0u64;
-        while let Some(chunk) = body.try_next().await.map_err(|e| remote_error(&self.url, e))? {
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| remote_error(&self.url, e))?
+        {
             scatter(req, at, &chunk, out);
             at += chunk.len() as u64;
         }
@@ -745,7 +778,11 @@ impl ByteSource for RemoteSource {
 
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
         let segments: Vec<Segment> = segments.iter().copied().filter(|s| s.len > 0).collect();
-        if let Some(last) = segments.iter().map(|s| s.offset.saturating_add(s.len)).max() {
+        if let Some(last) = segments
+            .iter()
+            .map(|s| s.offset.saturating_add(s.len))
+            .max()
+        {
             self.object.check_within(last)?;
         }
         let opts = &self.object.opts;
@@ -924,7 +961,10 @@ pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
                     expected
                 };
                 if gz && want > MAX_GZIP_HEADER_FETCH {
-                    return Err(VoxelError::header(url, "header not found in the first 64 MiB"));
+                    return Err(VoxelError::header(
+                        url,
+                        "header not found in the first 64 MiB",
+                    ));
                 }
                 bytes = object.get_range_blocking(0..want.min(object.size))?;
             }
@@ -1045,8 +1085,16 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                Request { range: 0..20, out: 0..15, copies: vec![(0, 0, 10), (15, 10, 5)] },
-                Request { range: 100..110, out: 15..25, copies: vec![(0, 0, 10)] },
+                Request {
+                    range: 0..20,
+                    out: 0..15,
+                    copies: vec![(0, 0, 10), (15, 10, 5)]
+                },
+                Request {
+                    range: 100..110,
+                    out: 15..25,
+                    copies: vec![(0, 0, 10)]
+                },
             ]
         );
         assert_eq!(requests(&segs, 0, 1.0).len(), 3);
@@ -1058,12 +1106,17 @@ mod tests {
 
     #[test]
     fn overread_stays_within_budget_and_requests_within_segments() {
-        let segs: Vec<Segment> = (0..50u64).map(|k| seg(k * 37 + (k % 7) * 11, 5 + k % 4)).collect();
+        let segs: Vec<Segment> = (0..50u64)
+            .map(|k| seg(k * 37 + (k % 7) * 11, 5 + k % 4))
+            .collect();
         let needed: u64 = segs.iter().map(|s| s.len).sum();
         for ratio in [0.0, 0.1, 0.25, 1.0, 10.0] {
             let r = requests(&segs, 1 << 20, ratio);
             let fetched: u64 = r.iter().map(|q| q.range.end - q.range.start).sum();
-            assert!(fetched as f64 <= needed as f64 * (1.0 + ratio), "ratio {ratio}");
+            assert!(
+                fetched as f64 <= needed as f64 * (1.0 + ratio),
+                "ratio {ratio}"
+            );
             assert!(r.len() <= segs.len());
         }
     }
@@ -1119,7 +1172,9 @@ mod tests {
     #[test]
     fn block_on_works_inside_and_outside_a_runtime() {
         assert_eq!(block_on(async { 7 }).unwrap(), 7);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let v = rt.block_on(async { block_on(async { 8 }).unwrap() });
         assert_eq!(v, 8);
     }

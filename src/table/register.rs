@@ -18,9 +18,9 @@ use datafusion::prelude::SessionConfig;
 use crate::error::{Result, VoxelError};
 use crate::proxy::ArrayProxy;
 
-use super::stores::LazyStoreRegistry;
 use super::files::{FormatKind, TableOptions, options_from_map};
 use super::provider::VoxelTable;
+use super::stores::LazyStoreRegistry;
 
 /// Name of the table function.
 pub const TABLE_FUNCTION: &str = "voxels";
