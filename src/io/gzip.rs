@@ -32,6 +32,14 @@
 //! checksum holds, otherwise it is ignored and overwritten. Indexes are written atomically (temporary file +
 //! rename) when a pass completes the index or extends a partial one by at least 8 spans, and only for files with at
 //! least two seek points (smaller files are one span anyway).
+//!
+//! # Decompressed data kept in memory
+//!
+//! With [`DataCache::Shared`] (what [`GzipOptions::from_env`] gives) or [`DataCache::Own`], what a read decompresses
+//! is also kept in a [`SpanCache`], cut at seek points: a read first takes what the cache holds and decompresses
+//! only the rest, so repeated and overlapping reads (the same volume twice, another query over the same file) cost
+//! a copy. The shared cache is one per process (`VOXELSCAN_GZIP_CACHE` bytes, default 256 MiB, `0`: off), keyed by
+//! the file's canonical path and identity, so every source over the same file shares it.
 
 use std::fmt;
 use std::fs::File;
@@ -44,6 +52,11 @@ use super::gzindex::{
 use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
 use crate::plan::Segment;
+
+pub mod cache;
+
+pub use cache::SpanCache;
+use cache::{Cover, MAX_ENTRY};
 
 /// Disables index use when set to `1` (or `true`/`yes`).
 pub const ENV_NO_INDEX: &str = "VOXELSCAN_NO_INDEX";
@@ -72,10 +85,49 @@ pub struct GzipOptions {
     pub keep_open: bool,
     /// Threads one `read_segments` call may use (1: decompress in the caller's thread only).
     pub threads: usize,
+    /// Where decompressed data is kept for later reads.
+    pub data_cache: DataCache,
+}
+
+/// Which in-memory cache of decompressed data a [`GzipSource`] uses.
+#[derive(Debug, Clone, Default)]
+pub enum DataCache {
+    /// None: every read decompresses what it needs.
+    #[default]
+    Off,
+    /// The process-wide cache ([`SpanCache::shared`], sized by `VOXELSCAN_GZIP_CACHE`).
+    Shared,
+    /// A cache of the caller's (shared with whichever sources are given the same one).
+    Own(Arc<SpanCache>),
+}
+
+impl PartialEq for DataCache {
+    /// `Own` caches are equal when they are the same cache.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DataCache::Off, DataCache::Off) | (DataCache::Shared, DataCache::Shared) => true,
+            (DataCache::Own(a), DataCache::Own(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DataCache {}
+
+impl DataCache {
+    /// The cache this choice means (`None` for `Off` and for a shared cache sized 0).
+    pub fn resolve(&self) -> Result<Option<Arc<SpanCache>>> {
+        match self {
+            DataCache::Off => Ok(None),
+            DataCache::Shared => SpanCache::shared(),
+            DataCache::Own(c) => Ok(Some(Arc::clone(c))),
+        }
+    }
 }
 
 impl Default for GzipOptions {
-    /// Indexing on, default cache locations, one handle, one thread; environment variables are not read.
+    /// Indexing on, default cache locations, one handle, one thread, no data cache; environment variables are not
+    /// read.
     fn default() -> Self {
         GzipOptions {
             span: DEFAULT_SPAN,
@@ -83,12 +135,14 @@ impl Default for GzipOptions {
             cache_dir: None,
             keep_open: true,
             threads: 1,
+            data_cache: DataCache::Off,
         }
     }
 }
 
 impl GzipOptions {
-    /// The defaults with `VOXELSCAN_NO_INDEX` and `VOXELSCAN_INDEX_CACHE` applied.
+    /// The defaults with `VOXELSCAN_NO_INDEX` and `VOXELSCAN_INDEX_CACHE` applied, and the process-wide data cache
+    /// (sized by `VOXELSCAN_GZIP_CACHE` when the first source opens).
     pub fn from_env() -> GzipOptions {
         let no_index = std::env::var(ENV_NO_INDEX)
             .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
@@ -99,6 +153,7 @@ impl GzipOptions {
         GzipOptions {
             use_index: !no_index,
             cache_dir,
+            data_cache: DataCache::Shared,
             ..GzipOptions::default()
         }
     }
@@ -120,6 +175,9 @@ pub struct GzipSource {
     options: GzipOptions,
     file: Option<Arc<File>>,
     state: RwLock<State>,
+    data_cache: Option<Arc<SpanCache>>,
+    /// The file's canonical path: with its identity, the key of its data in the cache.
+    canonical: String,
 }
 
 impl fmt::Debug for GzipSource {
@@ -144,17 +202,42 @@ impl GzipSource {
     /// Open `path`, loading a cached index when one matches the file.
     pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
         let location = path.display().to_string();
+        let data_cache = options.data_cache.resolve()?;
         let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
         let identity = FileIdentity::of(&file, &location)?;
         let state = initial_state(path, &options, identity);
         let file = options.keep_open.then(|| Arc::new(file));
+        let canonical = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
         Ok(GzipSource {
             path: path.to_path_buf(),
             location,
             options,
             file,
             state: RwLock::new(state),
+            data_cache,
+            canonical,
         })
+    }
+
+    /// The data cache this source reads through and inserts into, if any.
+    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
+        self.data_cache.as_ref()
+    }
+
+    /// The data cache's key for this file as `identity` describes it: a replaced file has another key.
+    fn cache_key(&self, identity: &FileIdentity) -> Arc<str> {
+        let FileIdentity {
+            size,
+            mtime_ns,
+            head_crc,
+        } = identity;
+        Arc::from(format!(
+            "{}\0{size}:{mtime_ns}:{head_crc:08x}",
+            self.canonical
+        ))
     }
 
     pub fn options(&self) -> &GzipOptions {
@@ -294,25 +377,29 @@ impl GzipSource {
     fn forward_pass(
         &self,
         src: &dyn ReadAt,
-        segments: &[Segment],
+        pieces: Vec<Piece>,
         out: &mut [u8],
+        sink: Option<&CacheSink<'_>>,
     ) -> Result<ReadStats> {
         let run = Run {
             start: None,
             record: false,
-            pieces: pieces_of(segments),
+            pieces,
         };
         let mut scratch = vec![0u8; CHUNK];
-        let done = execute(src, &self.location, &run, out, &mut scratch, None)?;
+        let done = execute(src, &self.location, &run, out, &mut scratch, None, sink)?;
         Ok(done.stats)
     }
 
+    /// Serve `pieces` (the parts of `segments` not found in the data cache) through the index.
     fn indexed_read(
         &self,
         src: &dyn ReadAt,
         identity: FileIdentity,
         segments: &[Segment],
+        pieces: Vec<Piece>,
         out: &mut [u8],
+        cache: Option<(&SpanCache, Arc<str>)>,
     ) -> Result<ReadStats> {
         let index = {
             let s = self.read_state();
@@ -333,7 +420,10 @@ impl GzipSource {
                 });
             }
         }
-        let mut runs = plan_runs(&index, segments);
+        if pieces.is_empty() {
+            return Ok(ReadStats::default());
+        }
+        let mut runs = plan_runs(&index, pieces);
         if self.options.threads > 1 {
             runs = runs
                 .into_iter()
@@ -344,7 +434,16 @@ impl GzipSource {
             file_size: identity.size,
             span: self.options.span,
         });
-        let results = run_all(src, &self.location, &runs, out, self.options.threads, tail)?;
+        let sink = cache.map(|(cache, key)| CacheSink::new(cache, key, index, self.options.span));
+        let results = run_all(
+            src,
+            &self.location,
+            &runs,
+            out,
+            self.options.threads,
+            tail,
+            sink.as_ref(),
+        )?;
         let mut stats = ReadStats::default();
         for done in results {
             stats.add(done.stats);
@@ -375,10 +474,23 @@ impl ByteSource for GzipSource {
             });
         }
         let (file, identity) = self.file_handle()?;
+        let cache = self
+            .data_cache
+            .as_deref()
+            .map(|c| (c, self.cache_key(&identity)));
+        let pieces = match &cache {
+            Some((c, key)) => take_cached(c, key, segments, out),
+            None => pieces_of(segments),
+        };
         let mut stats = if self.options.use_index {
-            self.indexed_read(file.as_ref(), identity, segments, out)?
+            self.indexed_read(file.as_ref(), identity, segments, pieces, out, cache)?
+        } else if pieces.is_empty() {
+            ReadStats::default()
         } else {
-            self.forward_pass(file.as_ref(), segments, out)?
+            let sink = cache.map(|(c, key)| {
+                CacheSink::new(c, key, Arc::new(GzIndex::new(1)), self.options.span)
+            });
+            self.forward_pass(file.as_ref(), pieces, out, sink.as_ref())?
         };
         stats.segments = segments.len() as u64;
         stats.bytes_delivered = out.len() as u64;
@@ -548,9 +660,9 @@ fn pieces_of(segments: &[Segment]) -> Vec<Piece> {
 /// Group segments into runs: a segment joins the current run unless the index has a point after where that run
 /// already is and at or before the segment. Segments past what the index covers go to one run that extends it from
 /// its last point.
-fn plan_runs(index: &GzIndex, segments: &[Segment]) -> Vec<Run> {
+fn plan_runs(index: &GzIndex, pieces: Vec<Piece>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
-    for piece in pieces_of(segments) {
+    for piece in pieces {
         // Past the covered part, the run records points (those it finds again before the index's last point are
         // dropped when merged).
         let beyond = !index.is_complete() && piece.end() > index.covered_out();
@@ -637,10 +749,11 @@ fn run_all(
     out: &mut [u8],
     threads: usize,
     tail: Option<TailPolicy>,
+    sink: Option<&CacheSink<'_>>,
 ) -> Result<Vec<RunDone>> {
     let groups = group_runs(runs, threads.max(1));
     if groups.len() <= 1 {
-        return run_group(src, location, runs, out, 0, tail);
+        return run_group(src, location, runs, out, 0, tail, sink);
     }
     // Hand each group the disjoint part of `out` its runs write.
     let mut parts = Vec::with_capacity(groups.len());
@@ -657,7 +770,7 @@ fn run_all(
         let handles: Vec<_> = parts
             .into_iter()
             .map(|(g, part, base)| {
-                scope.spawn(move || run_group(src, location, g, part, base, tail))
+                scope.spawn(move || run_group(src, location, g, part, base, tail, sink))
             })
             .collect();
         handles
@@ -704,6 +817,7 @@ fn run_group(
     out: &mut [u8],
     base: usize,
     tail: Option<TailPolicy>,
+    sink: Option<&CacheSink<'_>>,
 ) -> Result<Vec<RunDone>> {
     let mut scratch = vec![0u8; CHUNK];
     let mut done = Vec::with_capacity(runs.len());
@@ -728,6 +842,7 @@ fn run_group(
             &mut out[a - base..b - base],
             &mut scratch,
             tail,
+            sink,
         )?);
     }
     Ok(done)
@@ -752,6 +867,7 @@ fn execute(
     out: &mut [u8],
     scratch: &mut [u8],
     tail: Option<TailPolicy>,
+    sink: Option<&CacheSink<'_>>,
 ) -> Result<RunDone> {
     let mut cursor = cursor_at(src, location, run.start.as_ref())?;
     if run.record {
@@ -761,7 +877,10 @@ fn execute(
             span,
         ));
     }
-    serve_pieces(&mut cursor, &run.pieces, out, scratch)?;
+    match sink {
+        Some(sink) => serve_and_keep(&mut cursor, &run.pieces, out, sink)?,
+        None => serve_pieces(&mut cursor, &run.pieces, out, scratch)?,
+    }
     if let Some(t) = tail.filter(|_| run.record && !cursor.is_finished()) {
         let left = t.file_size.saturating_sub(cursor.compressed_pos());
         if left <= t.file_size / 4 {
@@ -779,6 +898,116 @@ fn execute(
         stats,
         record: cursor.into_record(),
     })
+}
+
+/// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the
+/// index's seek points, so that later reads starting at a point find whole entries).
+struct CacheSink<'a> {
+    cache: &'a SpanCache,
+    key: Arc<str>,
+    index: Arc<GzIndex>,
+    /// Entry length where no seek point is known (past the index's coverage, or without an index).
+    step: u64,
+}
+
+impl<'a> CacheSink<'a> {
+    fn new(cache: &'a SpanCache, key: Arc<str>, index: Arc<GzIndex>, span: u64) -> CacheSink<'a> {
+        CacheSink {
+            cache,
+            key,
+            index,
+            step: span.clamp(1, MAX_ENTRY),
+        }
+    }
+
+    /// Where the entry starting at `pos` ends: the next seek point when it is at most [`MAX_ENTRY`] away, else
+    /// `step` bytes on. Always after `pos`.
+    fn next_cut(&self, pos: u64) -> u64 {
+        let points = self.index.points();
+        let next = points.partition_point(|p| p.out <= pos);
+        let limit = pos.saturating_add(MAX_ENTRY);
+        points
+            .get(next)
+            .map(|p| p.out)
+            .filter(|&q| q <= limit)
+            .unwrap_or(pos.saturating_add(self.step))
+    }
+}
+
+/// Copy what the data cache holds of `segments` into `out`; the rest, as pieces to decompress.
+fn take_cached(cache: &SpanCache, key: &str, segments: &[Segment], out: &mut [u8]) -> Vec<Piece> {
+    let mut missing = Vec::new();
+    let mut covers = Vec::new();
+    let mut out_at = 0usize;
+    for s in segments.iter().filter(|s| s.len > 0) {
+        covers.clear();
+        cache.cover(key, s.offset, s.len, &mut covers);
+        for c in &covers {
+            match c {
+                Cover::Hit {
+                    offset,
+                    data,
+                    at,
+                    len,
+                } => {
+                    let dst = out_at + (offset - s.offset) as usize;
+                    out[dst..dst + len].copy_from_slice(&data[*at..at + len]);
+                }
+                Cover::Miss { offset, len } => missing.push(Piece {
+                    offset: *offset,
+                    len: *len,
+                    out_at: out_at + (offset - s.offset) as usize,
+                }),
+            }
+        }
+        out_at += s.len as usize;
+    }
+    missing
+}
+
+/// Serve sorted pieces from a cursor, decompressing everything from the cursor's position to the last piece's end
+/// into cache entries cut by `sink`, and copying the pieces out of them.
+fn serve_and_keep(
+    cursor: &mut GzCursor<'_>,
+    pieces: &[Piece],
+    out: &mut [u8],
+    sink: &CacheSink<'_>,
+) -> Result<()> {
+    let Some(run_end) = pieces.last().map(Piece::end) else {
+        return Ok(());
+    };
+    let mut next = 0;
+    while cursor.out_pos() < run_end {
+        let pos = cursor.out_pos();
+        let cut = sink.next_cut(pos).min(run_end);
+        let mut entry = vec![0u8; (cut - pos) as usize];
+        cursor.read_exact(&mut entry)?;
+        next = copy_pieces(pieces, next, pos, &entry, out);
+        sink.cache.insert(&sink.key, pos, entry);
+    }
+    Ok(())
+}
+
+/// Copy the parts of `pieces[next..]` that lie in `data` (decompressed bytes at `pos`) into `out`; returns the first
+/// piece not wholly served yet.
+fn copy_pieces(pieces: &[Piece], mut next: usize, pos: u64, data: &[u8], out: &mut [u8]) -> usize {
+    let end = pos + data.len() as u64;
+    while let Some(p) = pieces.get(next) {
+        if p.offset >= end {
+            break;
+        }
+        let (from, to) = (p.offset.max(pos), p.end().min(end));
+        if from < to {
+            let dst = p.out_at + (from - p.offset) as usize;
+            out[dst..dst + (to - from) as usize]
+                .copy_from_slice(&data[(from - pos) as usize..(to - pos) as usize]);
+        }
+        if p.end() > end {
+            break;
+        }
+        next += 1;
+    }
+    next
 }
 
 /// Serve sorted pieces from a cursor: big pieces straight into `out`, small ones cut from decompressed chunks.
@@ -1255,6 +1484,195 @@ mod tests {
             proptest::prop_assert_eq!(&read(&warm, &disjoint).unwrap().0, &want);
             proptest::prop_assert_eq!(&read(&two, &disjoint).unwrap().0, &want);
             proptest::prop_assert_eq!(&read(&two, &[seg(0, total)]).unwrap().0, &whole);
+        }
+    }
+
+    fn cached(cache: &Path, data_cache: &Arc<SpanCache>) -> GzipOptions {
+        GzipOptions {
+            data_cache: DataCache::Own(Arc::clone(data_cache)),
+            ..opts(cache)
+        }
+    }
+
+    #[test]
+    fn repeated_and_overlapping_reads_come_from_the_data_cache() {
+        let (dir, path, d) = setup(1_000_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        let src = GzipSource::with_options(&path, cached(dir.path(), &c)).unwrap();
+        src.build_index(|_| {}).unwrap();
+        let vol = [seg(300_000, 200_000)];
+        let (got, first) = read(&src, &vol).unwrap();
+        assert_eq!(got, expect(&d, &vol));
+        assert!(first.bytes_read > 0 && first.requests > 0, "{first:?}");
+        let (got, again) = read(&src, &vol).unwrap();
+        assert_eq!(got, expect(&d, &vol));
+        assert_eq!((again.bytes_read, again.requests), (0, 0), "{again:?}");
+        assert_eq!(again.bytes_delivered, 200_000);
+        // Another source over the same file shares the cache; a read overlapping the cached part decompresses
+        // only from the point before its uncached end.
+        let other = GzipSource::with_options(&path, cached(dir.path(), &c)).unwrap();
+        let overlap = [seg(250_000, 10), seg(450_000, 100_000)];
+        let (got, stats) = read(&other, &overlap).unwrap();
+        assert_eq!(got, expect(&d, &overlap));
+        assert_eq!(
+            stats.requests, 2,
+            "two runs: before and after the cached part"
+        );
+        assert!(c.stats().hit_bytes >= 250_000, "{:?}", c.stats());
+        // A source without the cache still decompresses.
+        let plain = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+        assert!(read(&plain, &vol).unwrap().1.bytes_read > 0);
+    }
+
+    #[test]
+    fn the_data_cache_serves_cold_and_unindexed_reads_too() {
+        let (dir, path, d) = setup(700_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        for use_index in [true, false] {
+            c.clear();
+            let o = GzipOptions {
+                use_index,
+                ..cached(&dir.path().join(format!("c{use_index}")), &c)
+            };
+            let src = GzipSource::with_options(&path, o).unwrap();
+            let segs = [seg(10, 5), seg(500_000, 100)];
+            let (got, stats) = read(&src, &segs).unwrap();
+            assert_eq!((got, stats.requests), (expect(&d, &segs), 1));
+            // Everything the cold pass went through is kept, also what lay between the segments.
+            let between = [seg(200_000, 1000), seg(500_050, 50)];
+            let (got, stats) = read(&src, &between).unwrap();
+            assert_eq!((got, stats.requests), (expect(&d, &between), 0));
+        }
+    }
+
+    #[test]
+    fn a_replaced_file_never_hits_the_old_files_data() {
+        let (dir, path, d) = setup(300_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        let o = GzipOptions {
+            keep_open: false,
+            ..cached(dir.path(), &c)
+        };
+        let src = GzipSource::with_options(&path, o.clone()).unwrap();
+        assert_eq!(read(&src, &[seg(1000, 100)]).unwrap().0, &d[1000..1100]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let d2: Vec<u8> = d.iter().map(|b| b.wrapping_add(3)).collect();
+        std::fs::write(&path, gz(&d2, 4)).unwrap();
+        assert_eq!(read(&src, &[seg(1000, 100)]).unwrap().0, &d2[1000..1100]);
+        let fresh = GzipSource::with_options(&path, o).unwrap();
+        assert_eq!(read(&fresh, &[seg(1000, 100)]).unwrap().0, &d2[1000..1100]);
+    }
+
+    #[test]
+    fn a_small_data_cache_evicts_and_stays_exact() {
+        let (dir, path, d) = setup(400_000);
+        let c = Arc::new(SpanCache::new(100_000));
+        let o = GzipOptions {
+            span: 20_000,
+            ..cached(dir.path(), &c)
+        };
+        let src = GzipSource::with_options(&path, o).unwrap();
+        let all = [seg(0, d.len() as u64)];
+        assert_eq!(read(&src, &all).unwrap().0, d);
+        let s = c.stats();
+        assert!(s.evictions > 0 && s.used <= 100_000, "{s:?}");
+        // The tail is still cached, the start is not: a read across both is exact.
+        let (got, stats) = read(&src, &[seg(390_000, 10_000)]).unwrap();
+        assert!(got == d[390_000..] && stats.requests == 0, "{stats:?}");
+        let across = [seg(5, 10), seg(150_000, 240_000)];
+        let (got, stats) = read(&src, &across).unwrap();
+        assert!(
+            got == expect(&d, &across) && stats.requests == 2,
+            "{stats:?}"
+        );
+        // What that read decompressed last is what is cached now.
+        let (got, stats) = read(&src, &[seg(280_000, 10_000)]).unwrap();
+        assert!(
+            got == d[280_000..290_000] && stats.requests == 0,
+            "{stats:?}"
+        );
+        assert!(c.stats().used <= 100_000);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// Reads through a small shared data cache equal the full decompression: repeated, overlapping, partly
+        /// cached and partly not, after evictions, cold (no index yet) and warm, on one and two threads, and from
+        /// two threads at once.
+        #[test]
+        fn cached_reads_equal_full_decompression(
+            seed in proptest::prelude::any::<u64>(),
+            members in proptest::collection::vec((1usize..300_000, 0i32..=9), 1..3),
+            span in proptest::sample::select(vec![5_000u64, 40_000, 1 << 20]),
+            budget in proptest::sample::select(vec![30_000u64, 200_000, 64 << 20]),
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0.0f64..1.0, 1u64..90_000), 1..6), 2..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.nii.gz");
+            let (mut file, mut whole) = (Vec::new(), Vec::new());
+            for (k, &(n, level)) in members.iter().enumerate() {
+                let data = mixed(seed ^ k as u64, n);
+                file.extend(member(&data, level, 0, &[n / 3]));
+                whole.extend(data);
+            }
+            std::fs::write(&path, &file).unwrap();
+            let total = whole.len() as u64;
+            let c = Arc::new(SpanCache::new(budget));
+            let o = GzipOptions { span, ..cached(&dir.path().join("i"), &c) };
+            let one = GzipSource::with_options(&path, o.clone()).unwrap();
+            let two = GzipSource::with_options(&path, GzipOptions { threads: 2, ..o }).unwrap();
+            let as_segments = |batch: &[(f64, u64)]| -> Vec<Segment> {
+                let mut segs: Vec<Segment> = batch
+                    .iter()
+                    .map(|&(f, len)| {
+                        let off = ((f * total as f64) as u64).min(total - 1);
+                        seg(off, len.min(total - off))
+                    })
+                    .collect();
+                segs.sort_by_key(|s| s.offset);
+                let mut disjoint: Vec<Segment> = Vec::new();
+                for s in segs {
+                    if disjoint.last().is_none_or(|l| s.offset >= l.offset + l.len) {
+                        disjoint.push(s);
+                    }
+                }
+                disjoint
+            };
+            let all: Vec<Vec<Segment>> = batches.iter().map(|b| as_segments(b)).collect();
+            // In turn, each batch twice (the repeat is served at least partly from memory) through alternating
+            // sources.
+            for (k, segs) in all.iter().enumerate() {
+                let src = if k % 2 == 0 { &one } else { &two };
+                for _ in 0..2 {
+                    proptest::prop_assert_eq!(&read(src, segs).unwrap().0, &expect(&whole, segs));
+                    proptest::prop_assert!(c.stats().used <= budget);
+                }
+            }
+            // Two threads at once, each over all batches in opposite orders.
+            let results: Vec<bool> = std::thread::scope(|s| {
+                let handles: Vec<_> = [(&one, false), (&two, true)]
+                    .into_iter()
+                    .map(|(src, rev)| {
+                        let (all, whole) = (&all, &whole);
+                        s.spawn(move || {
+                            let mut order: Vec<&Vec<Segment>> = all.iter().collect();
+                            if rev {
+                                order.reverse();
+                            }
+                            order.into_iter().all(|segs| read(src, segs).unwrap().0 == expect(whole, segs))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            proptest::prop_assert_eq!(results, vec![true, true]);
+            proptest::prop_assert!(c.stats().used <= budget);
+            proptest::prop_assert_eq!(&read(&two, &[seg(0, total)]).unwrap().0, &whole);
+            if budget > 1 << 20 {
+                proptest::prop_assert!(c.stats().hit_bytes > 0, "{:?}", c.stats());
+            }
         }
     }
 
