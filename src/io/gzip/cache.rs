@@ -11,6 +11,10 @@
 //! Only lookups and inserts take the lock; copying and decompressing happen outside it, on `Arc`s of the entries,
 //! so concurrent readers (DataFusion partitions, the gzip source's threads) share the cache without waiting on each
 //! other. An entry evicted while a reader still copies from it is freed when that reader is done.
+//!
+//! Evicted buffers are handed out again for new entries ([`SpanCache::buffer`], a few MiB kept at most): a scan
+//! larger than the budget then evicts and refills the same memory, instead of paying for freshly mapped, zeroed
+//! pages for every span it decompresses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -24,6 +28,8 @@ pub const DEFAULT_BUDGET: u64 = 256 << 20;
 /// Longest entry. Readers cut what they decompress at seek points and at most this far apart, so that a lookup
 /// needs to look back only this far for an entry covering an offset.
 pub const MAX_ENTRY: u64 = 4 << 20;
+/// Most bytes of evicted buffers kept for reuse (also at most a quarter of the budget).
+const POOL_BYTES: u64 = 32 << 20;
 
 /// A part of a wanted range: found in the cache, or to be decompressed.
 #[derive(Debug, Clone)]
@@ -67,6 +73,9 @@ struct Inner {
     lru: BTreeMap<u64, (Arc<str>, u64)>,
     tick: u64,
     stats: CacheStats,
+    /// Buffers of evicted entries, for [`SpanCache::buffer`].
+    pool: Vec<Vec<u8>>,
+    pool_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -123,8 +132,32 @@ impl SpanCache {
         let mut inner = self.lock();
         inner.files.clear();
         inner.lru.clear();
+        inner.pool.clear();
+        inner.pool_bytes = 0;
         inner.stats.used = 0;
         inner.stats.entries = 0;
+    }
+
+    /// A buffer of `len` bytes (of unspecified content) for a new entry: an evicted entry's when one is large
+    /// enough, else a new one.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut inner = self.lock();
+            let found = inner.pool.iter().position(|b| b.capacity() >= len);
+            found.map(|i| {
+                let b = inner.pool.swap_remove(i);
+                inner.pool_bytes -= b.capacity() as u64;
+                b
+            })
+        };
+        match reused {
+            Some(mut b) => {
+                // Within the capacity: writes at most the bytes past the old length, maps nothing new.
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0u8; len],
+        }
     }
 
     /// Split `[offset, offset + len)` of file `key` into cached and missing parts, in order, appended to `out`.
@@ -137,6 +170,7 @@ impl SpanCache {
             lru,
             tick,
             stats,
+            ..
         } = &mut *inner;
         let Some(entries) = files.get_mut(key) else {
             stats.miss_bytes += len;
@@ -204,10 +238,10 @@ impl SpanCache {
             })
             .unwrap_or_default();
         for s in inside {
-            inner.remove(key, s);
+            inner.remove(key, s, self.budget);
         }
         while inner.stats.used + len > self.budget {
-            if !inner.evict_oldest() {
+            if !inner.evict_oldest(self.budget) {
                 break;
             }
         }
@@ -233,24 +267,25 @@ impl SpanCache {
 }
 
 impl Inner {
-    fn remove(&mut self, key: &str, start: u64) {
-        if let Some(tick) = self.take(key, start) {
+    fn remove(&mut self, key: &str, start: u64, budget: u64) {
+        if let Some(tick) = self.take(key, start, budget) {
             self.lru.remove(&tick);
         }
     }
 
     /// Evict the least recently used entry; `false` when there is none.
-    fn evict_oldest(&mut self) -> bool {
+    fn evict_oldest(&mut self, budget: u64) -> bool {
         let Some((_, (key, start))) = self.lru.pop_first() else {
             return false;
         };
-        self.take(&key, start);
+        self.take(&key, start, budget);
         self.stats.evictions += 1;
         true
     }
 
-    /// Drop the entry at `start` of `key` from the file maps (not from the recency order); its tick if it was there.
-    fn take(&mut self, key: &str, start: u64) -> Option<u64> {
+    /// Drop the entry at `start` of `key` from the file maps (not from the recency order), keeping its buffer for
+    /// reuse when no reader holds it and the pool has room; its tick if it was there.
+    fn take(&mut self, key: &str, start: u64, budget: u64) -> Option<u64> {
         let entries = self.files.get_mut(key)?;
         let removed = entries.remove(&start);
         if entries.is_empty() {
@@ -259,6 +294,13 @@ impl Inner {
         let e = removed?;
         self.stats.used -= e.len();
         self.stats.entries -= 1;
+        if let Ok(buf) = Arc::try_unwrap(e.data) {
+            let cap = buf.capacity() as u64;
+            if self.pool_bytes + cap <= POOL_BYTES.min(budget / 4) {
+                self.pool_bytes += cap;
+                self.pool.push(buf);
+            }
+        }
         Some(e.tick)
     }
 }
@@ -414,6 +456,33 @@ mod tests {
         assert!(matches!(cover(&off, "f", 0, 1)[..], [Cover::Miss { .. }]));
         c.clear();
         assert_eq!((c.stats().used, c.stats().entries), (0, 0));
+    }
+
+    #[test]
+    fn evicted_buffers_are_reused_unless_a_reader_holds_them() {
+        const M: u64 = 1 << 20;
+        let c = SpanCache::new(16 * M);
+        let k = key("f");
+        c.insert(&k, 0, vec![1; M as usize]);
+        c.insert(&k, M, vec![2; M as usize]);
+        // A reader holds the first entry (and makes it the most recent).
+        let held = cover(&c, "f", 0, 1);
+        for i in 0..3 {
+            c.insert(&k, 2 * M + i * 4 * M, vec![3; 4 * M as usize]);
+        }
+        // Full: this evicts the second entry, whose buffer goes to the pool...
+        c.insert(&k, 14 * M, vec![4; 3 * M as usize]);
+        // ...and this the first, whose buffer the reader still holds: not pooled.
+        c.insert(&k, 17 * M, vec![5; M as usize]);
+        assert_eq!(c.stats().evictions, 2);
+        let b = c.buffer(M as usize);
+        assert!(b.len() == M as usize && b.iter().all(|&x| x == 2));
+        assert!(c.buffer(100).iter().all(|&x| x == 0), "nothing else pooled");
+        assert!(matches!(&held[..], [Cover::Hit { data, .. }] if data[0] == 1));
+        // A smaller request reuses a larger buffer, cut to length.
+        c.insert(&k, 18 * M, vec![6; 4 * M as usize]);
+        assert_eq!(c.buffer(10).len(), 10);
+        assert!(c.stats().used <= 16 * M);
     }
 
     #[test]
