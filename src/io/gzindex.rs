@@ -41,6 +41,7 @@ use std::time::UNIX_EPOCH;
 
 use libz_rs_sys as z;
 
+use super::ReadStats;
 use crate::error::{Result, VoxelError};
 
 /// Default distance between seek points in uncompressed bytes: a random read decompresses at most about this much
@@ -62,10 +63,26 @@ const INPUT_CHUNK: usize = 128 * 1024;
 const GZIP_BITS: c_int = 31;
 const RAW_BITS: c_int = -15;
 
-/// Positional reads of compressed bytes: a local file, an in-memory buffer, later a remote object.
+/// Positional reads of compressed bytes: a local file, an in-memory buffer, an object in a store.
 pub trait ReadAt: Send + Sync {
-    /// Read up to `buf.len()` bytes at `offset`; 0 means end of data.
+    /// Read up to `buf.len()` bytes at `offset` (possibly fewer before the end); 0 means end of data.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// What the reads cost so far (bytes fetched, requests) where that is not simply the bytes asked for, as with
+    /// ranged requests to a store; `None` otherwise.
+    fn fetched(&self) -> Option<ReadStats> {
+        None
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn fetched(&self) -> Option<ReadStats> {
+        (**self).fetched()
+    }
 }
 
 impl ReadAt for File {
@@ -929,14 +946,21 @@ impl<'a> GzCursor<'a> {
         Ok(())
     }
 
+    /// Take the next compressed bytes, as many as the source gives in one read (a store's reader gives what a run
+    /// needs and no more, so asking to fill the whole buffer would cost a request for bytes never used).
     fn refill(&mut self) -> Result<()> {
-        let n = read_full_at(self.src, &mut self.buf, self.next_read)
-            .map_err(|e| VoxelError::io(self.location, e))?;
+        let n = loop {
+            match self.src.read_at(&mut self.buf, self.next_read) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VoxelError::io(self.location, e)),
+            }
+        };
         self.buf_pos = 0;
         self.buf_len = n;
         self.next_read += n as u64;
         self.compressed_read += n as u64;
-        self.input_ended = n < self.buf.len();
+        self.input_ended = n == 0;
         Ok(())
     }
 

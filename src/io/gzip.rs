@@ -159,7 +159,27 @@ impl GzipOptions {
     }
 }
 
-/// The index state of one source: replaced wholesale (copy-on-write) when a pass teaches it something.
+/// Where the compressed bytes of one decompression run come from: the whole file for a local file, one ranged
+/// request per run for an object in a store.
+pub trait RunSource: Sync {
+    /// A reader for a run that reads compressed bytes from `from` on, in order, to about `to` (`None`: possibly to
+    /// the end). Reads elsewhere must still be served (a run may need a few bytes past `to`).
+    fn run_reader(&self, from: u64, to: Option<u64>) -> Result<Box<dyn ReadAt + '_>>;
+}
+
+impl RunSource for File {
+    fn run_reader(&self, _from: u64, _to: Option<u64>) -> Result<Box<dyn ReadAt + '_>> {
+        Ok(Box::new(self))
+    }
+}
+
+impl RunSource for Vec<u8> {
+    fn run_reader(&self, _from: u64, _to: Option<u64>) -> Result<Box<dyn ReadAt + '_>> {
+        Ok(Box::new(self))
+    }
+}
+
+/// The index state of one stream: replaced wholesale (copy-on-write) when a pass teaches it something.
 struct State {
     identity: FileIdentity,
     index: Arc<GzIndex>,
@@ -168,22 +188,23 @@ struct State {
     stored_at: Option<PathBuf>,
 }
 
-/// A gzip file read through a seek-point index. `Send + Sync`; reads from several threads run in parallel.
-pub struct GzipSource {
-    path: PathBuf,
+/// The seek-point index, data cache and read planning of one gzip stream, whatever holds its compressed bytes (a
+/// local file in [`GzipSource`], an object in a store in [`remote`]). `Send + Sync`; reads run in parallel.
+pub struct GzEngine {
     location: String,
     options: GzipOptions,
-    file: Option<Arc<File>>,
     state: RwLock<State>,
     data_cache: Option<Arc<SpanCache>>,
-    /// The file's canonical path: with its identity, the key of its data in the cache.
-    canonical: String,
+    /// Where index files are loaded from and written to, in order of preference (empty: kept in memory only).
+    index_paths: Vec<PathBuf>,
+    /// With the stream's identity, the key of its data in the data cache (a canonical path or a URL).
+    cache_name: String,
 }
 
-impl fmt::Debug for GzipSource {
+impl fmt::Debug for GzEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let index = self.index();
-        f.debug_struct("GzipSource")
+        f.debug_struct("GzEngine")
             .field("location", &self.location)
             .field("options", &self.options)
             .field("points", &index.points().len())
@@ -193,51 +214,29 @@ impl fmt::Debug for GzipSource {
     }
 }
 
-impl GzipSource {
-    /// Open `path` with [`GzipOptions::from_env`].
-    pub fn open(path: &Path) -> Result<GzipSource> {
-        GzipSource::with_options(path, GzipOptions::from_env())
-    }
-
-    /// Open `path`, loading a cached index when one matches the file.
-    pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
-        let location = path.display().to_string();
+impl GzEngine {
+    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it.
+    pub fn new(
+        location: String,
+        cache_name: String,
+        index_paths: Vec<PathBuf>,
+        options: GzipOptions,
+        identity: FileIdentity,
+    ) -> Result<GzEngine> {
         let data_cache = options.data_cache.resolve()?;
-        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
-        let identity = FileIdentity::of(&file, &location)?;
-        let state = initial_state(path, &options, identity);
-        let file = options.keep_open.then(|| Arc::new(file));
-        let canonical = std::fs::canonicalize(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .display()
-            .to_string();
-        Ok(GzipSource {
-            path: path.to_path_buf(),
+        let state = initial_state(&index_paths, &options, identity);
+        Ok(GzEngine {
             location,
             options,
-            file,
             state: RwLock::new(state),
             data_cache,
-            canonical,
+            index_paths,
+            cache_name,
         })
     }
 
-    /// The data cache this source reads through and inserts into, if any.
-    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
-        self.data_cache.as_ref()
-    }
-
-    /// The data cache's key for this file as `identity` describes it: a replaced file has another key.
-    fn cache_key(&self, identity: &FileIdentity) -> Arc<str> {
-        let FileIdentity {
-            size,
-            mtime_ns,
-            head_crc,
-        } = identity;
-        Arc::from(format!(
-            "{}\0{size}:{mtime_ns}:{head_crc:08x}",
-            self.canonical
-        ))
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     pub fn options(&self) -> &GzipOptions {
@@ -254,21 +253,35 @@ impl GzipSource {
         self.read_state().stored_at.clone()
     }
 
-    /// Size of the decompressed data, when a complete index knows it.
-    pub fn uncompressed_size(&self) -> Option<u64> {
-        self.index().total_out()
+    /// The identity the current index belongs to.
+    pub fn identity(&self) -> FileIdentity {
+        self.read_state().identity
     }
 
-    /// Complete the index (one pass from its last point to the end), write it, and return it with where it was
+    /// The data cache reads go through, if any.
+    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
+        self.data_cache.as_ref()
+    }
+
+    /// Start over for a replaced stream: its identity, and whatever stored index matches it.
+    pub fn reset(&self, identity: FileIdentity) {
+        let mut state = self.write_state();
+        if state.identity != identity {
+            *state = initial_state(&self.index_paths, &self.options, identity);
+        }
+    }
+
+    /// Complete the index (one pass from its last point to the end) and write it; returns it with where it was
     /// written (`None` when it could not be, or is not worth writing). `progress` gets compressed bytes consumed.
     pub fn build_index(
         &self,
+        src: &dyn RunSource,
+        identity: FileIdentity,
         progress: impl FnMut(u64),
     ) -> Result<(Arc<GzIndex>, Option<PathBuf>)> {
-        let (file, identity) = self.file_handle()?;
         let index = self.index();
         if !index.is_complete() {
-            let record = self.complete_pass(file.as_ref(), &index, progress)?;
+            let record = self.complete_pass(src, &index, progress)?;
             self.absorb(record, identity);
         }
         let index = self.index();
@@ -278,19 +291,71 @@ impl GzipSource {
 
     fn complete_pass(
         &self,
-        src: &dyn ReadAt,
+        src: &dyn RunSource,
         index: &GzIndex,
         mut progress: impl FnMut(u64),
     ) -> Result<PassRecord> {
         let start = index.last_point();
-        let mut cursor = cursor_at(src, &self.location, start)?.recording(GzIndexBuilder::after(
-            start.map(|p| p.out),
-            self.options.span,
-        ));
+        let reader = src.run_reader(input_start(start), None)?;
+        let mut cursor = cursor_at(&*reader, &self.location, start)?.recording(
+            GzIndexBuilder::after(start.map(|p| p.out), self.options.span),
+        );
         cursor.drain(&mut progress)?;
         cursor
             .into_record()
             .ok_or_else(|| VoxelError::Invalid("recording pass without a builder".into()))
+    }
+
+    /// Fill `out` with `segments` of the stream `identity`, reading compressed bytes from `src`: what the data
+    /// cache holds is copied, the rest decompressed through the index (or in one forward pass without one).
+    pub fn read(
+        &self,
+        src: &dyn RunSource,
+        identity: FileIdentity,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        check_segments(&self.location, segments, out.len())?;
+        if out.is_empty() {
+            return Ok(ReadStats {
+                segments: segments.len() as u64,
+                ..ReadStats::default()
+            });
+        }
+        let cache = self
+            .data_cache
+            .as_deref()
+            .map(|c| (c, self.cache_key(&identity)));
+        let pieces = match &cache {
+            Some((c, key)) => take_cached(c, key, segments, out),
+            None => pieces_of(segments),
+        };
+        let mut stats = if self.options.use_index {
+            self.indexed_read(src, identity, segments, pieces, out, cache)?
+        } else if pieces.is_empty() {
+            ReadStats::default()
+        } else {
+            let sink = cache.map(|(c, key)| {
+                CacheSink::new(c, key, Arc::new(GzIndex::new(1)), self.options.span)
+            });
+            self.forward_pass(src, pieces, out, sink.as_ref())?
+        };
+        stats.segments = segments.len() as u64;
+        stats.bytes_delivered = out.len() as u64;
+        Ok(stats)
+    }
+
+    /// The data cache's key for this stream as `identity` describes it: a replaced file has another key.
+    fn cache_key(&self, identity: &FileIdentity) -> Arc<str> {
+        let FileIdentity {
+            size,
+            mtime_ns,
+            head_crc,
+        } = identity;
+        Arc::from(format!(
+            "{}\0{size}:{mtime_ns}:{head_crc:08x}",
+            self.cache_name
+        ))
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -301,27 +366,7 @@ impl GzipSource {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The handle to read from; a fresh handle is checked against the identity the index belongs to, and a changed
-    /// file starts over with a new identity (and whatever index matches it).
-    fn file_handle(&self) -> Result<(Arc<File>, FileIdentity)> {
-        if let Some(f) = &self.file {
-            return Ok((Arc::clone(f), self.read_state().identity));
-        }
-        let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
-        let meta = file.metadata().map_err(|e| VoxelError::io(&self.path, e))?;
-        let known = self.read_state().identity;
-        let quick = FileIdentity::of_metadata(&meta);
-        if quick != Some((known.size, known.mtime_ns)) {
-            let identity = FileIdentity::of(&file, &self.location)?;
-            if identity != known {
-                *self.write_state() = initial_state(&self.path, &self.options, identity);
-            }
-            return Ok((Arc::new(file), identity));
-        }
-        Ok((Arc::new(file), known))
-    }
-
-    /// Merge the points of a pass made over the file `identity`; write the index when it became complete or grew
+    /// Merge the points of a pass made over the stream `identity`; write the index when it became complete or grew
     /// enough. A pass over a file that has been replaced since is dropped.
     fn absorb(&self, record: PassRecord, identity: FileIdentity) {
         let worth_writing = {
@@ -360,15 +405,15 @@ impl GzipSource {
         {
             return None;
         }
-        for path in index_locations(&self.path, &self.options) {
+        for path in &self.index_paths {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            if index.save(&path, &identity).is_ok() {
+            if index.save(path, &identity).is_ok() {
                 let mut s = self.write_state();
                 s.stored_covered = s.stored_covered.max(index.covered_out());
                 s.stored_at = Some(path.clone());
-                return Some(path);
+                return Some(path.clone());
             }
         }
         None
@@ -376,7 +421,7 @@ impl GzipSource {
 
     fn forward_pass(
         &self,
-        src: &dyn ReadAt,
+        src: &dyn RunSource,
         pieces: Vec<Piece>,
         out: &mut [u8],
         sink: Option<&CacheSink<'_>>,
@@ -385,6 +430,7 @@ impl GzipSource {
             start: None,
             record: false,
             pieces,
+            input_end: None,
         };
         let mut scratch = vec![0u8; CHUNK];
         let done = execute(src, &self.location, &run, out, &mut scratch, None, sink)?;
@@ -394,7 +440,7 @@ impl GzipSource {
     /// Serve `pieces` (the parts of `segments` not found in the data cache) through the index.
     fn indexed_read(
         &self,
-        src: &dyn ReadAt,
+        src: &dyn RunSource,
         identity: FileIdentity,
         segments: &[Segment],
         pieces: Vec<Piece>,
@@ -430,6 +476,9 @@ impl GzipSource {
                 .flat_map(|r| split_at_points(r, &index))
                 .collect();
         }
+        for run in &mut runs {
+            run.input_end = input_end(run, &index);
+        }
         let tail = Some(TailPolicy {
             file_size: identity.size,
             span: self.options.span,
@@ -455,9 +504,106 @@ impl GzipSource {
     }
 }
 
+/// A gzip file read through a seek-point index. `Send + Sync`; reads from several threads run in parallel.
+pub struct GzipSource {
+    path: PathBuf,
+    file: Option<Arc<File>>,
+    engine: GzEngine,
+}
+
+impl fmt::Debug for GzipSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GzipSource")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl GzipSource {
+    /// Open `path` with [`GzipOptions::from_env`].
+    pub fn open(path: &Path) -> Result<GzipSource> {
+        GzipSource::with_options(path, GzipOptions::from_env())
+    }
+
+    /// Open `path`, loading a cached index when one matches the file.
+    pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
+        let location = path.display().to_string();
+        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let identity = FileIdentity::of(&file, &location)?;
+        let index_paths = if options.use_index {
+            index_locations(path, &options)
+        } else {
+            Vec::new()
+        };
+        let canonical = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        let keep = options.keep_open;
+        let engine = GzEngine::new(location, canonical, index_paths, options, identity)?;
+        Ok(GzipSource {
+            path: path.to_path_buf(),
+            file: keep.then(|| Arc::new(file)),
+            engine,
+        })
+    }
+
+    pub fn options(&self) -> &GzipOptions {
+        self.engine.options()
+    }
+
+    /// The current index (possibly partial or empty).
+    pub fn index(&self) -> Arc<GzIndex> {
+        self.engine.index()
+    }
+
+    /// Where the index was last loaded from or written to.
+    pub fn index_path(&self) -> Option<PathBuf> {
+        self.engine.index_path()
+    }
+
+    /// Size of the decompressed data, when a complete index knows it.
+    pub fn uncompressed_size(&self) -> Option<u64> {
+        self.index().total_out()
+    }
+
+    /// The data cache this source reads through and inserts into, if any.
+    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
+        self.engine.data_cache()
+    }
+
+    /// Complete the index (one pass from its last point to the end), write it, and return it with where it was
+    /// written (`None` when it could not be, or is not worth writing). `progress` gets compressed bytes consumed.
+    pub fn build_index(
+        &self,
+        progress: impl FnMut(u64),
+    ) -> Result<(Arc<GzIndex>, Option<PathBuf>)> {
+        let (file, identity) = self.file_handle()?;
+        self.engine.build_index(file.as_ref(), identity, progress)
+    }
+
+    /// The handle to read from; a fresh handle is checked against the identity the index belongs to, and a changed
+    /// file starts over with a new identity (and whatever index matches it).
+    fn file_handle(&self) -> Result<(Arc<File>, FileIdentity)> {
+        let known = self.engine.identity();
+        if let Some(f) = &self.file {
+            return Ok((Arc::clone(f), known));
+        }
+        let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
+        let meta = file.metadata().map_err(|e| VoxelError::io(&self.path, e))?;
+        let quick = FileIdentity::of_metadata(&meta);
+        if quick != Some((known.size, known.mtime_ns)) {
+            let identity = FileIdentity::of(&file, self.engine.location())?;
+            self.engine.reset(identity);
+            return Ok((Arc::new(file), identity));
+        }
+        Ok((Arc::new(file), known))
+    }
+}
+
 impl ByteSource for GzipSource {
     fn location(&self) -> &str {
-        &self.location
+        self.engine.location()
     }
 
     /// `None`: the decompressed size is not known without reading (see [`GzipSource::uncompressed_size`]).
@@ -466,35 +612,8 @@ impl ByteSource for GzipSource {
     }
 
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
-        check_segments(&self.location, segments, out.len())?;
-        if out.is_empty() {
-            return Ok(ReadStats {
-                segments: segments.len() as u64,
-                ..ReadStats::default()
-            });
-        }
         let (file, identity) = self.file_handle()?;
-        let cache = self
-            .data_cache
-            .as_deref()
-            .map(|c| (c, self.cache_key(&identity)));
-        let pieces = match &cache {
-            Some((c, key)) => take_cached(c, key, segments, out),
-            None => pieces_of(segments),
-        };
-        let mut stats = if self.options.use_index {
-            self.indexed_read(file.as_ref(), identity, segments, pieces, out, cache)?
-        } else if pieces.is_empty() {
-            ReadStats::default()
-        } else {
-            let sink = cache.map(|(c, key)| {
-                CacheSink::new(c, key, Arc::new(GzIndex::new(1)), self.options.span)
-            });
-            self.forward_pass(file.as_ref(), pieces, out, sink.as_ref())?
-        };
-        stats.segments = segments.len() as u64;
-        stats.bytes_delivered = out.len() as u64;
-        Ok(stats)
+        self.engine.read(file.as_ref(), identity, segments, out)
     }
 }
 
@@ -517,12 +636,7 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = canonical.as_os_str().as_encoded_bytes();
-    let key = format!(
-        "{:08x}{:08x}-{name}.{INDEX_EXTENSION}",
-        zlib_rs::crc32::crc32(0, bytes),
-        zlib_rs::adler32::adler32(1, bytes)
-    );
+    let key = cache_file_name(canonical.as_os_str().as_encoded_bytes(), &name);
     if let Some(dir) = &options.cache_dir {
         return vec![dir.join(key)];
     }
@@ -536,8 +650,18 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
     out
 }
 
+/// `<crc32><adler32>-<name>.vxidx`: an index file name in a cache directory for the stream called `id` (a canonical
+/// path or a URL); `name` keeps it readable.
+pub fn cache_file_name(id: &[u8], name: &str) -> String {
+    format!(
+        "{:08x}{:08x}-{name}.{INDEX_EXTENSION}",
+        zlib_rs::crc32::crc32(0, id),
+        zlib_rs::adler32::adler32(1, id)
+    )
+}
+
 /// `$XDG_CACHE_HOME/voxelscan` (when absolute), else `$HOME/.cache/voxelscan`.
-fn user_cache_dir() -> Option<PathBuf> {
+pub fn user_cache_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute());
@@ -545,8 +669,8 @@ fn user_cache_dir() -> Option<PathBuf> {
     Some(base.join("voxelscan"))
 }
 
-/// A fresh state for `identity`, with the first cached index that matches it (or an empty one).
-fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> State {
+/// A fresh state for `identity`, with the first stored index that matches it (or an empty one).
+fn initial_state(paths: &[PathBuf], options: &GzipOptions, identity: FileIdentity) -> State {
     let fresh = |index| State {
         identity,
         index: Arc::new(index),
@@ -556,8 +680,8 @@ fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> 
     if !options.use_index {
         return fresh(GzIndex::new(options.span));
     }
-    for candidate in index_locations(path, options) {
-        match GzIndex::load(&candidate, &identity) {
+    for candidate in paths {
+        match GzIndex::load(candidate, &identity) {
             // An index coarser than asked for is rebuilt; a finer one is fine.
             Ok(index) if index.span() <= options.span => {
                 let covered = index.covered_out();
@@ -565,7 +689,7 @@ fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> 
                     identity,
                     index: Arc::new(index),
                     stored_covered: covered,
-                    stored_at: Some(candidate),
+                    stored_at: Some(candidate.clone()),
                 };
             }
             _ => {}
@@ -616,6 +740,8 @@ struct Run {
     start: Option<SeekPoint>,
     record: bool,
     pieces: Vec<Piece>,
+    /// Compressed offset up to which the run needs input (`None`: unknown, possibly to the end).
+    input_end: Option<u64>,
 }
 
 impl Run {
@@ -680,6 +806,7 @@ fn plan_runs(index: &GzIndex, pieces: Vec<Piece>) -> Vec<Run> {
             start: start.cloned(),
             record: beyond,
             pieces: vec![piece],
+            input_end: None,
         });
     }
     runs
@@ -696,6 +823,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
         start: run.start.clone(),
         record: false,
         pieces: Vec::new(),
+        input_end: None,
     };
     for piece in run.pieces {
         let (mut offset, mut out_at) = (piece.offset, piece.out_at);
@@ -713,6 +841,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
                     start: Some(q.clone()),
                     record: false,
                     pieces: Vec::new(),
+                    input_end: None,
                 },
             ));
             offset = q.out;
@@ -729,6 +858,24 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
     out
 }
 
+/// The compressed offset a pass from `start` reads first (the byte holding a point's leading bits).
+fn input_start(start: Option<&SeekPoint>) -> u64 {
+    start.map_or(0, |p| p.input.saturating_sub(u64::from(p.bits > 0)))
+}
+
+/// Where a run's compressed input ends: at the first seek point at or after its last byte (a pass that produced
+/// `p.out` bytes has consumed input up to `p.input`), unknown for recording runs (they may go on to the end).
+fn input_end(run: &Run, index: &GzIndex) -> Option<u64> {
+    if run.record {
+        return None;
+    }
+    let end = run.end();
+    let points = index.points();
+    points
+        .get(points.partition_point(|p| p.out < end))
+        .map(|p| p.input)
+}
+
 /// When a recording pass may run on to the end to complete the index.
 #[derive(Debug, Clone, Copy)]
 struct TailPolicy {
@@ -743,7 +890,7 @@ struct RunDone {
 
 /// Execute `runs` into `out`, on up to `threads` threads (contiguous groups of runs of about equal work).
 fn run_all(
-    src: &dyn ReadAt,
+    src: &dyn RunSource,
     location: &str,
     runs: &[Run],
     out: &mut [u8],
@@ -811,7 +958,7 @@ fn group_runs(runs: &[Run], threads: usize) -> Vec<&[Run]> {
 
 /// Execute runs in order; `out` starts at output offset `base`.
 fn run_group(
-    src: &dyn ReadAt,
+    src: &dyn RunSource,
     location: &str,
     runs: &[Run],
     out: &mut [u8],
@@ -861,7 +1008,7 @@ fn cursor_at<'a>(
 
 /// One run: decompress from its start through its pieces into `out` (piece `out_at`s are relative to `out`).
 fn execute(
-    src: &dyn ReadAt,
+    src: &dyn RunSource,
     location: &str,
     run: &Run,
     out: &mut [u8],
@@ -869,7 +1016,8 @@ fn execute(
     tail: Option<TailPolicy>,
     sink: Option<&CacheSink<'_>>,
 ) -> Result<RunDone> {
-    let mut cursor = cursor_at(src, location, run.start.as_ref())?;
+    let reader = src.run_reader(input_start(run.start.as_ref()), run.input_end)?;
+    let mut cursor = cursor_at(&*reader, location, run.start.as_ref())?;
     if run.record {
         let span = tail.map_or(super::gzindex::DEFAULT_SPAN, |t| t.span);
         cursor = cursor.recording(GzIndexBuilder::after(
@@ -889,15 +1037,15 @@ fn execute(
             let _ = cursor.skip_to_end(scratch);
         }
     }
-    let stats = ReadStats {
+    let consumed = ReadStats {
         bytes_read: cursor.compressed_read(),
         requests: 1,
         ..ReadStats::default()
     };
-    Ok(RunDone {
-        stats,
-        record: cursor.into_record(),
-    })
+    let record = cursor.into_record();
+    // A reader that fetches (a store) knows what the run really cost; a local file costs what was consumed.
+    let stats = reader.fetched().unwrap_or(consumed);
+    Ok(RunDone { stats, record })
 }
 
 /// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the
@@ -980,7 +1128,7 @@ fn serve_and_keep(
     while cursor.out_pos() < run_end {
         let pos = cursor.out_pos();
         let cut = sink.next_cut(pos).min(run_end);
-        let mut entry = vec![0u8; (cut - pos) as usize];
+        let mut entry = sink.cache.buffer((cut - pos) as usize);
         cursor.read_exact(&mut entry)?;
         next = copy_pieces(pieces, next, pos, &entry, out);
         sink.cache.insert(&sink.key, pos, entry);
