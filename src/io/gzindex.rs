@@ -1211,6 +1211,56 @@ mod tests {
         );
     }
 
+    /// Hands out at most `max` bytes per read, as a store's range reader does at the end of its range.
+    struct Trickle {
+        data: Vec<u8>,
+        max: usize,
+    }
+
+    impl ReadAt for Trickle {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let n = buf.len().min(self.max);
+            self.data.read_at(&mut buf[..n], offset)
+        }
+    }
+
+    #[test]
+    fn short_reads_decompress_the_same_from_the_start_and_from_points() {
+        let data = noisy(400_000, 11);
+        let (file, index) = built(&data, 50_000);
+        for max in [1, 7, 4096] {
+            let src = Trickle {
+                data: file.clone(),
+                max,
+            };
+            let mut all = vec![0u8; data.len()];
+            GzCursor::from_start(&src, "t.gz")
+                .unwrap()
+                .read_exact(&mut all)
+                .unwrap();
+            assert!(all == data, "from the start, {max} bytes per read");
+            let p = &index.points()[index.points().len() / 2];
+            let mut part = vec![0u8; 1000];
+            GzCursor::from_point(&src, "t.gz", p)
+                .unwrap()
+                .read_exact(&mut part)
+                .unwrap();
+            assert!(
+                part == data[p.out as usize..p.out as usize + 1000],
+                "from a point, {max} bytes per read"
+            );
+        }
+        let cut = Trickle {
+            data: file[..file.len() / 2].to_vec(),
+            max: 999,
+        };
+        let err = GzCursor::from_start(&cut, "cut.gz")
+            .unwrap()
+            .read_exact(&mut vec![0u8; data.len()])
+            .unwrap_err();
+        assert!(err.to_string().contains("cut.gz"), "{err}");
+    }
+
     #[test]
     fn multi_member_with_zero_padding_decompresses_whole() {
         let (a, b) = (noisy(70_000, 7), noisy(50_000, 8));
