@@ -54,6 +54,8 @@ use crate::error::{Result, VoxelError};
 use crate::plan::Segment;
 
 pub mod cache;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 pub use cache::SpanCache;
 use cache::{Cover, MAX_ENTRY};
