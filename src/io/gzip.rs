@@ -43,6 +43,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -67,6 +68,8 @@ pub const ENV_INDEX_CACHE: &str = "VOXELSCAN_INDEX_CACHE";
 /// File name extension of index files.
 pub const INDEX_EXTENSION: &str = "vxidx";
 
+/// Added to estimated compressed run ends (gzip trailers, headers of following members).
+const INPUT_SLACK: u64 = 64 * 1024;
 /// Decompressed chunk size for cutting out small segments.
 const CHUNK: usize = 128 * 1024;
 /// Segments at least this long are decompressed straight into the output.
@@ -161,22 +164,23 @@ impl GzipOptions {
     }
 }
 
-/// Where the compressed bytes of one decompression run come from: the whole file for a local file, one ranged
-/// request per run for an object in a store.
+/// Where the compressed bytes of decompression runs come from: a local file as it is, an object in a store through
+/// a reader that requests the planned ranges.
 pub trait RunSource: Sync {
-    /// A reader for a run that reads compressed bytes from `from` on, in order, to about `to` (`None`: possibly to
-    /// the end). Reads elsewhere must still be served (a run may need a few bytes past `to`).
-    fn run_reader(&self, from: u64, to: Option<u64>) -> Result<Box<dyn ReadAt + '_>>;
+    /// A reader for runs executed one after the other that read about the compressed ranges `plan` (in order; each
+    /// starts at a run's first byte and ends where it is expected to stop). Reads elsewhere must still be served: a
+    /// run may need bytes past its planned end.
+    fn reader(&self, plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>>;
 }
 
 impl RunSource for File {
-    fn run_reader(&self, _from: u64, _to: Option<u64>) -> Result<Box<dyn ReadAt + '_>> {
+    fn reader(&self, _plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>> {
         Ok(Box::new(self))
     }
 }
 
 impl RunSource for Vec<u8> {
-    fn run_reader(&self, _from: u64, _to: Option<u64>) -> Result<Box<dyn ReadAt + '_>> {
+    fn reader(&self, _plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>> {
         Ok(Box::new(self))
     }
 }
@@ -298,7 +302,8 @@ impl GzEngine {
         mut progress: impl FnMut(u64),
     ) -> Result<PassRecord> {
         let start = index.last_point();
-        let reader = src.run_reader(input_start(start), None)?;
+        let whole_rest = input_start(start)..self.read_state().identity.size;
+        let reader = src.reader(std::slice::from_ref(&whole_rest))?;
         let mut cursor = cursor_at(&*reader, &self.location, start)?.recording(
             GzIndexBuilder::after(start.map(|p| p.out), self.options.span),
         );
@@ -428,15 +433,16 @@ impl GzEngine {
         out: &mut [u8],
         sink: Option<&CacheSink<'_>>,
     ) -> Result<ReadStats> {
-        let run = Run {
+        let mut run = Run {
             start: None,
             record: false,
             pieces,
-            input_end: None,
+            input: 0..0,
         };
-        let mut scratch = vec![0u8; CHUNK];
-        let done = execute(src, &self.location, &run, out, &mut scratch, None, sink)?;
-        Ok(done.stats)
+        let size = self.read_state().identity.size;
+        run.input = input_range(&run, &GzIndex::new(1), size);
+        let (_, stats) = run_group(src, &self.location, &[run], out, 0, None, sink)?;
+        Ok(stats)
     }
 
     /// Serve `pieces` (the parts of `segments` not found in the data cache) through the index.
@@ -479,14 +485,14 @@ impl GzEngine {
                 .collect();
         }
         for run in &mut runs {
-            run.input_end = input_end(run, &index);
+            run.input = input_range(run, &index, identity.size);
         }
         let tail = Some(TailPolicy {
             file_size: identity.size,
             span: self.options.span,
         });
         let sink = cache.map(|(cache, key)| CacheSink::new(cache, key, index, self.options.span));
-        let results = run_all(
+        let (records, stats) = run_all(
             src,
             &self.location,
             &runs,
@@ -495,12 +501,8 @@ impl GzEngine {
             tail,
             sink.as_ref(),
         )?;
-        let mut stats = ReadStats::default();
-        for done in results {
-            stats.add(done.stats);
-            if let Some(record) = done.record {
-                self.absorb(record, identity);
-            }
+        for record in records {
+            self.absorb(record, identity);
         }
         Ok(stats)
     }
@@ -742,8 +744,9 @@ struct Run {
     start: Option<SeekPoint>,
     record: bool,
     pieces: Vec<Piece>,
-    /// Compressed offset up to which the run needs input (`None`: unknown, possibly to the end).
-    input_end: Option<u64>,
+    /// The compressed bytes the run is expected to read (its end exact when a seek point follows the run, else
+    /// estimated).
+    input: Range<u64>,
 }
 
 impl Run {
@@ -808,7 +811,7 @@ fn plan_runs(index: &GzIndex, pieces: Vec<Piece>) -> Vec<Run> {
             start: start.cloned(),
             record: beyond,
             pieces: vec![piece],
-            input_end: None,
+            input: 0..0,
         });
     }
     runs
@@ -825,7 +828,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
         start: run.start.clone(),
         record: false,
         pieces: Vec::new(),
-        input_end: None,
+        input: 0..0,
     };
     for piece in run.pieces {
         let (mut offset, mut out_at) = (piece.offset, piece.out_at);
@@ -843,7 +846,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
                     start: Some(q.clone()),
                     record: false,
                     pieces: Vec::new(),
-                    input_end: None,
+                    input: 0..0,
                 },
             ));
             offset = q.out;
@@ -865,17 +868,30 @@ fn input_start(start: Option<&SeekPoint>) -> u64 {
     start.map_or(0, |p| p.input.saturating_sub(u64::from(p.bits > 0)))
 }
 
-/// Where a run's compressed input ends: at the first seek point at or after its last byte (a pass that produced
-/// `p.out` bytes has consumed input up to `p.input`), unknown for recording runs (they may go on to the end).
-fn input_end(run: &Run, index: &GzIndex) -> Option<u64> {
-    if run.record {
-        return None;
-    }
+/// The compressed bytes a run reads, in a file of `size` compressed bytes: from its start point to the first seek
+/// point at or after its last byte (a pass that has produced `p.out` bytes has consumed input up to `p.input`); the
+/// end of the file after the index's last point; else (no point after it yet, or a recording run, which may go on)
+/// an estimate from the compression ratio the index has seen (1 when it has seen none).
+fn input_range(run: &Run, index: &GzIndex, size: u64) -> Range<u64> {
+    let from = input_start(run.start.as_ref()).min(size);
     let end = run.end();
     let points = index.points();
-    points
-        .get(points.partition_point(|p| p.out < end))
-        .map(|p| p.input)
+    if !run.record {
+        match points.get(points.partition_point(|p| p.out < end)) {
+            Some(p) => return from..p.input.clamp(from, size),
+            None if index.is_complete() => return from..size,
+            None => {}
+        }
+    }
+    let ratio = points
+        .last()
+        .filter(|p| p.out > 0)
+        .map_or(1.0, |p| p.input as f64 / p.out as f64);
+    let guess = (end - run.start_out()) as f64 * ratio * 1.1;
+    let to = from
+        .saturating_add(guess as u64)
+        .saturating_add(INPUT_SLACK);
+    from..to.min(size)
 }
 
 /// When a recording pass may run on to the end to complete the index.
@@ -899,7 +915,7 @@ fn run_all(
     threads: usize,
     tail: Option<TailPolicy>,
     sink: Option<&CacheSink<'_>>,
-) -> Result<Vec<RunDone>> {
+) -> Result<(Vec<PassRecord>, ReadStats)> {
     let groups = group_runs(runs, threads.max(1));
     if groups.len() <= 1 {
         return run_group(src, location, runs, out, 0, tail, sink);
@@ -915,7 +931,7 @@ fn run_all(
         rest = tail_part;
         consumed = end;
     }
-    let results: Vec<Result<Vec<RunDone>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(Vec<PassRecord>, ReadStats)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|(g, part, base)| {
@@ -927,11 +943,13 @@ fn run_all(
             .map(|h| h.join().unwrap_or_else(|_| Err(panicked(location))))
             .collect()
     });
-    let mut all = Vec::new();
+    let (mut records, mut stats) = (Vec::new(), ReadStats::default());
     for r in results {
-        all.extend(r?);
+        let (rec, st) = r?;
+        records.extend(rec);
+        stats.add(st);
     }
-    Ok(all)
+    Ok((records, stats))
 }
 
 fn panicked(location: &str) -> VoxelError {
@@ -958,7 +976,8 @@ fn group_runs(runs: &[Run], threads: usize) -> Vec<&[Run]> {
     groups
 }
 
-/// Execute runs in order; `out` starts at output offset `base`.
+/// Execute runs in order, through one reader planned for all of them; `out` starts at output offset `base`. Returns
+/// what recording runs learnt, and what reading cost.
 fn run_group(
     src: &dyn RunSource,
     location: &str,
@@ -967,9 +986,12 @@ fn run_group(
     base: usize,
     tail: Option<TailPolicy>,
     sink: Option<&CacheSink<'_>>,
-) -> Result<Vec<RunDone>> {
+) -> Result<(Vec<PassRecord>, ReadStats)> {
+    let plan: Vec<Range<u64>> = runs.iter().map(|r| r.input.clone()).collect();
+    let reader = src.reader(&plan)?;
     let mut scratch = vec![0u8; CHUNK];
-    let mut done = Vec::with_capacity(runs.len());
+    let mut records = Vec::new();
+    let mut consumed = ReadStats::default();
     for run in runs {
         let (a, b) = run.out_range();
         let shifted: Vec<Piece> = run
@@ -984,17 +1006,20 @@ fn run_group(
             pieces: shifted,
             ..run.clone()
         };
-        done.push(execute(
-            src,
+        let done = execute(
+            &*reader,
             location,
             &local,
             &mut out[a - base..b - base],
             &mut scratch,
             tail,
             sink,
-        )?);
+        )?;
+        consumed.add(done.stats);
+        records.extend(done.record);
     }
-    Ok(done)
+    // A reader that fetches (a store) knows what the runs really cost; a local file costs what was consumed.
+    Ok((records, reader.fetched().unwrap_or(consumed)))
 }
 
 fn cursor_at<'a>(
@@ -1010,7 +1035,7 @@ fn cursor_at<'a>(
 
 /// One run: decompress from its start through its pieces into `out` (piece `out_at`s are relative to `out`).
 fn execute(
-    src: &dyn RunSource,
+    src: &dyn ReadAt,
     location: &str,
     run: &Run,
     out: &mut [u8],
@@ -1018,8 +1043,7 @@ fn execute(
     tail: Option<TailPolicy>,
     sink: Option<&CacheSink<'_>>,
 ) -> Result<RunDone> {
-    let reader = src.run_reader(input_start(run.start.as_ref()), run.input_end)?;
-    let mut cursor = cursor_at(&*reader, location, run.start.as_ref())?;
+    let mut cursor = cursor_at(src, location, run.start.as_ref())?;
     if run.record {
         let span = tail.map_or(super::gzindex::DEFAULT_SPAN, |t| t.span);
         cursor = cursor.recording(GzIndexBuilder::after(
@@ -1039,15 +1063,15 @@ fn execute(
             let _ = cursor.skip_to_end(scratch);
         }
     }
-    let consumed = ReadStats {
+    let stats = ReadStats {
         bytes_read: cursor.compressed_read(),
         requests: 1,
         ..ReadStats::default()
     };
-    let record = cursor.into_record();
-    // A reader that fetches (a store) knows what the run really cost; a local file costs what was consumed.
-    let stats = reader.fetched().unwrap_or(consumed);
-    Ok(RunDone { stats, record })
+    Ok(RunDone {
+        stats,
+        record: cursor.into_record(),
+    })
 }
 
 /// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the
