@@ -387,7 +387,7 @@ impl ArrayProxy {
             }
             #[cfg(feature = "remote")]
             (DataFile::Remote(o), Compression::Gzip) => {
-                Arc::new(crate::io::remote::RemoteGzipSource::new(o.clone()))
+                Arc::new(crate::io::gzip::remote::RemoteIndexedGzip::open(o.clone())?)
             }
         })
     }

@@ -41,6 +41,7 @@ use std::time::UNIX_EPOCH;
 
 use libz_rs_sys as z;
 
+use super::ReadStats;
 use crate::error::{Result, VoxelError};
 
 /// Default distance between seek points in uncompressed bytes: a random read decompresses at most about this much
@@ -62,10 +63,26 @@ const INPUT_CHUNK: usize = 128 * 1024;
 const GZIP_BITS: c_int = 31;
 const RAW_BITS: c_int = -15;
 
-/// Positional reads of compressed bytes: a local file, an in-memory buffer, later a remote object.
+/// Positional reads of compressed bytes: a local file, an in-memory buffer, an object in a store.
 pub trait ReadAt: Send + Sync {
-    /// Read up to `buf.len()` bytes at `offset`; 0 means end of data.
+    /// Read up to `buf.len()` bytes at `offset` (possibly fewer before the end); 0 means end of data.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// What the reads cost so far (bytes fetched, requests) where that is not simply the bytes asked for, as with
+    /// ranged requests to a store; `None` otherwise.
+    fn fetched(&self) -> Option<ReadStats> {
+        None
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn fetched(&self) -> Option<ReadStats> {
+        (**self).fetched()
+    }
 }
 
 impl ReadAt for File {
@@ -929,14 +946,21 @@ impl<'a> GzCursor<'a> {
         Ok(())
     }
 
+    /// Take the next compressed bytes, as many as the source gives in one read (a store's reader gives what a run
+    /// needs and no more, so asking to fill the whole buffer would cost a request for bytes never used).
     fn refill(&mut self) -> Result<()> {
-        let n = read_full_at(self.src, &mut self.buf, self.next_read)
-            .map_err(|e| VoxelError::io(self.location, e))?;
+        let n = loop {
+            match self.src.read_at(&mut self.buf, self.next_read) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VoxelError::io(self.location, e)),
+            }
+        };
         self.buf_pos = 0;
         self.buf_len = n;
         self.next_read += n as u64;
         self.compressed_read += n as u64;
-        self.input_ended = n < self.buf.len();
+        self.input_ended = n == 0;
         Ok(())
     }
 
@@ -1185,6 +1209,56 @@ mod tests {
             vec![std::ffi::OsString::from("x.vxidx")],
             "no temporary file left behind"
         );
+    }
+
+    /// Hands out at most `max` bytes per read, as a store's range reader does at the end of its range.
+    struct Trickle {
+        data: Vec<u8>,
+        max: usize,
+    }
+
+    impl ReadAt for Trickle {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let n = buf.len().min(self.max);
+            self.data.read_at(&mut buf[..n], offset)
+        }
+    }
+
+    #[test]
+    fn short_reads_decompress_the_same_from_the_start_and_from_points() {
+        let data = noisy(400_000, 11);
+        let (file, index) = built(&data, 50_000);
+        for max in [1, 7, 4096] {
+            let src = Trickle {
+                data: file.clone(),
+                max,
+            };
+            let mut all = vec![0u8; data.len()];
+            GzCursor::from_start(&src, "t.gz")
+                .unwrap()
+                .read_exact(&mut all)
+                .unwrap();
+            assert!(all == data, "from the start, {max} bytes per read");
+            let p = &index.points()[index.points().len() / 2];
+            let mut part = vec![0u8; 1000];
+            GzCursor::from_point(&src, "t.gz", p)
+                .unwrap()
+                .read_exact(&mut part)
+                .unwrap();
+            assert!(
+                part == data[p.out as usize..p.out as usize + 1000],
+                "from a point, {max} bytes per read"
+            );
+        }
+        let cut = Trickle {
+            data: file[..file.len() / 2].to_vec(),
+            max: 999,
+        };
+        let err = GzCursor::from_start(&cut, "cut.gz")
+            .unwrap()
+            .read_exact(&mut vec![0u8; data.len()])
+            .unwrap_err();
+        assert!(err.to_string().contains("cut.gz"), "{err}");
     }
 
     #[test]

@@ -32,9 +32,18 @@
 //! checksum holds, otherwise it is ignored and overwritten. Indexes are written atomically (temporary file +
 //! rename) when a pass completes the index or extends a partial one by at least 8 spans, and only for files with at
 //! least two seek points (smaller files are one span anyway).
+//!
+//! # Decompressed data kept in memory
+//!
+//! With [`DataCache::Shared`] (what [`GzipOptions::from_env`] gives) or [`DataCache::Own`], what a read decompresses
+//! is also kept in a [`SpanCache`], cut at seek points: a read first takes what the cache holds and decompresses
+//! only the rest, so repeated and overlapping reads (the same volume twice, another query over the same file) cost
+//! a copy. The shared cache is one per process (`VOXELSCAN_GZIP_CACHE` bytes, default 256 MiB, `0`: off), keyed by
+//! the file's canonical path and identity, so every source over the same file shares it.
 
 use std::fmt;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -45,6 +54,13 @@ use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
 use crate::plan::Segment;
 
+pub mod cache;
+#[cfg(feature = "remote")]
+pub mod remote;
+
+pub use cache::SpanCache;
+use cache::{Cover, MAX_ENTRY};
+
 /// Disables index use when set to `1` (or `true`/`yes`).
 pub const ENV_NO_INDEX: &str = "VOXELSCAN_NO_INDEX";
 /// A directory that replaces the sidecar/cache-directory choice for index files.
@@ -52,6 +68,8 @@ pub const ENV_INDEX_CACHE: &str = "VOXELSCAN_INDEX_CACHE";
 /// File name extension of index files.
 pub const INDEX_EXTENSION: &str = "vxidx";
 
+/// Added to estimated compressed run ends (gzip trailers, headers of following members).
+const INPUT_SLACK: u64 = 64 * 1024;
 /// Decompressed chunk size for cutting out small segments.
 const CHUNK: usize = 128 * 1024;
 /// Segments at least this long are decompressed straight into the output.
@@ -72,10 +90,49 @@ pub struct GzipOptions {
     pub keep_open: bool,
     /// Threads one `read_segments` call may use (1: decompress in the caller's thread only).
     pub threads: usize,
+    /// Where decompressed data is kept for later reads.
+    pub data_cache: DataCache,
+}
+
+/// Which in-memory cache of decompressed data a [`GzipSource`] uses.
+#[derive(Debug, Clone, Default)]
+pub enum DataCache {
+    /// None: every read decompresses what it needs.
+    #[default]
+    Off,
+    /// The process-wide cache ([`SpanCache::shared`], sized by `VOXELSCAN_GZIP_CACHE`).
+    Shared,
+    /// A cache of the caller's (shared with whichever sources are given the same one).
+    Own(Arc<SpanCache>),
+}
+
+impl PartialEq for DataCache {
+    /// `Own` caches are equal when they are the same cache.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DataCache::Off, DataCache::Off) | (DataCache::Shared, DataCache::Shared) => true,
+            (DataCache::Own(a), DataCache::Own(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DataCache {}
+
+impl DataCache {
+    /// The cache this choice means (`None` for `Off` and for a shared cache sized 0).
+    pub fn resolve(&self) -> Result<Option<Arc<SpanCache>>> {
+        match self {
+            DataCache::Off => Ok(None),
+            DataCache::Shared => SpanCache::shared(),
+            DataCache::Own(c) => Ok(Some(Arc::clone(c))),
+        }
+    }
 }
 
 impl Default for GzipOptions {
-    /// Indexing on, default cache locations, one handle, one thread; environment variables are not read.
+    /// Indexing on, default cache locations, one handle, one thread, no data cache; environment variables are not
+    /// read.
     fn default() -> Self {
         GzipOptions {
             span: DEFAULT_SPAN,
@@ -83,12 +140,14 @@ impl Default for GzipOptions {
             cache_dir: None,
             keep_open: true,
             threads: 1,
+            data_cache: DataCache::Off,
         }
     }
 }
 
 impl GzipOptions {
-    /// The defaults with `VOXELSCAN_NO_INDEX` and `VOXELSCAN_INDEX_CACHE` applied.
+    /// The defaults with `VOXELSCAN_NO_INDEX` and `VOXELSCAN_INDEX_CACHE` applied, and the process-wide data cache
+    /// (sized by `VOXELSCAN_GZIP_CACHE` when the first source opens).
     pub fn from_env() -> GzipOptions {
         let no_index = std::env::var(ENV_NO_INDEX)
             .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
@@ -99,12 +158,34 @@ impl GzipOptions {
         GzipOptions {
             use_index: !no_index,
             cache_dir,
+            data_cache: DataCache::Shared,
             ..GzipOptions::default()
         }
     }
 }
 
-/// The index state of one source: replaced wholesale (copy-on-write) when a pass teaches it something.
+/// Where the compressed bytes of decompression runs come from: a local file as it is, an object in a store through
+/// a reader that requests the planned ranges.
+pub trait RunSource: Sync {
+    /// A reader for runs executed one after the other that read about the compressed ranges `plan` (in order; each
+    /// starts at a run's first byte and ends where it is expected to stop). Reads elsewhere must still be served: a
+    /// run may need bytes past its planned end.
+    fn reader(&self, plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>>;
+}
+
+impl RunSource for File {
+    fn reader(&self, _plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>> {
+        Ok(Box::new(self))
+    }
+}
+
+impl RunSource for Vec<u8> {
+    fn reader(&self, _plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>> {
+        Ok(Box::new(self))
+    }
+}
+
+/// The index state of one stream: replaced wholesale (copy-on-write) when a pass teaches it something.
 struct State {
     identity: FileIdentity,
     index: Arc<GzIndex>,
@@ -113,19 +194,23 @@ struct State {
     stored_at: Option<PathBuf>,
 }
 
-/// A gzip file read through a seek-point index. `Send + Sync`; reads from several threads run in parallel.
-pub struct GzipSource {
-    path: PathBuf,
+/// The seek-point index, data cache and read planning of one gzip stream, whatever holds its compressed bytes (a
+/// local file in [`GzipSource`], an object in a store in [`remote`]). `Send + Sync`; reads run in parallel.
+pub struct GzEngine {
     location: String,
     options: GzipOptions,
-    file: Option<Arc<File>>,
     state: RwLock<State>,
+    data_cache: Option<Arc<SpanCache>>,
+    /// Where index files are loaded from and written to, in order of preference (empty: kept in memory only).
+    index_paths: Vec<PathBuf>,
+    /// With the stream's identity, the key of its data in the data cache (a canonical path or a URL).
+    cache_name: String,
 }
 
-impl fmt::Debug for GzipSource {
+impl fmt::Debug for GzEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let index = self.index();
-        f.debug_struct("GzipSource")
+        f.debug_struct("GzEngine")
             .field("location", &self.location)
             .field("options", &self.options)
             .field("points", &index.points().len())
@@ -135,26 +220,29 @@ impl fmt::Debug for GzipSource {
     }
 }
 
-impl GzipSource {
-    /// Open `path` with [`GzipOptions::from_env`].
-    pub fn open(path: &Path) -> Result<GzipSource> {
-        GzipSource::with_options(path, GzipOptions::from_env())
-    }
-
-    /// Open `path`, loading a cached index when one matches the file.
-    pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
-        let location = path.display().to_string();
-        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
-        let identity = FileIdentity::of(&file, &location)?;
-        let state = initial_state(path, &options, identity);
-        let file = options.keep_open.then(|| Arc::new(file));
-        Ok(GzipSource {
-            path: path.to_path_buf(),
+impl GzEngine {
+    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it.
+    pub fn new(
+        location: String,
+        cache_name: String,
+        index_paths: Vec<PathBuf>,
+        options: GzipOptions,
+        identity: FileIdentity,
+    ) -> Result<GzEngine> {
+        let data_cache = options.data_cache.resolve()?;
+        let state = initial_state(&index_paths, &options, identity);
+        Ok(GzEngine {
             location,
             options,
-            file,
             state: RwLock::new(state),
+            data_cache,
+            index_paths,
+            cache_name,
         })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     pub fn options(&self) -> &GzipOptions {
@@ -171,21 +259,35 @@ impl GzipSource {
         self.read_state().stored_at.clone()
     }
 
-    /// Size of the decompressed data, when a complete index knows it.
-    pub fn uncompressed_size(&self) -> Option<u64> {
-        self.index().total_out()
+    /// The identity the current index belongs to.
+    pub fn identity(&self) -> FileIdentity {
+        self.read_state().identity
     }
 
-    /// Complete the index (one pass from its last point to the end), write it, and return it with where it was
+    /// The data cache reads go through, if any.
+    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
+        self.data_cache.as_ref()
+    }
+
+    /// Start over for a replaced stream: its identity, and whatever stored index matches it.
+    pub fn reset(&self, identity: FileIdentity) {
+        let mut state = self.write_state();
+        if state.identity != identity {
+            *state = initial_state(&self.index_paths, &self.options, identity);
+        }
+    }
+
+    /// Complete the index (one pass from its last point to the end) and write it; returns it with where it was
     /// written (`None` when it could not be, or is not worth writing). `progress` gets compressed bytes consumed.
     pub fn build_index(
         &self,
+        src: &dyn RunSource,
+        identity: FileIdentity,
         progress: impl FnMut(u64),
     ) -> Result<(Arc<GzIndex>, Option<PathBuf>)> {
-        let (file, identity) = self.file_handle()?;
         let index = self.index();
         if !index.is_complete() {
-            let record = self.complete_pass(file.as_ref(), &index, progress)?;
+            let record = self.complete_pass(src, &index, progress)?;
             self.absorb(record, identity);
         }
         let index = self.index();
@@ -195,19 +297,72 @@ impl GzipSource {
 
     fn complete_pass(
         &self,
-        src: &dyn ReadAt,
+        src: &dyn RunSource,
         index: &GzIndex,
         mut progress: impl FnMut(u64),
     ) -> Result<PassRecord> {
         let start = index.last_point();
-        let mut cursor = cursor_at(src, &self.location, start)?.recording(GzIndexBuilder::after(
-            start.map(|p| p.out),
-            self.options.span,
-        ));
+        let whole_rest = input_start(start)..self.read_state().identity.size;
+        let reader = src.reader(std::slice::from_ref(&whole_rest))?;
+        let mut cursor = cursor_at(&*reader, &self.location, start)?.recording(
+            GzIndexBuilder::after(start.map(|p| p.out), self.options.span),
+        );
         cursor.drain(&mut progress)?;
         cursor
             .into_record()
             .ok_or_else(|| VoxelError::Invalid("recording pass without a builder".into()))
+    }
+
+    /// Fill `out` with `segments` of the stream `identity`, reading compressed bytes from `src`: what the data
+    /// cache holds is copied, the rest decompressed through the index (or in one forward pass without one).
+    pub fn read(
+        &self,
+        src: &dyn RunSource,
+        identity: FileIdentity,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        check_segments(&self.location, segments, out.len())?;
+        if out.is_empty() {
+            return Ok(ReadStats {
+                segments: segments.len() as u64,
+                ..ReadStats::default()
+            });
+        }
+        let cache = self
+            .data_cache
+            .as_deref()
+            .map(|c| (c, self.cache_key(&identity)));
+        let pieces = match &cache {
+            Some((c, key)) => take_cached(c, key, segments, out),
+            None => pieces_of(segments),
+        };
+        let mut stats = if self.options.use_index {
+            self.indexed_read(src, identity, segments, pieces, out, cache)?
+        } else if pieces.is_empty() {
+            ReadStats::default()
+        } else {
+            let sink = cache.map(|(c, key)| {
+                CacheSink::new(c, key, Arc::new(GzIndex::new(1)), self.options.span)
+            });
+            self.forward_pass(src, pieces, out, sink.as_ref())?
+        };
+        stats.segments = segments.len() as u64;
+        stats.bytes_delivered = out.len() as u64;
+        Ok(stats)
+    }
+
+    /// The data cache's key for this stream as `identity` describes it: a replaced file has another key.
+    fn cache_key(&self, identity: &FileIdentity) -> Arc<str> {
+        let FileIdentity {
+            size,
+            mtime_ns,
+            head_crc,
+        } = identity;
+        Arc::from(format!(
+            "{}\0{size}:{mtime_ns}:{head_crc:08x}",
+            self.cache_name
+        ))
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -218,27 +373,7 @@ impl GzipSource {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The handle to read from; a fresh handle is checked against the identity the index belongs to, and a changed
-    /// file starts over with a new identity (and whatever index matches it).
-    fn file_handle(&self) -> Result<(Arc<File>, FileIdentity)> {
-        if let Some(f) = &self.file {
-            return Ok((Arc::clone(f), self.read_state().identity));
-        }
-        let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
-        let meta = file.metadata().map_err(|e| VoxelError::io(&self.path, e))?;
-        let known = self.read_state().identity;
-        let quick = FileIdentity::of_metadata(&meta);
-        if quick != Some((known.size, known.mtime_ns)) {
-            let identity = FileIdentity::of(&file, &self.location)?;
-            if identity != known {
-                *self.write_state() = initial_state(&self.path, &self.options, identity);
-            }
-            return Ok((Arc::new(file), identity));
-        }
-        Ok((Arc::new(file), known))
-    }
-
-    /// Merge the points of a pass made over the file `identity`; write the index when it became complete or grew
+    /// Merge the points of a pass made over the stream `identity`; write the index when it became complete or grew
     /// enough. A pass over a file that has been replaced since is dropped.
     fn absorb(&self, record: PassRecord, identity: FileIdentity) {
         let worth_writing = {
@@ -277,15 +412,15 @@ impl GzipSource {
         {
             return None;
         }
-        for path in index_locations(&self.path, &self.options) {
+        for path in &self.index_paths {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            if index.save(&path, &identity).is_ok() {
+            if index.save(path, &identity).is_ok() {
                 let mut s = self.write_state();
                 s.stored_covered = s.stored_covered.max(index.covered_out());
                 s.stored_at = Some(path.clone());
-                return Some(path);
+                return Some(path.clone());
             }
         }
         None
@@ -293,26 +428,32 @@ impl GzipSource {
 
     fn forward_pass(
         &self,
-        src: &dyn ReadAt,
-        segments: &[Segment],
+        src: &dyn RunSource,
+        pieces: Vec<Piece>,
         out: &mut [u8],
+        sink: Option<&CacheSink<'_>>,
     ) -> Result<ReadStats> {
-        let run = Run {
+        let mut run = Run {
             start: None,
             record: false,
-            pieces: pieces_of(segments),
+            pieces,
+            input: 0..0,
         };
-        let mut scratch = vec![0u8; CHUNK];
-        let done = execute(src, &self.location, &run, out, &mut scratch, None)?;
-        Ok(done.stats)
+        let size = self.read_state().identity.size;
+        run.input = input_range(&run, &GzIndex::new(1), size);
+        let (_, stats) = run_group(src, &self.location, &[run], out, 0, None, sink)?;
+        Ok(stats)
     }
 
+    /// Serve `pieces` (the parts of `segments` not found in the data cache) through the index.
     fn indexed_read(
         &self,
-        src: &dyn ReadAt,
+        src: &dyn RunSource,
         identity: FileIdentity,
         segments: &[Segment],
+        pieces: Vec<Piece>,
         out: &mut [u8],
+        cache: Option<(&SpanCache, Arc<str>)>,
     ) -> Result<ReadStats> {
         let index = {
             let s = self.read_state();
@@ -333,32 +474,140 @@ impl GzipSource {
                 });
             }
         }
-        let mut runs = plan_runs(&index, segments);
+        if pieces.is_empty() {
+            return Ok(ReadStats::default());
+        }
+        let mut runs = plan_runs(&index, pieces);
         if self.options.threads > 1 {
             runs = runs
                 .into_iter()
                 .flat_map(|r| split_at_points(r, &index))
                 .collect();
         }
+        for run in &mut runs {
+            run.input = input_range(run, &index, identity.size);
+        }
         let tail = Some(TailPolicy {
             file_size: identity.size,
             span: self.options.span,
         });
-        let results = run_all(src, &self.location, &runs, out, self.options.threads, tail)?;
-        let mut stats = ReadStats::default();
-        for done in results {
-            stats.add(done.stats);
-            if let Some(record) = done.record {
-                self.absorb(record, identity);
-            }
+        let sink = cache.map(|(cache, key)| CacheSink::new(cache, key, index, self.options.span));
+        let (records, stats) = run_all(
+            src,
+            &self.location,
+            &runs,
+            out,
+            self.options.threads,
+            tail,
+            sink.as_ref(),
+        )?;
+        for record in records {
+            self.absorb(record, identity);
         }
         Ok(stats)
     }
 }
 
+/// A gzip file read through a seek-point index. `Send + Sync`; reads from several threads run in parallel.
+pub struct GzipSource {
+    path: PathBuf,
+    file: Option<Arc<File>>,
+    engine: GzEngine,
+}
+
+impl fmt::Debug for GzipSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GzipSource")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl GzipSource {
+    /// Open `path` with [`GzipOptions::from_env`].
+    pub fn open(path: &Path) -> Result<GzipSource> {
+        GzipSource::with_options(path, GzipOptions::from_env())
+    }
+
+    /// Open `path`, loading a cached index when one matches the file.
+    pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
+        let location = path.display().to_string();
+        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let identity = FileIdentity::of(&file, &location)?;
+        let index_paths = if options.use_index {
+            index_locations(path, &options)
+        } else {
+            Vec::new()
+        };
+        let canonical = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        let keep = options.keep_open;
+        let engine = GzEngine::new(location, canonical, index_paths, options, identity)?;
+        Ok(GzipSource {
+            path: path.to_path_buf(),
+            file: keep.then(|| Arc::new(file)),
+            engine,
+        })
+    }
+
+    pub fn options(&self) -> &GzipOptions {
+        self.engine.options()
+    }
+
+    /// The current index (possibly partial or empty).
+    pub fn index(&self) -> Arc<GzIndex> {
+        self.engine.index()
+    }
+
+    /// Where the index was last loaded from or written to.
+    pub fn index_path(&self) -> Option<PathBuf> {
+        self.engine.index_path()
+    }
+
+    /// Size of the decompressed data, when a complete index knows it.
+    pub fn uncompressed_size(&self) -> Option<u64> {
+        self.index().total_out()
+    }
+
+    /// The data cache this source reads through and inserts into, if any.
+    pub fn data_cache(&self) -> Option<&Arc<SpanCache>> {
+        self.engine.data_cache()
+    }
+
+    /// Complete the index (one pass from its last point to the end), write it, and return it with where it was
+    /// written (`None` when it could not be, or is not worth writing). `progress` gets compressed bytes consumed.
+    pub fn build_index(
+        &self,
+        progress: impl FnMut(u64),
+    ) -> Result<(Arc<GzIndex>, Option<PathBuf>)> {
+        let (file, identity) = self.file_handle()?;
+        self.engine.build_index(file.as_ref(), identity, progress)
+    }
+
+    /// The handle to read from; a fresh handle is checked against the identity the index belongs to, and a changed
+    /// file starts over with a new identity (and whatever index matches it).
+    fn file_handle(&self) -> Result<(Arc<File>, FileIdentity)> {
+        let known = self.engine.identity();
+        if let Some(f) = &self.file {
+            return Ok((Arc::clone(f), known));
+        }
+        let file = File::open(&self.path).map_err(|e| VoxelError::io(&self.path, e))?;
+        let meta = file.metadata().map_err(|e| VoxelError::io(&self.path, e))?;
+        let quick = FileIdentity::of_metadata(&meta);
+        if quick != Some((known.size, known.mtime_ns)) {
+            let identity = FileIdentity::of(&file, self.engine.location())?;
+            self.engine.reset(identity);
+            return Ok((Arc::new(file), identity));
+        }
+        Ok((Arc::new(file), known))
+    }
+}
+
 impl ByteSource for GzipSource {
     fn location(&self) -> &str {
-        &self.location
+        self.engine.location()
     }
 
     /// `None`: the decompressed size is not known without reading (see [`GzipSource::uncompressed_size`]).
@@ -367,22 +616,8 @@ impl ByteSource for GzipSource {
     }
 
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
-        check_segments(&self.location, segments, out.len())?;
-        if out.is_empty() {
-            return Ok(ReadStats {
-                segments: segments.len() as u64,
-                ..ReadStats::default()
-            });
-        }
         let (file, identity) = self.file_handle()?;
-        let mut stats = if self.options.use_index {
-            self.indexed_read(file.as_ref(), identity, segments, out)?
-        } else {
-            self.forward_pass(file.as_ref(), segments, out)?
-        };
-        stats.segments = segments.len() as u64;
-        stats.bytes_delivered = out.len() as u64;
-        Ok(stats)
+        self.engine.read(file.as_ref(), identity, segments, out)
     }
 }
 
@@ -405,12 +640,7 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = canonical.as_os_str().as_encoded_bytes();
-    let key = format!(
-        "{:08x}{:08x}-{name}.{INDEX_EXTENSION}",
-        zlib_rs::crc32::crc32(0, bytes),
-        zlib_rs::adler32::adler32(1, bytes)
-    );
+    let key = cache_file_name(canonical.as_os_str().as_encoded_bytes(), &name);
     if let Some(dir) = &options.cache_dir {
         return vec![dir.join(key)];
     }
@@ -424,8 +654,18 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
     out
 }
 
+/// `<crc32><adler32>-<name>.vxidx`: an index file name in a cache directory for the stream called `id` (a canonical
+/// path or a URL); `name` keeps it readable.
+pub fn cache_file_name(id: &[u8], name: &str) -> String {
+    format!(
+        "{:08x}{:08x}-{name}.{INDEX_EXTENSION}",
+        zlib_rs::crc32::crc32(0, id),
+        zlib_rs::adler32::adler32(1, id)
+    )
+}
+
 /// `$XDG_CACHE_HOME/voxelscan` (when absolute), else `$HOME/.cache/voxelscan`.
-fn user_cache_dir() -> Option<PathBuf> {
+pub fn user_cache_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute());
@@ -433,8 +673,8 @@ fn user_cache_dir() -> Option<PathBuf> {
     Some(base.join("voxelscan"))
 }
 
-/// A fresh state for `identity`, with the first cached index that matches it (or an empty one).
-fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> State {
+/// A fresh state for `identity`, with the first stored index that matches it (or an empty one).
+fn initial_state(paths: &[PathBuf], options: &GzipOptions, identity: FileIdentity) -> State {
     let fresh = |index| State {
         identity,
         index: Arc::new(index),
@@ -444,8 +684,8 @@ fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> 
     if !options.use_index {
         return fresh(GzIndex::new(options.span));
     }
-    for candidate in index_locations(path, options) {
-        match GzIndex::load(&candidate, &identity) {
+    for candidate in paths {
+        match GzIndex::load(candidate, &identity) {
             // An index coarser than asked for is rebuilt; a finer one is fine.
             Ok(index) if index.span() <= options.span => {
                 let covered = index.covered_out();
@@ -453,7 +693,7 @@ fn initial_state(path: &Path, options: &GzipOptions, identity: FileIdentity) -> 
                     identity,
                     index: Arc::new(index),
                     stored_covered: covered,
-                    stored_at: Some(candidate),
+                    stored_at: Some(candidate.clone()),
                 };
             }
             _ => {}
@@ -504,6 +744,9 @@ struct Run {
     start: Option<SeekPoint>,
     record: bool,
     pieces: Vec<Piece>,
+    /// The compressed bytes the run is expected to read (its end exact when a seek point follows the run, else
+    /// estimated).
+    input: Range<u64>,
 }
 
 impl Run {
@@ -548,9 +791,9 @@ fn pieces_of(segments: &[Segment]) -> Vec<Piece> {
 /// Group segments into runs: a segment joins the current run unless the index has a point after where that run
 /// already is and at or before the segment. Segments past what the index covers go to one run that extends it from
 /// its last point.
-fn plan_runs(index: &GzIndex, segments: &[Segment]) -> Vec<Run> {
+fn plan_runs(index: &GzIndex, pieces: Vec<Piece>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
-    for piece in pieces_of(segments) {
+    for piece in pieces {
         // Past the covered part, the run records points (those it finds again before the index's last point are
         // dropped when merged).
         let beyond = !index.is_complete() && piece.end() > index.covered_out();
@@ -568,6 +811,7 @@ fn plan_runs(index: &GzIndex, segments: &[Segment]) -> Vec<Run> {
             start: start.cloned(),
             record: beyond,
             pieces: vec![piece],
+            input: 0..0,
         });
     }
     runs
@@ -584,6 +828,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
         start: run.start.clone(),
         record: false,
         pieces: Vec::new(),
+        input: 0..0,
     };
     for piece in run.pieces {
         let (mut offset, mut out_at) = (piece.offset, piece.out_at);
@@ -601,6 +846,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
                     start: Some(q.clone()),
                     record: false,
                     pieces: Vec::new(),
+                    input: 0..0,
                 },
             ));
             offset = q.out;
@@ -617,6 +863,37 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
     out
 }
 
+/// The compressed offset a pass from `start` reads first (the byte holding a point's leading bits).
+fn input_start(start: Option<&SeekPoint>) -> u64 {
+    start.map_or(0, |p| p.input.saturating_sub(u64::from(p.bits > 0)))
+}
+
+/// The compressed bytes a run reads, in a file of `size` compressed bytes: from its start point to the first seek
+/// point at or after its last byte (a pass that has produced `p.out` bytes has consumed input up to `p.input`); the
+/// end of the file after the index's last point; else (no point after it yet, or a recording run, which may go on)
+/// an estimate from the compression ratio the index has seen (1 when it has seen none).
+fn input_range(run: &Run, index: &GzIndex, size: u64) -> Range<u64> {
+    let from = input_start(run.start.as_ref()).min(size);
+    let end = run.end();
+    let points = index.points();
+    if !run.record {
+        match points.get(points.partition_point(|p| p.out < end)) {
+            Some(p) => return from..p.input.clamp(from, size),
+            None if index.is_complete() => return from..size,
+            None => {}
+        }
+    }
+    let ratio = points
+        .last()
+        .filter(|p| p.out > 0)
+        .map_or(1.0, |p| p.input as f64 / p.out as f64);
+    let guess = (end - run.start_out()) as f64 * ratio * 1.1;
+    let to = from
+        .saturating_add(guess as u64)
+        .saturating_add(INPUT_SLACK);
+    from..to.min(size)
+}
+
 /// When a recording pass may run on to the end to complete the index.
 #[derive(Debug, Clone, Copy)]
 struct TailPolicy {
@@ -631,16 +908,17 @@ struct RunDone {
 
 /// Execute `runs` into `out`, on up to `threads` threads (contiguous groups of runs of about equal work).
 fn run_all(
-    src: &dyn ReadAt,
+    src: &dyn RunSource,
     location: &str,
     runs: &[Run],
     out: &mut [u8],
     threads: usize,
     tail: Option<TailPolicy>,
-) -> Result<Vec<RunDone>> {
+    sink: Option<&CacheSink<'_>>,
+) -> Result<(Vec<PassRecord>, ReadStats)> {
     let groups = group_runs(runs, threads.max(1));
     if groups.len() <= 1 {
-        return run_group(src, location, runs, out, 0, tail);
+        return run_group(src, location, runs, out, 0, tail, sink);
     }
     // Hand each group the disjoint part of `out` its runs write.
     let mut parts = Vec::with_capacity(groups.len());
@@ -653,11 +931,11 @@ fn run_all(
         rest = tail_part;
         consumed = end;
     }
-    let results: Vec<Result<Vec<RunDone>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(Vec<PassRecord>, ReadStats)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|(g, part, base)| {
-                scope.spawn(move || run_group(src, location, g, part, base, tail))
+                scope.spawn(move || run_group(src, location, g, part, base, tail, sink))
             })
             .collect();
         handles
@@ -665,11 +943,13 @@ fn run_all(
             .map(|h| h.join().unwrap_or_else(|_| Err(panicked(location))))
             .collect()
     });
-    let mut all = Vec::new();
+    let (mut records, mut stats) = (Vec::new(), ReadStats::default());
     for r in results {
-        all.extend(r?);
+        let (rec, st) = r?;
+        records.extend(rec);
+        stats.add(st);
     }
-    Ok(all)
+    Ok((records, stats))
 }
 
 fn panicked(location: &str) -> VoxelError {
@@ -696,17 +976,22 @@ fn group_runs(runs: &[Run], threads: usize) -> Vec<&[Run]> {
     groups
 }
 
-/// Execute runs in order; `out` starts at output offset `base`.
+/// Execute runs in order, through one reader planned for all of them; `out` starts at output offset `base`. Returns
+/// what recording runs learnt, and what reading cost.
 fn run_group(
-    src: &dyn ReadAt,
+    src: &dyn RunSource,
     location: &str,
     runs: &[Run],
     out: &mut [u8],
     base: usize,
     tail: Option<TailPolicy>,
-) -> Result<Vec<RunDone>> {
+    sink: Option<&CacheSink<'_>>,
+) -> Result<(Vec<PassRecord>, ReadStats)> {
+    let plan: Vec<Range<u64>> = runs.iter().map(|r| r.input.clone()).collect();
+    let reader = src.reader(&plan)?;
     let mut scratch = vec![0u8; CHUNK];
-    let mut done = Vec::with_capacity(runs.len());
+    let mut records = Vec::new();
+    let mut consumed = ReadStats::default();
     for run in runs {
         let (a, b) = run.out_range();
         let shifted: Vec<Piece> = run
@@ -721,16 +1006,20 @@ fn run_group(
             pieces: shifted,
             ..run.clone()
         };
-        done.push(execute(
-            src,
+        let done = execute(
+            &*reader,
             location,
             &local,
             &mut out[a - base..b - base],
             &mut scratch,
             tail,
-        )?);
+            sink,
+        )?;
+        consumed.add(done.stats);
+        records.extend(done.record);
     }
-    Ok(done)
+    // A reader that fetches (a store) knows what the runs really cost; a local file costs what was consumed.
+    Ok((records, reader.fetched().unwrap_or(consumed)))
 }
 
 fn cursor_at<'a>(
@@ -752,6 +1041,7 @@ fn execute(
     out: &mut [u8],
     scratch: &mut [u8],
     tail: Option<TailPolicy>,
+    sink: Option<&CacheSink<'_>>,
 ) -> Result<RunDone> {
     let mut cursor = cursor_at(src, location, run.start.as_ref())?;
     if run.record {
@@ -761,7 +1051,10 @@ fn execute(
             span,
         ));
     }
-    serve_pieces(&mut cursor, &run.pieces, out, scratch)?;
+    match sink {
+        Some(sink) => serve_and_keep(&mut cursor, &run.pieces, out, sink)?,
+        None => serve_pieces(&mut cursor, &run.pieces, out, scratch)?,
+    }
     if let Some(t) = tail.filter(|_| run.record && !cursor.is_finished()) {
         let left = t.file_size.saturating_sub(cursor.compressed_pos());
         if left <= t.file_size / 4 {
@@ -779,6 +1072,116 @@ fn execute(
         stats,
         record: cursor.into_record(),
     })
+}
+
+/// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the
+/// index's seek points, so that later reads starting at a point find whole entries).
+struct CacheSink<'a> {
+    cache: &'a SpanCache,
+    key: Arc<str>,
+    index: Arc<GzIndex>,
+    /// Entry length where no seek point is known (past the index's coverage, or without an index).
+    step: u64,
+}
+
+impl<'a> CacheSink<'a> {
+    fn new(cache: &'a SpanCache, key: Arc<str>, index: Arc<GzIndex>, span: u64) -> CacheSink<'a> {
+        CacheSink {
+            cache,
+            key,
+            index,
+            step: span.clamp(1, MAX_ENTRY),
+        }
+    }
+
+    /// Where the entry starting at `pos` ends: the next seek point when it is at most [`MAX_ENTRY`] away, else
+    /// `step` bytes on. Always after `pos`.
+    fn next_cut(&self, pos: u64) -> u64 {
+        let points = self.index.points();
+        let next = points.partition_point(|p| p.out <= pos);
+        let limit = pos.saturating_add(MAX_ENTRY);
+        points
+            .get(next)
+            .map(|p| p.out)
+            .filter(|&q| q <= limit)
+            .unwrap_or(pos.saturating_add(self.step))
+    }
+}
+
+/// Copy what the data cache holds of `segments` into `out`; the rest, as pieces to decompress.
+fn take_cached(cache: &SpanCache, key: &str, segments: &[Segment], out: &mut [u8]) -> Vec<Piece> {
+    let mut missing = Vec::new();
+    let mut covers = Vec::new();
+    let mut out_at = 0usize;
+    for s in segments.iter().filter(|s| s.len > 0) {
+        covers.clear();
+        cache.cover(key, s.offset, s.len, &mut covers);
+        for c in &covers {
+            match c {
+                Cover::Hit {
+                    offset,
+                    data,
+                    at,
+                    len,
+                } => {
+                    let dst = out_at + (offset - s.offset) as usize;
+                    out[dst..dst + len].copy_from_slice(&data[*at..at + len]);
+                }
+                Cover::Miss { offset, len } => missing.push(Piece {
+                    offset: *offset,
+                    len: *len,
+                    out_at: out_at + (offset - s.offset) as usize,
+                }),
+            }
+        }
+        out_at += s.len as usize;
+    }
+    missing
+}
+
+/// Serve sorted pieces from a cursor, decompressing everything from the cursor's position to the last piece's end
+/// into cache entries cut by `sink`, and copying the pieces out of them.
+fn serve_and_keep(
+    cursor: &mut GzCursor<'_>,
+    pieces: &[Piece],
+    out: &mut [u8],
+    sink: &CacheSink<'_>,
+) -> Result<()> {
+    let Some(run_end) = pieces.last().map(Piece::end) else {
+        return Ok(());
+    };
+    let mut next = 0;
+    while cursor.out_pos() < run_end {
+        let pos = cursor.out_pos();
+        let cut = sink.next_cut(pos).min(run_end);
+        let mut entry = sink.cache.buffer((cut - pos) as usize);
+        cursor.read_exact(&mut entry)?;
+        next = copy_pieces(pieces, next, pos, &entry, out);
+        sink.cache.insert(&sink.key, pos, entry);
+    }
+    Ok(())
+}
+
+/// Copy the parts of `pieces[next..]` that lie in `data` (decompressed bytes at `pos`) into `out`; returns the first
+/// piece not wholly served yet.
+fn copy_pieces(pieces: &[Piece], mut next: usize, pos: u64, data: &[u8], out: &mut [u8]) -> usize {
+    let end = pos + data.len() as u64;
+    while let Some(p) = pieces.get(next) {
+        if p.offset >= end {
+            break;
+        }
+        let (from, to) = (p.offset.max(pos), p.end().min(end));
+        if from < to {
+            let dst = p.out_at + (from - p.offset) as usize;
+            out[dst..dst + (to - from) as usize]
+                .copy_from_slice(&data[(from - pos) as usize..(to - pos) as usize]);
+        }
+        if p.end() > end {
+            break;
+        }
+        next += 1;
+    }
+    next
 }
 
 /// Serve sorted pieces from a cursor: big pieces straight into `out`, small ones cut from decompressed chunks.
@@ -1255,6 +1658,195 @@ mod tests {
             proptest::prop_assert_eq!(&read(&warm, &disjoint).unwrap().0, &want);
             proptest::prop_assert_eq!(&read(&two, &disjoint).unwrap().0, &want);
             proptest::prop_assert_eq!(&read(&two, &[seg(0, total)]).unwrap().0, &whole);
+        }
+    }
+
+    fn cached(cache: &Path, data_cache: &Arc<SpanCache>) -> GzipOptions {
+        GzipOptions {
+            data_cache: DataCache::Own(Arc::clone(data_cache)),
+            ..opts(cache)
+        }
+    }
+
+    #[test]
+    fn repeated_and_overlapping_reads_come_from_the_data_cache() {
+        let (dir, path, d) = setup(1_000_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        let src = GzipSource::with_options(&path, cached(dir.path(), &c)).unwrap();
+        src.build_index(|_| {}).unwrap();
+        let vol = [seg(300_000, 200_000)];
+        let (got, first) = read(&src, &vol).unwrap();
+        assert_eq!(got, expect(&d, &vol));
+        assert!(first.bytes_read > 0 && first.requests > 0, "{first:?}");
+        let (got, again) = read(&src, &vol).unwrap();
+        assert_eq!(got, expect(&d, &vol));
+        assert_eq!((again.bytes_read, again.requests), (0, 0), "{again:?}");
+        assert_eq!(again.bytes_delivered, 200_000);
+        // Another source over the same file shares the cache; a read overlapping the cached part decompresses
+        // only from the point before its uncached end.
+        let other = GzipSource::with_options(&path, cached(dir.path(), &c)).unwrap();
+        let overlap = [seg(250_000, 10), seg(450_000, 100_000)];
+        let (got, stats) = read(&other, &overlap).unwrap();
+        assert_eq!(got, expect(&d, &overlap));
+        assert_eq!(
+            stats.requests, 2,
+            "two runs: before and after the cached part"
+        );
+        assert!(c.stats().hit_bytes >= 250_000, "{:?}", c.stats());
+        // A source without the cache still decompresses.
+        let plain = GzipSource::with_options(&path, opts(dir.path())).unwrap();
+        assert!(read(&plain, &vol).unwrap().1.bytes_read > 0);
+    }
+
+    #[test]
+    fn the_data_cache_serves_cold_and_unindexed_reads_too() {
+        let (dir, path, d) = setup(700_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        for use_index in [true, false] {
+            c.clear();
+            let o = GzipOptions {
+                use_index,
+                ..cached(&dir.path().join(format!("c{use_index}")), &c)
+            };
+            let src = GzipSource::with_options(&path, o).unwrap();
+            let segs = [seg(10, 5), seg(500_000, 100)];
+            let (got, stats) = read(&src, &segs).unwrap();
+            assert_eq!((got, stats.requests), (expect(&d, &segs), 1));
+            // Everything the cold pass went through is kept, also what lay between the segments.
+            let between = [seg(200_000, 1000), seg(500_050, 50)];
+            let (got, stats) = read(&src, &between).unwrap();
+            assert_eq!((got, stats.requests), (expect(&d, &between), 0));
+        }
+    }
+
+    #[test]
+    fn a_replaced_file_never_hits_the_old_files_data() {
+        let (dir, path, d) = setup(300_000);
+        let c = Arc::new(SpanCache::new(64 << 20));
+        let o = GzipOptions {
+            keep_open: false,
+            ..cached(dir.path(), &c)
+        };
+        let src = GzipSource::with_options(&path, o.clone()).unwrap();
+        assert_eq!(read(&src, &[seg(1000, 100)]).unwrap().0, &d[1000..1100]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let d2: Vec<u8> = d.iter().map(|b| b.wrapping_add(3)).collect();
+        std::fs::write(&path, gz(&d2, 4)).unwrap();
+        assert_eq!(read(&src, &[seg(1000, 100)]).unwrap().0, &d2[1000..1100]);
+        let fresh = GzipSource::with_options(&path, o).unwrap();
+        assert_eq!(read(&fresh, &[seg(1000, 100)]).unwrap().0, &d2[1000..1100]);
+    }
+
+    #[test]
+    fn a_small_data_cache_evicts_and_stays_exact() {
+        let (dir, path, d) = setup(400_000);
+        let c = Arc::new(SpanCache::new(100_000));
+        let o = GzipOptions {
+            span: 20_000,
+            ..cached(dir.path(), &c)
+        };
+        let src = GzipSource::with_options(&path, o).unwrap();
+        let all = [seg(0, d.len() as u64)];
+        assert_eq!(read(&src, &all).unwrap().0, d);
+        let s = c.stats();
+        assert!(s.evictions > 0 && s.used <= 100_000, "{s:?}");
+        // The tail is still cached, the start is not: a read across both is exact.
+        let (got, stats) = read(&src, &[seg(390_000, 10_000)]).unwrap();
+        assert!(got == d[390_000..] && stats.requests == 0, "{stats:?}");
+        let across = [seg(5, 10), seg(150_000, 240_000)];
+        let (got, stats) = read(&src, &across).unwrap();
+        assert!(
+            got == expect(&d, &across) && stats.requests == 2,
+            "{stats:?}"
+        );
+        // What that read decompressed last is what is cached now.
+        let (got, stats) = read(&src, &[seg(280_000, 10_000)]).unwrap();
+        assert!(
+            got == d[280_000..290_000] && stats.requests == 0,
+            "{stats:?}"
+        );
+        assert!(c.stats().used <= 100_000);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// Reads through a small shared data cache equal the full decompression: repeated, overlapping, partly
+        /// cached and partly not, after evictions, cold (no index yet) and warm, on one and two threads, and from
+        /// two threads at once.
+        #[test]
+        fn cached_reads_equal_full_decompression(
+            seed in proptest::prelude::any::<u64>(),
+            members in proptest::collection::vec((1usize..300_000, 0i32..=9), 1..3),
+            span in proptest::sample::select(vec![5_000u64, 40_000, 1 << 20]),
+            budget in proptest::sample::select(vec![30_000u64, 200_000, 64 << 20]),
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0.0f64..1.0, 1u64..90_000), 1..6), 2..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.nii.gz");
+            let (mut file, mut whole) = (Vec::new(), Vec::new());
+            for (k, &(n, level)) in members.iter().enumerate() {
+                let data = mixed(seed ^ k as u64, n);
+                file.extend(member(&data, level, 0, &[n / 3]));
+                whole.extend(data);
+            }
+            std::fs::write(&path, &file).unwrap();
+            let total = whole.len() as u64;
+            let c = Arc::new(SpanCache::new(budget));
+            let o = GzipOptions { span, ..cached(&dir.path().join("i"), &c) };
+            let one = GzipSource::with_options(&path, o.clone()).unwrap();
+            let two = GzipSource::with_options(&path, GzipOptions { threads: 2, ..o }).unwrap();
+            let as_segments = |batch: &[(f64, u64)]| -> Vec<Segment> {
+                let mut segs: Vec<Segment> = batch
+                    .iter()
+                    .map(|&(f, len)| {
+                        let off = ((f * total as f64) as u64).min(total - 1);
+                        seg(off, len.min(total - off))
+                    })
+                    .collect();
+                segs.sort_by_key(|s| s.offset);
+                let mut disjoint: Vec<Segment> = Vec::new();
+                for s in segs {
+                    if disjoint.last().is_none_or(|l| s.offset >= l.offset + l.len) {
+                        disjoint.push(s);
+                    }
+                }
+                disjoint
+            };
+            let all: Vec<Vec<Segment>> = batches.iter().map(|b| as_segments(b)).collect();
+            // In turn, each batch twice (the repeat is served at least partly from memory) through alternating
+            // sources.
+            for (k, segs) in all.iter().enumerate() {
+                let src = if k % 2 == 0 { &one } else { &two };
+                for _ in 0..2 {
+                    proptest::prop_assert_eq!(&read(src, segs).unwrap().0, &expect(&whole, segs));
+                    proptest::prop_assert!(c.stats().used <= budget);
+                }
+            }
+            // Two threads at once, each over all batches in opposite orders.
+            let results: Vec<bool> = std::thread::scope(|s| {
+                let handles: Vec<_> = [(&one, false), (&two, true)]
+                    .into_iter()
+                    .map(|(src, rev)| {
+                        let (all, whole) = (&all, &whole);
+                        s.spawn(move || {
+                            let mut order: Vec<&Vec<Segment>> = all.iter().collect();
+                            if rev {
+                                order.reverse();
+                            }
+                            order.into_iter().all(|segs| read(src, segs).unwrap().0 == expect(whole, segs))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            proptest::prop_assert_eq!(results, vec![true, true]);
+            proptest::prop_assert!(c.stats().used <= budget);
+            proptest::prop_assert_eq!(&read(&two, &[seg(0, total)]).unwrap().0, &whole);
+            if budget > 1 << 20 {
+                proptest::prop_assert!(c.stats().hit_bytes > 0, "{:?}", c.stats());
+            }
         }
     }
 

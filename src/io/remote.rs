@@ -652,6 +652,41 @@ fn is_range_error(e: &object_store::Error) -> bool {
     text.contains("416") || text.contains("Range Not Satisfiable") || text.contains("InvalidRange")
 }
 
+/// For readers that make their own requests (the gzip index's range reader, `io::gzip::remote`).
+impl RemoteObject {
+    /// An object in a store the caller built (an in-memory store in tests), its size and ETag already known.
+    pub fn in_store(
+        url: &str,
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        size: u64,
+        etag: Option<String>,
+        opts: &StoreOptions,
+    ) -> RemoteObject {
+        RemoteObject {
+            url: url.to_string(),
+            store,
+            path,
+            size,
+            etag,
+            opts: opts.clone(),
+        }
+    }
+
+    /// Bytes `range` of the object as a stream (one GET, pinned to the ETag), to consume as it arrives.
+    pub fn stream_range(
+        &self,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+        let store = Arc::clone(&self.store);
+        let path = self.path.clone();
+        let options = self.get_options(Some(range));
+        let r = block_on(async move { store.get_opts(&path, options).await })?
+            .map_err(|e| remote_error(&self.url, e))?;
+        Ok(r.into_stream())
+    }
+}
+
 /// One GET of a read: its byte range, the part of `out` it fills, and where each needed run of its response goes
 /// there (position in the response, position in its part of `out`, length).
 #[derive(Debug, PartialEq)]
