@@ -493,13 +493,14 @@ async fn server_stopped_mid_query_fails_the_query() {
     let root = tempfile::tempdir().expect("tempdir");
     let nginx = Arc::new(Nginx::start(root.path()));
     let dir = tempfile::tempdir().expect("tempdir");
-    // 24 MiB of int16: the scan reads it in many pieces, one GET each.
-    let (_, bytes) = make_image(dir.path(), "big.nii", &[128, 128, 64, 12], 5);
+    // 96 MiB of int16 in one partition, one GET at a time: the scan needs about 50 sequential GETs.
+    let (_, bytes) = make_image(dir.path(), "big.nii", &[128, 128, 64, 48], 5);
     nginx.put("big.nii", &bytes);
     let url = nginx.url_of("big.nii");
-    let c = ctx();
+    let c = session_context(SessionConfig::new().with_target_partitions(1));
     let mut store = HashMap::new();
     store.insert("remote.retries".to_string(), "1".to_string());
+    store.insert("remote.concurrency".to_string(), "1".to_string());
     register_voxels(&c, "big", &url, &store).expect("register");
     let df = c
         .sql("SELECT t, sum(value) FROM big GROUP BY t")
