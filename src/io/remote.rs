@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -635,16 +634,6 @@ impl RemoteObject {
         }
         Ok(())
     }
-
-    /// The object from byte 0 as a stream (one GET), for gzip decompression.
-    fn stream(&self) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
-        let store = Arc::clone(&self.store);
-        let path = self.path.clone();
-        let options = self.get_options(None);
-        let r = block_on(async move { store.get_opts(&path, options).await })?
-            .map_err(|e| remote_error(&self.url, e))?;
-        Ok(r.into_stream())
-    }
 }
 
 fn is_range_error(e: &object_store::Error) -> bool {
@@ -848,97 +837,26 @@ impl ByteSource for RemoteSource {
     }
 }
 
-/// A gzip-compressed object without an index: one streaming GET per read, decompressed forward and dropped after
-/// the last byte needed.
-#[derive(Debug)]
-pub struct RemoteGzipSource {
-    object: RemoteObject,
-}
-
-impl RemoteGzipSource {
-    pub fn new(object: RemoteObject) -> RemoteGzipSource {
-        RemoteGzipSource { object }
-    }
-}
-
-impl ByteSource for RemoteGzipSource {
-    fn location(&self) -> &str {
-        &self.object.url
-    }
-
-    fn size(&self) -> Result<Option<u64>> {
-        Ok(None)
-    }
-
-    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
-        let mut body = BodyReader {
-            stream: self.object.stream()?,
-            pending: Vec::new(),
-            at: 0,
-            fetched: 0,
-            url: &self.object.url,
-        };
-        let decoder = flate2::read::MultiGzDecoder::new(&mut body);
-        super::stream::read_segments_forward(decoder, segments, out, &self.object.url)?;
-        let fetched = body.fetched;
-        Ok(ReadStats {
-            bytes_read: fetched,
-            bytes_delivered: segments.iter().map(|s| s.len).sum(),
-            segments: segments.len() as u64,
-            requests: 1,
-        })
-    }
-}
-
-/// A response body as a blocking `Read`, pulling about a mebibyte per wait.
-struct BodyReader<'a> {
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
-    pending: Vec<Bytes>,
-    at: usize,
-    fetched: u64,
-    url: &'a str,
-}
-
-const PULL_BYTES: usize = 1 << 20;
-
-impl Read for BodyReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pending.first().is_some_and(|b| self.at >= b.len()) {
-            self.pending.remove(0);
-            self.at = 0;
-        }
-        if self.pending.is_empty() {
-            let stream = &mut self.stream;
-            let chunks = block_on(async move {
-                let mut got = Vec::new();
-                let mut n = 0;
-                while n < PULL_BYTES {
-                    match stream.next().await {
-                        Some(Ok(b)) => {
-                            n += b.len();
-                            got.push(b);
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => break,
-                    }
+/// Wait (blocking) for about `max` more bytes of a response body: its next chunks, fewer at its end, none after.
+pub fn pull_chunks(
+    stream: &mut BoxStream<'static, object_store::Result<Bytes>>,
+    max: usize,
+) -> Result<object_store::Result<Vec<Bytes>>> {
+    block_on(async move {
+        let mut got = Vec::new();
+        let mut n = 0;
+        while n < max {
+            match stream.next().await {
+                Some(Ok(b)) => {
+                    n += b.len();
+                    got.push(b);
                 }
-                Ok(got)
-            })
-            .map_err(std::io::Error::other)?
-            .map_err(|e| std::io::Error::other(remote_error(self.url, e)))?;
-            self.fetched += chunks.iter().map(|b| b.len() as u64).sum::<u64>();
-            self.pending = chunks;
-            self.at = 0;
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
         }
-        let Some(chunk) = self.pending.first() else {
-            return Ok(0);
-        };
-        let rest = chunk.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.at += n;
-        Ok(n)
-    }
+        Ok(got)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------

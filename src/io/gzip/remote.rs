@@ -21,13 +21,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{DataCache, GzEngine, GzipOptions, RunSource, cache_file_name, user_cache_dir};
 use crate::error::{Result, VoxelError};
 use crate::io::gzindex::{FileIdentity, GzIndex, ReadAt};
-use crate::io::remote::{RemoteObject, block_on};
+use crate::io::remote::{RemoteObject, pull_chunks};
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;
 
@@ -355,28 +354,14 @@ impl Body {
         let Some(stream) = self.stream.as_mut() else {
             return Err(cut_short(url, self.pos));
         };
-        let got = block_on(async {
-            let mut got = Vec::new();
-            let mut n = 0;
-            while n < PULL_BYTES {
-                match stream.next().await {
-                    Some(Ok(b)) => {
-                        n += b.len();
-                        got.push(b);
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => break,
-                }
-            }
-            Ok(got)
-        })
-        .map_err(std::io::Error::other)?
-        .map_err(|e| {
-            std::io::Error::other(VoxelError::Remote {
-                url: url.to_string(),
-                msg: e.to_string(),
-            })
-        })?;
+        let got = pull_chunks(stream, PULL_BYTES)
+            .map_err(std::io::Error::other)?
+            .map_err(|e| {
+                std::io::Error::other(VoxelError::Remote {
+                    url: url.to_string(),
+                    msg: e.to_string(),
+                })
+            })?;
         let received: u64 = got.iter().map(|b| b.len() as u64).sum();
         if received == 0 {
             self.stream = None;
@@ -409,6 +394,7 @@ mod tests {
     use super::*;
     use crate::io::gzip::SpanCache;
     use crate::io::remote::StoreOptions;
+    use crate::io::remote::block_on;
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
