@@ -675,16 +675,26 @@ impl Inflater {
         buf
     }
 
-    /// One `inflate` call: (input bytes used, output bytes made, zlib return code).
-    fn inflate(&mut self, input: &[u8], output: &mut [u8], flush: c_int) -> (usize, usize, c_int) {
+    /// One `inflate` call writing into the `len` bytes at `out`: (input bytes used, output bytes made, zlib return
+    /// code). The output may be uninitialised: inflate only writes it (and reads back only what it wrote).
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `len` bytes for the duration of the call.
+    unsafe fn inflate(
+        &mut self,
+        input: &[u8],
+        out: *mut u8,
+        len: usize,
+        flush: c_int,
+    ) -> (usize, usize, c_int) {
         let avail_in = input.len().min(c_uint::MAX as usize) as c_uint;
-        let avail_out = output.len().min(c_uint::MAX as usize) as c_uint;
+        let avail_out = len.min(c_uint::MAX as usize) as c_uint;
         self.strm.next_in = input.as_ptr();
         self.strm.avail_in = avail_in;
-        self.strm.next_out = output.as_mut_ptr();
+        self.strm.next_out = out;
         self.strm.avail_out = avail_out;
-        // SAFETY: initialised stream; next_in/avail_in and next_out/avail_out describe live slices that outlive
-        // the call, and are cleared right after it.
+        // SAFETY: initialised stream; next_in/avail_in describe a live slice, next_out/avail_out a writable region
+        // (the caller's contract), both outliving the call; they are cleared right after it.
         let ret = unsafe { z::inflate(&mut *self.strm, flush) };
         let used = (avail_in - self.strm.avail_in) as usize;
         let made = (avail_out - self.strm.avail_out) as usize;
@@ -857,17 +867,51 @@ impl<'a> GzCursor<'a> {
     }
 
     pub fn fill(&mut self, out: &mut [u8]) -> Result<usize> {
+        // SAFETY: `out` is a live slice, writable for its whole length.
+        unsafe { self.fill_raw(out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Decompress exactly `n` more bytes onto the end of `v`, straight into its spare capacity (not zeroed first,
+    /// which matters for large buffers kept by the data cache); a stream that ends first is `Truncated`.
+    pub fn read_exact_into(&mut self, v: &mut Vec<u8>, n: usize) -> Result<()> {
+        let start = self.out_pos;
+        v.reserve(n);
+        let spare = v.spare_capacity_mut();
+        // SAFETY: the spare capacity has room for at least `n` bytes (reserved above) and stays alive and unaliased
+        // for the call.
+        let made = unsafe { self.fill_raw(spare.as_mut_ptr().cast::<u8>(), n) }?;
+        // SAFETY: inflate wrote (initialised) exactly the first `made` <= `n` bytes of the spare capacity.
+        unsafe { v.set_len(v.len() + made) };
+        if made < n {
+            return Err(VoxelError::Truncated {
+                path: format!("{} (decompressed)", self.location),
+                expected: start + n as u64,
+                actual: self.out_pos,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decompress into the `len` bytes at `out`; how many were made (fewer only at the end of the stream).
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `len` bytes for the duration of the call.
+    unsafe fn fill_raw(&mut self, out: *mut u8, len: usize) -> Result<usize> {
         let mut made = 0;
-        while made < out.len() && !self.finished {
+        while made < len && !self.finished {
             if self.buf_pos == self.buf_len {
                 self.refill()?;
             }
-            let (flush, room) = self.flush_and_room(out.len() - made);
-            let (used, n, ret) = self.inf.inflate(
-                &self.buf[self.buf_pos..self.buf_len],
-                &mut out[made..made + room],
-                flush,
-            );
+            let (flush, room) = self.flush_and_room(len - made);
+            // SAFETY: `made + room <= len`, so `out + made` is valid for `room` writes (the caller's contract).
+            let (used, n, ret) = unsafe {
+                self.inf.inflate(
+                    &self.buf[self.buf_pos..self.buf_len],
+                    out.add(made),
+                    room,
+                    flush,
+                )
+            };
             self.buf_pos += used;
             made += n;
             self.out_pos += n as u64;
@@ -877,7 +921,7 @@ impl<'a> GzCursor<'a> {
                 z::Z_BUF_ERROR if self.input_ended && self.buf_pos == self.buf_len => {
                     return Err(VoxelError::Truncated {
                         path: format!("{} (gzip stream ends early)", self.location),
-                        expected: self.out_pos + (out.len() - made) as u64,
+                        expected: self.out_pos + (len - made) as u64,
                         actual: self.out_pos,
                     });
                 }
@@ -1259,6 +1303,22 @@ mod tests {
             .read_exact(&mut vec![0u8; data.len()])
             .unwrap_err();
         assert!(err.to_string().contains("cut.gz"), "{err}");
+    }
+
+    #[test]
+    fn read_exact_into_appends_without_zeroing_first() {
+        let data = noisy(300_000, 12);
+        let (file, index) = built(&data, 60_000);
+        let p = &index.points()[1];
+        let mut v = b"head".to_vec();
+        let mut c = GzCursor::from_point(&file, "t.gz", p).unwrap();
+        c.read_exact_into(&mut v, 100_000).unwrap();
+        assert!(v.len() == 100_004 && v[..4] == *b"head");
+        assert!(v[4..] == data[p.out as usize..p.out as usize + 100_000]);
+        let rest = data.len() - p.out as usize - 100_000;
+        let err = c.read_exact_into(&mut v, rest + 1).unwrap_err();
+        assert!(matches!(err, VoxelError::Truncated { .. }), "{err}");
+        assert_eq!(v.len(), 100_004 + rest, "what was made is kept");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Restarting at a seek point still costs up to a span (1 MiB) of decompression per read; a repeated or overlapping
 //! read (the same volume twice, a second query over the same file, neighbouring slices) is served from here instead.
 //! Entries are runs of decompressed bytes `[start, start + len)` of one gz file, keyed by the file (its path and
-//! identity, so a replaced file never hits old data) and `start`. Readers insert what they decompressed, cut at
+//! identity, so a replaced file never hits old data) and `start`. Readers insert what they were asked for, cut at
 //! seek points (at most [`MAX_ENTRY`] bytes each); a lookup splits a wanted range into parts found here and parts
-//! to decompress. Eviction is least-recently-used under a byte budget ([`DEFAULT_BUDGET`], or
+//! to decompress. Each entry also counts [`ENTRY_COST`] bytes against the budget, so that many tiny entries (a
+//! voxel's time series is one per volume) cannot hold more memory than it says. Eviction is least-recently-used under a byte budget ([`DEFAULT_BUDGET`], or
 //! `VOXELSCAN_GZIP_CACHE`; `0` disables the cache).
 //!
 //! Only lookups and inserts take the lock; copying and decompressing happen outside it, on `Arc`s of the entries,
@@ -28,6 +29,8 @@ pub const DEFAULT_BUDGET: u64 = 256 << 20;
 /// Longest entry. Readers cut what they decompress at seek points and at most this far apart, so that a lookup
 /// needs to look back only this far for an entry covering an offset.
 pub const MAX_ENTRY: u64 = 4 << 20;
+/// Bookkeeping per entry counted against the budget besides its data (maps, `Arc`, allocation).
+pub const ENTRY_COST: u64 = 128;
 /// Most bytes of evicted buffers kept for reuse (also at most a quarter of the budget).
 const POOL_BYTES: u64 = 32 << 20;
 
@@ -138,8 +141,8 @@ impl SpanCache {
         inner.stats.entries = 0;
     }
 
-    /// A buffer of `len` bytes (of unspecified content) for a new entry: an evicted entry's when one is large
-    /// enough, else a new one.
+    /// An empty buffer with room for `len` bytes, for a new entry: an evicted entry's when one is large enough
+    /// (its memory already mapped), else a new one. Filled by appending (nothing is zeroed first).
     pub fn buffer(&self, len: usize) -> Vec<u8> {
         let reused = {
             let mut inner = self.lock();
@@ -152,11 +155,10 @@ impl SpanCache {
         };
         match reused {
             Some(mut b) => {
-                // Within the capacity: writes at most the bytes past the old length, maps nothing new.
-                b.resize(len, 0);
+                b.clear();
                 b
             }
-            None => vec![0u8; len],
+            None => Vec::with_capacity(len),
         }
     }
 
@@ -217,7 +219,7 @@ impl SpanCache {
     /// at `start` already holds at least as much; entries it contains are dropped.
     pub fn insert(&self, key: &Arc<str>, start: u64, data: Vec<u8>) {
         let len = data.len() as u64;
-        if len == 0 || len > MAX_ENTRY || len > self.budget {
+        if len == 0 || len > MAX_ENTRY || len + ENTRY_COST > self.budget {
             return;
         }
         let mut inner = self.lock();
@@ -240,7 +242,7 @@ impl SpanCache {
         for s in inside {
             inner.remove(key, s, self.budget);
         }
-        while inner.stats.used + len > self.budget {
+        while inner.stats.used + len + ENTRY_COST > self.budget {
             if !inner.evict_oldest(self.budget) {
                 break;
             }
@@ -255,7 +257,7 @@ impl SpanCache {
                 tick,
             },
         );
-        inner.stats.used += len;
+        inner.stats.used += len + ENTRY_COST;
         inner.stats.entries += 1;
     }
 
@@ -292,7 +294,7 @@ impl Inner {
             self.files.remove(key);
         }
         let e = removed?;
-        self.stats.used -= e.len();
+        self.stats.used -= e.len() + ENTRY_COST;
         self.stats.entries -= 1;
         if let Ok(buf) = Arc::try_unwrap(e.data) {
             let cap = buf.capacity() as u64;
@@ -405,7 +407,7 @@ mod tests {
         let s = c.stats();
         assert_eq!(
             (s.hit_bytes, s.miss_bytes, s.used, s.entries),
-            (100, 150, 150, 2)
+            (100, 150, 150 + 2 * ENTRY_COST, 2)
         );
         // Another file with the same offsets shares nothing.
         assert!(matches!(
@@ -419,7 +421,7 @@ mod tests {
 
     #[test]
     fn least_recently_used_is_evicted_first() {
-        let c = SpanCache::new(300);
+        let c = SpanCache::new(3 * (100 + ENTRY_COST));
         let k = key("f");
         c.insert(&k, 0, bytes(0, 100));
         c.insert(&k, 100, bytes(100, 100));
@@ -430,7 +432,10 @@ mod tests {
         assert!(matches!(cover(&c, "f", 150, 1)[..], [Cover::Miss { .. }]));
         assert!(matches!(cover(&c, "f", 50, 1)[..], [Cover::Hit { .. }]));
         let s = c.stats();
-        assert_eq!((s.used, s.entries, s.evictions), (300, 3, 1));
+        assert_eq!(
+            (s.used, s.entries, s.evictions),
+            (3 * (100 + ENTRY_COST), 3, 1)
+        );
     }
 
     #[test]
@@ -440,10 +445,10 @@ mod tests {
         c.insert(&k, 10, bytes(10, 20));
         c.insert(&k, 40, bytes(40, 20));
         c.insert(&k, 10, bytes(10, 60));
-        assert_eq!((c.stats().used, c.stats().entries), (60, 1));
+        assert_eq!((c.stats().used, c.stats().entries), (60 + ENTRY_COST, 1));
         // A shorter entry at the same start changes nothing.
         c.insert(&k, 10, bytes(10, 5));
-        assert_eq!((c.stats().used, c.stats().entries), (60, 1));
+        assert_eq!((c.stats().used, c.stats().entries), (60 + ENTRY_COST, 1));
         // Empty, over-budget and over-MAX_ENTRY entries are not kept.
         c.insert(&k, 500, Vec::new());
         c.insert(&k, 500, bytes(500, 1001));
@@ -461,10 +466,15 @@ mod tests {
     #[test]
     fn evicted_buffers_are_reused_unless_a_reader_holds_them() {
         const M: u64 = 1 << 20;
-        let c = SpanCache::new(16 * M);
+        let c = SpanCache::new(16 * M + 16 * ENTRY_COST);
         let k = key("f");
         c.insert(&k, 0, vec![1; M as usize]);
         c.insert(&k, M, vec![2; M as usize]);
+        // Where the second entry's bytes live (the Arc is dropped again at once).
+        let second = match &cover(&c, "f", M, 1)[..] {
+            [Cover::Hit { data, .. }] => data.as_ptr() as usize,
+            other => panic!("{other:?}"),
+        };
         // A reader holds the first entry (and makes it the most recent).
         let held = cover(&c, "f", 0, 1);
         for i in 0..3 {
@@ -476,13 +486,21 @@ mod tests {
         c.insert(&k, 17 * M, vec![5; M as usize]);
         assert_eq!(c.stats().evictions, 2);
         let b = c.buffer(M as usize);
-        assert!(b.len() == M as usize && b.iter().all(|&x| x == 2));
-        assert!(c.buffer(100).iter().all(|&x| x == 0), "nothing else pooled");
+        assert!(b.is_empty() && b.capacity() >= M as usize);
+        assert_eq!(b.as_ptr() as usize, second, "the evicted entry's memory");
+        let fresh = c.buffer(100);
+        assert!(
+            fresh.is_empty() && fresh.capacity() >= 100 && fresh.capacity() < M as usize,
+            "nothing else pooled"
+        );
         assert!(matches!(&held[..], [Cover::Hit { data, .. }] if data[0] == 1));
         // A smaller request reuses a larger buffer, cut to length.
         c.insert(&k, 18 * M, vec![6; 4 * M as usize]);
-        assert_eq!(c.buffer(10).len(), 10);
-        assert!(c.stats().used <= 16 * M);
+        assert!(
+            c.buffer(10).capacity() >= M as usize,
+            "a larger pooled buffer serves a small request"
+        );
+        assert!(c.stats().used <= c.budget());
     }
 
     #[test]
