@@ -2,10 +2,11 @@
 //! bytes between the index points a read needs.
 //!
 //! ```text
-//! first read (no index):  one streaming GET from byte 0, decompressed forward, recording seek points
+//! first read (no index):  one streaming GET from byte 0 to about where the read ends (estimated; more GETs, each
+//!                         twice as long, only if it reads on), decompressed forward, recording seek points
 //!                         → index file in the cache directory, keyed by URL + size + ETag
-//! with an index:          planned runs, each from a seek point → one GET of the compressed bytes from that point to
-//!                         the point after the run's last byte, streamed into the decompressor as it goes
+//! with an index:          planned runs, each from a seek point to the point after its last byte; the runs of one
+//!                         thread share one GET per stretch of adjacent ranges, streamed into the decompressor
 //! repeated reads:         served from the process-wide data cache ([`super::SpanCache`]) without any request
 //! ```
 //!
@@ -96,7 +97,7 @@ impl RemoteIndexedGzip {
         self.engine.index_path()
     }
 
-    /// Complete the index with one streaming GET from its last point to the end, and write it.
+    /// Complete the index with a streaming GET from its last point to the end, and write it.
     pub fn build_index(
         &self,
         progress: impl FnMut(u64),
