@@ -11,6 +11,14 @@
 //! pass inflates with `Z_BLOCK`, so zlib stops at every block boundary and reports it in `data_type` (bit 7 = at a
 //! block boundary, bit 6 = after the last block, bits 0–2 = unused bits of the last input byte), and the window is
 //! read back with `inflateGetDictionary`. A query that reads the file anyway builds the index for free.
+//! The same passes also record [`Mark`]s: block boundaries every [`MARK_SPAN`] bytes or so, without a window (17
+//! bytes each). A short read far from its seek point decompresses from the nearest mark instead, twice, with the
+//! unknown window filled once with `0x00` and once with `0xFF` bytes: every output byte is a literal or a copy of an
+//! earlier byte, so a byte that comes out the same both times does not depend on the window and is exact; if any
+//! byte asked for differs, the read falls back to the seek point (the technique of rapidgzip's two-stage decoding,
+//! done with two ordinary inflates). On noise-like data almost every such read succeeds and costs a few KiB instead
+//! of half a span.
+//!
 //! Multi-member files (concatenated gzip members) work: at a member's end the cursor checks its trailer (in gzip
 //! mode zlib verifies CRC-32 and length; a pass started from a point skips the partial member's trailer), skips zero
 //! padding as Python's gzip does, and restarts on the next member's header; a member's first point has an empty or
@@ -19,12 +27,13 @@
 //! Inflate comes from `libz-rs-sys` (zlib-rs behind zlib's C API): the only pure-Rust inflate that offers
 //! `inflatePrime`, `inflateSetDictionary`, `inflateGetDictionary` and `Z_BLOCK` with zlib's `data_type` bits.
 //!
-//! # Index file (version 1, little-endian)
+//! # Index file (version 2, little-endian)
 //!
 //! ```text
 //! magic "VXGZIDX\0" | version u32 | flags u32 (bit 0: complete) | gz size u64 | gz mtime ns i64 |
 //! crc32 of the gz file's first 64 KiB u32 | span u64 | covered_out u64 | total_out u64 | points u32 |
 //! per point: out u64, in u64, bits u8, window kind u8 (0 raw, 1 raw-deflate), window len u32, stored len u32, bytes |
+//! marks u32 | per mark: out u64, in u64, bits u8 |
 //! crc32 of everything before it u32
 //! ```
 //!
@@ -53,7 +62,10 @@ pub const WINDOW_SIZE: usize = 32 * 1024;
 pub const HEAD_HASH_LEN: usize = 64 * 1024;
 
 const MAGIC: &[u8; 8] = b"VXGZIDX\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Least distance in decompressed bytes between two [`Mark`]s (each is taken at the first block boundary after it).
+pub const MARK_SPAN: u64 = 16 * 1024;
+const MARK_LEN: usize = 8 + 8 + 1;
 const FLAG_COMPLETE: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 4 + 8 + 8 + 8 + 4;
 const POINT_HEAD_LEN: usize = 8 + 8 + 1 + 1 + 4 + 4;
@@ -179,6 +191,18 @@ impl SeekPoint {
     }
 }
 
+/// A block boundary without its window: decompression can restart there, but bytes that copy from before it are
+/// unknown (see the module docs for how reads use marks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Offset in the decompressed data.
+    pub out: u64,
+    /// Offset in the gz file of the first byte wholly inside the block.
+    pub input: u64,
+    /// How many high bits of the byte before `input` belong to the block (0–7).
+    pub bits: u8,
+}
+
 /// Why a stored index was not used. Every case means "absent": the caller rebuilds it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexRejected {
@@ -206,6 +230,7 @@ pub enum IndexRejected {
 pub struct GzIndex {
     span: u64,
     points: Vec<SeekPoint>,
+    marks: Vec<Mark>,
     covered_out: u64,
     total_out: Option<u64>,
 }
@@ -214,6 +239,7 @@ pub struct GzIndex {
 #[derive(Debug, Clone)]
 pub struct PassRecord {
     points: Vec<SeekPoint>,
+    marks: Vec<Mark>,
     reached_out: u64,
     total_out: Option<u64>,
 }
@@ -234,6 +260,7 @@ impl GzIndex {
         GzIndex {
             span: span.max(1),
             points: Vec::new(),
+            marks: Vec::new(),
             covered_out: 0,
             total_out: None,
         }
@@ -265,6 +292,17 @@ impl GzIndex {
         &self.points
     }
 
+    pub fn marks(&self) -> &[Mark] {
+        &self.marks
+    }
+
+    /// The marks in the decompressed range `(after, upto]`.
+    pub fn marks_within(&self, after: u64, upto: u64) -> &[Mark] {
+        let from = self.marks.partition_point(|m| m.out <= after);
+        let to = self.marks.partition_point(|m| m.out <= upto).max(from);
+        &self.marks[from..to]
+    }
+
     /// Decompressed bytes up to which the points are known.
     pub fn covered_out(&self) -> u64 {
         self.covered_out
@@ -293,7 +331,12 @@ impl GzIndex {
     /// Merge what a recording pass learnt; returns whether the index grew. Passes are deterministic (same block
     /// boundaries, same spacing rule from the same last point), so points past the current last one are appended.
     pub fn absorb(&mut self, record: PassRecord) -> bool {
-        let before = (self.points.len(), self.covered_out, self.total_out);
+        let before = (
+            self.points.len(),
+            self.marks.len(),
+            self.covered_out,
+            self.total_out,
+        );
         let last = self.points.last().map(|p| p.out);
         self.points.extend(
             record
@@ -301,18 +344,35 @@ impl GzIndex {
                 .into_iter()
                 .filter(|p| last.is_none_or(|l| p.out > l)),
         );
+        let last_mark = self.marks.last().map(|m| m.out);
+        self.marks.extend(
+            record
+                .marks
+                .into_iter()
+                .filter(|m| last_mark.is_none_or(|l| m.out > l)),
+        );
         self.covered_out = self.covered_out.max(record.reached_out);
         if let Some(total) = record.total_out {
             self.total_out = Some(total);
             self.covered_out = total;
         }
-        before != (self.points.len(), self.covered_out, self.total_out)
+        before
+            != (
+                self.points.len(),
+                self.marks.len(),
+                self.covered_out,
+                self.total_out,
+            )
     }
 
     /// The index file's bytes for the gz file `id`.
     pub fn to_bytes(&self, id: &FileIdentity) -> Vec<u8> {
         let mut b = Vec::with_capacity(
-            HEADER_LEN + self.points.len() * (POINT_HEAD_LEN + WINDOW_SIZE / 2) + 4,
+            HEADER_LEN
+                + self.points.len() * (POINT_HEAD_LEN + WINDOW_SIZE / 2)
+                + 4
+                + self.marks.len() * MARK_LEN
+                + 4,
         );
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
@@ -332,6 +392,12 @@ impl GzIndex {
         });
         for p in &self.points {
             write_point(&mut b, p, pack);
+        }
+        b.extend_from_slice(&(self.marks.len() as u32).to_le_bytes());
+        for m in &self.marks {
+            b.extend_from_slice(&m.out.to_le_bytes());
+            b.extend_from_slice(&m.input.to_le_bytes());
+            b.push(m.bits);
         }
         let crc = zlib_rs::crc32::crc32(0, &b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -519,15 +585,51 @@ fn parse_body(mut r: Reader<'_>, id: &FileIdentity) -> Result<GzIndex, IndexReje
         }
         points.push(p);
     }
+    let marks = parse_marks(&mut r, size, covered_out)?;
     if r.pos != r.bytes.len() {
-        return Err(malformed("trailing bytes after the points"));
+        return Err(malformed("trailing bytes after the marks"));
     }
     Ok(GzIndex {
         span,
         points,
+        marks,
         covered_out,
         total_out,
     })
+}
+
+fn parse_marks(
+    r: &mut Reader<'_>,
+    gz_size: u64,
+    covered_out: u64,
+) -> Result<Vec<Mark>, IndexRejected> {
+    let count = r.u32()? as usize;
+    if count > r.bytes.len().saturating_sub(r.pos) / MARK_LEN {
+        return Err(IndexRejected::Truncated);
+    }
+    let mut marks: Vec<Mark> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let m = Mark {
+            out: r.u64()?,
+            input: r.u64()?,
+            bits: r.u8()?,
+        };
+        let misplaced = m.bits > 7
+            || (m.bits > 0 && m.input == 0)
+            || m.input > gz_size
+            || m.out > covered_out
+            || marks
+                .last()
+                .is_some_and(|q| q.out >= m.out || q.input > m.input);
+        if misplaced {
+            return Err(IndexRejected::Malformed(format!(
+                "mark at output offset {} is out of order or bounds",
+                m.out
+            )));
+        }
+        marks.push(m);
+    }
+    Ok(marks)
 }
 
 fn parse_point(r: &mut Reader<'_>, gz_size: u64) -> Result<SeekPoint, IndexRejected> {
@@ -567,6 +669,8 @@ pub struct GzIndexBuilder {
     span: u64,
     last_out: Option<u64>,
     points: Vec<SeekPoint>,
+    last_mark: Option<u64>,
+    marks: Vec<Mark>,
 }
 
 impl GzIndexBuilder {
@@ -576,16 +680,34 @@ impl GzIndexBuilder {
             span: span.max(1),
             last_out,
             points: Vec::new(),
+            last_mark: last_out,
+            marks: Vec::new(),
         }
     }
 
     fn due(&self, out: u64) -> bool {
-        self.due_at().is_none_or(|at| out >= at)
+        self.point_due_at().is_none_or(|at| out >= at)
+    }
+
+    fn mark_due(&self, out: u64) -> bool {
+        self.mark_due_at().is_none_or(|at| out >= at)
     }
 
     /// Output offset from which the next point is wanted (`None`: at the first boundary).
-    fn due_at(&self) -> Option<u64> {
+    fn point_due_at(&self) -> Option<u64> {
         self.last_out.map(|l| l.saturating_add(self.span))
+    }
+
+    fn mark_due_at(&self) -> Option<u64> {
+        self.last_mark.map(|l| l.saturating_add(MARK_SPAN))
+    }
+
+    /// Output offset from which the next point or mark is wanted (`None`: at the first boundary).
+    fn due_at(&self) -> Option<u64> {
+        match (self.point_due_at(), self.mark_due_at()) {
+            (Some(p), Some(m)) => Some(p.min(m)),
+            _ => None,
+        }
     }
 }
 
@@ -760,26 +882,45 @@ impl<'a> GzCursor<'a> {
         location: &'a str,
         point: &SeekPoint,
     ) -> Result<GzCursor<'a>> {
-        let bad = |m: String| corrupt(location, point.input, &m);
+        let at = Mark {
+            out: point.out,
+            input: point.input,
+            bits: point.bits,
+        };
+        GzCursor::raw_at(src, location, at, point.window())
+    }
+
+    /// A pass restarting at `mark` as if the 32 KiB before it were all `fill` bytes: the bytes it makes are exact
+    /// only where they do not copy from before the mark (see the module docs).
+    pub fn from_mark(
+        src: &'a dyn ReadAt,
+        location: &'a str,
+        mark: Mark,
+        fill: u8,
+    ) -> Result<GzCursor<'a>> {
+        GzCursor::raw_at(src, location, mark, &[fill; WINDOW_SIZE])
+    }
+
+    fn raw_at(
+        src: &'a dyn ReadAt,
+        location: &'a str,
+        at: Mark,
+        window: &[u8],
+    ) -> Result<GzCursor<'a>> {
+        let bad = |m: String| corrupt(location, at.input, &m);
         let mut inf = Inflater::new(RAW_BITS).map_err(bad)?;
-        if point.bits > 0 {
+        if at.bits > 0 {
             let mut byte = [0u8; 1];
-            let at = point.input.saturating_sub(1);
-            let got = read_full_at(src, &mut byte, at).map_err(|e| VoxelError::io(location, e))?;
+            let before = at.input.saturating_sub(1);
+            let got =
+                read_full_at(src, &mut byte, before).map_err(|e| VoxelError::io(location, e))?;
             if got == 0 {
-                return Err(truncated_input(location, point.out));
+                return Err(truncated_input(location, at.out));
             }
-            inf.prime(point.bits, byte[0]).map_err(bad)?;
+            inf.prime(at.bits, byte[0]).map_err(bad)?;
         }
-        inf.set_dictionary(point.window()).map_err(bad)?;
-        Ok(GzCursor::with(
-            src,
-            location,
-            inf,
-            true,
-            point.input,
-            point.out,
-        ))
+        inf.set_dictionary(window).map_err(bad)?;
+        Ok(GzCursor::with(src, location, inf, true, at.input, at.out))
     }
 
     fn with(
@@ -805,6 +946,12 @@ impl<'a> GzCursor<'a> {
             compressed_read: 0,
             builder: None,
         }
+    }
+
+    /// Read compressed input `n` bytes at a time (default 128 KiB): short passes read less past their end.
+    pub fn input_chunk(mut self, n: usize) -> GzCursor<'a> {
+        self.buf.truncate(n.max(1));
+        self
     }
 
     /// Record seek points during this pass.
@@ -839,6 +986,7 @@ impl<'a> GzCursor<'a> {
         let reached_out = self.out_pos;
         self.builder.map(|b| PassRecord {
             points: b.points,
+            marks: b.marks,
             reached_out,
             total_out,
         })
@@ -1014,11 +1162,22 @@ impl<'a> GzCursor<'a> {
         };
         // At the end of a gzip header or of a block that is not the member's last (zran's test).
         let at_boundary = self.inf.data_type() & 0xc0 == 0x80;
-        if !at_boundary || !builder.due(self.out_pos) {
+        if !at_boundary {
             return;
         }
         let input = self.next_read - (self.buf_len - self.buf_pos) as u64;
         let bits = (self.inf.data_type() & 7) as u8;
+        if builder.mark_due(self.out_pos) {
+            builder.marks.push(Mark {
+                out: self.out_pos,
+                input,
+                bits,
+            });
+            builder.last_mark = Some(self.out_pos);
+        }
+        if !builder.due(self.out_pos) {
+            return;
+        }
         builder.points.push(SeekPoint {
             out: self.out_pos,
             input,
@@ -1165,6 +1324,57 @@ mod tests {
                 p.out
             );
         }
+    }
+
+    #[test]
+    fn marks_restart_decompression_exactly_where_the_two_fills_agree() {
+        let data = noisy(2_000_000, 4);
+        let (file, index) = built(&data, 1 << 20);
+        let outs: Vec<u64> = index.marks().iter().map(|m| m.out).collect();
+        assert!(outs.len() >= 30, "{}", outs.len());
+        assert!(
+            outs.windows(2).all(|w| w[1] - w[0] >= MARK_SPAN),
+            "{outs:?}"
+        );
+        let mut agreed = 0usize;
+        for m in index.marks().iter().step_by(3) {
+            let n = 40_000.min(data.len() - m.out as usize);
+            let decode = |fill: u8| {
+                let mut c = GzCursor::from_mark(&file, "t.gz", *m, fill).unwrap();
+                let mut buf = vec![0u8; n];
+                c.read_exact(&mut buf).unwrap();
+                buf
+            };
+            let (zeros, ones) = (decode(0x00), decode(0xFF));
+            let truth = &data[m.out as usize..m.out as usize + n];
+            for k in 0..n {
+                if zeros[k] == ones[k] {
+                    assert_eq!(zeros[k], truth[k], "mark at {}, byte {k}", m.out);
+                    agreed += 1;
+                }
+            }
+        }
+        assert!(agreed > 0);
+    }
+
+    #[test]
+    fn misplaced_marks_are_malformed() {
+        let (_, index) = built(&noisy(400_000, 6), 100_000);
+        let mut bad = index.clone();
+        bad.marks.swap(1, 2);
+        let bytes = bad.to_bytes(&id());
+        assert!(matches!(
+            GzIndex::from_bytes(&bytes, &id()),
+            Err(IndexRejected::Malformed(_))
+        ));
+        let mut bad = index;
+        if let Some(m) = bad.marks.last_mut() {
+            m.out = bad.covered_out + 1;
+        }
+        assert!(matches!(
+            GzIndex::from_bytes(&bad.to_bytes(&id()), &id()),
+            Err(IndexRejected::Malformed(_))
+        ));
     }
 
     #[test]

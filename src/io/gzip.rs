@@ -49,7 +49,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::gzindex::{
-    DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, GzIndexBuilder, PassRecord, ReadAt, SeekPoint,
+    DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, GzIndexBuilder, Mark, PassRecord, ReadAt,
+    SeekPoint,
 };
 use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
@@ -75,6 +76,11 @@ const KEEP_GAP: u64 = 64 * 1024;
 const INPUT_SLACK: u64 = 64 * 1024;
 /// Decompressed chunk size for cutting out small segments.
 const CHUNK: usize = 128 * 1024;
+/// What starting a probe from a mark costs beyond its decompression, in decompressed bytes (two inflate set-ups
+/// with a 32 KiB window each): a probe is tried only when it saves more than this.
+const PROBE_OVERHEAD: u64 = 64 * 1024;
+/// Compressed bytes a probe reads at a time (it usually needs a few KiB).
+const PROBE_INPUT_CHUNK: usize = 16 * 1024;
 /// Segments at least this long are decompressed straight into the output.
 const DIRECT_MIN: u64 = 32 * 1024;
 /// A partial index is written again once it covers this many more spans.
@@ -174,6 +180,12 @@ pub trait RunSource: Sync {
     /// starts at a run's first byte and ends where it is expected to stop). Reads elsewhere must still be served: a
     /// run may need bytes past its planned end.
     fn reader(&self, plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>>;
+
+    /// Whether short reads may probe from window-free marks (see [`super::gzindex`]): true where re-reading a few
+    /// KiB of compressed bytes is cheap.
+    fn probes_marks(&self) -> bool {
+        true
+    }
 }
 
 impl RunSource for File {
@@ -441,6 +453,7 @@ impl GzEngine {
             record: false,
             pieces,
             input: 0..0,
+            marks: Vec::new(),
         };
         let size = self.read_state().identity.size;
         run.input = input_range(&run, &GzIndex::new(1), size);
@@ -489,6 +502,9 @@ impl GzEngine {
         }
         for run in &mut runs {
             run.input = input_range(run, &index, identity.size);
+            if src.probes_marks() && !run.record {
+                run.marks = index.marks_within(run.start_out(), run.end()).to_vec();
+            }
         }
         let tail = Some(TailPolicy {
             file_size: identity.size,
@@ -750,6 +766,9 @@ struct Run {
     /// The compressed bytes the run is expected to read (its end exact when a seek point follows the run, else
     /// estimated).
     input: Range<u64>,
+    /// Window-free block boundaries after `start` and up to the run's end, from which short pieces far from
+    /// `start` may be probed.
+    marks: Vec<Mark>,
 }
 
 impl Run {
@@ -815,6 +834,7 @@ fn plan_runs(index: &GzIndex, pieces: Vec<Piece>) -> Vec<Run> {
             record: beyond,
             pieces: vec![piece],
             input: 0..0,
+            marks: Vec::new(),
         });
     }
     runs
@@ -832,6 +852,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
         record: false,
         pieces: Vec::new(),
         input: 0..0,
+        marks: Vec::new(),
     };
     for piece in run.pieces {
         let (mut offset, mut out_at) = (piece.offset, piece.out_at);
@@ -850,6 +871,7 @@ fn split_at_points(run: Run, index: &GzIndex) -> Vec<Run> {
                     record: false,
                     pieces: Vec::new(),
                     input: 0..0,
+                    marks: Vec::new(),
                 },
             ));
             offset = q.out;
@@ -1046,6 +1068,20 @@ fn execute(
     tail: Option<TailPolicy>,
     sink: Option<&CacheSink<'_>>,
 ) -> Result<RunDone> {
+    let mut stats = ReadStats::default();
+    let probed;
+    let pieces = if run.marks.is_empty() {
+        &run.pieces
+    } else {
+        probed = probe_pieces(src, location, run, out, sink, &mut stats);
+        &probed
+    };
+    if pieces.is_empty() {
+        return Ok(RunDone {
+            stats,
+            record: None,
+        });
+    }
     let mut cursor = cursor_at(src, location, run.start.as_ref())?;
     if run.record {
         let span = tail.map_or(super::gzindex::DEFAULT_SPAN, |t| t.span);
@@ -1055,8 +1091,8 @@ fn execute(
         ));
     }
     match sink {
-        Some(sink) => serve_and_keep(&mut cursor, &run.pieces, out, scratch, sink)?,
-        None => serve_pieces(&mut cursor, &run.pieces, out, scratch)?,
+        Some(sink) => serve_and_keep(&mut cursor, pieces, out, scratch, sink)?,
+        None => serve_pieces(&mut cursor, pieces, out, scratch)?,
     }
     if let Some(t) = tail.filter(|_| run.record && !cursor.is_finished()) {
         let left = t.file_size.saturating_sub(cursor.compressed_pos());
@@ -1066,15 +1102,85 @@ fn execute(
             let _ = cursor.skip_to_end(scratch);
         }
     }
-    let stats = ReadStats {
+    stats.add(ReadStats {
         bytes_read: cursor.compressed_read(),
         requests: 1,
         ..ReadStats::default()
-    };
+    });
     Ok(RunDone {
         stats,
         record: cursor.into_record(),
     })
+}
+
+/// Serve what pieces of `run` can be served by probing from a mark (into `out`, and into the data cache); returns
+/// the pieces left for the run's seek point. A piece is probed when the nearest mark before it lies past where the
+/// run's pass would be anyway and decompressing from it twice is cheaper than getting there from that position.
+fn probe_pieces(
+    src: &dyn ReadAt,
+    location: &str,
+    run: &Run,
+    out: &mut [u8],
+    sink: Option<&CacheSink<'_>>,
+    stats: &mut ReadStats,
+) -> Vec<Piece> {
+    let mut rest = Vec::with_capacity(run.pieces.len());
+    // Where the pass from the run's seek point will have got to before the next piece.
+    let mut pass_at = run.start_out();
+    for p in &run.pieces {
+        let mark = run.marks[..run.marks.partition_point(|m| m.out <= p.offset)].last();
+        let worth = mark.filter(|m| {
+            m.out > pass_at && 2 * (p.end() - m.out) + PROBE_OVERHEAD < p.end() - pass_at
+        });
+        let served = worth.and_then(|m| probe(src, location, *m, p, stats));
+        match served {
+            Some(data) => {
+                out[p.out_at..p.out_at + data.len()].copy_from_slice(&data);
+                if let Some(sink) = sink {
+                    sink.cache.insert(&sink.key, p.offset, data);
+                }
+            }
+            None => {
+                rest.push(*p);
+                pass_at = p.end();
+            }
+        }
+    }
+    rest
+}
+
+/// Decompress from `mark` to the end of `piece` twice, the unknown window filled with `0x00` and then `0xFF`; the
+/// piece's bytes when they agree (then none of them depends on the window), else `None`. Errors also give `None`:
+/// the pass from the seek point then reads the same bytes again and reports them.
+fn probe(
+    src: &dyn ReadAt,
+    location: &str,
+    mark: Mark,
+    piece: &Piece,
+    stats: &mut ReadStats,
+) -> Option<Vec<u8>> {
+    let lead = piece.offset - mark.out;
+    let mut decode = |fill: u8| -> Option<Vec<u8>> {
+        let mut cursor = GzCursor::from_mark(src, location, mark, fill)
+            .ok()?
+            .input_chunk(PROBE_INPUT_CHUNK);
+        let mut scratch = vec![0u8; (lead as usize).min(CHUNK)];
+        let made = cursor.skip(lead, &mut scratch).and_then(|()| {
+            let mut v = Vec::new();
+            cursor
+                .read_exact_into(&mut v, piece.len as usize)
+                .map(|()| v)
+        });
+        stats.add(ReadStats {
+            bytes_read: cursor.compressed_read(),
+            requests: 1,
+            ..ReadStats::default()
+        });
+        made.ok()
+    };
+    let zeros = decode(0x00)?;
+    let ones = decode(0xFF)?;
+    (zeros == ones).then_some(zeros)
 }
 
 /// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the
@@ -1325,6 +1431,89 @@ mod tests {
         let path = dir.path().join("img.nii.gz");
         std::fs::write(&path, gz(&d, 6)).unwrap();
         (dir, path, d)
+    }
+
+    /// Bytes with no redundancy, as random voxel data: nearly every byte a literal.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn indexed(path: &Path, dir: &Path, span: u64) -> GzipSource {
+        let o = GzipOptions {
+            span,
+            cache_dir: Some(dir.join("cache")),
+            data_cache: DataCache::Off,
+            ..GzipOptions::default()
+        };
+        let src = GzipSource::with_options(path, o).unwrap();
+        src.build_index(|_| {}).unwrap();
+        src
+    }
+
+    #[test]
+    fn short_reads_far_from_points_are_probed_from_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = noise(3 << 20, 11);
+        let path = dir.path().join("noise.nii.gz");
+        std::fs::write(&path, gz(&d, 6)).unwrap();
+        let src = indexed(&path, dir.path(), 1 << 20);
+        let marks = src.index().marks().len();
+        assert!(marks > 60, "{marks} marks");
+        // Two bytes just before the second point: from the first point that is ~1 MiB of compressed input.
+        let at = (1 << 20) - 1000;
+        let (got, stats) = read(&src, &[seg(at, 2)]).unwrap();
+        assert_eq!(got, &d[at as usize..at as usize + 2]);
+        assert!(stats.bytes_read < 200_000, "{stats:?}");
+        // A time series: one short read per "volume".
+        let segs: Vec<Segment> = (0..40).map(|v| seg(v * 70_001 + 12_345, 2)).collect();
+        let (got, stats) = read(&src, &segs).unwrap();
+        assert_eq!(got, expect(&d, &segs));
+        assert!(stats.bytes_read < 40 * 150_000, "{stats:?}");
+    }
+
+    #[test]
+    fn probes_that_meet_copies_from_before_their_mark_fall_back_exactly() {
+        // Noise, then noise whose every 64 bytes start with 16 bytes copied from 20,000 bytes before: a probe for
+        // those bytes from a mark less than 20,000 bytes before them depends on the unknown window.
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = noise(1 << 20, 5);
+        let fresh = noise(1 << 20, 9);
+        for (k, chunk) in fresh.chunks(64).enumerate() {
+            let at = d.len();
+            if k % 2 == 0 {
+                d.extend_from_within(at - 20_000..at - 20_000 + 16);
+                d.extend_from_slice(&chunk[16..]);
+            } else {
+                d.extend_from_slice(chunk);
+            }
+        }
+        d.extend(noise(300_000, 13));
+        let path = dir.path().join("rep.nii.gz");
+        std::fs::write(&path, gz(&d, 6)).unwrap();
+        let src = indexed(&path, dir.path(), 1 << 20);
+        let segs: Vec<Segment> = (0..30)
+            .map(|k| seg((1 << 20) + 100_096 + k * 30_080, 3))
+            .chain((0..10).map(|k| seg(700_000 + k * 30_011, 1)))
+            .collect();
+        let mut fell_back = 0;
+        for s in &segs {
+            let (got, stats) = read(&src, std::slice::from_ref(s)).unwrap();
+            assert_eq!(got, expect(&d, std::slice::from_ref(s)), "at {s:?}");
+            // Two probe passes, then the pass from the seek point.
+            fell_back += usize::from(stats.requests == 3);
+        }
+        assert!(fell_back >= 10, "{fell_back} reads fell back");
+        let mut sorted = segs.clone();
+        sorted.sort_by_key(|s| s.offset);
+        assert_eq!(read(&src, &sorted).unwrap().0, expect(&d, &sorted));
     }
 
     #[test]
@@ -1650,6 +1839,8 @@ mod tests {
 
             let mut offsets: Vec<(u64, u64)> = reads.iter().map(|&(f, len)| ((f * total as f64) as u64, len)).collect();
             offsets.extend(index.points().iter().map(|p| (p.out, 300)));
+            offsets.extend(index.marks().iter().step_by(7).map(|m| (m.out, 300)));
+            offsets.extend(index.marks().iter().step_by(5).map(|m| (m.out.saturating_sub(1), 2)));
             offsets.extend(boundaries.iter().map(|&b| (b, 5000)));
             offsets.extend(boundaries.iter().filter(|&&b| b > 0).map(|&b| (b - 1, 2)));
             offsets.push((total.saturating_sub(1), 1));

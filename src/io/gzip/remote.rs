@@ -166,6 +166,11 @@ impl RunSource for RemoteObject {
             }),
         }))
     }
+    /// Not yet: the planned ranges start at seek points, so a probe from a mark inside one would open a GET of its
+    /// own, and one more for the seek point whenever the probe fails.
+    fn probes_marks(&self) -> bool {
+        false
+    }
 }
 
 /// Planned ranges sorted and merged where they touch or lie closer than [`MERGE_GAP`], clipped to the object.
