@@ -284,7 +284,7 @@ mod tests {
         assert_eq!((c.scheduler_host.as_str(), c.scheduler_port, c.vcores), ("sched", 50123, 1));
         assert!(dir.path().join("work").is_dir());
         let runtime = (c.override_runtime_producer.unwrap())(&SessionConfig::new()).unwrap();
-        let url = url::Url::parse("file:///").unwrap();
+        let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
         assert!(runtime.object_store(&url).is_ok());
     }
 }
