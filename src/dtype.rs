@@ -6,7 +6,9 @@ use std::fmt;
 use crate::error::{Result, VoxelError};
 
 /// The element types an image can store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Scalar {
     U8,
     I8,

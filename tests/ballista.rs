@@ -46,7 +46,16 @@ fn pattern(path: &Path, shape: [usize; 4], seed: usize) {
             }
         }
     }
-    write_nifti1(path, &shape, DType::native(Scalar::I16), 0.5, 10.0, &data, false).unwrap();
+    write_nifti1(
+        path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.5,
+        10.0,
+        &data,
+        false,
+    )
+    .unwrap();
 }
 
 /// Three runs of 8, 3.75 and 5 MiB: with 4 partitions the scan has 17 slabs in 4 groups.
@@ -138,7 +147,12 @@ async fn standalone_answers_equal_datafusion_with_any_task_packing() {
         }
         let ctx = standalone_context(config).await.unwrap();
         register_big(&ctx, &runs).await;
-        check_big(&ctx, &want, &format!("max_partitions_per_task={per_task:?}")).await;
+        check_big(
+            &ctx,
+            &want,
+            &format!("max_partitions_per_task={per_task:?}"),
+        )
+        .await;
     }
 }
 
@@ -167,7 +181,11 @@ fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
         .filter(|c| c.file_source().downcast_ref::<VoxelSource>().is_some())
         .map_or(0, |c| c.file_groups.len());
-    here + plan.children().into_iter().map(scan_partitions).sum::<usize>()
+    here + plan
+        .children()
+        .into_iter()
+        .map(scan_partitions)
+        .sum::<usize>()
 }
 
 impl ExecutionEngine for Recorder {
@@ -256,7 +274,12 @@ async fn start_cluster(work: &Path, executors: usize, slots: usize) -> Cluster {
         tokio::spawn(run_executor(config));
     }
     let ids = wait_for_executors(&scheduler, executors).await;
-    assert_eq!(ids, (0..executors).map(|n| format!("executor-{n}")).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        (0..executors)
+            .map(|n| format!("executor-{n}"))
+            .collect::<Vec<_>>()
+    );
     Cluster {
         scheduler,
         url,
@@ -330,7 +353,12 @@ async fn run_query_suite(url: &str, data: &QueryData) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {stderr}", sql_path.display());
         let want = std::fs::read_to_string(sql_path.with_extension("csv")).unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{}", sql_path.display());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            want,
+            "{}",
+            sql_path.display()
+        );
     }
 }
 
@@ -344,7 +372,10 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     // The example queries, through the CLI.
     let data = QueryData::local(&dir.path().join("queries"));
     run_query_suite(&cluster.url, &data).await;
-    assert!(data.dir.join("bold_t0.parquet").is_file(), "COPY wrote on the executors, relative to the client");
+    assert!(
+        data.dir.join("bold_t0.parquet").is_file(),
+        "COPY wrote on the executors, relative to the client"
+    );
 
     // The big multi-file table, with 8 partitions on 4 task slots.
     let config = SessionConfig::new_with_ballista().with_target_partitions(8);
@@ -371,7 +402,11 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
         on("executor-1")
     );
     assert!(on("executor-0") > 0 && on("executor-1") > 0, "{scans:?}");
-    assert_eq!(scans.iter().map(|t| t.scan_partitions).sum::<usize>(), 8, "{scans:?}");
+    assert_eq!(
+        scans.iter().map(|t| t.scan_partitions).sum::<usize>(),
+        8,
+        "{scans:?}"
+    );
     assert!(scans.iter().all(|t| t.job == scans[0].job));
 
     // A file the executors cannot read (it is gone after registration): the error names the path.
@@ -414,7 +449,11 @@ fn spawn_executor(scheduler_port: u16, work_dir: PathBuf, log: &Path) -> Executo
     std::fs::create_dir_all(&work_dir).unwrap();
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_voxelscan"))
-        .args(["executor", "--scheduler", &format!("127.0.0.1:{scheduler_port}")])
+        .args([
+            "executor",
+            "--scheduler",
+            &format!("127.0.0.1:{scheduler_port}"),
+        ])
         .args(["--bind", &format!("127.0.0.1:{}", free_port())])
         .args(["--grpc-port", &free_port().to_string()])
         .args(["--concurrency", "1", "--heartbeat", "1"])
@@ -441,6 +480,9 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
+/// What Ballista 55 does (observed, and asserted here): the scheduler notices the dead executor (its task launches
+/// and shuffle fetches fail; it is dropped from the executor list), runs its tasks again on the executor left, and
+/// the query returns the exact answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_executor_killed_during_a_query() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,8 +512,14 @@ async fn an_executor_killed_during_a_query() {
     // Kill executor 0 as soon as it has finished a task (its shuffle output exists only there).
     let start = Instant::now();
     while files_under(&executors[0].work_dir) == 0 {
-        assert!(!query.is_finished(), "the query ended before executor 0 finished a task");
-        assert!(start.elapsed() < Duration::from_secs(60), "executor 0 ran no task");
+        assert!(
+            !query.is_finished(),
+            "the query ended before executor 0 finished a task"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "executor 0 ran no task"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     executors[0].child.kill().unwrap();
@@ -489,13 +537,18 @@ async fn an_executor_killed_during_a_query() {
             Err(e) => format!("error: {e}"),
         }
     );
-    assert!(killed_early, "the query finished before the kill: nothing was tested");
+    assert!(
+        killed_early,
+        "the query finished before the kill: nothing was tested"
+    );
     match outcome {
         Ok(got) => assert_eq!(got, want[1], "a retried query must give the exact answer"),
         Err(e) => panic!("the query failed: {e}"),
     }
     // The cluster goes on with the executor that is left.
-    let ctx = remote_context(&url, SessionConfig::new_with_ballista()).await.unwrap();
+    let ctx = remote_context(&url, SessionConfig::new_with_ballista())
+        .await
+        .unwrap();
     register_big(&ctx, &runs).await;
     assert_eq!(must(&ctx, BIG_QUERIES[0]).await, want[0]);
     drop(executors);

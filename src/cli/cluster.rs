@@ -145,10 +145,17 @@ mod tests {
     #[test]
     fn host_ports() {
         assert_eq!(host_port("a.b:1", "x").unwrap(), ("a.b".to_string(), 1));
-        assert_eq!(host_port("[::1]:50050", "x").unwrap(), ("::1".to_string(), 50050));
+        assert_eq!(
+            host_port("[::1]:50050", "x").unwrap(),
+            ("::1".to_string(), 50050)
+        );
         assert!(host_port("a.b", "x").is_err());
         assert!(host_port(":1", "x").is_err());
         let e = host_port("h:99999", "--scheduler").unwrap_err();
-        assert!(e.0.contains("--scheduler 'h:99999' is not HOST:PORT"), "{}", e.0);
+        assert!(
+            e.0.contains("--scheduler 'h:99999' is not HOST:PORT"),
+            "{}",
+            e.0
+        );
     }
 }

@@ -345,9 +345,24 @@ mod tests {
     async fn tables(dir: &Path) -> SessionContext {
         std::fs::create_dir(dir.join("runs")).unwrap();
         image(&dir.join("a.nii"), [6, 5, 4, 7], ByteOrder::Big, false);
-        image(&dir.join("runs/r1.nii"), [6, 5, 4, 3], ByteOrder::Little, false);
-        image(&dir.join("runs/r2.nii"), [4, 4, 4, 5], ByteOrder::Little, false);
-        image(&dir.join("runs/r3.nii.gz"), [3, 3, 2, 2], ByteOrder::Little, true);
+        image(
+            &dir.join("runs/r1.nii"),
+            [6, 5, 4, 3],
+            ByteOrder::Little,
+            false,
+        );
+        image(
+            &dir.join("runs/r2.nii"),
+            [4, 4, 4, 5],
+            ByteOrder::Little,
+            false,
+        );
+        image(
+            &dir.join("runs/r3.nii.gz"),
+            [3, 3, 2, 2],
+            ByteOrder::Little,
+            true,
+        );
         // A raw file: 16 bytes of preamble, then 3×4×5 little-endian u16 in C order.
         let mut raw = vec![0u8; 16];
         for v in 0..60u16 {
@@ -423,10 +438,14 @@ mod tests {
         let pcodec = VoxelPhysicalCodec::default();
         let bytes = physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
         let decoded =
-            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec).unwrap();
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                .unwrap();
         assert_eq!(shown(&decoded), shown(&physical), "{sql}");
         let want = rows(physical, ctx).await;
-        assert!(want.lines().count() > 4, "{sql}: the query should return rows:\n{want}");
+        assert!(
+            want.lines().count() > 4,
+            "{sql}: the query should return rows:\n{want}"
+        );
         assert_eq!(rows(decoded, ctx).await, want, "{sql}");
         assert_eq!(rows(from_decoded, ctx).await, want, "{sql}");
     }
@@ -474,14 +493,23 @@ mod tests {
                 physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
                     .unwrap();
             let (_, source) = voxel_scan(decoded.as_ref()).unwrap();
-            let mut names: Vec<&str> = source.spec().files.iter().map(|f| f.name.as_str()).collect();
+            let mut names: Vec<&str> = source
+                .spec()
+                .files
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
             names.dedup();
             let mut want: Vec<String> = group
                 .iter()
                 .map(|pf| pf.object_meta.location.to_string())
                 .collect();
             want.dedup();
-            assert_eq!(names.len(), want.len(), "partition {p}: {names:?} vs {want:?}");
+            assert_eq!(
+                names.len(),
+                want.len(),
+                "partition {p}: {names:?} vs {want:?}"
+            );
             let one = |plan: Arc<dyn ExecutionPlan>, part: usize| {
                 let ctx = ctx.task_ctx();
                 async move {
@@ -515,7 +543,12 @@ mod tests {
         let lcodec = VoxelLogicalCodec::default();
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
         let e = lcodec
-            .try_decode_table_provider(b"xyz", &"t".into(), schema, &SessionContext::new().task_ctx())
+            .try_decode_table_provider(
+                b"xyz",
+                &"t".into(),
+                schema,
+                &SessionContext::new().task_ctx(),
+            )
             .unwrap_err();
         assert!(!e.to_string().contains("voxel"), "{e}");
     }
@@ -534,7 +567,12 @@ mod tests {
         let proxy = crate::proxy::ArrayProxy::new(handle, &header, Default::default()).unwrap();
         let ctx = session_context(SessionConfig::new());
         crate::table::register_proxy(&ctx, "h", proxy, &Default::default()).unwrap();
-        let logical = ctx.sql("SELECT sum(value) FROM h").await.unwrap().into_optimized_plan().unwrap();
+        let logical = ctx
+            .sql("SELECT sum(value) FROM h")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
         let e = logical_plan_to_bytes_with_extension_codec(&logical, &VoxelLogicalCodec::default())
             .unwrap_err();
         assert!(e.to_string().contains("open file handle"), "{e}");

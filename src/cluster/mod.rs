@@ -149,8 +149,14 @@ mod tests {
 
     #[test]
     fn scheduler_urls() {
-        assert_eq!(scheduler_address("df://127.0.0.1:1234").unwrap(), "127.0.0.1:1234");
-        assert_eq!(scheduler_address("df://localhost").unwrap(), "localhost:50050");
+        assert_eq!(
+            scheduler_address("df://127.0.0.1:1234").unwrap(),
+            "127.0.0.1:1234"
+        );
+        assert_eq!(
+            scheduler_address("df://localhost").unwrap(),
+            "localhost:50050"
+        );
         let e = scheduler_address("http://localhost:1").unwrap_err();
         assert!(e.to_string().contains("wrong scheme"), "{e}");
         assert!(scheduler_address("df:nohost").is_err());
@@ -191,6 +197,10 @@ mod tests {
         else {
             panic!("connected to a closed port");
         };
-        assert!(e.to_string().contains("cannot reach the Ballista scheduler"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot reach the Ballista scheduler"),
+            "{e}"
+        );
     }
 }

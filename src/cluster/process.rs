@@ -9,9 +9,7 @@ use ballista_core::RuntimeProducer;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{
-    create_scheduler, start_grpc_service_with_listener,
-};
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::common::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
@@ -281,7 +279,10 @@ mod tests {
         e.work_dir = Some(dir.path().join("work"));
         e.concurrency = 0;
         let c = executor_config(&e).unwrap();
-        assert_eq!((c.scheduler_host.as_str(), c.scheduler_port, c.vcores), ("sched", 50123, 1));
+        assert_eq!(
+            (c.scheduler_host.as_str(), c.scheduler_port, c.vcores),
+            ("sched", 50123, 1)
+        );
         assert!(dir.path().join("work").is_dir());
         let runtime = (c.override_runtime_producer.unwrap())(&SessionConfig::new()).unwrap();
         let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();

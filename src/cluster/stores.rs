@@ -49,7 +49,12 @@ fn create_store(url: &Url, key: &str) -> DfResult<Arc<dyn ObjectStore>> {
     let err = |e| store_error(key, e);
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => Arc::new(LocalFileSystem::new()),
-        "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(key).build().map_err(err)?),
+        "s3" | "s3a" => Arc::new(
+            AmazonS3Builder::from_env()
+                .with_url(key)
+                .build()
+                .map_err(err)?,
+        ),
         "gs" => Arc::new(
             GoogleCloudStorageBuilder::from_env()
                 .with_url(key)
@@ -135,15 +140,27 @@ mod tests {
     #[test]
     fn stores_are_created_once_per_authority() {
         let reg = LazyObjectStores::new();
-        let a = reg.get_store(&Url::parse("file:///tmp/a.nii").unwrap()).unwrap();
-        let b = reg.get_store(&Url::parse("file:///data/b.nii").unwrap()).unwrap();
+        let a = reg
+            .get_store(&Url::parse("file:///tmp/a.nii").unwrap())
+            .unwrap();
+        let b = reg
+            .get_store(&Url::parse("file:///data/b.nii").unwrap())
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let h1 = reg.get_store(&Url::parse("http://127.0.0.1:8080/x/a.nii").unwrap()).unwrap();
-        let h2 = reg.get_store(&Url::parse("http://127.0.0.1:8080/y").unwrap()).unwrap();
-        let h3 = reg.get_store(&Url::parse("http://127.0.0.1:8081/y").unwrap()).unwrap();
+        let h1 = reg
+            .get_store(&Url::parse("http://127.0.0.1:8080/x/a.nii").unwrap())
+            .unwrap();
+        let h2 = reg
+            .get_store(&Url::parse("http://127.0.0.1:8080/y").unwrap())
+            .unwrap();
+        let h3 = reg
+            .get_store(&Url::parse("http://127.0.0.1:8081/y").unwrap())
+            .unwrap();
         assert!(Arc::ptr_eq(&h1, &h2));
         assert!(!Arc::ptr_eq(&h1, &h3));
-        let e = reg.get_store(&Url::parse("ftp://host/a.nii").unwrap()).unwrap_err();
+        let e = reg
+            .get_store(&Url::parse("ftp://host/a.nii").unwrap())
+            .unwrap_err();
         assert!(e.to_string().contains("no object store for 'ftp'"), "{e}");
     }
 

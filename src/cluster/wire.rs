@@ -239,7 +239,9 @@ impl FileWire {
         let shape = self
             .shape
             .iter()
-            .map(|&n| usize::try_from(n).map_err(|_| bad("axis length beyond this machine's usize")))
+            .map(|&n| {
+                usize::try_from(n).map_err(|_| bad("axis length beyond this machine's usize"))
+            })
             .collect::<Result<Vec<usize>>>()?;
         let bytes = self
             .shape
@@ -440,7 +442,12 @@ impl ScanWire {
             selections.push(sel);
         }
         Ok(ScanSpec::new(
-            table, files, selections, self.mode, self.scalar, self.mmap,
+            table,
+            files,
+            selections,
+            self.mode,
+            self.scalar,
+            self.mmap,
         ))
     }
 
@@ -518,14 +525,23 @@ mod tests {
         assert_eq!(g.affine[2][3].to_bits(), (-0.0f64).to_bits());
         assert_eq!(g.affine[0][3], f64::NEG_INFINITY);
         assert_eq!(g.zooms, f.zooms);
-        assert_eq!((g.shape, g.dtype, g.offset, g.modified), (f.shape, f.dtype, f.offset, f.modified));
+        assert_eq!(
+            (g.shape, g.dtype, g.offset, g.modified),
+            (f.shape, f.dtype, f.offset, f.modified)
+        );
     }
 
     #[test]
     fn bad_facts_are_errors() {
         let mut w = FileWire::from_file("t", &file("a.nii", vec![4, 5])).unwrap();
         w.affine.pop();
-        assert!(w.clone().into_file().unwrap_err().to_string().contains("16 entries"));
+        assert!(
+            w.clone()
+                .into_file()
+                .unwrap_err()
+                .to_string()
+                .contains("16 entries")
+        );
         w.affine.push(Float(1.0));
         w.shape = vec![u64::MAX, 4];
         assert!(w.into_file().unwrap_err().to_string().contains("overflows"));
@@ -534,9 +550,13 @@ mod tests {
         assert!(e.to_string().contains("outside axis 1"), "{e}");
         assert!(selection_from_wire(&f, vec![vec![[0, 4]]]).is_err());
         assert!(TableWire::decode(b"not ours").is_none());
-        let e = TableWire::decode(b"voxelscan.table:{").unwrap().unwrap_err();
+        let e = TableWire::decode(b"voxelscan.table:{")
+            .unwrap()
+            .unwrap_err();
         assert!(e.to_string().contains("decoding a voxel table"), "{e}");
-        let e = ScanWire::decode(b"voxelscan.scan:\x09\0\0\0{}").unwrap().unwrap_err();
+        let e = ScanWire::decode(b"voxelscan.scan:\x09\0\0\0{}")
+            .unwrap()
+            .unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
     }
 
