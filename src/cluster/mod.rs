@@ -9,12 +9,11 @@
 //! ```
 //!
 //! What every node must share: the image files at the same absolute path (a shared filesystem) or the same URL,
-//! and, for object storage, the credentials in each executor's environment ([`stores`]). Client, scheduler and
+//! and, for object storage, the credentials in each executor's environment. Client, scheduler and
 //! executors must run the same voxelscan version (the wire format is versioned, [`wire`]).
 
 pub mod codec;
 pub mod process;
-pub mod stores;
 pub mod wire;
 
 use std::path::Path;
@@ -29,6 +28,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::table::stores::LazyStoreRegistry;
 use crate::table::{register_voxel_formats, with_voxels};
 
 pub use codec::{VoxelLogicalCodec, VoxelPhysicalCodec};
@@ -36,7 +36,6 @@ pub use process::{
     ExecutorSettings, SchedulerHandle, SchedulerSettings, executor_config, run_executor,
     run_scheduler, scheduler_config, start_scheduler,
 };
-pub use stores::LazyObjectStores;
 
 /// `config` with the voxel codecs installed (Ballista reads them from the session config).
 pub fn with_codecs(config: SessionConfig) -> SessionConfig {
@@ -50,10 +49,12 @@ pub fn ballista_config() -> SessionConfig {
     with_codecs(SessionConfig::new_with_ballista())
 }
 
-/// A runtime whose object stores are created on first use ([`LazyObjectStores`]); spill files go to `temp_dir`.
+/// A runtime whose object stores are created on first use from the URL and the environment
+/// ([`LazyStoreRegistry`]: `COPY … TO 's3://…'`, Parquet tables in stores); spill files go to `temp_dir`. (Voxel
+/// scans of URLs read through the table's own stores, configured by its options and the environment.)
 pub fn runtime_env(temp_dir: Option<&Path>) -> DfResult<Arc<RuntimeEnv>> {
     let mut builder =
-        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(LazyObjectStores::new()));
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(LazyStoreRegistry::new()));
     if let Some(dir) = temp_dir {
         builder = builder.with_temp_file_path(dir);
     }

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use crate::error::{Result, VoxelError};
 use crate::table::with_voxels;
 
-use super::{LazyObjectStores, VoxelLogicalCodec, VoxelPhysicalCodec, ballista_config};
+use crate::table::stores::LazyStoreRegistry;
+
+use super::{VoxelLogicalCodec, VoxelPhysicalCodec, ballista_config};
 
 fn ballista_error(what: &str, e: impl std::fmt::Display) -> VoxelError {
     VoxelError::Invalid(format!("{what}: {e}"))
@@ -200,7 +202,7 @@ impl ExecutorSettings {
 
 /// A runtime producer sharing one registry of lazily created stores across tasks (so S3 clients are reused).
 fn runtime_producer(work_dir: PathBuf) -> RuntimeProducer {
-    let stores = Arc::new(LazyObjectStores::new());
+    let stores = Arc::new(LazyStoreRegistry::new());
     Arc::new(move |_config: &SessionConfig| {
         RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::clone(&stores) as _)

@@ -21,6 +21,7 @@ use crate::dtype::{DType, Scalar};
 use crate::error::{Result, VoxelError};
 use crate::formats::{Compression, Factor, Format};
 use crate::io::local::MmapMode;
+use crate::io::remote::StoreOptions;
 use crate::plan::Order;
 use crate::table::layout::Selection;
 use crate::table::scan::ScanSpec;
@@ -58,13 +59,17 @@ pub struct OptionsWire {
     pub raw: Option<String>,
     #[serde(default)]
     pub mmap: MmapMode,
+    /// Object-store settings from the table's options (`aws.*`, …). They travel with the plan: credentials are
+    /// better left to each executor's environment.
+    #[serde(default)]
+    pub store: StoreOptions,
 }
 
 /// One file's header facts, as read at registration (see [`VoxelFile`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileWire {
     pub name: String,
-    /// Absolute path of the data file: every node reads it at this path.
+    /// Absolute path of the data file, or its URL: every node reads it there.
     pub data_path: String,
     pub format: Format,
     pub shape: Vec<u64>,
@@ -80,6 +85,12 @@ pub struct FileWire {
     pub size: u64,
     #[serde(default)]
     pub modified: Option<SystemTime>,
+    /// An object's ETag at registration (reads are pinned to it).
+    #[serde(default)]
+    pub etag: Option<String>,
+    /// The settings to reach the object (from the table's options).
+    #[serde(default)]
+    pub store: StoreOptions,
 }
 
 /// A scale factor with the float type it carries.
@@ -205,7 +216,11 @@ impl FileWire {
             )));
         }
         // Relative paths are resolved here, on the registering node: the others have other working directories.
-        let abs = std::path::absolute(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?;
+        let abs = if f.is_remote() {
+            f.data_path.clone()
+        } else {
+            std::path::absolute(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?
+        };
         let data_path = abs.to_str().ok_or_else(|| {
             invalid(format!(
                 "table {table}: {}: a path that is not UTF-8 cannot be sent to a cluster",
@@ -227,6 +242,8 @@ impl FileWire {
             zooms: f.zooms.iter().map(|&v| Float(v)).collect(),
             size: f.size,
             modified: f.modified,
+            etag: f.etag.clone(),
+            store: f.store.clone(),
         })
     }
 
@@ -275,6 +292,8 @@ impl FileWire {
             size: self.size,
             modified: self.modified,
             proxy: None,
+            etag: self.etag,
+            store: self.store,
             name: self.name,
         })
     }
@@ -310,6 +329,7 @@ impl TableWire {
                 mode: opts.mode,
                 raw: opts.raw.clone(),
                 mmap: opts.mmap,
+                store: opts.store.clone(),
             },
             files,
         })
@@ -330,6 +350,7 @@ impl TableWire {
         opts.mode = self.options.mode;
         opts.raw = self.options.raw;
         opts.mmap = self.options.mmap;
+        opts.store = self.options.store;
         let files = self
             .files
             .into_iter()
@@ -507,6 +528,8 @@ mod tests {
             size: 1000,
             modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123)),
             proxy: None,
+            etag: None,
+            store: StoreOptions::default(),
         }
     }
 
@@ -529,6 +552,26 @@ mod tests {
             (g.shape, g.dtype, g.offset, g.modified),
             (f.shape, f.dtype, f.offset, f.modified)
         );
+    }
+
+    #[test]
+    fn remote_files_keep_their_url_etag_and_store_options() {
+        let mut f = file("a.nii", vec![2, 3]);
+        f.data_path = PathBuf::from("s3://bucket/sub/a.nii");
+        f.modified = None;
+        f.etag = Some("\"abc\"".into());
+        f.store
+            .insert("aws.endpoint", "http://127.0.0.1:9000")
+            .unwrap();
+        let w = FileWire::from_file("t", &f).unwrap();
+        assert_eq!(w.data_path, "s3://bucket/sub/a.nii");
+        let json = serde_json::to_string(&w).unwrap();
+        let g = serde_json::from_str::<FileWire>(&json)
+            .unwrap()
+            .into_file()
+            .unwrap();
+        assert!(g.is_remote());
+        assert_eq!((g.etag, g.store), (f.etag, f.store));
     }
 
     #[test]
