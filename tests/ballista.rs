@@ -8,6 +8,8 @@
 //! are exact in any order and distributed answers can be compared with DataFusion's text for text.
 #![cfg(feature = "ballista")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use ballista_core::JobId;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
+use common::servers::Garage;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -294,10 +297,14 @@ impl Cluster {
 }
 
 /// Where the `queries/` fixtures live. Local files are used from the working directory of the client, exactly
-/// as `tests/queries.rs` runs them; a URL prefix (object storage) rewrites the relative paths of the statements.
+/// as `tests/queries.rs` runs them; with a URL prefix (object storage) the statements' image locations become
+/// URLs with `options` (an `OPTIONS (…)` clause: the store settings travel with the tables to the executors), and
+/// the prefix is taken out of the output again (the `file` column names what was matched). Parquet exports stay
+/// local to the client.
 struct QueryData {
     dir: PathBuf,
     prefix: Option<String>,
+    options: String,
 }
 
 impl QueryData {
@@ -312,17 +319,58 @@ impl QueryData {
         QueryData {
             dir: dir.to_path_buf(),
             prefix: None,
+            options: String::new(),
+        }
+    }
+
+    /// The same fixtures uploaded to the test's S3 server (Garage) under `key_prefix`.
+    fn s3(dir: &Path, key_prefix: &str) -> QueryData {
+        let local = QueryData::local(dir);
+        let g = Garage::shared();
+        for name in [
+            "bold.nii",
+            "runs/run-01.nii",
+            "runs/run-02.nii",
+            "runs/run-03.nii",
+        ] {
+            g.put(
+                &format!("{key_prefix}/{name}"),
+                &std::fs::read(dir.join(name)).unwrap(),
+            );
+        }
+        let options = format!(
+            " OPTIONS ('aws.endpoint' '{}', 'aws.region' '{}', 'aws.access_key_id' '{}', \
+             'aws.secret_access_key' '{}', 'aws.allow_http' 'true')",
+            g.endpoint(),
+            g.region(),
+            g.access_key_id(),
+            g.secret_access_key()
+        );
+        QueryData {
+            prefix: Some(g.url_of(key_prefix)),
+            options,
+            ..local
         }
     }
 
     fn statements(&self, sql: &str) -> String {
         match &self.prefix {
             None => sql.to_string(),
-            Some(p) => ["bold.nii", "runs/", "bold_t0.parquet"]
+            Some(p) => ["bold.nii", "runs/"]
                 .iter()
                 .fold(sql.to_string(), |s, rel| {
-                    s.replace(&format!("'{rel}'"), &format!("'{p}/{rel}'"))
+                    s.replace(
+                        &format!("LOCATION '{rel}'"),
+                        &format!("LOCATION '{p}/{rel}'{}", self.options),
+                    )
                 }),
+        }
+    }
+
+    fn output(&self, out: &str) -> String {
+        match &self.prefix {
+            None => out.to_string(),
+            Some(p) => out.replace(&format!("{p}/"), ""),
         }
     }
 }
@@ -353,12 +401,8 @@ async fn run_query_suite(url: &str, data: &QueryData) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {stderr}", sql_path.display());
         let want = std::fs::read_to_string(sql_path.with_extension("csv")).unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            want,
-            "{}",
-            sql_path.display()
-        );
+        let got = data.output(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(got, want, "{}", sql_path.display());
     }
 }
 
@@ -559,4 +603,24 @@ async fn an_executor_killed_during_a_query() {
     assert_eq!(must(&ctx, BIG_QUERIES[0]).await, want[0]);
     drop(executors);
     scheduler.abort();
+}
+
+/// The `queries/` suite with its images in S3 (the test's Garage): the executors read them with ranged GETs, using
+/// the store settings the tables carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn a_two_executor_cluster_reads_images_from_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let data_dir = dir.path().join("queries");
+    let data = tokio::task::spawn_blocking(move || QueryData::s3(&data_dir, "ballista-queries"))
+        .await
+        .unwrap();
+    run_query_suite(&cluster.url, &data).await;
+    let scans: Vec<TaskSeen> = cluster
+        .take_seen()
+        .into_iter()
+        .filter(|t| t.scan_partitions > 0)
+        .collect();
+    assert!(!scans.is_empty());
+    cluster.scheduler.abort();
 }
