@@ -571,25 +571,31 @@ impl RemoteObject {
             scatter(req, at, &chunk, out);
             at += chunk.len() as u64;
         }
-        let want = range.end - range.start;
-        if at != want {
-            return Err(if size < range.end {
-                VoxelError::Truncated {
-                    path: self.url.clone(),
-                    expected: range.end,
-                    actual: size,
-                }
-            } else {
-                VoxelError::Remote {
-                    url: self.url.clone(),
-                    msg: format!(
-                        "the server sent {at} bytes for range {}..{} ({want} asked); the connection may have been cut",
-                        range.start, range.end
-                    ),
-                }
-            });
+        if at != range.end - range.start {
+            return Err(self.short_response(&range, at, size));
         }
         Ok(at)
+    }
+
+    /// A response with `got` bytes for `range` of an object now `size` bytes long: truncated, or cut short.
+    fn short_response(&self, range: &Range<u64>, got: u64, size: u64) -> VoxelError {
+        if size < range.end {
+            VoxelError::Truncated {
+                path: self.url.clone(),
+                expected: range.end,
+                actual: size,
+            }
+        } else {
+            VoxelError::Remote {
+                url: self.url.clone(),
+                msg: format!(
+                    "the server sent {got} bytes for range {}..{} ({} asked); the connection may have been cut",
+                    range.start,
+                    range.end,
+                    range.end - range.start
+                ),
+            }
+        }
     }
 
     /// Bytes `range` of the object, exactly (a short answer is an error).
@@ -603,23 +609,7 @@ impl RemoteObject {
         let size = r.meta.size;
         let bytes = r.bytes().await.map_err(|e| remote_error(&self.url, e))?;
         if bytes.len() as u64 != want {
-            return Err(if size < range.end {
-                VoxelError::Truncated {
-                    path: self.url.clone(),
-                    expected: range.end,
-                    actual: size,
-                }
-            } else {
-                VoxelError::Remote {
-                    url: self.url.clone(),
-                    msg: format!(
-                        "the server sent {} bytes for range {}..{} ({want} asked)",
-                        bytes.len(),
-                        range.start,
-                        range.end
-                    ),
-                }
-            });
+            return Err(self.short_response(&range, bytes.len() as u64, size));
         }
         Ok(bytes)
     }
