@@ -13,7 +13,7 @@
 //! scaled dtype, native byte order; `scaling 'false'` gives the stored type, `value_type 'float32'` casts as
 //! `np.asarray(proxy, dtype=float32)` does), or `value_re`/`value_im` for complex data, or
 //! `value_r`/`value_g`/`value_b` (+`value_a`) `UInt8` for RGB(A). A table over a directory, a glob or several
-//! locations has a `file` column (`Dictionary(UInt16, Utf8)`, the path as matched); its files must have the same
+//! locations has a `file` column (`Utf8`, the path as matched); its files must have the same
 //! number of axes; when their value types differ the column is `float64` (`complex128` if any is complex).
 //!
 //! # Pushdown

@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, RecordBatch, StringArray,
-    UInt16Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef, UInt16Type};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Column;
 use datafusion::common::pruning::PruningStatistics;
@@ -23,7 +22,7 @@ use datafusion::common::{
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{
-    FileGroup, FileScanConfigBuilder, wrap_partition_value_in_dict,
+    FileGroup, FileScanConfigBuilder,
 };
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -167,9 +166,7 @@ impl VoxelTable {
             file_column_type(),
             false,
         )]));
-        let names = StringArray::from_iter_values(self.files.iter().map(|f| f.name.as_str()));
-        let keys = UInt16Array::from_iter_values(0..self.files.len() as u16);
-        let column = DictionaryArray::<UInt16Type>::try_new(keys, Arc::new(names))?;
+        let column = StringArray::from_iter_values(self.files.iter().map(|f| f.name.as_str()));
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)])?;
         let df_schema = DFSchema::try_from(schema)?;
         for f in file_filters {
@@ -219,9 +216,7 @@ impl VoxelTable {
             pf = pf.with_range(s, e);
         }
         if self.multi {
-            pf = pf.with_partition_values(vec![wrap_partition_value_in_dict(ScalarValue::Utf8(
-                Some(f.name.clone()),
-            ))]);
+            pf = pf.with_partition_values(vec![ScalarValue::Utf8(Some(f.name.clone()))]);
         }
         let slab_sel = super::layout::slab_selection(
             sel,

@@ -8,7 +8,7 @@
 //! | `value` | the Arrow type of the value dtype | real values |
 //! | `value_re`, `value_im` | `Float32` (complex64) / `Float64` (complex128) | complex values |
 //! | `value_r`, `value_g`, `value_b` (+ `value_a`) | `UInt8` | RGB24 / RGBA32 records |
-//! | `file` (multi-file tables only) | `Dictionary(UInt16, Utf8)` | the file the row comes from |
+//! | `file` (multi-file tables only) | `Utf8` | the file the row comes from |
 
 use std::sync::Arc;
 
@@ -144,9 +144,10 @@ pub fn file_schema(ndim: usize, scalar: Scalar) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// The type of the `file` column.
+/// The type of the `file` column: plain text, not a dictionary, because Ballista 55's shuffle hands dictionary
+/// columns back as plain text and a GROUP BY over them then fails on a cluster.
 pub fn file_column_type() -> DataType {
-    DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
+    DataType::Utf8
 }
 
 /// The Arrow arrays of decoded values (one array, or two for complex, three or four for RGB(A)); no copy for reals.
