@@ -6,7 +6,9 @@ use std::fmt;
 use crate::error::{Result, VoxelError};
 
 /// The element types an image can store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Scalar {
     U8,
     I8,
@@ -163,7 +165,7 @@ impl Scalar {
 }
 
 /// Byte order of stored elements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ByteOrder {
     Little,
     Big,
@@ -186,7 +188,7 @@ impl ByteOrder {
 
 /// An element type with its byte order. One-byte types and records have no meaningful byte order;
 /// they are kept little-endian internally and print as `|`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DType {
     pub scalar: Scalar,
     pub order: ByteOrder,

@@ -13,6 +13,8 @@
 
 pub mod array;
 pub mod cli;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod dtype;
 pub mod error;
 pub mod formats;

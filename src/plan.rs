@@ -25,7 +25,7 @@ use crate::error::{Result, VoxelError};
 use crate::slicer::{AxisSel, CanonicalSlice};
 
 /// Memory layout of an n-d array: `F`, the first axis changes fastest (NIfTI, Analyze, MGH), or `C`, the last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     F,
     C,

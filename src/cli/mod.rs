@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::error::VoxelError;
 
+#[cfg(feature = "ballista")]
+pub mod cluster;
 #[cfg(feature = "sql")]
 pub mod export;
 mod index;
@@ -37,6 +39,12 @@ pub enum Command {
     /// Export an image (or a query over it) to Parquet.
     #[cfg(feature = "sql")]
     Export(export::ExportArgs),
+    /// Start a Ballista scheduler for distributed queries (`voxelscan sql --cluster`).
+    #[cfg(feature = "ballista")]
+    Scheduler(cluster::SchedulerArgs),
+    /// Start a Ballista executor that runs a scheduler's voxel tasks.
+    #[cfg(feature = "ballista")]
+    Executor(cluster::ExecutorArgs),
 }
 
 /// A failure to report: printed as one `error: …` line, exit status 2.
@@ -82,6 +90,10 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "sql")]
         Command::Export(a) => export::run(a),
         Command::Index(a) => index::run(a),
+        #[cfg(feature = "ballista")]
+        Command::Scheduler(a) => cluster::run_scheduler(a),
+        #[cfg(feature = "ballista")]
+        Command::Executor(a) => cluster::run_executor(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,11 @@ pub struct SqlArgs {
     /// Print the requests made and bytes fetched (all tables, headers included) to standard error at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Run the statements on a Ballista cluster (`voxelscan scheduler`); tables are registered here and read by
+    /// the cluster's executors, which must see the files at the same paths.
+    #[cfg(feature = "ballista")]
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
     /// Statements separated by `;`. Without them, an interactive prompt starts.
     #[arg(allow_hyphen_values = true)]
     pub statements: Option<String>,
@@ -65,7 +70,7 @@ pub fn run(args: SqlArgs) -> CliResult {
 }
 
 async fn run_async(args: SqlArgs) -> CliResult {
-    let ctx = session_context(SessionConfig::new().with_information_schema(true));
+    let ctx = context(&args).await?;
     for spec in &args.tables {
         let (name, location) = spec
             .split_once('=')
@@ -91,6 +96,19 @@ async fn run_async(args: SqlArgs) -> CliResult {
     Ok(())
 }
 
+/// A local context, or one whose queries run on the cluster named by `--cluster`.
+#[cfg_attr(not(feature = "ballista"), allow(unused_variables))]
+async fn context(args: &SqlArgs) -> Result<SessionContext, CliError> {
+    let config = SessionConfig::new().with_information_schema(true);
+    #[cfg(feature = "ballista")]
+    if let Some(url) = &args.cluster {
+        return crate::cluster::remote_context(url, config)
+            .await
+            .map_err(df_err);
+    }
+    Ok(session_context(config))
+}
+
 /// Run every statement of `sql` in order, printing the rows of those that return any columns.
 pub async fn run_statements(
     ctx: &SessionContext,
@@ -102,6 +120,9 @@ pub async fn run_statements(
     for statement in statements {
         let state = ctx.state();
         let plan = state.statement_to_plan(statement).await.map_err(df_err)?;
+        // COPY's target is written by the cluster's executors: relative paths are this process's.
+        #[cfg(feature = "ballista")]
+        let plan = crate::cluster::absolute_copy_target(plan).map_err(df_err)?;
         let df = ctx.execute_logical_plan(plan).await.map_err(df_err)?;
         let schema: SchemaRef = df.schema().inner().clone();
         let batches = df.collect().await.map_err(df_err)?;

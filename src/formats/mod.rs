@@ -41,7 +41,7 @@ pub use raw::parse_raw_spec;
 use source::{SliceSource, Source, StreamSource};
 
 /// The image class nibabel would load a file as (plus `npy` and `raw`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Format {
     Nifti1Image,
     Nifti1Pair,
@@ -105,7 +105,7 @@ impl std::fmt::Display for Format {
 }
 
 /// How the data file is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Compression {
     None,
     Gzip,

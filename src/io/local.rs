@@ -14,7 +14,7 @@ use crate::plan::Segment;
 /// nibabel's `mmap` option. For owned results both mapping modes read the same bytes; they differ only for the
 /// zero-copy views of [`crate::proxy::ArrayProxy::map_unscaled`] (`ReadOnly` views cannot be written,
 /// `CopyOnWrite` ones can, privately).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum MmapMode {
     Off,
     /// numpy mode `'c'`, also what `mmap=True` means.

@@ -31,7 +31,9 @@ pub const AXIS_NAMES: [&str; 7] = ["i", "j", "k", "t", "u", "v", "w"];
 pub const FILE_COLUMN: &str = "file";
 
 /// Which values the `value` column holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum ValueMode {
     /// `np.asarray(proxy)`: scaled, nibabel's output dtype (native byte order).
     #[default]

@@ -1,0 +1,161 @@
+//! `voxelscan scheduler` and `voxelscan executor`: the processes of a Ballista cluster that runs voxel queries
+//! (`voxelscan sql --cluster df://HOST:PORT`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use super::{CliError, CliResult};
+use crate::cluster::{ExecutorSettings, SchedulerSettings};
+
+/// Start a Ballista scheduler that plans voxel queries.
+///
+/// Clients connect with `voxelscan sql --cluster df://HOST:PORT`, executors with `voxelscan executor --scheduler
+/// HOST:PORT`. Runs until interrupted.
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on (use 0.0.0.0:PORT to accept executors and clients from other machines).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
+    pub bind: String,
+    /// Host name executors and clients reach this scheduler by.
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+    /// Seconds without a heartbeat after which an executor counts as lost (its tasks then run elsewhere).
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    pub executor_timeout: u64,
+}
+
+/// Start a Ballista executor that reads voxels for a scheduler's tasks.
+///
+/// The image files must be readable at the same path (or URL) as on the client; object-store credentials come
+/// from this process's environment (`AWS_*`, …). Runs until interrupted or stopped by the scheduler.
+#[derive(Debug, clap::Args)]
+pub struct ExecutorArgs {
+    /// The scheduler to register with.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub scheduler: String,
+    /// Task slots: partitions this executor runs at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Address of this executor's data (Arrow Flight) service; use 0.0.0.0:PORT for other machines.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
+    pub bind: String,
+    /// Port of this executor's gRPC service, where the scheduler sends tasks (default: the --bind port + 1).
+    #[arg(long, value_name = "PORT")]
+    pub grpc_port: Option<u16>,
+    /// Host name the scheduler and other executors reach this executor by (default: the --bind host).
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+    /// Directory for shuffle files and spills (default: a new directory under the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub heartbeat: u64,
+}
+
+/// `HOST:PORT` split at the last colon (the host may be a name; `[::1]:50050` keeps its brackets off).
+fn host_port(s: &str, what: &str) -> Result<(String, u16), CliError> {
+    let bad = || CliError(format!("{what} '{s}' is not HOST:PORT"));
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the runtime: {e}")))
+}
+
+fn resolve(s: &str) -> Result<SocketAddr, CliError> {
+    let addrs = s
+        .to_socket_addrs()
+        .map_err(|e| CliError(format!("--bind '{s}': {e}")))?;
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError(format!("--bind '{s}' resolves to no address")))
+}
+
+pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
+    host_port(&args.bind, "--bind")?;
+    let mut settings = SchedulerSettings::new(resolve(&args.bind)?);
+    settings.external_host = args.external_host;
+    settings.executor_timeout_seconds = args.executor_timeout.max(1);
+    eprintln!(
+        "voxelscan scheduler listening on {} (clients: voxelscan sql --cluster df://{}:{})",
+        settings.bind,
+        settings
+            .external_host
+            .as_deref()
+            .unwrap_or(&settings.bind.ip().to_string()),
+        settings.bind.port()
+    );
+    runtime()?.block_on(crate::cluster::run_scheduler(&settings))?;
+    Ok(())
+}
+
+pub fn run_executor(args: ExecutorArgs) -> CliResult {
+    let (scheduler_host, scheduler_port) = host_port(&args.scheduler, "--scheduler")?;
+    let (bind_host, flight_port) = host_port(&args.bind, "--bind")?;
+    let grpc_port = match args.grpc_port {
+        Some(p) => p,
+        None => flight_port.checked_add(1).ok_or_else(|| {
+            CliError("--bind port 65535 leaves no port for gRPC: give --grpc-port".into())
+        })?,
+    };
+    let mut settings = ExecutorSettings::new(&scheduler_host, scheduler_port);
+    settings.bind_host = bind_host;
+    settings.flight_port = flight_port;
+    settings.grpc_port = grpc_port;
+    settings.external_host = args.external_host;
+    settings.work_dir = args.work_dir;
+    settings.heartbeat_seconds = args.heartbeat.max(1);
+    if let Some(n) = args.concurrency {
+        if n == 0 {
+            return Err(CliError("--concurrency must be at least 1".into()));
+        }
+        settings.concurrency = n;
+    }
+    let config = crate::cluster::executor_config(&settings)?;
+    eprintln!(
+        "voxelscan executor {} on {}:{} (gRPC {}), {} task slots, scheduler {}:{}, work dir {}",
+        config.executor_id,
+        settings.bind_host,
+        flight_port,
+        grpc_port,
+        config.vcores,
+        scheduler_host,
+        scheduler_port,
+        config.work_dir.as_deref().unwrap_or("?")
+    );
+    runtime()?.block_on(crate::cluster::run_executor(config))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(host_port("a.b:1", "x").unwrap(), ("a.b".to_string(), 1));
+        assert_eq!(
+            host_port("[::1]:50050", "x").unwrap(),
+            ("::1".to_string(), 50050)
+        );
+        assert!(host_port("a.b", "x").is_err());
+        assert!(host_port(":1", "x").is_err());
+        let e = host_port("h:99999", "--scheduler").unwrap_err();
+        assert!(
+            e.0.contains("--scheduler 'h:99999' is not HOST:PORT"),
+            "{}",
+            e.0
+        );
+    }
+}

@@ -1,0 +1,584 @@
+//! Ballista's extension codecs with the voxel table and its scan added.
+//!
+//! The client encodes the logical plan (the [`VoxelTable`] as its registration facts), the scheduler decodes it,
+//! plans the scan and encodes each task's physical plan (the `DataSourceExec` whose file source is a
+//! [`VoxelSource`]: DataFusion's own `FileScanExecConf` for file groups, byte ranges, statistics, projection and
+//! limit, plus the scan's file facts and selections), and the executors decode that. Everything that is not ours
+//! goes to Ballista's codecs unchanged; ours is recognised by a magic prefix ([`super::wire`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::{DataFusionError, Result as DfResult, TableReference};
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    AggregateUDF, Extension, HigherOrderUDF, LogicalPlan, ScalarUDF, WindowUDF,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx;
+use datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::from_proto::parse_protobuf_file_scan_config;
+use datafusion_proto::physical_plan::to_proto::serialize_file_scan_config;
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::FileScanExecConf;
+use prost::Message;
+
+use crate::error::VoxelError;
+use crate::table::scan::object_path;
+use crate::table::{VoxelSource, VoxelTable};
+
+use super::wire::{ScanWire, TableWire};
+
+fn df_error(e: VoxelError) -> DataFusionError {
+    DataFusionError::Plan(e.to_string())
+}
+
+/// Ballista's logical codec plus [`VoxelTable`] providers.
+#[derive(Debug, Default)]
+pub struct VoxelLogicalCodec {
+    inner: BallistaLogicalExtensionCodec,
+}
+
+impl LogicalExtensionCodec for VoxelLogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> DfResult<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let Some(wire) = TableWire::decode(buf) else {
+            return self
+                .inner
+                .try_decode_table_provider(buf, table_ref, schema, ctx);
+        };
+        let table = wire.and_then(TableWire::into_table).map_err(df_error)?;
+        // The plan carries the schema the client saw; a different one means client and scheduler disagree.
+        if table.schema().fields() != schema.fields() {
+            return Err(DataFusionError::Plan(format!(
+                "table {table_ref}: the decoded voxel table has columns {} but the plan expects {}; \
+                 run the same voxelscan version everywhere",
+                table.schema(),
+                schema
+            )));
+        }
+        Ok(Arc::new(table))
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        match node.downcast_ref::<VoxelTable>() {
+            Some(table) => TableWire::from_table(table)
+                .and_then(|w| w.encode(buf))
+                .map_err(df_error),
+            None => self.inner.try_encode_table_provider(table_ref, node, buf),
+        }
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> DfResult<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> DfResult<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_higher_order_function(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<HigherOrderUDF>> {
+        self.inner.try_decode_higher_order_function(name, buf)
+    }
+
+    fn try_encode_higher_order_function(
+        &self,
+        node: &HigherOrderUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        self.inner.try_encode_higher_order_function(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+/// Ballista's physical codec plus voxel scans (`DataSourceExec` over a `FileScanConfig` with a [`VoxelSource`]).
+#[derive(Debug, Default)]
+pub struct VoxelPhysicalCodec {
+    inner: BallistaPhysicalExtensionCodec,
+}
+
+/// The scan's config and source when `node` is a voxel scan.
+fn voxel_scan(node: &dyn ExecutionPlan) -> Option<(&FileScanConfig, &VoxelSource)> {
+    let exec = node.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    let source = config.file_source().downcast_ref::<VoxelSource>()?;
+    Some((config, source))
+}
+
+impl VoxelPhysicalCodec {
+    fn encode_scan(
+        &self,
+        config: &FileScanConfig,
+        source: &VoxelSource,
+        buf: &mut Vec<u8>,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let proto = serialize_file_scan_config(config, self, converter)?;
+        // A task's plan holds only its own partitions: send the facts of the files those read, not the table's all.
+        let paths: HashSet<String> = config
+            .file_groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|pf| pf.object_meta.location.to_string())
+            .collect();
+        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))
+            .map_err(df_error)?;
+        wire.encode(&proto.encode_to_vec(), buf).map_err(df_error)
+    }
+
+    fn decode_scan(
+        &self,
+        wire: ScanWire,
+        proto_bytes: &[u8],
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let proto = FileScanExecConf::decode(proto_bytes).map_err(|e| {
+            DataFusionError::Internal(format!("decoding a voxel scan's file scan config: {e}"))
+        })?;
+        let spec = wire.into_spec().map_err(df_error)?;
+        let table_schema = FileScanConfig::parse_table_schema_from_proto(&proto)?;
+        let source = VoxelSource::new(Arc::new(spec), table_schema);
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        let config =
+            parse_protobuf_file_scan_config(&proto, &decode_ctx, converter, Arc::new(source))?;
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+impl PhysicalExtensionCodec for VoxelPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match ScanWire::decode(buf) {
+            Some(decoded) => {
+                let (wire, rest) = decoded.map_err(df_error)?;
+                self.decode_scan(wire, rest, ctx, converter)
+            }
+            None => self.inner.try_decode(buf, inputs, ctx, converter),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match voxel_scan(node.as_ref()) {
+            Some((config, source)) => self.encode_scan(config, source, buf, converter),
+            None => self.inner.try_encode(node, buf, converter),
+        }
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_higher_order_function(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<HigherOrderUDF>> {
+        self.inner.try_decode_higher_order_function(name, buf)
+    }
+
+    fn try_encode_higher_order_function(
+        &self,
+        node: &HigherOrderUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        self.inner.try_encode_higher_order_function(node, buf)
+    }
+
+    fn try_decode_expr(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+        ctx: &PhysicalExprDecodeCtx<'_>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        self.inner.try_decode_expr(buf, inputs, ctx)
+    }
+
+    fn try_encode_expr(
+        &self,
+        node: &Arc<dyn PhysicalExpr>,
+        buf: &mut Vec<u8>,
+        ctx: &PhysicalExprEncodeCtx<'_>,
+    ) -> DfResult<()> {
+        self.inner.try_encode_expr(node, buf, ctx)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::common::stats::Precision;
+    use datafusion::datasource::physical_plan::FileScanConfigBuilder;
+    use datafusion::physical_plan::{collect, displayable};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion_proto::bytes::{
+        logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+
+    use super::*;
+    use crate::dtype::{ByteOrder, DType, Scalar};
+    use crate::synth::write_nifti1;
+    use crate::table::session_context;
+
+    /// A 4-D int16 image whose stored voxel (i,j,k,t) is (3i + 5j + 7k + 11t) mod 97, scaled by 0.5 and +10.
+    fn image(path: &Path, shape: [usize; 4], order: ByteOrder, gzip: bool) {
+        let dtype = DType::new(Scalar::I16, order);
+        let mut data = Vec::new();
+        for t in 0..shape[3] {
+            for k in 0..shape[2] {
+                for j in 0..shape[1] {
+                    for i in 0..shape[0] {
+                        let v = ((3 * i + 5 * j + 7 * k + 11 * t) % 97) as i16;
+                        data.extend_from_slice(&match order {
+                            ByteOrder::Little => v.to_le_bytes(),
+                            ByteOrder::Big => v.to_be_bytes(),
+                        });
+                    }
+                }
+            }
+        }
+        write_nifti1(path, &shape, dtype, 0.5, 10.0, &data, gzip).unwrap();
+    }
+
+    /// Files for every kind of table, and a context with one table of each kind.
+    async fn tables(dir: &Path) -> SessionContext {
+        std::fs::create_dir(dir.join("runs")).unwrap();
+        image(&dir.join("a.nii"), [6, 5, 4, 7], ByteOrder::Big, false);
+        image(
+            &dir.join("runs/r1.nii"),
+            [6, 5, 4, 3],
+            ByteOrder::Little,
+            false,
+        );
+        image(
+            &dir.join("runs/r2.nii"),
+            [4, 4, 4, 5],
+            ByteOrder::Little,
+            false,
+        );
+        image(
+            &dir.join("runs/r3.nii.gz"),
+            [3, 3, 2, 2],
+            ByteOrder::Little,
+            true,
+        );
+        // A raw file: 16 bytes of preamble, then 3×4×5 little-endian u16 in C order.
+        let mut raw = vec![0u8; 16];
+        for v in 0..60u16 {
+            raw.extend_from_slice(&(v * 3).to_le_bytes());
+        }
+        std::fs::write(dir.join("cube.bin"), raw).unwrap();
+        // Small batches and several partitions: many slabs, groups and batches even for small files.
+        let ctx = session_context(
+            SessionConfig::new()
+                .with_target_partitions(3)
+                .with_batch_size(17),
+        );
+        let d = dir.display();
+        for ddl in [
+            format!("CREATE EXTERNAL TABLE a STORED AS NIFTI LOCATION '{d}/a.nii'"),
+            format!(
+                "CREATE EXTERNAL TABLE a_raw STORED AS NIFTI LOCATION '{d}/a.nii' OPTIONS ('scaling' 'false', 'mmap' 'off')"
+            ),
+            format!(
+                "CREATE EXTERNAL TABLE a_f32 STORED AS VOXELS LOCATION '{d}/a.nii' OPTIONS ('value_type' 'float32')"
+            ),
+            format!("CREATE EXTERNAL TABLE runs STORED AS NIFTI LOCATION '{d}/runs/'"),
+            format!(
+                "CREATE EXTERNAL TABLE cube STORED AS RAW LOCATION '{d}/cube.bin' \
+                 OPTIONS ('shape' '3,4,5', 'dtype' '<u2', 'offset' '16', 'order' 'C', 'slope' '2', 'inter' '-1')"
+            ),
+        ] {
+            ctx.sql(&ddl).await.unwrap().collect().await.unwrap();
+        }
+        ctx
+    }
+
+    fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
+        displayable(plan.as_ref())
+            .set_show_statistics(true)
+            .indent(true)
+            .to_string()
+    }
+
+    async fn rows(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext) -> String {
+        let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    /// Logical and physical plans of `sql` survive the codecs: same plan text (file groups, byte ranges,
+    /// statistics, projection, limit, selections) and the same rows.
+    async fn round_trip(ctx: &SessionContext, sql: &str) {
+        let logical = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+        let lcodec = VoxelLogicalCodec::default();
+        let bytes = logical_plan_to_bytes_with_extension_codec(&logical, &lcodec).unwrap();
+        let back =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &lcodec).unwrap();
+        // A table scan's fetch is not part of DataFusion's protobuf (the Limit above it is, and the receiver's
+        // optimizer pushes it down again: the physical plans below are compared in full).
+        let without_fetch = |plan: &LogicalPlan| {
+            let text = plan.display_indent_schema().to_string();
+            text.lines()
+                .map(|l| match (l.contains("TableScan:"), l.find(", fetch=")) {
+                    (true, Some(at)) => {
+                        let end = l[at + 2..].find([',', ' ']).map_or(l.len(), |e| at + 2 + e);
+                        format!("{}{}", &l[..at], &l[end..])
+                    }
+                    _ => l.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(without_fetch(&back), without_fetch(&logical), "{sql}");
+        let physical = ctx.state().create_physical_plan(&logical).await.unwrap();
+        let from_decoded = ctx.state().create_physical_plan(&back).await.unwrap();
+        assert_eq!(shown(&from_decoded), shown(&physical), "{sql}");
+
+        let pcodec = VoxelPhysicalCodec::default();
+        let bytes = physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
+        let decoded =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                .unwrap();
+        assert_eq!(shown(&decoded), shown(&physical), "{sql}");
+        let want = rows(physical, ctx).await;
+        assert!(
+            want.lines().count() > 4,
+            "{sql}: the query should return rows:\n{want}"
+        );
+        assert_eq!(rows(decoded, ctx).await, want, "{sql}");
+        assert_eq!(rows(from_decoded, ctx).await, want, "{sql}");
+    }
+
+    #[tokio::test]
+    async fn tables_and_scans_round_trip_with_every_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            "SELECT t, sum(value), count(*) FROM a GROUP BY t ORDER BY t",
+            "SELECT i, j, k, t, value FROM a WHERE i BETWEEN 1 AND 3 AND k IN (0, 2, 3) AND t > 4 ORDER BY t, k, j, i",
+            "SELECT value FROM a WHERE j = 2 LIMIT 9",
+            "SELECT k, min(value), max(value) FROM a_raw WHERE i + j < 4 GROUP BY k ORDER BY k",
+            "SELECT t, sum(value) FROM a_f32 WHERE t <> 3 GROUP BY t ORDER BY t",
+            "SELECT file, t, count(value), sum(value) FROM runs GROUP BY file, t ORDER BY file, t",
+            "SELECT file, i, j, k, value FROM runs WHERE file LIKE '%r2%' AND i = 1 AND t = 4 ORDER BY k, j",
+            "SELECT file, count(*) FROM runs WHERE file LIKE '%.gz' OR k = 1 GROUP BY file ORDER BY file",
+            "SELECT i, j, k, value FROM cube WHERE j >= 1 ORDER BY i, j, k",
+            "SELECT t, avg(value) FROM voxels('runs/r1.nii', 'scaling', 'false') GROUP BY t ORDER BY t",
+        ] {
+            let sql = sql.replace("'runs/", &format!("'{}/runs/", dir.path().display()));
+            round_trip(&ctx, &sql).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_gets_the_facts_of_its_own_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        let sql = "SELECT file, value FROM runs";
+        let logical = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+        let physical = ctx.state().create_physical_plan(&logical).await.unwrap();
+        let (config, _) = voxel_scan(physical.as_ref()).expect("a bare voxel scan");
+        let groups = config.file_groups.clone();
+        assert!(groups.len() >= 2, "{}", shown(&physical));
+        let pcodec = VoxelPhysicalCodec::default();
+        for (p, group) in groups.into_iter().enumerate() {
+            // What Ballista's scheduler does before it ships a task: keep only the task's partitions.
+            let restricted = FileScanConfigBuilder::from(config.clone())
+                .with_file_groups(vec![group.clone()])
+                .build();
+            let task: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(restricted);
+            let bytes = physical_plan_to_bytes_with_extension_codec(task.clone(), &pcodec).unwrap();
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                    .unwrap();
+            let (_, source) = voxel_scan(decoded.as_ref()).unwrap();
+            let mut names: Vec<&str> = source
+                .spec()
+                .files
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            names.dedup();
+            let mut want: Vec<String> = group
+                .iter()
+                .map(|pf| pf.object_meta.location.to_string())
+                .collect();
+            want.dedup();
+            assert_eq!(
+                names.len(),
+                want.len(),
+                "partition {p}: {names:?} vs {want:?}"
+            );
+            let one = |plan: Arc<dyn ExecutionPlan>, part: usize| {
+                let ctx = ctx.task_ctx();
+                async move {
+                    let s = plan.execute(part, ctx).unwrap();
+                    let batches: Vec<_> = futures::TryStreamExt::try_collect(s).await.unwrap();
+                    pretty_format_batches(&batches).unwrap().to_string()
+                }
+            };
+            // (The unrestricted plan cannot serve as the reference: run alone, one of its partitions steals the
+            // files of its idle siblings.)
+            let got = one(decoded, 0).await;
+            assert_eq!(got, one(task, 0).await, "partition {p}");
+            let rows = group.file_statistics(None).map(|s| s.num_rows);
+            let lines = got.lines().count().saturating_sub(4);
+            assert_eq!(rows, Some(Precision::Exact(lines)), "partition {p}");
+        }
+    }
+
+    #[test]
+    fn other_nodes_go_to_ballista() {
+        let pcodec = VoxelPhysicalCodec::default();
+        let e = pcodec
+            .try_decode(
+                b"\x08\x01",
+                &[],
+                &SessionContext::new().task_ctx(),
+                &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {},
+            )
+            .unwrap_err();
+        assert!(!e.to_string().contains("voxel"), "{e}");
+        let lcodec = VoxelLogicalCodec::default();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let e = lcodec
+            .try_decode_table_provider(
+                b"xyz",
+                &"t".into(),
+                schema,
+                &SessionContext::new().task_ctx(),
+            )
+            .unwrap_err();
+        assert!(!e.to_string().contains("voxel"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_table_over_an_open_handle_cannot_be_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.nii");
+        image(&path, [2, 2, 2, 2], ByteOrder::Little, false);
+        let header = crate::formats::read_header(&path).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let handle = crate::proxy::DataFile::Handle {
+            file,
+            name: "fd".into(),
+        };
+        let proxy = crate::proxy::ArrayProxy::new(handle, &header, Default::default()).unwrap();
+        let ctx = session_context(SessionConfig::new());
+        crate::table::register_proxy(&ctx, "h", proxy, &Default::default()).unwrap();
+        let logical = ctx
+            .sql("SELECT sum(value) FROM h")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        let e = logical_plan_to_bytes_with_extension_codec(&logical, &VoxelLogicalCodec::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("open file handle"), "{e}");
+        // The same proxy over its path can be sent: the executors open the path.
+        let proxy = crate::proxy::ArrayProxy::open(&path, Default::default()).unwrap();
+        crate::table::register_proxy(&ctx, "p", proxy, &Default::default()).unwrap();
+        round_trip(&ctx, "SELECT t, sum(value) FROM p GROUP BY t ORDER BY t").await;
+    }
+}

@@ -1,0 +1,649 @@
+//! Voxel queries on Apache Ballista: in the standalone mode (in-process scheduler and executor) with Ballista's
+//! default packing of partitions into tasks and with one partition per task; on an in-process cluster of a real
+//! scheduler and two executors over gRPC (the `queries/` suite through `voxelscan sql --cluster`, identical
+//! results, tasks on both executors); on a cluster of `voxelscan executor` processes one of which is killed during
+//! a query; and with a file that the executors cannot read.
+//!
+//! Data: multi-file tables with many slabs. Values are multiples of 0.5 (int16 scaled by 0.5, +10), so float sums
+//! are exact in any order and distributed answers can be compared with DataFusion's text for text.
+#![cfg(feature = "ballista")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballista::prelude::SessionConfigExt;
+use ballista_core::JobId;
+use ballista_executor::execution_engine::{
+    DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
+};
+use common::servers::Garage;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use voxelscan::cluster::{
+    ExecutorSettings, SchedulerHandle, SchedulerSettings, executor_config, remote_context,
+    run_executor, scheduler_config, standalone_context, start_scheduler,
+};
+use voxelscan::dtype::{DType, Scalar};
+use voxelscan::synth::write_nifti1;
+use voxelscan::table::{VoxelSource, session_context};
+
+/// An int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t + seed) mod 101
+/// (the pattern of `tests/queries.rs` with seed 0).
+fn pattern(path: &Path, shape: [usize; 4], seed: usize) {
+    let mut data = Vec::with_capacity(shape.iter().product::<usize>() * 2);
+    for t in 0..shape[3] {
+        for k in 0..shape[2] {
+            for j in 0..shape[1] {
+                for i in 0..shape[0] {
+                    let v = ((7 * i + 3 * j + 5 * k + 11 * t + seed) % 101) as i16;
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    write_nifti1(
+        path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.5,
+        10.0,
+        &data,
+        false,
+    )
+    .unwrap();
+}
+
+/// Three runs of 8, 3.75 and 5 MiB: with 4 partitions the scan has 17 slabs in 4 groups.
+const BIG: [[usize; 4]; 3] = [[64, 64, 16, 64], [64, 48, 16, 40], [32, 64, 16, 80]];
+
+fn big_runs(dir: &Path) -> String {
+    let runs = dir.join("big");
+    std::fs::create_dir_all(&runs).unwrap();
+    for (n, shape) in BIG.iter().enumerate() {
+        pattern(&runs.join(format!("run-{n}.nii")), *shape, n);
+    }
+    runs.display().to_string()
+}
+
+fn big_voxels() -> usize {
+    BIG.iter().map(|s| s.iter().product::<usize>()).sum()
+}
+
+/// Queries that read every kind of scan: full, exact coordinate filters (several ranges), inexact filters
+/// (a FilterExec above the scan), file pruning, a limit. Each makes the scan read values (`count(*)` alone would
+/// be answered from the exact statistics). The groupings on `file` hash-shuffle it between executors (it used to
+/// be a `Dictionary(UInt16, Utf8)` column, which Ballista 55's shuffle handed back as text and the query failed).
+const BIG_QUERIES: [&str; 7] = [
+    "SELECT count(value) AS n, sum(value) AS s, sum(t) AS st, min(value) AS lo, max(value) AS hi FROM big",
+    "SELECT file, t, count(value) AS n, sum(value) AS s FROM big GROUP BY file, t ORDER BY file, t",
+    "SELECT file, count(value) AS n, sum(value) AS s FROM big WHERE t BETWEEN 5 AND 50 AND k IN (1, 7, 9, 12) GROUP BY file ORDER BY file",
+    "SELECT k, count(value) AS n, sum(value) AS s FROM big WHERE (i + j) % 7 = 0 GROUP BY k ORDER BY k",
+    "SELECT count(value) AS n, sum(value) AS s FROM big WHERE file LIKE '%run-1%' OR j = 3",
+    "SELECT count(*) AS n FROM (SELECT value FROM big WHERE j = 3 LIMIT 1000)",
+    FILE_T_AVG,
+];
+
+/// The per-file, per-volume mean (the benchmark's query, `benches/ballista.rs`).
+const FILE_T_AVG: &str = "SELECT file, t, avg(value) FROM big GROUP BY file, t ORDER BY file, t";
+
+async fn text(ctx: &SessionContext, sql: &str) -> DfResult<String> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(pretty_format_batches(&batches)?.to_string())
+}
+
+async fn must(ctx: &SessionContext, sql: &str) -> String {
+    text(ctx, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn register_big(ctx: &SessionContext, runs: &str) {
+    must(
+        ctx,
+        &format!("CREATE EXTERNAL TABLE big STORED AS NIFTI LOCATION '{runs}/'"),
+    )
+    .await;
+}
+
+/// DataFusion's own answers (4 partitions), and a check that the scan really has several partitions.
+async fn local_answers(runs: &str) -> Vec<String> {
+    let ctx = session_context(SessionConfig::new().with_target_partitions(4));
+    register_big(&ctx, runs).await;
+    let plan = must(&ctx, "EXPLAIN SELECT sum(value) FROM big").await;
+    assert!(plan.contains("file_groups={4 groups"), "{plan}");
+    let mut out = Vec::new();
+    for q in BIG_QUERIES {
+        out.push(must(&ctx, q).await);
+    }
+    assert!(
+        out[0].contains(&format!("| {} ", big_voxels())),
+        "{}",
+        out[0]
+    );
+    out
+}
+
+async fn check_big(ctx: &SessionContext, want: &[String], how: &str) {
+    for (q, want) in BIG_QUERIES.iter().zip(want) {
+        assert_eq!(&must(ctx, q).await, want, "{how}: {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standalone_answers_equal_datafusion_with_any_task_packing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    let want = local_answers(&runs).await;
+    // 4 partitions on 2 task slots: Ballista packs 2 partitions into a task by default; a scan that is not
+    // restricted to each task's partitions would return every row twice.
+    for per_task in [None, Some(1)] {
+        let mut config = SessionConfig::new_with_ballista()
+            .with_target_partitions(4)
+            .with_ballista_standalone_parallelism(2);
+        if let Some(n) = per_task {
+            config = config.set_usize("ballista.scheduler.max_partitions_per_task", n);
+        }
+        let ctx = standalone_context(config).await.unwrap();
+        register_big(&ctx, &runs).await;
+        check_big(
+            &ctx,
+            &want,
+            &format!("max_partitions_per_task={per_task:?}"),
+        )
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// An in-process cluster: a real scheduler and executors talking gRPC and Arrow Flight on loopback.
+
+/// One task as an executor saw it.
+#[derive(Debug, Clone)]
+struct TaskSeen {
+    executor: String,
+    job: String,
+    /// Voxel-scan partitions in the task's plan (0 for stages that read shuffles only).
+    scan_partitions: usize,
+}
+
+/// Ballista's execution engine, noting every task it is given.
+struct Recorder {
+    executor: String,
+    seen: Arc<Mutex<Vec<TaskSeen>>>,
+    inner: DefaultExecutionEngine,
+}
+
+fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let here = plan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+        .filter(|c| c.file_source().downcast_ref::<VoxelSource>().is_some())
+        .map_or(0, |c| c.file_groups.len());
+    here + plan
+        .children()
+        .into_iter()
+        .map(scan_partitions)
+        .sum::<usize>()
+}
+
+impl ExecutionEngine for Recorder {
+    fn create_query_stage_exec(
+        &self,
+        job_id: JobId,
+        stage_id: usize,
+        task_id: usize,
+        partitions: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        config: &SessionConfig,
+    ) -> DfResult<Arc<dyn QueryStageExecutor>> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(TaskSeen {
+                executor: self.executor.clone(),
+                job: format!("{job_id:?}"),
+                scan_partitions: scan_partitions(&plan),
+            });
+        }
+        self.inner.create_query_stage_exec(
+            job_id, stage_id, task_id, partitions, plan, work_dir, config,
+        )
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    scheduler: SchedulerHandle,
+    url: String,
+    seen: Arc<Mutex<Vec<TaskSeen>>>,
+}
+
+async fn wait_for_executors(scheduler: &SchedulerHandle, want: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let ids = scheduler.executors().await.unwrap();
+        if ids.len() == want {
+            return ids;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "executors registered: {ids:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_scheduler_here(executor_timeout: u64) -> (SchedulerHandle, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut settings = SchedulerSettings::new(addr);
+    settings.executor_timeout_seconds = executor_timeout;
+    let scheduler = start_scheduler(listener, scheduler_config(&settings))
+        .await
+        .unwrap();
+    (scheduler, format!("df://127.0.0.1:{}", addr.port()))
+}
+
+async fn start_cluster(work: &Path, executors: usize, slots: usize) -> Cluster {
+    let (scheduler, url) = start_scheduler_here(180).await;
+    let port = scheduler.addr().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for n in 0..executors {
+        let mut s = ExecutorSettings::new("127.0.0.1", port);
+        s.bind_host = "127.0.0.1".into();
+        s.flight_port = free_port();
+        s.grpc_port = free_port();
+        s.concurrency = slots;
+        s.work_dir = Some(work.join(format!("executor-{n}")));
+        let mut config = executor_config(&s).unwrap();
+        config.executor_id = format!("executor-{n}");
+        config.override_execution_engine = Some(Arc::new(Recorder {
+            executor: config.executor_id.clone(),
+            seen: Arc::clone(&seen),
+            inner: DefaultExecutionEngine::new(),
+        }));
+        tokio::spawn(run_executor(config));
+    }
+    let ids = wait_for_executors(&scheduler, executors).await;
+    assert_eq!(
+        ids,
+        (0..executors)
+            .map(|n| format!("executor-{n}"))
+            .collect::<Vec<_>>()
+    );
+    Cluster {
+        scheduler,
+        url,
+        seen,
+    }
+}
+
+impl Cluster {
+    fn take_seen(&self) -> Vec<TaskSeen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Where the `queries/` fixtures live. Local files are used from the working directory of the client, exactly
+/// as `tests/queries.rs` runs them; with a URL prefix (object storage) the statements' image locations become
+/// URLs with `options` (an `OPTIONS (…)` clause: the store settings travel with the tables to the executors), and
+/// the prefix is taken out of the output again (the `file` column names what was matched). Parquet exports stay
+/// local to the client.
+struct QueryData {
+    dir: PathBuf,
+    prefix: Option<String>,
+    options: String,
+}
+
+impl QueryData {
+    /// The fixtures of `tests/queries.rs`, in `dir`.
+    fn local(dir: &Path) -> QueryData {
+        std::fs::create_dir_all(dir).unwrap();
+        pattern(&dir.join("bold.nii"), [8, 8, 4, 6], 0);
+        std::fs::create_dir_all(dir.join("runs")).unwrap();
+        pattern(&dir.join("runs/run-01.nii"), [8, 8, 4, 6], 0);
+        pattern(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
+        pattern(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+        QueryData {
+            dir: dir.to_path_buf(),
+            prefix: None,
+            options: String::new(),
+        }
+    }
+
+    /// The same fixtures uploaded to the test's S3 server (Garage) under `key_prefix`.
+    fn s3(dir: &Path, key_prefix: &str) -> QueryData {
+        let local = QueryData::local(dir);
+        let g = Garage::shared();
+        for name in [
+            "bold.nii",
+            "runs/run-01.nii",
+            "runs/run-02.nii",
+            "runs/run-03.nii",
+        ] {
+            g.put(
+                &format!("{key_prefix}/{name}"),
+                &std::fs::read(dir.join(name)).unwrap(),
+            );
+        }
+        let options = format!(
+            " OPTIONS ('aws.endpoint' '{}', 'aws.region' '{}', 'aws.access_key_id' '{}', \
+             'aws.secret_access_key' '{}', 'aws.allow_http' 'true')",
+            g.endpoint(),
+            g.region(),
+            g.access_key_id(),
+            g.secret_access_key()
+        );
+        QueryData {
+            prefix: Some(g.url_of(key_prefix)),
+            options,
+            ..local
+        }
+    }
+
+    fn statements(&self, sql: &str) -> String {
+        match &self.prefix {
+            None => sql.to_string(),
+            Some(p) => ["bold.nii", "runs/"]
+                .iter()
+                .fold(sql.to_string(), |s, rel| {
+                    s.replace(
+                        &format!("LOCATION '{rel}'"),
+                        &format!("LOCATION '{p}/{rel}'{}", self.options),
+                    )
+                }),
+        }
+    }
+
+    fn output(&self, out: &str) -> String {
+        match &self.prefix {
+            None => out.to_string(),
+            Some(p) => out.replace(&format!("{p}/"), ""),
+        }
+    }
+}
+
+/// `voxelscan sql --cluster URL --format csv` on every `queries/*.sql`; each output must equal the expected CSV
+/// (the local answers).
+async fn run_query_suite(url: &str, data: &QueryData) {
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&queries)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "queries/ should hold the example queries");
+    for sql_path in names {
+        let sql = data.statements(&std::fs::read_to_string(&sql_path).unwrap());
+        let (url, dir) = (url.to_string(), data.dir.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_voxelscan"))
+                .args(["sql", "--cluster", &url, "--format", "csv", &sql])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", sql_path.display());
+        let want = std::fs::read_to_string(sql_path.with_extension("csv")).unwrap();
+        let got = data.output(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(got, want, "{}", sql_path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn a_two_executor_cluster_gives_the_local_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    let want = local_answers(&runs).await;
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+
+    // The example queries, through the CLI.
+    let data = QueryData::local(&dir.path().join("queries"));
+    run_query_suite(&cluster.url, &data).await;
+    assert!(
+        data.dir.join("bold_t0.parquet").is_file(),
+        "COPY wrote on the executors, relative to the client"
+    );
+
+    // The big multi-file table, with 8 partitions on 4 task slots.
+    let config = SessionConfig::new_with_ballista().with_target_partitions(8);
+    let ctx = remote_context(&cluster.url, config).await.unwrap();
+    register_big(&ctx, &runs).await;
+    let plan = must(&ctx, "EXPLAIN SELECT sum(value) FROM big").await;
+    assert!(plan.contains("file_groups={8 groups"), "{plan}");
+    cluster.take_seen();
+    check_big(&ctx, &want, "two executors").await;
+
+    // Evidence from the executors: the full scan (first query) ran as tasks on both executors, and its 8
+    // partitions were each read exactly once (no task read partitions of another).
+    cluster.take_seen();
+    must(&ctx, BIG_QUERIES[0]).await;
+    let scans: Vec<TaskSeen> = cluster
+        .take_seen()
+        .into_iter()
+        .filter(|t| t.scan_partitions > 0)
+        .collect();
+    let on = |e: &str| scans.iter().filter(|t| t.executor == e).count();
+    eprintln!(
+        "scan tasks: executor-0 {}, executor-1 {}: {scans:?}",
+        on("executor-0"),
+        on("executor-1")
+    );
+    assert!(on("executor-0") > 0 && on("executor-1") > 0, "{scans:?}");
+    assert_eq!(
+        scans.iter().map(|t| t.scan_partitions).sum::<usize>(),
+        8,
+        "{scans:?}"
+    );
+    assert!(scans.iter().all(|t| t.job == scans[0].job));
+
+    // GROUP BY file, t: `file` crosses the hash shuffle. Scan tasks and shuffle-reading tasks ran on both
+    // executors, so some of the final stage's input came from the other executor over Arrow Flight.
+    cluster.take_seen();
+    assert_eq!(
+        must(&ctx, FILE_T_AVG).await,
+        want[BIG_QUERIES.len() - 1],
+        "{FILE_T_AVG}"
+    );
+    let seen = cluster.take_seen();
+    let ran = |e: &str, scan: bool| {
+        seen.iter()
+            .any(|t| t.executor == e && (t.scan_partitions > 0) == scan)
+    };
+    for scan in [true, false] {
+        assert!(
+            ran("executor-0", scan) && ran("executor-1", scan),
+            "scan tasks {scan}: {seen:?}"
+        );
+    }
+
+    // A file the executors cannot read (it is gone after registration): the error names the path.
+    let gone = dir.path().join("gone.nii");
+    pattern(&gone, [8, 8, 4, 6], 0);
+    must(
+        &ctx,
+        &format!(
+            "CREATE EXTERNAL TABLE gone STORED AS NIFTI LOCATION '{}'",
+            gone.display()
+        ),
+    )
+    .await;
+    std::fs::remove_file(&gone).unwrap();
+    let e = text(&ctx, "SELECT sum(value) FROM gone").await.unwrap_err();
+    let msg = e.to_string();
+    eprintln!("unreadable file: {msg}");
+    assert!(msg.contains(&gone.display().to_string()), "{msg}");
+    assert!(msg.contains("No such file"), "{msg}");
+    cluster.scheduler.abort();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Faults: `voxelscan executor` processes, one killed (SIGKILL) while a multi-task query runs.
+
+/// A `voxelscan executor` process; killed when dropped.
+struct ExecutorProcess {
+    child: Child,
+    work_dir: PathBuf,
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_executor(scheduler_port: u16, work_dir: PathBuf, log: &Path) -> ExecutorProcess {
+    std::fs::create_dir_all(&work_dir).unwrap();
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_voxelscan"))
+        .args([
+            "executor",
+            "--scheduler",
+            &format!("127.0.0.1:{scheduler_port}"),
+        ])
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .args(["--grpc-port", &free_port().to_string()])
+        .args(["--concurrency", "1", "--heartbeat", "1"])
+        .arg("--work-dir")
+        .arg(&work_dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ExecutorProcess { child, work_dir }
+}
+
+/// Files under `dir` (shuffle output appears there once the executor has finished a task).
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
+}
+
+/// What Ballista 55 does (observed, and asserted here): the scheduler notices the dead executor (its task launches
+/// and shuffle fetches fail; it is dropped from the executor list), runs its tasks again on the executor left, and
+/// the query returns the exact answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_executor_killed_during_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    let want = local_answers(&runs).await;
+    let (scheduler, url) = start_scheduler_here(3).await;
+    let port = scheduler.addr().port();
+    let mut executors: Vec<ExecutorProcess> = (0..2)
+        .map(|n| {
+            spawn_executor(
+                port,
+                dir.path().join(format!("work-{n}")),
+                &dir.path().join(format!("executor-{n}.log")),
+            )
+        })
+        .collect();
+    let before = wait_for_executors(&scheduler, 2).await;
+
+    // 16 one-partition scan tasks on 2 slots.
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(16)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = remote_context(&url, config).await.unwrap();
+    register_big(&ctx, &runs).await;
+    let query = tokio::spawn(async move { text(&ctx, BIG_QUERIES[1]).await });
+
+    // Kill executor 0 as soon as it has finished a task (its shuffle output exists only there).
+    let start = Instant::now();
+    while files_under(&executors[0].work_dir) == 0 {
+        assert!(
+            !query.is_finished(),
+            "the query ended before executor 0 finished a task"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "executor 0 ran no task"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    executors[0].child.kill().unwrap();
+    executors[0].child.wait().unwrap();
+    let killed_early = !query.is_finished();
+    let outcome = tokio::time::timeout(Duration::from_secs(180), query)
+        .await
+        .expect("the query neither finished nor failed within 180 s")
+        .unwrap();
+    // The scheduler drops the dead executor once a launch or fetch fails, or at the latest after its timeout (3 s).
+    let mut after = scheduler.executors().await.unwrap();
+    let waited = Instant::now();
+    while after.len() > 1 && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = scheduler.executors().await.unwrap();
+    }
+    eprintln!(
+        "killed before the query ended: {killed_early}; executors before {before:?}, after {after:?}; outcome: {}",
+        match &outcome {
+            Ok(_) => "answer".to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    );
+    assert!(
+        killed_early,
+        "the query finished before the kill: nothing was tested"
+    );
+    match outcome {
+        Ok(got) => assert_eq!(got, want[1], "a retried query must give the exact answer"),
+        Err(e) => panic!("the query failed: {e}"),
+    }
+    // The cluster goes on with the executor that is left.
+    let ctx = remote_context(&url, SessionConfig::new_with_ballista())
+        .await
+        .unwrap();
+    register_big(&ctx, &runs).await;
+    assert_eq!(must(&ctx, BIG_QUERIES[0]).await, want[0]);
+    drop(executors);
+    scheduler.abort();
+}
+
+/// The `queries/` suite with its images in S3 (the test's Garage): the executors read them with ranged GETs, using
+/// the store settings the tables carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn a_two_executor_cluster_reads_images_from_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let data_dir = dir.path().join("queries");
+    let data = tokio::task::spawn_blocking(move || QueryData::s3(&data_dir, "ballista-queries"))
+        .await
+        .unwrap();
+    run_query_suite(&cluster.url, &data).await;
+    let scans: Vec<TaskSeen> = cluster
+        .take_seen()
+        .into_iter()
+        .filter(|t| t.scan_partitions > 0)
+        .collect();
+    assert!(!scans.is_empty());
+    cluster.scheduler.abort();
+}
