@@ -628,6 +628,48 @@ async fn an_executor_killed_during_a_query() {
     scheduler.abort();
 }
 
+/// A file a `voxelscan executor` cannot read (gone after registration on the client): the query fails naming the
+/// table, the path and the executor (its id and address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_file_is_named_with_the_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scheduler, url) = start_scheduler_here(10).await;
+    let executor = spawn_executor(
+        scheduler.addr().port(),
+        dir.path().join("work"),
+        &dir.path().join("executor.log"),
+    );
+    let ids = wait_for_executors(&scheduler, 1).await;
+    let ctx = remote_context(&url, SessionConfig::new_with_ballista())
+        .await
+        .unwrap();
+    let gone = dir.path().join("gone.nii");
+    pattern(&gone, [8, 8, 4, 6], 0);
+    must(
+        &ctx,
+        &format!(
+            "CREATE EXTERNAL TABLE gone STORED AS NIFTI LOCATION '{}'",
+            gone.display()
+        ),
+    )
+    .await;
+    std::fs::remove_file(&gone).unwrap();
+    let msg = text(&ctx, "SELECT sum(value) FROM gone")
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("unreadable file on an executor process: {msg}");
+    assert!(msg.contains("table gone"), "{msg}");
+    assert!(msg.contains(&gone.display().to_string()), "{msg}");
+    assert!(msg.contains("No such file"), "{msg}");
+    assert!(
+        msg.contains(&format!("on executor {}", ids[0])),
+        "{msg} (executors {ids:?})"
+    );
+    drop(executor);
+    scheduler.abort();
+}
+
 /// The `queries/` suite with its images in S3 (the test's Garage): the executors read them with ranged GETs, using
 /// the store settings the tables carry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]

@@ -134,6 +134,11 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         scheduler_port,
         config.work_dir.as_deref().unwrap_or("?")
     );
+    let host = settings
+        .external_host
+        .clone()
+        .unwrap_or_else(|| settings.bind_host.clone());
+    crate::table::scan::set_executor_label(format!("{} at {host}:{grpc_port}", config.executor_id));
     runtime()?.block_on(crate::cluster::run_executor(config))?;
     Ok(())
 }

@@ -87,8 +87,24 @@ impl ScanSpec {
     }
 
     fn error(&self, e: impl fmt::Display) -> DataFusionError {
-        DataFusionError::Execution(format!("table {}: {e}", self.table))
+        match EXECUTOR_LABEL.get() {
+            Some(label) => DataFusionError::Execution(format!(
+                "table {}: {e} (on executor {label})",
+                self.table
+            )),
+            None => DataFusionError::Execution(format!("table {}: {e}", self.table)),
+        }
     }
+}
+
+/// Who reads, when this process is a cluster executor: scan errors name it, since Ballista's own error for a
+/// failed task does not say where it ran.
+static EXECUTOR_LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Name this process's executor (its id and address) in scan errors; set once, by a process that runs exactly one
+/// executor (`voxelscan executor`). Later calls are ignored.
+pub fn set_executor_label(label: String) {
+    let _ = EXECUTOR_LABEL.set(label);
 }
 
 /// The table's `FileSource`: configuration only (files, selections, projection, metrics).
