@@ -477,10 +477,17 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     }
 
     // A file the executors cannot read (it is gone after registration): the error names the path.
-    let gone = dir.path().join("gone.nii");
+    let msg = query_a_gone_file(&ctx, dir.path()).await;
+    eprintln!("unreadable file: {msg}");
+    cluster.scheduler.abort();
+}
+
+/// Register table `gone` over a file, delete the file, query it: the error, which must name the table and the path.
+async fn query_a_gone_file(ctx: &SessionContext, dir: &Path) -> String {
+    let gone = dir.join("gone.nii");
     pattern(&gone, [8, 8, 4, 6], 0);
     must(
-        &ctx,
+        ctx,
         &format!(
             "CREATE EXTERNAL TABLE gone STORED AS NIFTI LOCATION '{}'",
             gone.display()
@@ -488,12 +495,14 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     )
     .await;
     std::fs::remove_file(&gone).unwrap();
-    let e = text(&ctx, "SELECT sum(value) FROM gone").await.unwrap_err();
-    let msg = e.to_string();
-    eprintln!("unreadable file: {msg}");
+    let msg = text(ctx, "SELECT sum(value) FROM gone")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("table gone"), "{msg}");
     assert!(msg.contains(&gone.display().to_string()), "{msg}");
     assert!(msg.contains("No such file"), "{msg}");
-    cluster.scheduler.abort();
+    msg
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -643,25 +652,8 @@ async fn an_unreadable_file_is_named_with_the_executor() {
     let ctx = remote_context(&url, SessionConfig::new_with_ballista())
         .await
         .unwrap();
-    let gone = dir.path().join("gone.nii");
-    pattern(&gone, [8, 8, 4, 6], 0);
-    must(
-        &ctx,
-        &format!(
-            "CREATE EXTERNAL TABLE gone STORED AS NIFTI LOCATION '{}'",
-            gone.display()
-        ),
-    )
-    .await;
-    std::fs::remove_file(&gone).unwrap();
-    let msg = text(&ctx, "SELECT sum(value) FROM gone")
-        .await
-        .unwrap_err()
-        .to_string();
+    let msg = query_a_gone_file(&ctx, dir.path()).await;
     eprintln!("unreadable file on an executor process: {msg}");
-    assert!(msg.contains("table gone"), "{msg}");
-    assert!(msg.contains(&gone.display().to_string()), "{msg}");
-    assert!(msg.contains("No such file"), "{msg}");
     assert!(
         msg.contains(&format!("on executor {}", ids[0])),
         "{msg} (executors {ids:?})"
