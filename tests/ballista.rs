@@ -20,6 +20,7 @@ use ballista_core::JobId;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
+use common::pattern_image;
 use common::servers::Garage;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::Result as DfResult;
@@ -31,35 +32,7 @@ use voxelscan::cluster::{
     ExecutorSettings, SchedulerHandle, SchedulerSettings, executor_config, remote_context,
     run_executor, scheduler_config, standalone_context, start_scheduler,
 };
-use voxelscan::dtype::{DType, Scalar};
-use voxelscan::synth::write_nifti1;
 use voxelscan::table::{VoxelSource, session_context};
-
-/// An int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t + seed) mod 101
-/// (the pattern of `tests/queries.rs` with seed 0).
-fn pattern(path: &Path, shape: [usize; 4], seed: usize) {
-    let mut data = Vec::with_capacity(shape.iter().product::<usize>() * 2);
-    for t in 0..shape[3] {
-        for k in 0..shape[2] {
-            for j in 0..shape[1] {
-                for i in 0..shape[0] {
-                    let v = ((7 * i + 3 * j + 5 * k + 11 * t + seed) % 101) as i16;
-                    data.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
-    }
-    write_nifti1(
-        path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.5,
-        10.0,
-        &data,
-        false,
-    )
-    .unwrap();
-}
 
 /// Three runs of 8, 3.75 and 5 MiB: with 4 partitions the scan has 17 slabs in 4 groups.
 const BIG: [[usize; 4]; 3] = [[64, 64, 16, 64], [64, 48, 16, 40], [32, 64, 16, 80]];
@@ -68,7 +41,7 @@ fn big_runs(dir: &Path) -> String {
     let runs = dir.join("big");
     std::fs::create_dir_all(&runs).unwrap();
     for (n, shape) in BIG.iter().enumerate() {
-        pattern(&runs.join(format!("run-{n}.nii")), *shape, n);
+        pattern_image(&runs.join(format!("run-{n}.nii")), *shape, n);
     }
     runs.display().to_string()
 }
@@ -314,11 +287,11 @@ impl QueryData {
     /// The fixtures of `tests/queries.rs`, in `dir`.
     fn local(dir: &Path) -> QueryData {
         std::fs::create_dir_all(dir).unwrap();
-        pattern(&dir.join("bold.nii"), [8, 8, 4, 6], 0);
+        pattern_image(&dir.join("bold.nii"), [8, 8, 4, 6], 0);
         std::fs::create_dir_all(dir.join("runs")).unwrap();
-        pattern(&dir.join("runs/run-01.nii"), [8, 8, 4, 6], 0);
-        pattern(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
-        pattern(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+        pattern_image(&dir.join("runs/run-01.nii"), [8, 8, 4, 6], 0);
+        pattern_image(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
+        pattern_image(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
         QueryData {
             dir: dir.to_path_buf(),
             prefix: None,
@@ -485,7 +458,7 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
 /// Register table `gone` over a file, delete the file, query it: the error, which must name the table and the path.
 async fn query_a_gone_file(ctx: &SessionContext, dir: &Path) -> String {
     let gone = dir.join("gone.nii");
-    pattern(&gone, [8, 8, 4, 6], 0);
+    pattern_image(&gone, [8, 8, 4, 6], 0);
     must(
         ctx,
         &format!(

@@ -10,41 +10,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use voxelscan::dtype::{DType, Scalar};
-use voxelscan::synth::write_nifti1;
-
-fn pattern(path: &Path, shape: [usize; 4]) {
-    let mut data = Vec::new();
-    for t in 0..shape[3] {
-        for k in 0..shape[2] {
-            for j in 0..shape[1] {
-                for i in 0..shape[0] {
-                    let v = ((7 * i + 3 * j + 5 * k + 11 * t) % 101) as i16;
-                    data.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
-    }
-    write_nifti1(
-        path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.5,
-        10.0,
-        &data,
-        false,
-    )
-    .unwrap();
-}
+mod common;
+use common::pattern_image;
 
 #[test]
 fn example_queries_give_their_expected_output() {
     let dir = tempfile::tempdir().unwrap();
-    pattern(&dir.path().join("bold.nii"), [8, 8, 4, 6]);
+    pattern_image(&dir.path().join("bold.nii"), [8, 8, 4, 6], 0);
     std::fs::create_dir(dir.path().join("runs")).unwrap();
-    pattern(&dir.path().join("runs/run-01.nii"), [8, 8, 4, 6]);
-    pattern(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3]);
-    pattern(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2]);
+    pattern_image(&dir.path().join("runs/run-01.nii"), [8, 8, 4, 6], 0);
+    pattern_image(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3], 0);
+    pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
     let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
     let mut names: Vec<_> = std::fs::read_dir(&queries)
         .unwrap()

@@ -523,6 +523,33 @@ fn close(want: &Value, got: &Value, tol: f64) -> bool {
     }
 }
 
+/// An int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t + seed) mod 101: the
+/// images of `queries/` (seed 0) and of the cluster tests.
+pub fn pattern_image(path: &Path, shape: [usize; 4], seed: usize) {
+    use voxelscan::dtype::{DType, Scalar};
+    let mut data = Vec::with_capacity(shape.iter().product::<usize>() * 2);
+    for t in 0..shape[3] {
+        for k in 0..shape[2] {
+            for j in 0..shape[1] {
+                for i in 0..shape[0] {
+                    let v = ((7 * i + 3 * j + 5 * k + 11 * t + seed) % 101) as i16;
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    voxelscan::synth::write_nifti1(
+        path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.5,
+        10.0,
+        &data,
+        false,
+    )
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
