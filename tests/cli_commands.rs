@@ -1,6 +1,6 @@
 //! `voxelscan index` (the sidecars it builds are what later reads use; `--span`; its errors) and the error contract
 //! (exit status 2, one stderr line starting `error:`) of `export`, `index`, `scheduler`, `executor` and
-//! `sql --cluster` against a scheduler nobody listens for.
+//! `sql --cluster` against a scheduler nobody listens for; and that `.ci/run` runs the README's test command.
 
 mod common;
 
@@ -441,4 +441,32 @@ fn scheduler_and_executor_bad_flags_exit_2() {
         "scheduler on a taken port: {}",
         r.stderr
     );
+}
+
+/// `.ci/run` runs the README's test command, with `--no-fail-fast` (one failing binary must not hide the others from
+/// the closing count), and clears the `VOXELSCAN_*` knobs before it.
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let root = common::repo_root();
+    let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let line = ci
+        .lines()
+        .find_map(|l| l.strip_prefix("TEST_CMD=("))
+        .and_then(|l| l.strip_suffix(')'))
+        .expect(".ci/run sets TEST_CMD=(…)");
+    assert!(line.contains("--no-fail-fast"), "TEST_CMD: {line}");
+    assert!(line.contains("--features ballista"), "TEST_CMD: {line}");
+    assert!(
+        readme.contains(&format!("`{line}`")),
+        "the README does not give .ci/run's test command `{line}`"
+    );
+    let clear = ci
+        .find("unset \"$var\"")
+        .expect(".ci/run unsets the VOXELSCAN_* variables");
+    let run = ci
+        .find("\"${TEST_CMD[@]}\"")
+        .expect(".ci/run runs TEST_CMD");
+    assert!(clear < run, "the variables are cleared after the tests ran");
+    assert!(ci.contains("grep '^VOXELSCAN_'"), "{ci}");
 }

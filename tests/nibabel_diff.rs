@@ -157,10 +157,11 @@ fn check_every_image_has_cases(seed: u64, count: usize, cases: &[Case]) -> Resul
     let mut images = std::collections::BTreeSet::new();
     for case in cases {
         let mut parts = case.id.split('/');
-        if let (Some(s), Some(image)) = (parts.next(), parts.next()) {
-            if s == seed.to_string() && image.parse::<usize>().is_ok() {
-                images.insert(image.to_string());
-            }
+        if let (Some(s), Some(image)) = (parts.next(), parts.next())
+            && s == seed.to_string()
+            && image.parse::<usize>().is_ok()
+        {
+            images.insert(image.to_string());
         }
     }
     if images.len() < count {
