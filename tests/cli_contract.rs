@@ -91,6 +91,51 @@ fn info_has_every_contract_field() {
     assert_eq!(v["affine"].as_array().unwrap().len(), 4);
 }
 
+/// JSON has no NaN or infinity: `info` spells non-finite factors as the strings "nan", "inf" and "-inf" (the spelling
+/// `--raw` takes), so that their sign and NaN-ness survive; finite factors stay numbers.
+#[test]
+fn info_spells_non_finite_factors_with_their_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("f.raw");
+    std::fs::write(&raw, vec![0u8; 2 * 3 * 4]).unwrap();
+    let r = raw.to_str().unwrap();
+    let cases = [
+        (
+            "slope=nan",
+            serde_json::json!("nan"),
+            serde_json::json!(0.0),
+        ),
+        (
+            "slope=inf;inter=-inf",
+            serde_json::json!("inf"),
+            serde_json::json!("-inf"),
+        ),
+        (
+            "slope=-inf;inter=nan",
+            serde_json::json!("-inf"),
+            serde_json::json!("nan"),
+        ),
+        (
+            "slope=f4:-inf;inter=f4:inf",
+            serde_json::json!("-inf"),
+            serde_json::json!("inf"),
+        ),
+        (
+            "slope=2.5;inter=-1.0",
+            serde_json::json!(2.5),
+            serde_json::json!(-1.0),
+        ),
+    ];
+    for (factors, slope, inter) in cases {
+        let spec = format!("shape=2,3;dtype=<f4;{factors}");
+        let out = run(&["info", r, "--raw", &spec]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{spec}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!((&v["slope"], &v["inter"]), (&slope, &inter), "{spec}: {v}");
+    }
+}
+
 #[test]
 fn raw_spec_slices_with_scaling_and_c_order() {
     let dir = tempfile::tempdir().unwrap();

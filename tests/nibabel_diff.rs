@@ -6,7 +6,8 @@
 //! (`.ci/run` makes it). Without it the test fails — it never passes silently.
 //!
 //! Knobs: `VOXELSCAN_DIFF_SEEDS=1,2,3` (which seeds), `VOXELSCAN_DIFF_COUNT=N` (images per seed),
-//! `VOXELSCAN_DIFF_KEEP=DIR` (generate into DIR and keep it, e.g. to reproduce a failure by hand).
+//! `VOXELSCAN_DIFF_KEEP=DIR` (generate into DIR and keep it, e.g. to reproduce a failure by hand). A seed list or
+//! count that does not parse fails the test, and every generated image must have given cases that all ran.
 
 mod common;
 
@@ -39,23 +40,24 @@ struct Case {
 #[test]
 fn voxelscan_matches_nibabel() {
     let python = python_with_nibabel();
-    let seeds = env_seeds();
-    let count = std::env::var("VOXELSCAN_DIFF_COUNT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_COUNT);
+    let seeds = env_seeds().unwrap_or_else(|e| panic!("{e}"));
+    let count = env_count().unwrap_or_else(|e| panic!("{e}"));
     let (root, guard) = work_dir();
     let started = Instant::now();
     let mut cases = Vec::new();
     for &seed in &seeds {
         let dir = root.join(format!("seed{seed}"));
         generate(&python, seed, count, &dir);
-        cases.extend(load_manifest(seed, &dir));
+        let seed_cases = load_manifest(seed, &dir);
+        check_every_image_has_cases(seed, count, &seed_cases).unwrap_or_else(|e| panic!("{e}"));
+        cases.extend(seed_cases);
     }
     let generated = started.elapsed();
     let out_dir = root.join("out");
     std::fs::create_dir_all(&out_dir).expect("create output dir");
-    let failures = run_all(&cases, &out_dir);
+    let (ran, failures) = run_all(&cases, &out_dir);
+    // A case skipped by the runner would pass unseen: every generated case must have run.
+    assert_eq!(ran, cases.len(), "only {ran} of {} cases ran", cases.len());
     eprintln!(
         "nibabel_diff: {} cases from seeds {seeds:?} × {count} images: generated in {:.1?}, ran in {:.1?}",
         cases.len(),
@@ -107,14 +109,69 @@ fn python_with_nibabel() -> PathBuf {
     }
 }
 
-fn env_seeds() -> Vec<u64> {
+/// `VOXELSCAN_DIFF_SEEDS`, else the default seeds. Anything that is not a comma-separated list of at least one
+/// whole number is an error: a typo must not run zero cases and pass.
+fn env_seeds() -> Result<Vec<u64>, String> {
     match std::env::var("VOXELSCAN_DIFF_SEEDS") {
-        Ok(text) => text
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        Err(_) => DEFAULT_SEEDS.to_vec(),
+        Ok(text) => parse_seeds(&text),
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_SEEDS.to_vec()),
+        Err(e) => Err(format!("VOXELSCAN_DIFF_SEEDS: {e}")),
     }
+}
+
+fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
+    let seeds = text
+        .split(',')
+        .map(|s| {
+            s.trim().parse::<u64>().map_err(|_| {
+                format!(
+                    "VOXELSCAN_DIFF_SEEDS='{text}': '{}' is not a seed (a whole number)",
+                    s.trim()
+                )
+            })
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    if seeds.is_empty() {
+        return Err(format!("VOXELSCAN_DIFF_SEEDS='{text}' names no seed"));
+    }
+    Ok(seeds)
+}
+
+/// `VOXELSCAN_DIFF_COUNT` (images per seed, at least 1), else the default.
+fn env_count() -> Result<usize, String> {
+    match std::env::var("VOXELSCAN_DIFF_COUNT") {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "VOXELSCAN_DIFF_COUNT='{text}' is not a number of images (1 or more)"
+            )),
+        },
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_COUNT),
+        Err(e) => Err(format!("VOXELSCAN_DIFF_COUNT: {e}")),
+    }
+}
+
+/// The minimum that must have been generated for one seed: cases from each of its `count` images (ids
+/// `SEED/NNN/…`; the fixed bad-file cases are `SEED/bad/…`).
+fn check_every_image_has_cases(seed: u64, count: usize, cases: &[Case]) -> Result<(), String> {
+    let mut images = std::collections::BTreeSet::new();
+    for case in cases {
+        let mut parts = case.id.split('/');
+        if let (Some(s), Some(image)) = (parts.next(), parts.next())
+            && s == seed.to_string()
+            && image.parse::<usize>().is_ok()
+        {
+            images.insert(image.to_string());
+        }
+    }
+    if images.len() < count {
+        return Err(format!(
+            "seed {seed}: cases for {} of {count} generated images ({} cases in all)",
+            images.len(),
+            cases.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Where the cases go: `$VOXELSCAN_DIFF_KEEP`, or a temporary directory (the guard deletes it).
@@ -179,9 +236,10 @@ fn load_manifest(seed: u64, dir: &Path) -> Vec<Case> {
         .collect()
 }
 
-/// Run every case on a few threads; return one compact report per failure, in case order.
-fn run_all(cases: &[Case], out_dir: &Path) -> Vec<String> {
+/// Run every case on a few threads; return how many ran and one compact report per failure, in case order.
+fn run_all(cases: &[Case], out_dir: &Path) -> (usize, Vec<String>) {
     let next = AtomicUsize::new(0);
+    let ran = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -196,13 +254,17 @@ fn run_all(cases: &[Case], out_dir: &Path) -> Vec<String> {
                     if let Err(why) = run_case(case, &out_dir.join(format!("{i}.npy"))) {
                         failures.lock().unwrap().push((i, report(case, &why)));
                     }
+                    ran.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
     });
     let mut failures = failures.into_inner().unwrap();
     failures.sort();
-    failures.into_iter().map(|(_, r)| r).collect()
+    (
+        ran.into_inner(),
+        failures.into_iter().map(|(_, r)| r).collect(),
+    )
 }
 
 fn report(case: &Case, why: &str) -> String {
@@ -262,5 +324,15 @@ fn run_case(case: &Case, out: &Path) -> Result<(), String> {
             compare_npy(&expected, &actual)
         }
         other => Err(format!("manifest: unknown expectation {other:?}")),
+    }
+}
+
+#[test]
+fn seed_lists_are_parsed_strictly() {
+    assert_eq!(parse_seeds("4"), Ok(vec![4]));
+    assert_eq!(parse_seeds(" 1, 2 ,3"), Ok(vec![1, 2, 3]));
+    for bad in ["", "one", "1,,2", "1;2", "-1", "1, x"] {
+        let err = parse_seeds(bad).expect_err(bad);
+        assert!(err.contains("VOXELSCAN_DIFF_SEEDS"), "{bad}: {err}");
     }
 }

@@ -593,3 +593,252 @@ async fn server_stopped_mid_query_fails_the_query() {
     expect_error(r.map(|_| ()), &url, "");
     assert!(t0.elapsed().as_secs() < 60);
 }
+
+// ---- transient failures ------------------------------------------------------------------------------------------
+
+/// How [`FlakyProxy`] fails a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// `503 Service Unavailable`, no body.
+    Unavailable,
+    /// The connection closed without any response.
+    Dropped,
+    /// nginx's response with only half of its body, then the connection closed.
+    Cut,
+}
+
+/// An HTTP proxy on 127.0.0.1 in front of nginx, one request per connection (it asks nginx for
+/// `Connection: close`, so the client opens a new connection for each request): request number `n` (from 0, in
+/// arrival order) fails as `fault(n)` says, or is forwarded untouched. Counts requests and injected faults.
+struct FlakyProxy {
+    port: u16,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    faults: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlakyProxy {
+    fn start(
+        nginx_port: u16,
+        fault: impl Fn(usize) -> Option<Fault> + Send + Sync + 'static,
+    ) -> FlakyProxy {
+        use std::net::TcpListener;
+        use std::sync::atomic::AtomicUsize;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let faults = Arc::new(AtomicUsize::new(0));
+        let fault = Arc::new(fault);
+        let (r, f) = (Arc::clone(&requests), Arc::clone(&faults));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (r, f, fault) = (Arc::clone(&r), Arc::clone(&f), Arc::clone(&fault));
+                std::thread::spawn(move || serve_one(client, nginx_port, &r, &f, &*fault));
+            }
+        });
+        FlakyProxy {
+            port,
+            requests,
+            faults,
+        }
+    }
+
+    fn url_of(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn faults(&self) -> usize {
+        self.faults.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One connection of [`FlakyProxy`]: read the request head, then fail it or forward it.
+fn serve_one(
+    mut client: std::net::TcpStream,
+    nginx_port: u16,
+    requests: &std::sync::atomic::AtomicUsize,
+    faults: &std::sync::atomic::AtomicUsize,
+    fault: &(dyn Fn(usize) -> Option<Fault> + Send + Sync),
+) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::sync::atomic::Ordering;
+    let Some(head) = read_head(&mut client) else {
+        return; // a connection opened and closed without a request (a pool probe)
+    };
+    let n = requests.fetch_add(1, Ordering::SeqCst);
+    let chosen = fault(n);
+    if chosen.is_some() {
+        faults.fetch_add(1, Ordering::SeqCst);
+    }
+    match chosen {
+        Some(Fault::Unavailable) => {
+            let _ = client.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+        Some(Fault::Dropped) => {}
+        None | Some(Fault::Cut) => {
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", nginx_port)) else {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            };
+            let mut response = Vec::new();
+            if server.write_all(&close_after(&head)).is_err()
+                || server.read_to_end(&mut response).is_err()
+            {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            if chosen == Some(Fault::Cut) {
+                let body_at = find(&response, b"\r\n\r\n").map_or(response.len(), |p| p + 4);
+                response.truncate(body_at + (response.len() - body_at) / 2);
+            }
+            let _ = client.write_all(&response);
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+}
+
+/// The request head (up to the blank line); requests here are GET/HEAD without bodies.
+fn read_head(client: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&head, b"\r\n\r\n").is_none() {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+    }
+    Some(head)
+}
+
+/// The head with any `Connection:` header replaced by `Connection: close`.
+fn close_after(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `voxelscan ARGS` with `VOXELSCAN_REMOTE_RETRIES=retries` (and one GET at a time, so the order of requests, and
+/// with it which ones fail, is the same on every run).
+fn run_with_retries(args: &[&str], retries: u32) -> Out {
+    let out = std::process::Command::new(common::voxelscan_bin())
+        .args(args)
+        .env("VOXELSCAN_REMOTE_RETRIES", retries.to_string())
+        .env("VOXELSCAN_REMOTE_CONCURRENCY", "1")
+        .output()
+        .expect("run voxelscan");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Requests that fail once each (the header's first GET, then data GETs) are retried, and the answer is the exact
+/// bytes of the local read — for a plain and a gzip object, for every kind of fault.
+#[test]
+fn transient_failures_are_retried_and_give_the_exact_bytes() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["flaky_a.nii", "flaky_b.nii.gz"] {
+        let (path, bytes) = make_image(dir.path(), name, &[12, 9, 4, 5], 21);
+        n.put(&format!("flaky/{name}"), &bytes);
+        let local_out = dir.path().join("local.npy");
+        for spec in ["", "..., 3", "2:7, ::-2, 1"] {
+            let local = run_with_retries(
+                &[
+                    "slice",
+                    &path.display().to_string(),
+                    spec,
+                    "-o",
+                    &local_out.display().to_string(),
+                ],
+                0,
+            );
+            assert_eq!(
+                local.code,
+                Some(0),
+                "local {name}[{spec}]: {}",
+                local.stderr
+            );
+            for fault in [Fault::Unavailable, Fault::Dropped, Fault::Cut] {
+                // Requests 0 and 2 fail: the first try of the header and the first try of a data read.
+                let proxy =
+                    FlakyProxy::start(n.port(), move |k| (k == 0 || k == 2).then_some(fault));
+                let url = proxy.url_of(&format!("flaky/{name}"));
+                let out = dir.path().join("remote.npy");
+                let run =
+                    run_with_retries(&["slice", &url, spec, "-o", &out.display().to_string()], 3);
+                assert_eq!(
+                    run.code,
+                    Some(0),
+                    "{url}[{spec}] with {fault:?}: {}",
+                    run.stderr
+                );
+                assert_eq!(
+                    proxy.faults(),
+                    2,
+                    "{url}[{spec}] {fault:?}: {} requests",
+                    proxy.requests()
+                );
+                let want = read_npy(&local_out).expect("local npy");
+                let got = read_npy(&out).expect("remote npy");
+                if let Err(e) = compare_npy(&want, &got) {
+                    panic!("{url}[{spec}] with {fault:?}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A server that keeps failing: `remote.retries` retries (so retries + 1 tries of the first request), then one
+/// `error:` line naming the URL.
+#[test]
+fn persistent_failures_end_in_an_error_after_the_retries() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, bytes) = make_image(dir.path(), "down.nii", &[6, 5, 4, 3], 22);
+    n.put("flaky/down.nii", &bytes);
+    for fault in [Fault::Unavailable, Fault::Dropped] {
+        for retries in [0, 2] {
+            let proxy = FlakyProxy::start(n.port(), move |_| Some(fault));
+            let url = proxy.url_of("flaky/down.nii");
+            let run = run_with_retries(&["info", &url], retries);
+            assert_eq!(run.code, Some(2), "{fault:?}: {}", run.stderr);
+            let lines: Vec<&str> = run.stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "one line: {}", run.stderr);
+            assert!(
+                lines[0].starts_with("error: ") && lines[0].contains(&url),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(
+                proxy.requests(),
+                retries as usize + 1,
+                "{fault:?} with remote.retries={retries}: {}",
+                run.stderr
+            );
+        }
+    }
+}

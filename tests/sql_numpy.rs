@@ -229,6 +229,11 @@ fn make_cases(dir: &Path, count: usize) -> Vec<Case> {
     cases
 }
 
+/// Random cases per test (each a fresh image and predicate).
+const CASES: usize = 120;
+/// What a run must have checked at least.
+const MIN_CASES: usize = 100;
+
 fn oracle(dir: &Path, cases: &[Case]) -> Vec<Value> {
     let input: Vec<Value> = cases
         .iter()
@@ -303,7 +308,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_matches_numpy() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = make_cases(dir.path(), 120);
+    let cases = make_cases(dir.path(), CASES);
     let answers = oracle(dir.path(), &cases);
     check_cases(&cases, &answers, |_, case| {
         (case.path.clone(), options(case.mode))
@@ -315,7 +320,7 @@ async fn sql_matches_numpy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_matches_numpy_over_s3() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = make_cases(dir.path(), 120);
+    let cases = make_cases(dir.path(), CASES);
     let answers = oracle(dir.path(), &cases);
     let g = common::servers::Garage::shared();
     let store = [
@@ -338,7 +343,7 @@ async fn sql_matches_numpy_over_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_matches_numpy_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = make_cases(dir.path(), 120);
+    let cases = make_cases(dir.path(), CASES);
     let answers = oracle(dir.path(), &cases);
     let n = common::servers::Nginx::shared();
     check_cases(&cases, &answers, |k, case| {
@@ -362,6 +367,15 @@ async fn check_cases(
     answers: &[Value],
     locate: impl Fn(usize, &Case) -> (String, HashMap<String, String>),
 ) {
+    // zip() would stop at the shorter list: an oracle that answered fewer cases must fail, not check fewer.
+    assert_eq!(
+        answers.len(),
+        cases.len(),
+        "the oracle answered {} of {} cases",
+        answers.len(),
+        cases.len()
+    );
+    assert!(cases.len() >= MIN_CASES, "only {} cases", cases.len());
     for (k, (case, want)) in cases.iter().zip(answers).enumerate() {
         let ctx = session_context(
             SessionConfig::new()

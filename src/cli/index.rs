@@ -54,9 +54,13 @@ pub fn run(args: IndexArgs) -> CliResult {
         let source = GzipSource::with_options(data, opts.clone())?;
         let (index, written) = source.build_index(|n| bar.set_position(n))?;
         bar.finish_and_clear();
-        let place = written.map_or("not written (directory not writable?)".to_string(), |p| {
-            p.display().to_string()
-        });
+        let place = match written {
+            Some(p) => p.display().to_string(),
+            // One seek point (a stream shorter than a span) needs no index file: reads start at the start anyway.
+            None if index.points().len() < 2 => "not needed (one seek point)".to_string(),
+            // Building an index nobody can use is a failure of this command, not a note.
+            None => return Err(not_written(data, &opts)),
+        };
         println!(
             "{}: {} seek points over {} bytes, index {}",
             data.display(),
@@ -66,6 +70,18 @@ pub fn run(args: IndexArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+fn not_written(data: &std::path::Path, opts: &GzipOptions) -> CliError {
+    let tried: Vec<String> = crate::io::gzip::index_locations(data, opts)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    CliError(format!(
+        "{}: the index could not be written (tried {})",
+        data.display(),
+        tried.join(", ")
+    ))
 }
 
 fn progress_bar(len: u64, name: String) -> ProgressBar {

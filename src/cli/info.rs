@@ -25,12 +25,26 @@ struct Info {
     dtype: String,
     scaled_dtype: String,
     offset: u64,
+    #[serde(serialize_with = "factor")]
     slope: f64,
+    #[serde(serialize_with = "factor")]
     inter: f64,
     order: String,
     /// `null` for formats without spatial metadata (npy, raw).
     affine: Option<[[f64; 4]; 4]>,
     zooms: Option<Vec<f64>>,
+}
+
+/// A scale factor as a JSON number, or — JSON has no NaN or infinity, and serde_json would print `null` for all
+/// three, losing the sign and NaN-ness — the strings `"nan"`, `"inf"`, `"-inf"` (as `--raw` specs spell them).
+fn factor<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_nan() {
+        s.serialize_str("nan")
+    } else if v.is_infinite() {
+        s.serialize_str(if *v > 0.0 { "inf" } else { "-inf" })
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 pub fn run(args: InfoArgs) -> CliResult {

@@ -22,6 +22,35 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The test venv's Python (numpy, nibabel): `$VOXELSCAN_PYTHON`, else `.venv/bin/python` (`.ci/run` makes it).
+pub fn python() -> PathBuf {
+    std::env::var_os("VOXELSCAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+}
+
+/// Run `python SCRIPT ARGS` (SCRIPT relative to the repository root) and return its standard output; any failure
+/// (no Python, the script failing) panics with what to do, so an oracle test never passes without its oracle.
+pub fn run_python(script: &str, args: &[&Path]) -> String {
+    let python = python();
+    let out = Command::new(&python)
+        .arg(repo_root().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): run .ci/run once, or make .venv from tests/py/requirements.txt",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One finished CLI run.
 pub struct Run {
     pub code: Option<i32>,
@@ -458,8 +487,8 @@ pub fn to_f64(npy: &Npy) -> Option<Vec<f64>> {
 // ------------------------------------------------------------------------------------------------------ info
 
 /// Compare `voxelscan info` output with expected fields. Strings, shape and offset exactly; slope/inter exactly
-/// (non-finite ones may be spelled "nan"/"inf"/"-inf" or null); affine and zooms within `tol` (relative to
-/// max(1, |expected|)); a null expected affine/zooms is not checked.
+/// (non-finite ones are the strings "nan", "inf", "-inf": sign and NaN-ness checked); affine and zooms within `tol`
+/// (relative to max(1, |expected|)); a null expected affine/zooms is not checked.
 pub fn compare_info(expected: &Value, stdout: &str, tol: f64) -> Result<(), String> {
     let actual: Value = serde_json::from_str(stdout.trim()).map_err(|e| {
         format!(
@@ -498,15 +527,10 @@ fn same_number(a: &Value, b: &Value) -> bool {
     matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
 }
 
+/// Finite factors as equal numbers; non-finite ones as the same string, `nan`, `inf` or `-inf` (never `null`).
 fn same_factor(want: &Value, got: &Value) -> bool {
     match want {
-        Value::String(s) => match got {
-            Value::Null => true,
-            Value::String(g) => {
-                g.eq_ignore_ascii_case(s) || (s == "inf" && g.eq_ignore_ascii_case("infinity"))
-            }
-            _ => false,
-        },
+        Value::String(s) => matches!(got, Value::String(g) if g == s),
         _ => same_number(want, got),
     }
 }
@@ -631,7 +655,17 @@ mod tests {
     fn info_comparison() {
         let want: Value = serde_json::json!({"format": "raw", "slope": "nan", "inter": 0.0, "shape": [2, 3],
             "affine": null, "zooms": [1.0, 2.0]});
-        assert!(compare_info(&want, r#"{"format":"raw","slope":null,"inter":0.0,"shape":[2,3],"zooms":[1.0,2.0000001]}"#, 1e-6).is_ok());
+        assert!(compare_info(&want, r#"{"format":"raw","slope":"nan","inter":0.0,"shape":[2,3],"zooms":[1.0,2.0000001]}"#, 1e-6).is_ok());
+        // null, the other infinity or a number for a non-finite factor: wrong.
+        for slope in ["null", r#""inf""#, r#""-inf""#, "1.0"] {
+            let got = format!(
+                r#"{{"format":"raw","slope":{slope},"inter":0.0,"shape":[2,3],"zooms":[1.0,2.0]}}"#
+            );
+            assert!(compare_info(&want, &got, 1e-6).is_err(), "{got}");
+        }
+        let minus: Value = serde_json::json!({"slope": "-inf"});
+        assert!(compare_info(&minus, r#"{"slope":"-inf"}"#, 1e-6).is_ok());
+        assert!(compare_info(&minus, r#"{"slope":"inf"}"#, 1e-6).is_err());
         let err = compare_info(
             &want,
             r#"{"format":"npy","slope":1.0,"inter":0.0,"shape":[2,3],"zooms":[1.0,2.0]}"#,

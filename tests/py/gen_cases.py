@@ -1111,7 +1111,7 @@ class Generator:
 
 
 def json_float(v):
-    """JSON has no NaN/inf: spell them as strings (the comparer accepts null or the string for them)."""
+    """JSON has no NaN/inf: spell them as strings, as `voxelscan info` does (the comparer wants the same string)."""
     if math.isfinite(v):
         return v
     return fmt_float(v)

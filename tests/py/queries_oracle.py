@@ -1,0 +1,97 @@
+"""Independent answers for the example queries of queries/*.sql (tests/queries.rs compares queries/*.csv with them).
+
+Usage: queries_oracle.py DIR, where DIR holds the fixtures tests/queries.rs writes (bold.nii and runs/*.nii).
+Output (stdout): a JSON object {query name: [section, ...]} with one section per statement that prints rows, in
+order: {"columns": [...], "rows": [[...], ...]}. Every value comes from nibabel + numpy only, written from what each
+query means (not from voxelscan's output); a query missing here fails the test.
+"""
+import json
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+
+
+def load(path):
+    """np.asarray(img.dataobj) as float64 (the scaled values), and the index grids of its shape."""
+    data = np.asarray(nib.load(path).dataobj).astype(np.float64)
+    return data, np.indices(data.shape)
+
+
+def section(columns, rows):
+    return {"columns": columns, "rows": [[plain(v) for v in row] for row in rows]}
+
+
+def plain(v):
+    if isinstance(v, (np.integer, int)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    return v
+
+
+def mean_signal_per_volume(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    return [section(["t", "mean"], [[t, a[..., t].mean()] for t in range(a.shape[3])])]
+
+
+def parquet_export(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    first = a[..., 0]
+    return [
+        # COPY reports the rows written.
+        section(["count"], [[first.size]]),
+        section(["voxels", "total", "last_slice"], [[first.size, first.sum(), first.shape[2] - 1]]),
+    ]
+
+
+def per_file_statistics(d):
+    names = sorted(n for n in os.listdir(os.path.join(d, "runs")) if n.endswith(".nii"))
+    stats, run02_t0 = [], 0
+    for name in names:
+        a, _ = load(os.path.join(d, "runs", name))
+        stats.append([f"runs/{name}", a.size, a.mean(), a.shape[3]])
+        if "run-02" in name:
+            run02_t0 += a[..., 0].size
+    return [
+        section(["file", "voxels", "mean", "volumes"], stats),
+        section(["voxels"], [[run02_t0]]),
+    ]
+
+
+def roi_box(d):
+    a, (i, j, k, t) = load(os.path.join(d, "bold.nii"))
+    sel = a[(i >= 2) & (i <= 5) & (j >= 1) & (j <= 3) & (k == 1) & (t < 3)]
+    return [section(["voxels", "mean", "lowest", "highest"], [[sel.size, sel.mean(), sel.min(), sel.max()]])]
+
+
+def slab_histogram(d):
+    a, (_, _, k, _) = load(os.path.join(d, "bold.nii"))
+    bins = np.floor(a[k == 2] / 10) * 10
+    values, counts = np.unique(bins, return_counts=True)
+    return [section(["bin", "voxels"], [[b, c] for b, c in zip(values, counts)])]
+
+
+def voxel_time_series(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    return [section(["t", "value"], [[t, a[3, 4, 2, t]] for t in range(a.shape[3])])]
+
+
+ORACLES = {
+    "mean_signal_per_volume": mean_signal_per_volume,
+    "parquet_export": parquet_export,
+    "per_file_statistics": per_file_statistics,
+    "roi_box": roi_box,
+    "slab_histogram": slab_histogram,
+    "voxel_time_series": voxel_time_series,
+}
+
+
+def main():
+    d = sys.argv[1]
+    json.dump({name: oracle(d) for name, oracle in ORACLES.items()}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
