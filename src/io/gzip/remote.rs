@@ -491,6 +491,11 @@ mod tests {
         assert!(
             written.starts_with(dir.path()) && written.to_string_lossy().contains("bold.nii.gz")
         );
+        // An object's permissions are unknown: its index (voxel windows) is private.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&written).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
 
         // Warm (another source, as another query would open): the index comes from the cache directory, and a
         // read fetches one range: from the point before it to the point after it.
