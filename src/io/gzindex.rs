@@ -227,6 +227,8 @@ pub enum IndexRejected {
         "the index file has {len} bytes, more than the {max} an index of this gz file can have"
     )]
     TooLarge { len: u64, max: u64 },
+    #[error("the index file belongs to user {0}, neither this user nor the gz file's owner")]
+    Untrusted(u32),
 }
 
 /// The seek points of one gzip stream, complete up to `covered_out` decompressed bytes (the whole stream once the
@@ -483,7 +485,19 @@ impl GzIndex {
     /// Read and verify the index at `path` for the gz file `id`: only a regular file (opened without following a
     /// symbolic link, and without blocking on a FIFO) of at most `max_len` bytes (see [`max_index_len`]).
     pub fn load(path: &Path, id: &FileIdentity, max_len: u64) -> Result<GzIndex, IndexRejected> {
+        GzIndex::load_owned(path, id, max_len, &[])
+    }
+
+    /// [`GzIndex::load`], and only a file owned by one of `owners` (any owner when empty): an index planted by
+    /// someone else in a shared directory would decode into wrong voxels.
+    pub fn load_owned(
+        path: &Path,
+        id: &FileIdentity,
+        max_len: u64,
+        owners: &[u32],
+    ) -> Result<GzIndex, IndexRejected> {
         use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -506,6 +520,9 @@ impl GzIndex {
             return Err(IndexRejected::NotRegular(
                 "not a regular file (a FIFO, device, socket or directory)",
             ));
+        }
+        if !owners.is_empty() && !owners.contains(&meta.uid()) {
+            return Err(IndexRejected::Untrusted(meta.uid()));
         }
         if meta.len() > max_len {
             return Err(IndexRejected::TooLarge {
@@ -1625,6 +1642,13 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("loading a FIFO index hung");
         assert!(matches!(got, Err(IndexRejected::NotRegular(_))), "{got:?}");
+        // Owned by someone not trusted: ignored.
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&real).unwrap());
+        assert_eq!(
+            GzIndex::load_owned(&real, &id(), u64::MAX, &[uid.wrapping_add(1)]),
+            Err(IndexRejected::Untrusted(uid))
+        );
+        assert!(GzIndex::load_owned(&real, &id(), u64::MAX, &[uid.wrapping_add(1), uid]).is_ok());
         // Over the cap: rejected from its size, without reading it (a sparse 1 TiB file).
         let len = std::fs::metadata(&real).unwrap().len();
         assert!(matches!(

@@ -39,8 +39,9 @@
 //! permission bits (execute bits dropped; a `0600` image gets a `0600` index) through a temporary file created
 //! with `O_EXCL` under an unpredictable name, renamed into place (a planted symbolic link is replaced, never written
 //! through). A cache directory is created `0700` and used only while it is this user's and not world-writable.
-//! Loading opens with `O_NOFOLLOW | O_NONBLOCK` and reads only a regular file no longer than an index of this gz
-//! file can be ([`max_index_len`]); a link, FIFO, device or oversized file is ignored and the index rebuilt.
+//! Loading opens with `O_NOFOLLOW | O_NONBLOCK` and reads only a regular file owned by this user or the gz file's
+//! owner, no longer than an index of this gz file can be ([`max_index_len`]); a link, FIFO, device, someone else's
+//! or oversized file is ignored and the index rebuilt.
 //!
 //! # Decompressed data kept in memory
 //!
@@ -227,8 +228,8 @@ pub struct GzEngine {
     data_cache: Option<Arc<SpanCache>>,
     /// Where index files are loaded from and written to, in order of preference (empty: kept in memory only).
     index_paths: Vec<IndexPlace>,
-    /// Permission bits of written index files (no wider than the gz file's own).
-    index_mode: u32,
+    /// Permission bits of written index files, and whose index files are loaded.
+    access: IndexAccess,
     /// With the stream's identity, the key of its data in the data cache (a canonical path or a URL).
     cache_name: String,
 }
@@ -247,25 +248,25 @@ impl fmt::Debug for GzEngine {
 }
 
 impl GzEngine {
-    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it;
-    /// index files it writes get the permission bits `index_mode`.
+    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it
+    /// (and `access` allows).
     pub fn new(
         location: String,
         cache_name: String,
         index_paths: Vec<IndexPlace>,
-        index_mode: u32,
+        access: IndexAccess,
         options: GzipOptions,
         identity: FileIdentity,
     ) -> Result<GzEngine> {
         let data_cache = options.data_cache.resolve()?;
-        let state = initial_state(&index_paths, &options, identity);
+        let state = initial_state(&index_paths, &access, &options, identity);
         Ok(GzEngine {
             location,
             options,
             state: RwLock::new(state),
             data_cache,
             index_paths,
-            index_mode,
+            access,
             cache_name,
         })
     }
@@ -302,7 +303,7 @@ impl GzEngine {
     pub fn reset(&self, identity: FileIdentity) {
         let mut state = self.write_state();
         if state.identity != identity {
-            *state = initial_state(&self.index_paths, &self.options, identity);
+            *state = initial_state(&self.index_paths, &self.access, &self.options, identity);
         }
     }
 
@@ -445,7 +446,7 @@ impl GzEngine {
             if place.in_cache_dir && !cache_dir_usable(&place.path, true) {
                 continue;
             }
-            if index.save(&place.path, &identity, self.index_mode).is_ok() {
+            if index.save(&place.path, &identity, self.access.mode).is_ok() {
                 let mut s = self.write_state();
                 s.stored_covered = s.stored_covered.max(index.covered_out());
                 s.stored_at = Some(place.path.clone());
@@ -564,15 +565,15 @@ impl GzipSource {
 
     /// Open `path`, loading a cached index when one matches the file.
     pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::MetadataExt;
         let location = path.display().to_string();
         let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
         let identity = FileIdentity::of(&file, &location)?;
-        let mode = file
-            .metadata()
-            .map_err(|e| VoxelError::io(path, e))?
-            .permissions()
-            .mode();
+        let meta = file.metadata().map_err(|e| VoxelError::io(path, e))?;
+        let access = IndexAccess {
+            mode: meta.mode() & 0o666,
+            owners: vec![current_uid(), meta.uid()],
+        };
         let index_paths = if options.use_index {
             index_locations(path, &options)
         } else {
@@ -583,14 +584,7 @@ impl GzipSource {
             .display()
             .to_string();
         let keep = options.keep_open;
-        let engine = GzEngine::new(
-            location,
-            canonical,
-            index_paths,
-            mode & 0o666,
-            options,
-            identity,
-        )?;
+        let engine = GzEngine::new(location, canonical, index_paths, access, options, identity)?;
         Ok(GzipSource {
             path: path.to_path_buf(),
             file: keep.then(|| Arc::new(file)),
@@ -725,6 +719,30 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<IndexPlace> {
     out
 }
 
+/// Who may read the index files an engine writes, and whose files it loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexAccess {
+    /// Permission bits of written index files (no wider than the gz file's own).
+    pub mode: u32,
+    /// Index files are loaded only when owned by one of these users (this user and the gz file's owner).
+    pub owners: Vec<u32>,
+}
+
+impl IndexAccess {
+    /// Private to this user: for objects in stores, whose permissions are not known.
+    pub fn private() -> IndexAccess {
+        IndexAccess {
+            mode: 0o600,
+            owners: vec![current_uid()],
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether the directory of the cache file `path` may be used: a directory owned by this user that others cannot
 /// write to (so nobody else can plant or swap index files in it). With `create`, a missing one is made `0700`.
 pub fn cache_dir_usable(path: &Path, create: bool) -> bool {
@@ -738,8 +756,7 @@ pub fn cache_dir_usable(path: &Path, create: bool) -> bool {
             .mode(0o700)
             .create(dir);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = current_uid();
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o002 == 0)
 }
 
@@ -764,7 +781,12 @@ pub fn user_cache_dir() -> Option<PathBuf> {
 
 /// A fresh state for `identity`, with the first stored index that matches it (or an empty one). Index files are
 /// read only up to the size an index of this stream can have ([`max_index_len`]).
-fn initial_state(paths: &[IndexPlace], options: &GzipOptions, identity: FileIdentity) -> State {
+fn initial_state(
+    paths: &[IndexPlace],
+    access: &IndexAccess,
+    options: &GzipOptions,
+    identity: FileIdentity,
+) -> State {
     let fresh = |index| State {
         identity,
         index: Arc::new(index),
@@ -780,7 +802,7 @@ fn initial_state(paths: &[IndexPlace], options: &GzipOptions, identity: FileIden
             continue;
         }
         let candidate = &place.path;
-        match GzIndex::load(candidate, &identity, max_len) {
+        match GzIndex::load_owned(candidate, &identity, max_len, &access.owners) {
             // An index coarser than asked for is rebuilt; a finer one is fine.
             Ok(index) if index.span() <= options.span => {
                 let covered = index.covered_out();

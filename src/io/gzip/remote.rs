@@ -25,7 +25,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use super::{
-    DataCache, GzEngine, GzipOptions, IndexPlace, RunSource, cache_file_name, user_cache_dir,
+    DataCache, GzEngine, GzipOptions, IndexAccess, IndexPlace, RunSource, cache_file_name,
+    user_cache_dir,
 };
 use crate::error::{Result, VoxelError};
 use crate::io::gzindex::{FileIdentity, GzIndex, ReadAt};
@@ -85,7 +86,8 @@ impl RemoteIndexedGzip {
             options.data_cache = DataCache::Off;
         }
         // An object's permissions are not known here: its index is private to this user.
-        let engine = GzEngine::new(url.clone(), url, index_paths, 0o600, options, identity)?;
+        let access = IndexAccess::private();
+        let engine = GzEngine::new(url.clone(), url, index_paths, access, options, identity)?;
         Ok(RemoteIndexedGzip {
             object,
             identity,
