@@ -66,7 +66,7 @@ fn a_symlinked_image_is_indexed_in_the_cache_dir_not_beside_its_target() {
     let mine = dir.path().join("mine");
     std::fs::create_dir(&mine).expect("mkdir");
     let link = mine.join("link.nii.gz");
-    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    std::os::unix::fs::symlink(target, &link).expect("symlink");
     let stdout = index(dir.path(), &link);
     let cache = dir.path().join("xdg/voxelscan");
     assert!(stdout.contains(&cache.display().to_string()), "{stdout}");

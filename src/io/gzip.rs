@@ -1945,7 +1945,7 @@ mod tests {
             .set_len(cap + 1)
             .unwrap();
         assert_eq!(open_within_timeout(&path, span_64k()).points().len(), 0);
-        std::fs::write(&sidecar, &good).unwrap();
+        std::fs::write(&sidecar, good).unwrap();
         let src = GzipSource::with_options(&path, span_64k()).unwrap();
         assert!(src.index().points().len() >= 2);
         assert_eq!(
