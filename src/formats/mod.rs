@@ -38,7 +38,7 @@ mod source;
 pub use affine::Affine;
 pub use raw::parse_raw_spec;
 
-use source::{SliceSource, Source, StreamSource};
+use source::{PartsSource, SliceSource, Source, StreamSource};
 
 /// The image class nibabel would load a file as (plus `npy` and `raw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -287,6 +287,26 @@ pub fn parse_header_file(bytes: &[u8], path_hint: &Path) -> Result<ImageHeader> 
     Ok(header)
 }
 
+/// Parse a header from parts of the header file's content (decompressed already), for readers that fetch byte
+/// ranges: `head` from byte 0, optionally `tail = (offset, bytes)` further on (an MGH footer), and the content's
+/// length when known. A read of bytes not given is `VoxelError::Truncated { expected, .. }`: fetch them and
+/// retry. `compression` is how the file is stored. Neither the data nor its length is checked.
+pub fn parse_header_parts(
+    head: &[u8],
+    tail: Option<(u64, &[u8])>,
+    content_len: Option<u64>,
+    path_hint: &Path,
+    compression: Compression,
+) -> Result<ImageHeader> {
+    let header_path = detect::header_path_for(path_hint);
+    if content_len == Some(0) {
+        return Err(VoxelError::header(&header_path, "empty file"));
+    }
+    let mut src = PartsSource::new(head, tail, content_len, &header_path);
+    let parsed = parse_source(&mut src, &header_path, None)?;
+    assemble(parsed, &header_path, compression)
+}
+
 /// The header, and the length of the (decompressed) content it was parsed from.
 fn parse_bytes(bytes: &[u8], path_hint: &Path, whole: bool) -> Result<(ImageHeader, u64)> {
     let header_path = detect::header_path_for(path_hint);
@@ -328,7 +348,7 @@ fn gunzip(bytes: &[u8], cap: u64, path: &Path) -> Result<(Vec<u8>, bool)> {
 
 /// Whether the stored bytes are gzip (by magic; a `.gz`/`.mgz` name whose content is not gzip is an error, as
 /// in nibabel); other compressors are recognised and refused.
-fn container(head: &[u8], path: &Path) -> Result<Compression> {
+pub(crate) fn container(head: &[u8], path: &Path) -> Result<Compression> {
     if head.starts_with(&GZIP_MAGIC) {
         Ok(Compression::Gzip)
     } else if detect::compression_by_name(path) == Compression::Gzip {

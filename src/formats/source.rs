@@ -205,6 +205,78 @@ impl<R: Read> Source for StreamSource<R> {
     }
 }
 
+/// Content known in parts, as fetched by ranged requests: the start of the file and optionally a stretch further
+/// on (an MGH footer after its data), with the file's length when known. A read past the known length is short;
+/// a read of bytes not fetched is a `Truncated` asking for them.
+pub(crate) struct PartsSource<'a> {
+    head: &'a [u8],
+    tail: Option<(u64, &'a [u8])>,
+    len: Option<u64>,
+    path: &'a Path,
+}
+
+impl<'a> PartsSource<'a> {
+    pub(crate) fn new(
+        head: &'a [u8],
+        tail: Option<(u64, &'a [u8])>,
+        len: Option<u64>,
+        path: &'a Path,
+    ) -> Self {
+        PartsSource {
+            head,
+            tail,
+            len,
+            path,
+        }
+    }
+
+    fn need_more(&self, expected: u64) -> VoxelError {
+        VoxelError::Truncated {
+            path: self.path.display().to_string(),
+            expected,
+            actual: self.head.len() as u64,
+        }
+    }
+}
+
+impl Source for PartsSource<'_> {
+    fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = end_of(self.path, offset, len)?;
+        let stop = self.len.map_or(end, |n| end.min(n));
+        if offset >= stop {
+            return Ok(Vec::new());
+        }
+        if stop <= self.head.len() as u64 {
+            return Ok(self.head[offset as usize..stop as usize].to_vec());
+        }
+        if let Some((at, t)) = self.tail
+            && offset >= at
+            && stop - at <= t.len() as u64
+        {
+            return Ok(t[(offset - at) as usize..(stop - at) as usize].to_vec());
+        }
+        Err(self.need_more(end))
+    }
+
+    fn reaches(&mut self, end: u64) -> Result<bool> {
+        if end <= self.head.len() as u64 {
+            return Ok(true);
+        }
+        match self.len {
+            Some(n) => Ok(end <= n),
+            None => Err(self.need_more(end)),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.path
+    }
+
+    fn known_len(&self) -> Option<u64> {
+        self.len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +320,30 @@ mod tests {
         assert_eq!(s.read(250, 10).unwrap(), vec![250, 251, 252, 253, 254, 255]);
         assert_eq!(s.read(300, 10).unwrap(), Vec::<u8>::new());
         assert!(!s.reaches(1000).unwrap());
+    }
+
+    #[test]
+    fn parts_serve_head_and_tail_and_ask_for_gaps() {
+        let head: Vec<u8> = (0..10).collect();
+        let tail = [7u8, 8, 9];
+        let p = Path::new("x.mgh");
+        let mut s = PartsSource::new(&head, Some((100, &tail)), Some(102), p);
+        assert_eq!(s.read(2, 3).unwrap(), vec![2, 3, 4]);
+        assert_eq!(
+            s.read(100, 20).unwrap(),
+            vec![7, 8],
+            "clipped at the known length"
+        );
+        assert_eq!(s.read(150, 4).unwrap(), Vec::<u8>::new());
+        assert!(matches!(
+            s.read(50, 4),
+            Err(VoxelError::Truncated { expected: 54, .. })
+        ));
+        assert!(s.reaches(102).unwrap() && !s.reaches(103).unwrap());
+        let mut open = PartsSource::new(&head, None, None, p);
+        assert!(matches!(
+            open.reaches(11),
+            Err(VoxelError::Truncated { expected: 11, .. })
+        ));
     }
 }

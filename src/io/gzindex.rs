@@ -45,7 +45,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use libz_rs_sys as z;
@@ -222,6 +221,14 @@ pub enum IndexRejected {
     Stale(&'static str),
     #[error("index is malformed: {0}")]
     Malformed(String),
+    #[error("the index file is {0}")]
+    NotRegular(&'static str),
+    #[error(
+        "the index file has {len} bytes, more than the {max} an index of this gz file can have"
+    )]
+    TooLarge { len: u64, max: u64 },
+    #[error("the index file belongs to user {0}, neither this user nor the gz file's owner")]
+    Untrusted(u32),
 }
 
 /// The seek points of one gzip stream, complete up to `covered_out` decompressed bytes (the whole stream once the
@@ -440,8 +447,13 @@ impl GzIndex {
         parse_body(r, id)
     }
 
-    /// Write the index for `id` to `path` atomically (temporary file in the same directory, then rename).
-    pub fn save(&self, path: &Path, id: &FileIdentity) -> std::io::Result<()> {
+    /// Write the index for `id` to `path` atomically: a temporary file created with `O_EXCL` under an
+    /// unpredictable name in the same directory, with permissions `mode` (the caller passes no more than the gz
+    /// file's own), then renamed over `path`. A rename replaces a symbolic link at `path` itself and never writes
+    /// through it; anything at `path` that is not a regular file or a link (a directory, a FIFO) is left alone and
+    /// the save fails.
+    pub fn save(&self, path: &Path, id: &FileIdentity, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -450,26 +462,107 @@ impl GzIndex {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        static SAVES: AtomicU64 = AtomicU64::new(0);
-        let unique = SAVES.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.{}-{unique}.tmp", std::process::id()));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(mode & 0o666))
+            .tempfile_in(dir)?;
         // No fsync: a file cut short by a crash fails its checksum on load and is rebuilt, never used.
-        let written = File::create(&tmp).and_then(|mut f| f.write_all(&self.to_bytes(id)));
-        let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
-        if renamed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        tmp.write_all(&self.to_bytes(id))?;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_file() && !m.file_type().is_symlink() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a regular file", path.display()),
+                ));
+            }
+            _ => {}
         }
-        renamed
+        // On failure the temporary file is removed when `tmp` drops.
+        tmp.persist(path).map(|_| ()).map_err(|e| e.error)
     }
 
-    /// Read and verify the index at `path` for the gz file `id`.
-    pub fn load(path: &Path, id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
-        match std::fs::read(path) {
-            Ok(bytes) => GzIndex::from_bytes(&bytes, id),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(IndexRejected::Missing),
-            Err(e) => Err(IndexRejected::Unreadable(e.to_string())),
-        }
+    /// Read and verify the index at `path` for the gz file `id`: only a regular file (opened without following a
+    /// symbolic link, and without blocking on a FIFO) of at most `max_len` bytes (see [`max_index_len`]).
+    pub fn load(path: &Path, id: &FileIdentity, max_len: u64) -> Result<GzIndex, IndexRejected> {
+        GzIndex::load_owned(path, id, max_len, &[])
     }
+
+    /// [`GzIndex::load`], and only a file owned by one of `owners` (any owner when empty): an index planted by
+    /// someone else in a shared directory would decode into wrong voxels.
+    pub fn load_owned(
+        path: &Path,
+        id: &FileIdentity,
+        max_len: u64,
+        owners: &[u32],
+    ) -> Result<GzIndex, IndexRejected> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IndexRejected::Missing);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(IndexRejected::NotRegular("a symbolic link"));
+            }
+            Err(e) => return Err(IndexRejected::Unreadable(e.to_string())),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| IndexRejected::Unreadable(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(IndexRejected::NotRegular(
+                "not a regular file (a FIFO, device, socket or directory)",
+            ));
+        }
+        if !owners.is_empty() && !owners.contains(&meta.uid()) {
+            return Err(IndexRejected::Untrusted(meta.uid()));
+        }
+        if meta.len() > max_len {
+            return Err(IndexRejected::TooLarge {
+                len: meta.len(),
+                max: max_len,
+            });
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // `take`: a file growing after the check is still read no further than the cap.
+        file.take(max_len.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| IndexRejected::Unreadable(e.to_string()))?;
+        if bytes.len() as u64 > max_len {
+            return Err(IndexRejected::TooLarge {
+                len: bytes.len() as u64,
+                max: max_len,
+            });
+        }
+        GzIndex::from_bytes(&bytes, id)
+    }
+}
+
+/// DEFLATE's largest expansion: a 258-byte match coded in 2 bits gives at most 1032 output bytes per input byte.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The largest index file a gz file of `gz_size` compressed bytes can have with points every `span` bytes:
+/// its decompressed size is at most `1032 × gz_size`; each point (at most one per `span` of that, and at most one
+/// per compressed byte, since points sit at block boundaries) takes its 26-byte head and a window of up to 32 KiB;
+/// each mark (at most one per 16 KiB of output, and one per compressed byte) 17 bytes; plus the fixed header and
+/// the two counts and checksum. A longer file is not an index of this gz file and is not read.
+pub fn max_index_len(gz_size: u64, span: u64) -> u64 {
+    let max_out = gz_size.saturating_mul(MAX_DEFLATE_RATIO);
+    let per_byte = gz_size.saturating_add(1);
+    let points = (max_out / span.max(1)).saturating_add(2).min(per_byte);
+    let marks = (max_out / MARK_SPAN).saturating_add(2).min(per_byte);
+    let fixed = (HEADER_LEN + 4 + 4 + 4) as u64;
+    points
+        .saturating_mul((POINT_HEAD_LEN + WINDOW_SIZE) as u64)
+        .saturating_add(marks.saturating_mul(MARK_LEN as u64))
+        .saturating_add(fixed)
 }
 
 fn write_point(b: &mut Vec<u8>, p: &SeekPoint, pack: bool) {
@@ -1450,10 +1543,13 @@ mod tests {
     fn save_is_atomic_and_load_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.vxidx");
-        assert_eq!(GzIndex::load(&path, &id()), Err(IndexRejected::Missing));
+        assert_eq!(
+            GzIndex::load(&path, &id(), u64::MAX),
+            Err(IndexRejected::Missing)
+        );
         let (_, index) = built(&noisy(400_000, 6), 100_000);
-        index.save(&path, &id()).unwrap();
-        assert_eq!(GzIndex::load(&path, &id()).unwrap(), index);
+        index.save(&path, &id(), 0o644).unwrap();
+        assert_eq!(GzIndex::load(&path, &id(), u64::MAX).unwrap(), index);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -1463,6 +1559,126 @@ mod tests {
             vec![std::ffi::OsString::from("x.vxidx")],
             "no temporary file left behind"
         );
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn saved_index_is_no_wider_than_the_mode_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, index) = built(&noisy(300_000, 6), 100_000);
+        let path = dir.path().join("private.vxidx");
+        index.save(&path, &id(), 0o600).unwrap();
+        assert_eq!(mode_of(&path), 0o600);
+        // Execute bits never carry over; the umask may only narrow the rest.
+        index.save(&path, &id(), 0o750).unwrap();
+        assert_eq!(mode_of(&path) & !0o640, 0, "{:o}", mode_of(&path));
+    }
+
+    #[test]
+    fn save_replaces_a_planted_symlink_and_leaves_its_target_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let path = dir.path().join("x.vxidx");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let (_, index) = built(&noisy(300_000, 7), 100_000);
+        index.save(&path, &id(), 0o600).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert_eq!(GzIndex::load(&path, &id(), u64::MAX).unwrap(), index);
+        // A directory (or FIFO) at the name is not replaced.
+        let blocked = dir.path().join("d.vxidx");
+        std::fs::create_dir(&blocked).unwrap();
+        assert!(index.save(&blocked, &id(), 0o600).is_err());
+        assert!(blocked.is_dir());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn load_refuses_links_fifos_devices_and_oversized_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, index) = built(&noisy(300_000, 8), 100_000);
+        let real = dir.path().join("real.vxidx");
+        index.save(&real, &id(), 0o600).unwrap();
+        let link = dir.path().join("link.vxidx");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            GzIndex::load(&link, &id(), u64::MAX),
+            Err(IndexRejected::NotRegular(_))
+        ));
+        let zero = dir.path().join("zero.vxidx");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(matches!(
+            GzIndex::load(&zero, &id(), u64::MAX),
+            Err(IndexRejected::NotRegular(_))
+        ));
+        // A FIFO with no writer: opening it must not block (the test thread would hang otherwise).
+        let fifo = dir.path().join("fifo.vxidx");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || tx.send(GzIndex::load(&f, &id(), u64::MAX)));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("loading a FIFO index hung");
+        assert!(matches!(got, Err(IndexRejected::NotRegular(_))), "{got:?}");
+        // Owned by someone not trusted: ignored.
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&real).unwrap());
+        assert_eq!(
+            GzIndex::load_owned(&real, &id(), u64::MAX, &[uid.wrapping_add(1)]),
+            Err(IndexRejected::Untrusted(uid))
+        );
+        assert!(GzIndex::load_owned(&real, &id(), u64::MAX, &[uid.wrapping_add(1), uid]).is_ok());
+        // Over the cap: rejected from its size, without reading it (a sparse 1 TiB file).
+        let len = std::fs::metadata(&real).unwrap().len();
+        assert!(matches!(
+            GzIndex::load(&real, &id(), len - 1),
+            Err(IndexRejected::TooLarge { .. })
+        ));
+        let huge = dir.path().join("huge.vxidx");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        assert!(matches!(
+            GzIndex::load(&huge, &id(), max_index_len(1 << 20, DEFAULT_SPAN)),
+            Err(IndexRejected::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn real_indexes_fit_the_cap_of_their_gz_file() {
+        for (data, span) in [
+            (noisy(2_000_000, 9), 1000u64),
+            (vec![0u8; 5_000_000], 4096),
+            (noisy(500_000, 10), DEFAULT_SPAN),
+        ] {
+            let (file, index) = built(&data, span);
+            let len = index.to_bytes(&id()).len() as u64;
+            let cap = max_index_len(file.len() as u64, span);
+            assert!(len <= cap, "{len} > {cap} (span {span})");
+        }
+        assert_eq!(max_index_len(u64::MAX, 1), u64::MAX);
     }
 
     /// Hands out at most `max` bytes per read, as a store's range reader does at the end of its range.

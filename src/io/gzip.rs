@@ -25,13 +25,23 @@
 //! - `VOXELSCAN_INDEX_CACHE=DIR`: index files go to `DIR/<key>.vxidx` only.
 //! - Otherwise, a hidden sidecar next to the file, `.<file name>.vxidx` (e.g. `.sub-01_bold.nii.gz.vxidx`; hidden
 //!   so that BIDS validators, `ls` and `*.nii.gz` globs do not see it), when that directory is writable; else
-//!   `$XDG_CACHE_HOME/voxelscan/<key>.vxidx` or `~/.cache/voxelscan/<key>.vxidx`.
+//!   `$XDG_CACHE_HOME/voxelscan/<key>.vxidx` or `~/.cache/voxelscan/<key>.vxidx`. A file opened through a
+//!   symbolic link gets no sidecar (the link's target may sit in someone else's directory): its index goes to the
+//!   cache directory.
 //!
 //! `<key>` is `<crc32><adler32>-<file name>` of the file's canonical path. Loading tries the sidecar, then the cache
 //! directory; an index is used only if it matches the gz file's size, modification time and first 64 KiB and its
 //! checksum holds, otherwise it is ignored and overwritten. Indexes are written atomically (temporary file +
 //! rename) when a pass completes the index or extends a partial one by at least 8 spans, and only for files with at
 //! least two seek points (smaller files are one span anyway).
+//!
+//! Index files are private as the data they hold (windows of decompressed voxels): written with the gz file's
+//! permission bits (execute bits dropped; a `0600` image gets a `0600` index) through a temporary file created
+//! with `O_EXCL` under an unpredictable name, renamed into place (a planted symbolic link is replaced, never written
+//! through). A cache directory is created `0700` and used only while it is this user's and not world-writable.
+//! Loading opens with `O_NOFOLLOW | O_NONBLOCK` and reads only a regular file owned by this user or the gz file's
+//! owner, no longer than an index of this gz file can be ([`max_index_len`]); a link, FIFO, device, someone else's
+//! or oversized file is ignored and the index rebuilt.
 //!
 //! # Decompressed data kept in memory
 //!
@@ -50,7 +60,7 @@ use std::sync::{Arc, RwLock};
 
 use super::gzindex::{
     DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, GzIndexBuilder, Mark, PassRecord, ReadAt,
-    SeekPoint,
+    SeekPoint, max_index_len,
 };
 use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
@@ -217,7 +227,9 @@ pub struct GzEngine {
     state: RwLock<State>,
     data_cache: Option<Arc<SpanCache>>,
     /// Where index files are loaded from and written to, in order of preference (empty: kept in memory only).
-    index_paths: Vec<PathBuf>,
+    index_paths: Vec<IndexPlace>,
+    /// Permission bits of written index files, and whose index files are loaded.
+    access: IndexAccess,
     /// With the stream's identity, the key of its data in the data cache (a canonical path or a URL).
     cache_name: String,
 }
@@ -236,22 +248,25 @@ impl fmt::Debug for GzEngine {
 }
 
 impl GzEngine {
-    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it.
+    /// An engine for the stream `identity` at `location`, with the first index in `index_paths` that matches it
+    /// (and `access` allows).
     pub fn new(
         location: String,
         cache_name: String,
-        index_paths: Vec<PathBuf>,
+        index_paths: Vec<IndexPlace>,
+        access: IndexAccess,
         options: GzipOptions,
         identity: FileIdentity,
     ) -> Result<GzEngine> {
         let data_cache = options.data_cache.resolve()?;
-        let state = initial_state(&index_paths, &options, identity);
+        let state = initial_state(&index_paths, &access, &options, identity);
         Ok(GzEngine {
             location,
             options,
             state: RwLock::new(state),
             data_cache,
             index_paths,
+            access,
             cache_name,
         })
     }
@@ -288,7 +303,7 @@ impl GzEngine {
     pub fn reset(&self, identity: FileIdentity) {
         let mut state = self.write_state();
         if state.identity != identity {
-            *state = initial_state(&self.index_paths, &self.options, identity);
+            *state = initial_state(&self.index_paths, &self.access, &self.options, identity);
         }
     }
 
@@ -427,15 +442,15 @@ impl GzEngine {
         {
             return None;
         }
-        for path in &self.index_paths {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
+        for place in &self.index_paths {
+            if place.in_cache_dir && !cache_dir_usable(&place.path, true) {
+                continue;
             }
-            if index.save(path, &identity).is_ok() {
+            if index.save(&place.path, &identity, self.access.mode).is_ok() {
                 let mut s = self.write_state();
                 s.stored_covered = s.stored_covered.max(index.covered_out());
-                s.stored_at = Some(path.clone());
-                return Some(path.clone());
+                s.stored_at = Some(place.path.clone());
+                return Some(place.path.clone());
             }
         }
         None
@@ -550,9 +565,15 @@ impl GzipSource {
 
     /// Open `path`, loading a cached index when one matches the file.
     pub fn with_options(path: &Path, options: GzipOptions) -> Result<GzipSource> {
+        use std::os::unix::fs::MetadataExt;
         let location = path.display().to_string();
         let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
         let identity = FileIdentity::of(&file, &location)?;
+        let meta = file.metadata().map_err(|e| VoxelError::io(path, e))?;
+        let access = IndexAccess {
+            mode: meta.mode() & 0o666,
+            owners: vec![current_uid(), meta.uid()],
+        };
         let index_paths = if options.use_index {
             index_locations(path, &options)
         } else {
@@ -563,7 +584,7 @@ impl GzipSource {
             .display()
             .to_string();
         let keep = options.keep_open;
-        let engine = GzEngine::new(location, canonical, index_paths, options, identity)?;
+        let engine = GzEngine::new(location, canonical, index_paths, access, options, identity)?;
         Ok(GzipSource {
             path: path.to_path_buf(),
             file: keep.then(|| Arc::new(file)),
@@ -652,8 +673,29 @@ pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Candidate index file locations, in order of preference.
-pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
+/// Where an index file may be loaded from and written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPlace {
+    pub path: PathBuf,
+    /// In a cache directory (created `0700`; used only while it is a directory of this user that others cannot
+    /// write to), rather than beside the gz file.
+    pub in_cache_dir: bool,
+}
+
+impl IndexPlace {
+    /// A file in a cache directory.
+    pub fn cache(path: PathBuf) -> IndexPlace {
+        IndexPlace {
+            path,
+            in_cache_dir: true,
+        }
+    }
+}
+
+/// Candidate index file locations, in order of preference: the sidecar in the directory where `path` itself
+/// lives (not when `path` is a symbolic link: never beside a link's target, in a directory that may be someone
+/// else's), then the user cache directory; only the cache directory when `options.cache_dir` names one.
+pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<IndexPlace> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let name = canonical
         .file_name()
@@ -661,16 +703,61 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<PathBuf> {
         .unwrap_or_default();
     let key = cache_file_name(canonical.as_os_str().as_encoded_bytes(), &name);
     if let Some(dir) = &options.cache_dir {
-        return vec![dir.join(key)];
+        return vec![IndexPlace::cache(dir.join(key))];
     }
     let mut out = Vec::new();
-    if let Some(dir) = canonical.parent() {
-        out.push(dir.join(format!(".{name}.{INDEX_EXTENSION}")));
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link && let Some(dir) = canonical.parent() {
+        out.push(IndexPlace {
+            path: dir.join(format!(".{name}.{INDEX_EXTENSION}")),
+            in_cache_dir: false,
+        });
     }
     if let Some(dir) = user_cache_dir() {
-        out.push(dir.join(key));
+        out.push(IndexPlace::cache(dir.join(key)));
     }
     out
+}
+
+/// Who may read the index files an engine writes, and whose files it loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexAccess {
+    /// Permission bits of written index files (no wider than the gz file's own).
+    pub mode: u32,
+    /// Index files are loaded only when owned by one of these users (this user and the gz file's owner).
+    pub owners: Vec<u32>,
+}
+
+impl IndexAccess {
+    /// Private to this user: for objects in stores, whose permissions are not known.
+    pub fn private() -> IndexAccess {
+        IndexAccess {
+            mode: 0o600,
+            owners: vec![current_uid()],
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether the directory of the cache file `path` may be used: a directory owned by this user that others cannot
+/// write to (so nobody else can plant or swap index files in it). With `create`, a missing one is made `0700`.
+pub fn cache_dir_usable(path: &Path, create: bool) -> bool {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    if create && !dir.exists() {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+    }
+    let me = current_uid();
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o002 == 0)
 }
 
 /// `<crc32><adler32>-<name>.vxidx`: an index file name in a cache directory for the stream called `id` (a canonical
@@ -692,8 +779,14 @@ pub fn user_cache_dir() -> Option<PathBuf> {
     Some(base.join("voxelscan"))
 }
 
-/// A fresh state for `identity`, with the first stored index that matches it (or an empty one).
-fn initial_state(paths: &[PathBuf], options: &GzipOptions, identity: FileIdentity) -> State {
+/// A fresh state for `identity`, with the first stored index that matches it (or an empty one). Index files are
+/// read only up to the size an index of this stream can have ([`max_index_len`]).
+fn initial_state(
+    paths: &[IndexPlace],
+    access: &IndexAccess,
+    options: &GzipOptions,
+    identity: FileIdentity,
+) -> State {
     let fresh = |index| State {
         identity,
         index: Arc::new(index),
@@ -703,8 +796,13 @@ fn initial_state(paths: &[PathBuf], options: &GzipOptions, identity: FileIdentit
     if !options.use_index {
         return fresh(GzIndex::new(options.span));
     }
-    for candidate in paths {
-        match GzIndex::load(candidate, &identity) {
+    let max_len = max_index_len(identity.size, options.span);
+    for place in paths {
+        if place.in_cache_dir && !cache_dir_usable(&place.path, false) {
+            continue;
+        }
+        let candidate = &place.path;
+        match GzIndex::load_owned(candidate, &identity, max_len, &access.owners) {
             // An index coarser than asked for is rebuilt; a finer one is fine.
             Ok(index) if index.span() <= options.span => {
                 let covered = index.covered_out();
@@ -1717,6 +1815,143 @@ mod tests {
         let (got, stats) = read(&off, &[seg(10, 10), seg(250_000, 10)]).unwrap();
         assert_eq!(got, expect(&d, &[seg(10, 10), seg(250_000, 10)]));
         assert_eq!(stats.requests, 1);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    fn sidecar_of(dir: &Path) -> PathBuf {
+        dir.canonicalize().unwrap().join(".img.nii.gz.vxidx")
+    }
+
+    fn span_64k() -> GzipOptions {
+        GzipOptions {
+            span: 64 * 1024,
+            ..GzipOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_private_file_gets_a_private_sidecar() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, path, _) = setup(300_000);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, written) = GzipSource::with_options(&path, span_64k())
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        assert_eq!(written.as_deref(), Some(sidecar_of(dir.path()).as_path()));
+        assert_eq!(mode_of(&sidecar_of(dir.path())), 0o600);
+        // A cache directory is created private too.
+        let cache = dir.path().join("new/cache");
+        let (_, written) = GzipSource::with_options(&path, opts(&cache))
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        assert!(written.unwrap().starts_with(&cache));
+        assert_eq!(mode_of(&cache), 0o700);
+    }
+
+    #[test]
+    fn a_symlinked_file_gets_its_index_in_the_cache_dir_not_beside_the_target() {
+        let (dir, path, d) = setup(300_000);
+        let links = tempfile::tempdir().unwrap();
+        let link = links.path().join("link.nii.gz");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let places = index_locations(&link, &GzipOptions::default());
+        assert!(places.iter().all(|p| p.in_cache_dir), "{places:?}");
+        let cache = links.path().join("cache");
+        let src = GzipSource::with_options(&link, opts(&cache)).unwrap();
+        let (_, written) = src.build_index(|_| {}).unwrap();
+        assert!(written.unwrap().starts_with(&cache));
+        assert_eq!(read(&src, &[seg(1000, 10)]).unwrap().0, &d[1000..1010]);
+        let beside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, vec![std::ffi::OsString::from("img.nii.gz")]);
+        // The file itself, not a link: its sidecar comes first.
+        assert!(!index_locations(&path, &GzipOptions::default())[0].in_cache_dir);
+    }
+
+    #[test]
+    fn a_cache_dir_of_someone_else_or_open_to_all_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, path, _) = setup(300_000);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (_, written) = GzipSource::with_options(&path, opts(&open))
+            .unwrap()
+            .build_index(|_| {})
+            .unwrap();
+        assert_eq!(written, None);
+        assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    }
+
+    /// Open `path` on another thread; the index it loaded, or a panic if opening takes over 10 s (a hang).
+    fn open_within_timeout(path: &Path, o: GzipOptions) -> Arc<GzIndex> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(GzipSource::with_options(&p, o).map(|s| s.index()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening hung on the sidecar")
+            .unwrap()
+    }
+
+    #[test]
+    fn fifo_device_and_oversized_sidecars_are_ignored() {
+        let (dir, path, d) = setup(300_000);
+        let sidecar = sidecar_of(dir.path());
+        // A FIFO nobody writes to: ignored without blocking.
+        let c = std::ffi::CString::new(sidecar.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(open_within_timeout(&path, span_64k()).points().len(), 0);
+        std::fs::remove_file(&sidecar).unwrap();
+        // A link to /dev/zero: ignored, then replaced by a real index (the device is not written).
+        std::os::unix::fs::symlink("/dev/zero", &sidecar).unwrap();
+        let src = GzipSource::with_options(&path, span_64k()).unwrap();
+        assert_eq!(src.index().points().len(), 0);
+        let (_, written) = src.build_index(|_| {}).unwrap();
+        assert_eq!(written.as_deref(), Some(sidecar.as_path()));
+        assert!(std::fs::symlink_metadata(&sidecar).unwrap().is_file());
+        let good = std::fs::read(&sidecar).unwrap();
+        assert!(open_within_timeout(&path, span_64k()).points().len() >= 2);
+        // Longer than any index of this file can be (a sparse 1 TiB file): ignored without being read.
+        std::fs::File::options()
+            .write(true)
+            .open(&sidecar)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        assert_eq!(open_within_timeout(&path, span_64k()).points().len(), 0);
+        // Just over the cap, with a valid index at its start: still ignored.
+        let id = FileIdentity::of(&File::open(&path).unwrap(), "img").unwrap();
+        let cap = max_index_len(id.size, 64 * 1024);
+        std::fs::write(&sidecar, &good).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&sidecar)
+            .unwrap()
+            .set_len(cap + 1)
+            .unwrap();
+        assert_eq!(open_within_timeout(&path, span_64k()).points().len(), 0);
+        std::fs::write(&sidecar, good).unwrap();
+        let src = GzipSource::with_options(&path, span_64k()).unwrap();
+        assert!(src.index().points().len() >= 2);
+        assert_eq!(
+            read(&src, &[seg(250_000, 10)]).unwrap().0,
+            &d[250_000..250_010]
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! URL ─► store_for (builder from the environment + per-table options, cached) ─► RemoteObject (size, ETag)
-//!   header: one GET of the first HEADER_PREFIX bytes (a second only when the header says it needs more)
+//!   header: one GET of the first bytes the name suggests; then only what the header says is missing (its
+//!           extensions in one more GET, a 4-D MGH's footer), within a cap per format (MAX_NIFTI_HEADER, …)
 //!   data:   planned segments ─► one GET per run coalesced across gaps ≤ `remote.gap` (never more GETs than
 //!           segments) ─► `remote.concurrency` in flight, each body streamed into place (If-Match: the ETag)
 //!   gzip:   one streaming GET, decompressed forward, dropped after the last byte needed
@@ -878,42 +879,111 @@ fn header_prefix(url: &str) -> u64 {
 
 /// Most compressed bytes fetched to find a gzip-compressed header.
 const MAX_GZIP_HEADER_FETCH: u64 = 64 << 20;
+/// Most bytes a NIfTI-1/2 header may take with its extensions (up to `vox_offset`; a pair's to the end of the
+/// `.hdr`), in decompressed bytes.
+pub const MAX_NIFTI_HEADER: u64 = 64 << 20;
+/// Most bytes an npy header may take: magic, version, a 4-byte length field and numpy's 10,000-byte limit.
+pub const MAX_NPY_HEADER: u64 = 12 + formats::npy::MAX_HEADER_LEN as u64;
+/// Most bytes decompressed from a gzip object while reading its header (a 4-D MGH's footer after its data, the
+/// length check of a whole small object): never more than the header claims, and never more than this.
+pub const MAX_HEADER_INFLATE: u64 = 256 << 20;
+/// Decompressed bytes looked at first in a gzip object (more only when the header asks).
+const FIRST_LOOK: u64 = 1024;
 
-/// Read an image's header from object storage: one ranged GET of the first [`HEADER_PREFIX`] bytes, a second
-/// (longer) one only when the header continues past them; a pair's data object is checked with a HEAD request.
+/// The format of a header as its first bytes tell it, for the cap on the bytes it may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderKind {
+    Nifti1,
+    Nifti2,
+    Mgh,
+    Npy,
+    Analyze,
+    Unknown,
+}
+
+impl HeaderKind {
+    /// The kind the first bytes show; `Unknown` (capped at [`HEADER_PREFIX`], enough to tell) while too few
+    /// bytes are there to tell a NIfTI-1 from an Analyze header.
+    fn of(head: &[u8]) -> HeaderKind {
+        let at = |r: Range<usize>| head.get(r).unwrap_or_default();
+        let sizeof_hdr = |n: i32| at(0..4) == n.to_le_bytes() || at(0..4) == n.to_be_bytes();
+        if head.starts_with(formats::npy::MAGIC) {
+            HeaderKind::Npy
+        } else if at(344..348) == b"n+1\0" || at(344..348) == b"ni1\0" {
+            HeaderKind::Nifti1
+        } else if at(4..8) == b"n+2\0" || at(4..8) == b"ni2\0" || sizeof_hdr(540) {
+            HeaderKind::Nifti2
+        } else if at(0..4) == 1i32.to_be_bytes() {
+            HeaderKind::Mgh
+        } else if sizeof_hdr(348) && head.len() >= 348 {
+            HeaderKind::Analyze
+        } else {
+            HeaderKind::Unknown
+        }
+    }
+
+    /// Most (decompressed) bytes from the start of the file the header may need. An MGH's 4-D footer lies after
+    /// its data and is fetched on its own, outside this cap.
+    fn cap(self) -> u64 {
+        match self {
+            HeaderKind::Nifti1 | HeaderKind::Nifti2 => MAX_NIFTI_HEADER,
+            HeaderKind::Mgh => formats::mgh::DATA_OFFSET,
+            HeaderKind::Npy => MAX_NPY_HEADER,
+            HeaderKind::Analyze => formats::nifti1::HEADER_SIZE as u64,
+            HeaderKind::Unknown => HEADER_PREFIX,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            HeaderKind::Nifti1 => "NIfTI-1",
+            HeaderKind::Nifti2 => "NIfTI-2",
+            HeaderKind::Mgh => "MGH",
+            HeaderKind::Npy => "npy",
+            HeaderKind::Analyze => "Analyze",
+            HeaderKind::Unknown => "unrecognised",
+        }
+    }
+}
+
+/// Where a single-file NIfTI's extensions end (its `vox_offset`), so that all of them come in one request.
+fn nifti_extensions_end(head: &[u8], kind: HeaderKind) -> Option<u64> {
+    let field = |r: Range<usize>| head.get(r);
+    match kind {
+        HeaderKind::Nifti1 if field(344..348)? == b"n+1\0" => {
+            let raw: [u8; 4] = field(108..112)?.try_into().ok()?;
+            let little = field(0..4)? == 348i32.to_le_bytes();
+            let v = if little {
+                f32::from_le_bytes(raw)
+            } else {
+                f32::from_be_bytes(raw)
+            };
+            (v.is_finite() && v >= 0.0).then_some(v as u64)
+        }
+        HeaderKind::Nifti2 if field(4..8)? == b"n+2\0" => {
+            let raw: [u8; 8] = field(168..176)?.try_into().ok()?;
+            let little = field(0..4)? == 540i32.to_le_bytes();
+            let v = if little {
+                i64::from_le_bytes(raw)
+            } else {
+                i64::from_be_bytes(raw)
+            };
+            u64::try_from(v).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Read an image's header from object storage: one ranged GET of the first bytes its name suggests, then only
+/// what the header says is missing (the rest of its extensions in one GET, a 4-D MGH's footer), never more than
+/// its format's cap; a pair's data object is checked with a HEAD request.
 pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
     let hint = PathBuf::from(url);
     let header_url = formats::detect::header_path_for(&hint)
         .to_string_lossy()
         .into_owned();
-    let (object, mut bytes) = RemoteObject::open(&header_url, opts, header_prefix(&header_url))?;
-    let header = loop {
-        let whole = bytes.len() as u64 >= object.size;
-        let parsed = if whole {
-            formats::parse_header_file(&bytes, &hint)
-        } else {
-            formats::parse_header_bytes(&bytes, &hint)
-        };
-        match parsed {
-            Err(VoxelError::Truncated { expected, .. }) if !whole => {
-                let gz = bytes.starts_with(&[0x1f, 0x8b]);
-                let want = if gz {
-                    // `expected` counts decompressed bytes: fetch more compressed bytes than that.
-                    (bytes.len() as u64 * 4).max(expected)
-                } else {
-                    expected
-                };
-                if gz && want > MAX_GZIP_HEADER_FETCH {
-                    return Err(VoxelError::header(
-                        url,
-                        "header not found in the first 64 MiB",
-                    ));
-                }
-                bytes = object.get_range_blocking(0..want.min(object.size))?;
-            }
-            other => break other?,
-        }
-    };
+    let (object, first) = RemoteObject::open(&header_url, opts, header_prefix(&header_url))?;
+    let header = HeaderFetch::new(&object, first.to_vec()).parse(&hint)?;
     let data = if header.format.is_pair() {
         RemoteObject::head(&header.data_path.to_string_lossy(), opts)?
     } else {
@@ -923,6 +993,286 @@ pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
         data.check_within(header.offset.saturating_add(header.data_len()))?;
     }
     Ok(RemoteImage { header, data })
+}
+
+/// The bytes of a header object fetched so far: `raw` from byte 0 as stored (gzip or not), and a stretch further
+/// on for an MGH footer (stored bytes for a plain object; for gzip, the decompressed range to keep).
+struct HeaderFetch<'a> {
+    object: &'a RemoteObject,
+    /// Requests made after the first.
+    requests: u64,
+    raw: Vec<u8>,
+    gz: bool,
+    plain_tail: Option<(u64, Vec<u8>)>,
+    gz_tail: Option<Range<u64>>,
+}
+
+/// What the parser is given: the start of the content, a stretch further on, the content's length if known.
+struct View {
+    head: Vec<u8>,
+    tail: Option<(u64, Vec<u8>)>,
+    len: Option<u64>,
+}
+
+impl<'a> HeaderFetch<'a> {
+    fn new(object: &'a RemoteObject, raw: Vec<u8>) -> HeaderFetch<'a> {
+        let gz = raw.starts_with(&[0x1f, 0x8b]);
+        HeaderFetch {
+            object,
+            requests: 0,
+            raw,
+            gz,
+            plain_tail: None,
+            gz_tail: None,
+        }
+    }
+
+    fn url(&self) -> &str {
+        self.object.url()
+    }
+
+    fn get(&mut self, range: Range<u64>) -> Result<Bytes> {
+        self.requests += 1;
+        self.object.get_range_blocking(range)
+    }
+
+    fn whole(&self) -> bool {
+        self.raw.len() as u64 >= self.object.size
+    }
+
+    /// Parse, fetching what the parser asks for until it has enough, within the format's cap.
+    fn parse(&mut self, hint: &Path) -> Result<ImageHeader> {
+        let header_path = formats::detect::header_path_for(hint);
+        let compression = formats::container(&self.raw, &header_path)?;
+        let mut want = 0u64;
+        loop {
+            let view = self.view(want)?;
+            let kind = HeaderKind::of(&view.head);
+            let tail = view.tail.as_ref().map(|(at, b)| (*at, b.as_slice()));
+            let expected =
+                match formats::parse_header_parts(&view.head, tail, view.len, hint, compression) {
+                    Ok(header) => {
+                        self.check_gz_length(&header)?;
+                        return Ok(header);
+                    }
+                    Err(VoxelError::Truncated { expected, .. })
+                        if view.len.is_none_or(|n| expected <= n) =>
+                    {
+                        expected
+                    }
+                    Err(e) => return Err(e),
+                };
+            let before = (want, self.raw.len(), self.has_tail());
+            if kind == HeaderKind::Mgh && expected > kind.cap() && !self.has_tail() {
+                self.fetch_footer(expected)?;
+            } else if expected > kind.cap() {
+                return Err(VoxelError::header(
+                    self.url(),
+                    format!(
+                        "the {} header asks for {expected} bytes, more than the {}-byte limit for its format",
+                        kind.name(),
+                        kind.cap()
+                    ),
+                ));
+            } else {
+                want = expected.max(self.extensions_end(&view.head, kind, expected));
+                if !self.gz {
+                    self.fetch_plain(want)?;
+                }
+            }
+            if before == (want, self.raw.len(), self.has_tail()) {
+                return Err(VoxelError::header(
+                    self.url(),
+                    format!("the header asks for byte {expected} again after it was fetched"),
+                ));
+            }
+        }
+    }
+
+    /// How far to fetch when a NIfTI header asks for `expected` bytes: to its `vox_offset` when that lies further,
+    /// else (a pair's extensions, or a `vox_offset` inside the header) to the end of the object, so that every
+    /// extension comes at once; within the cap.
+    fn extensions_end(&self, head: &[u8], kind: HeaderKind, expected: u64) -> u64 {
+        if !matches!(kind, HeaderKind::Nifti1 | HeaderKind::Nifti2) {
+            return expected;
+        }
+        let to_end = if self.gz {
+            kind.cap()
+        } else {
+            self.object.size
+        };
+        nifti_extensions_end(head, kind)
+            .filter(|&v| v >= expected)
+            .unwrap_or(to_end)
+            .min(kind.cap())
+    }
+
+    fn has_tail(&self) -> bool {
+        self.plain_tail.is_some() || self.gz_tail.is_some()
+    }
+
+    /// The content the parser sees when it has asked for `want` bytes from the start.
+    fn view(&mut self, want: u64) -> Result<View> {
+        if !self.gz {
+            return Ok(View {
+                head: self.raw.clone(),
+                tail: self.plain_tail.clone(),
+                len: Some(self.object.size),
+            });
+        }
+        let keep = want.max(FIRST_LOOK).min(MAX_NIFTI_HEADER);
+        loop {
+            let stop = self.gz_tail.as_ref().map_or(keep, |t| t.end.max(keep));
+            let inflated = inflate(&self.raw, keep, self.gz_tail.clone(), stop, self.url())?;
+            let whole = self.whole();
+            if inflated.out >= stop || whole {
+                // A whole object that ends (or is cut) before `stop` has just the bytes it gave.
+                let len = (whole && inflated.out < stop).then_some(inflated.out);
+                let tail = self.gz_tail.as_ref().map(|t| (t.start, inflated.tail));
+                return Ok(View {
+                    head: inflated.head,
+                    tail,
+                    len,
+                });
+            }
+            self.fetch_more_gz()?;
+        }
+    }
+
+    /// Append the stored bytes up to `want` (one ranged GET of exactly what is missing).
+    fn fetch_plain(&mut self, want: u64) -> Result<()> {
+        let have = self.raw.len() as u64;
+        let end = want.min(self.object.size);
+        if end > have {
+            let more = self.get(have..end)?;
+            self.raw.extend_from_slice(&more);
+        }
+        Ok(())
+    }
+
+    /// Append more compressed bytes (the prefix grows fourfold), at most [`MAX_GZIP_HEADER_FETCH`] in all.
+    fn fetch_more_gz(&mut self) -> Result<()> {
+        let have = self.raw.len() as u64;
+        if have >= MAX_GZIP_HEADER_FETCH {
+            return Err(VoxelError::header(
+                self.url(),
+                "header not found in the first 64 MiB",
+            ));
+        }
+        let end = (have.max(1) * 4)
+            .min(MAX_GZIP_HEADER_FETCH)
+            .min(self.object.size);
+        let more = self.get(have..end)?;
+        self.raw.extend_from_slice(&more);
+        Ok(())
+    }
+
+    /// A 4-D MGH's footer, asked for as the bytes ending at `expected`: one ranged GET of it from a plain object;
+    /// from a gzip object, the rest of the object in one GET (at most [`MAX_GZIP_HEADER_FETCH`] in all),
+    /// decompressed up to the footer's end (within [`MAX_HEADER_INFLATE`]) keeping only the footer.
+    fn fetch_footer(&mut self, expected: u64) -> Result<()> {
+        let at = expected.saturating_sub(formats::mgh::FOOTER_SIZE as u64);
+        if !self.gz {
+            let end = expected.min(self.object.size);
+            let bytes = if at < end {
+                self.get(at..end)?.to_vec()
+            } else {
+                Vec::new()
+            };
+            self.plain_tail = Some((at, bytes));
+            return Ok(());
+        }
+        if expected > MAX_HEADER_INFLATE {
+            return Err(VoxelError::header(
+                self.url(),
+                format!(
+                    "the MGH footer lies {expected} decompressed bytes in, past the {MAX_HEADER_INFLATE}-byte limit for reading a header from a compressed object"
+                ),
+            ));
+        }
+        let (have, size) = (self.raw.len() as u64, self.object.size);
+        if size > MAX_GZIP_HEADER_FETCH {
+            return Err(VoxelError::header(
+                self.url(),
+                "a compressed 4-D MGH's footer can be read only from an object of at most 64 MiB",
+            ));
+        }
+        if have < size {
+            let rest = self.get(have..size)?;
+            self.raw.extend_from_slice(&rest);
+        }
+        self.gz_tail = Some(at..expected);
+        Ok(())
+    }
+
+    /// A whole small gzip object fetched for its header: its content must hold the data the header claims
+    /// (checked by decompressing up to that claim, at most [`MAX_HEADER_INFLATE`] bytes, keeping none).
+    fn check_gz_length(&self, header: &ImageHeader) -> Result<()> {
+        if !self.gz || !self.whole() || header.format.is_pair() {
+            return Ok(());
+        }
+        let claimed = header.offset.saturating_add(header.data_len());
+        let stop = claimed.min(MAX_HEADER_INFLATE);
+        let inflated = inflate(&self.raw, 0, None, stop, self.url())?;
+        if inflated.out < stop {
+            return Err(VoxelError::Truncated {
+                path: self.url().to_string(),
+                expected: claimed,
+                actual: inflated.out,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What decompressing a gzip prefix gave: its first bytes, a kept stretch, and how many bytes came out.
+#[derive(Default)]
+struct Inflated {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    out: u64,
+}
+
+/// Decompress the gzip bytes `raw` (all members) until `stop` bytes came out or the input ends (a cut stream
+/// just ends), keeping the first `keep` bytes and the stretch `tail`. `stop` is the bound: a stream that would
+/// expand further (a gzip bomb) is never decompressed past it, and nothing between the kept parts is stored.
+fn inflate(
+    raw: &[u8],
+    keep: u64,
+    tail: Option<Range<u64>>,
+    stop: u64,
+    url: &str,
+) -> Result<Inflated> {
+    use std::io::Read;
+    let mut dec = flate2::bufread::MultiGzDecoder::new(raw);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut r = Inflated::default();
+    while r.out < stop {
+        let room = usize::try_from(stop - r.out).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = match dec.read(&mut buf[..room]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                return Err(VoxelError::header(url, format!("corrupt gzip stream: {e}")));
+            }
+        };
+        let (start, end) = (r.out, r.out + n as u64);
+        if start < keep {
+            r.head
+                .extend_from_slice(&buf[..(keep.min(end) - start) as usize]);
+        }
+        if let Some(t) = &tail {
+            let (lo, hi) = (t.start.max(start), t.end.min(end));
+            if lo < hi {
+                r.tail
+                    .extend_from_slice(&buf[(lo - start) as usize..(hi - start) as usize]);
+            }
+        }
+        r.out = end;
+    }
+    Ok(r)
 }
 
 /// A headerless raw array in object storage, described by a spec (no header request; a HEAD for size and ETag).
@@ -1110,6 +1460,165 @@ mod tests {
         assert_eq!(store_root(&h.url), "http://127.0.0.1:8080");
         assert!(parse_address("s3:///nobucket").is_err());
         assert!(parse_address("not a url").is_err());
+    }
+
+    mod headers {
+        use super::super::*;
+        use crate::dtype::ByteOrder;
+        use crate::formats::test_util::{HeaderBuilder, mgh_file};
+        use object_store::PutPayload;
+        use object_store::memory::InMemory;
+        use std::io::Write;
+
+        fn gz(members: &[&[u8]]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for m in members {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+                e.write_all(m).unwrap();
+                out.extend(e.finish().unwrap());
+            }
+            out
+        }
+
+        fn object(name: &str, bytes: &[u8]) -> RemoteObject {
+            let store = Arc::new(InMemory::new());
+            let path = ObjectPath::from(name);
+            block_on(store.put(&path, PutPayload::from(bytes.to_vec())))
+                .unwrap()
+                .unwrap();
+            RemoteObject::in_store(
+                &format!("memory://bucket/{name}"),
+                store,
+                path,
+                bytes.len() as u64,
+                None,
+                &StoreOptions::default(),
+            )
+        }
+
+        /// The header of `bytes` stored as `name`, and the requests made after the first; `first` is the first
+        /// GET's length (`None`: what the name suggests).
+        fn open(name: &str, bytes: &[u8], first: Option<u64>) -> (Result<ImageHeader>, u64) {
+            let obj = object(name, bytes);
+            let n = first.unwrap_or_else(|| header_prefix(name)).min(obj.size());
+            let prefix = obj.get_range_blocking(0..n).unwrap().to_vec();
+            let mut fetch = HeaderFetch::new(&obj, prefix);
+            let header = fetch.parse(Path::new(obj.url()));
+            (header, fetch.requests)
+        }
+
+        fn with_extensions(payload: usize) -> Vec<u8> {
+            let p = vec![7u8; payload];
+            let esize = (8 + payload).div_ceil(16) * 16;
+            HeaderBuilder::nifti1(ByteOrder::Little, &[2, 3, 4], 4, true)
+                .vox_offset((352 + 3 * esize) as f64)
+                .single_file(&[(6, &p), (6, &p), (6, &p)], &[1u8; 48])
+        }
+
+        #[test]
+        fn nifti_extensions_come_in_one_more_request() {
+            let file = with_extensions(1000);
+            let (h, requests) = open("e.nii", &file, None);
+            let h = h.unwrap();
+            assert_eq!((h.offset, h.header_bytes, requests), (3376, 3376, 1));
+            // Gzip: the first 4 KiB hold it all.
+            let (h, requests) = open("e.nii.gz", &gz(&[&file]), None);
+            assert_eq!((h.unwrap().offset, requests), (3376, 0));
+            // A long gzip header: the compressed prefix grows, never re-read per extension.
+            let big = with_extensions(300_000);
+            let (h, requests) = open("big.nii.gz", &gz(&[&big]), Some(64));
+            assert_eq!(h.unwrap().offset, 352 + 3 * 300_016);
+            assert!(requests <= 4, "{requests}");
+        }
+
+        #[test]
+        fn headers_asking_past_their_cap_are_errors_naming_the_url() {
+            let mut file = HeaderBuilder::nifti1(ByteOrder::Little, &[2, 3, 4], 4, true)
+                .vox_offset(1e9)
+                .build();
+            file.extend_from_slice(&[1, 0, 0, 0]);
+            file.extend_from_slice(&(100i32 << 20).to_le_bytes());
+            file.extend_from_slice(&6i32.to_le_bytes());
+            file.resize(2 << 20, 0);
+            let (h, _) = open("cap.nii.gz", &gz(&[&file]), None);
+            let msg = h.unwrap_err().to_string();
+            assert!(
+                msg.contains("memory://bucket/cap.nii.gz") && msg.contains("limit"),
+                "{msg}"
+            );
+            // Uncompressed, the object's own length answers: one GET up to its end (within the cap), then the
+            // extension is truncated.
+            let (h, requests) = open("cap.nii", &file, None);
+            assert!(h.unwrap_err().to_string().contains("truncated"));
+            assert_eq!(requests, 1);
+            // npy: numpy's own header limit.
+            let mut npy = b"\x93NUMPY\x02\x00".to_vec();
+            npy.extend_from_slice(&60_000u32.to_le_bytes());
+            npy.resize(70_000, b' ');
+            let (h, requests) = open("big.npy", &npy, None);
+            let msg = h.unwrap_err().to_string();
+            assert!(msg.contains("big.npy") && msg.contains("10000"), "{msg}");
+            assert_eq!(requests, 0);
+        }
+
+        fn mgh_4d() -> Vec<u8> {
+            let mdc = [[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]];
+            let mut f = mgh_file([20, 30, 4, 5], 3, 1, [1.0; 3], mdc, [0.0; 3]);
+            f.extend(vec![0u8; 20 * 30 * 4 * 5 * 4]);
+            f.extend_from_slice(&2000f32.to_be_bytes());
+            f.extend_from_slice(&[0u8; 16]);
+            f
+        }
+
+        #[test]
+        fn an_mgh_footer_is_one_ranged_request_not_the_data() {
+            let (h, requests) = open("f.mgh", &mgh_4d(), None);
+            assert_eq!((h.unwrap().zooms[3], requests), (2000.0, 1));
+            let (h, _) = open("f.mgz", &gz(&[&mgh_4d()]), Some(100));
+            assert_eq!(h.unwrap().zooms[3], 2000.0);
+            // A footer past the end: the data are truncated.
+            let mut cut = mgh_4d();
+            cut.truncate(400);
+            let (h, _) = open("cut.mgh", &cut, None);
+            assert!(matches!(h, Err(VoxelError::Truncated { .. })), "{h:?}");
+        }
+
+        #[test]
+        fn a_gzip_bomb_is_decompressed_no_further_than_the_header_claims() {
+            let header = HeaderBuilder::nifti1(ByteOrder::Little, &[2, 3, 4], 4, true)
+                .single_file(&[], &[1u8; 48]);
+            let zeros = vec![0u8; 1 << 20];
+            let one = gz(&[&zeros]);
+            let mut bomb = gz(&[&header]);
+            for _ in 0..64 {
+                bomb.extend_from_slice(&one);
+            }
+            // Bounded: at most `stop` bytes come out, and only `keep` are stored.
+            let r = inflate(&bomb, 1000, Some(5000..5100), 10 << 20, "b").unwrap();
+            assert_eq!((r.out, r.head.len(), r.tail.len()), (10 << 20, 1000, 100));
+            // Fetched whole, the length check stops at the claimed 400 bytes.
+            let (h, requests) = open("bomb.nii.gz", &bomb, Some(bomb.len() as u64));
+            assert_eq!((h.unwrap().offset, requests), (352, 0));
+            // A claim beyond what the stream holds is truncated, after decompressing no more than it holds.
+            let claims = HeaderBuilder::nifti1(ByteOrder::Little, &[1024, 1024, 1024], 4, true)
+                .single_file(&[], &[]);
+            let mut short = gz(&[&claims]);
+            for _ in 0..8 {
+                short.extend_from_slice(&one);
+            }
+            let (h, _) = open("short.nii.gz", &short, Some(short.len() as u64));
+            match h {
+                Err(VoxelError::Truncated {
+                    path,
+                    expected,
+                    actual,
+                }) => {
+                    assert!(path.contains("short.nii.gz"));
+                    assert_eq!((expected, actual), (352 + (2 << 30), 352 + (8 << 20)));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::{DataCache, GzEngine, GzipOptions, RunSource, cache_file_name, user_cache_dir};
+use super::{
+    DataCache, GzEngine, GzipOptions, IndexAccess, IndexPlace, RunSource, cache_file_name,
+    user_cache_dir,
+};
 use crate::error::{Result, VoxelError};
 use crate::io::gzindex::{FileIdentity, GzIndex, ReadAt};
 use crate::io::remote::{RemoteObject, pull_chunks};
@@ -73,13 +76,18 @@ impl RemoteIndexedGzip {
         let url = object.url().to_string();
         let identity = object_identity(&url, object.size(), object.etag());
         let index_paths = match object.etag() {
-            Some(_) if options.use_index => index_location(&url, &options).into_iter().collect(),
+            Some(_) if options.use_index => index_location(&url, &options)
+                .map(IndexPlace::cache)
+                .into_iter()
+                .collect(),
             _ => Vec::new(),
         };
         if object.etag().is_none() {
             options.data_cache = DataCache::Off;
         }
-        let engine = GzEngine::new(url.clone(), url, index_paths, options, identity)?;
+        // An object's permissions are not known here: its index is private to this user.
+        let access = IndexAccess::private();
+        let engine = GzEngine::new(url.clone(), url, index_paths, access, options, identity)?;
         Ok(RemoteIndexedGzip {
             object,
             identity,
@@ -485,6 +493,11 @@ mod tests {
         assert!(
             written.starts_with(dir.path()) && written.to_string_lossy().contains("bold.nii.gz")
         );
+        // An object's permissions are unknown: its index (voxel windows) is private.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&written).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
 
         // Warm (another source, as another query would open): the index comes from the cache directory, and a
         // read fetches one range: from the point before it to the point after it.

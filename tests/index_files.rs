@@ -1,0 +1,92 @@
+//! Where `voxelscan index` puts gzip index files, and with which permissions: a private image gets a private
+//! sidecar; an image named through a symbolic link gets its index in the user's cache directory (created `0700`),
+//! never beside the link's target.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use voxelscan::dtype::{ByteOrder, DType, Scalar};
+use voxelscan::synth::{random_i16_le, write_nifti1};
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A gzip NIfTI of 1 MiB of voxels (several seek points at a 256 KiB span).
+fn image(path: &Path) {
+    let shape = [64usize, 64, 32, 4];
+    let data = random_i16_le(shape.iter().product(), 5, -2000, 2000);
+    let dtype = DType::new(Scalar::I16, ByteOrder::Little);
+    write_nifti1(path, &shape, dtype, 1.0, 0.0, &data, true).expect("write image");
+}
+
+/// `voxelscan index --span 262144 PATH` with a private cache and home; returns stdout.
+fn index(dir: &Path, path: &Path) -> String {
+    let out = Command::new(common::voxelscan_bin())
+        .args(["index", "--span", "262144"])
+        .arg(path)
+        .env_remove("VOXELSCAN_INDEX_CACHE")
+        .env_remove("VOXELSCAN_NO_INDEX")
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .env("HOME", dir.join("home"))
+        .output()
+        .expect("run voxelscan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_private_image_gets_a_private_sidecar() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("private.nii.gz");
+    image(&path);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let stdout = index(dir.path(), &path);
+    let sidecar = dir.path().join(".private.nii.gz.vxidx");
+    assert!(stdout.contains(".private.nii.gz.vxidx"), "{stdout}");
+    assert_eq!(mode_of(&sidecar), 0o600);
+}
+
+#[test]
+fn a_symlinked_image_is_indexed_in_the_cache_dir_not_beside_its_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("theirs");
+    std::fs::create_dir(&data_dir).expect("mkdir");
+    let target = data_dir.join("img.nii.gz");
+    image(&target);
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).expect("mkdir");
+    let link = mine.join("link.nii.gz");
+    std::os::unix::fs::symlink(target, &link).expect("symlink");
+    let stdout = index(dir.path(), &link);
+    let cache = dir.path().join("xdg/voxelscan");
+    assert!(stdout.contains(&cache.display().to_string()), "{stdout}");
+    assert_eq!(mode_of(&cache), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode_of(&files[0]) & !0o640, 0, "{:o}", mode_of(&files[0]));
+    for d in [&data_dir, &mine] {
+        let names: Vec<_> = std::fs::read_dir(d)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "nothing written in {}: {names:?}",
+            d.display()
+        );
+    }
+}
