@@ -261,16 +261,13 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
     canvas.text(2, height - CAPTION + (CAPTION - GLYPH) / 2, &caption, WHITE);
     let description = format!(
         "{description}; window {} to {}{}",
-        window.lo,
-        window.hi,
+        significant(window.lo),
+        significant(window.hi),
         if opts.window.is_some() {
             String::new()
         } else {
-            format!(
-                " ({}th-{}th percentile of the non-zero values)",
-                colour::DEFAULT_PERCENTILES.0,
-                colour::DEFAULT_PERCENTILES.1
-            )
+            let (lo, hi) = colour::DEFAULT_PERCENTILES;
+            format!(" (percentiles {lo} and {hi} of the non-zero values)")
         }
     );
     Ok(Picture {
@@ -667,6 +664,21 @@ fn blend(under: [u8; 3], over: [u8; 3], alpha: f64) -> [u8; 3] {
     })
 }
 
+/// `v` with about 5 significant digits, trailing zeros dropped (`2989.6`, `0.0012346`, `-40`).
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return v.to_string();
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (4 - magnitude).clamp(0, 15) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// (caption on the picture, description for the terminal).
 fn describe(image: &Image, sections: &[Section], point: Option<&[usize]>) -> (String, String) {
     let mm = |w: [f64; 3]| format!("({:.1}, {:.1}, {:.1})", w[0], w[1], w[2]);
@@ -754,6 +766,15 @@ mod tests {
         assert_eq!(nearest_inside([-0.5, 0.0, 0.0], [2, 3, 3]), Some([0, 0, 0]));
         assert_eq!(nearest_inside([f64::NAN, 0.0, 0.0], [2, 3, 3]), None);
         assert_eq!(nearest_inside([0.0, 0.0, 2.5], [2, 3, 3]), None);
+    }
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(significant(2989.6359772729875), "2989.6");
+        assert_eq!(significant(12740.92), "12741");
+        assert_eq!(significant(0.00123456), "0.0012346");
+        assert_eq!(significant(-40.0), "-40");
+        assert_eq!(significant(0.0), "0");
     }
 
     #[test]
