@@ -697,3 +697,61 @@ fn bad_input_gives_one_error_line_and_no_picture() {
         assert!(!d.join("bad.png").exists(), "{line} left a picture");
     }
 }
+
+/// Over HTTP (nginx, ranged GETs): the same picture as from the local file, plain and gzip-compressed.
+#[cfg(feature = "remote")]
+#[test]
+fn a_url_draws_the_same_picture_as_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = [7, 9, 11, 3];
+    let values = marker_values(&shape, &[vec![2, 6, 3, 2]]);
+    write_image(
+        &d.join("u.nii"),
+        &shape,
+        &values,
+        diag([-2.0, 3.0, 4.0], [0.0; 3]),
+    );
+    let bytes = std::fs::read(d.join("u.nii")).unwrap();
+    let gz = {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&bytes).unwrap();
+        enc.finish().unwrap()
+    };
+    let nginx = common::servers::Nginx::shared();
+    nginx.put("view/u.nii", &bytes);
+    nginx.put("view/u.nii.gz", &gz);
+    view(
+        d,
+        &[
+            "u.nii",
+            "--at",
+            "2,6,3,2",
+            "--scale",
+            "2",
+            "-o",
+            "local.png",
+        ],
+    );
+    let local = Png::read(&d.join("local.png"));
+    for name in ["view/u.nii", "view/u.nii.gz"] {
+        let url = nginx.url_of(name);
+        let run = view(
+            d,
+            &[
+                &url, "--at", "2,6,3,2", "--scale", "2", "--stats", "-o", "url.png",
+            ],
+        );
+        let png = Png::read(&d.join("url.png"));
+        assert!(
+            png.rgb == local.rgb && png.width == local.width,
+            "{url}: picture differs"
+        );
+        assert!(
+            run.stderr.contains("stats: requests="),
+            "{url}: {}",
+            run.stderr
+        );
+    }
+}
