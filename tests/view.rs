@@ -755,3 +755,45 @@ fn a_url_draws_the_same_picture_as_the_file() {
         );
     }
 }
+
+/// `--aspect mm`: 2×3×4 mm voxels drawn 1, 1.5 and 2 pixels long (at scale 1), nearest neighbour.
+#[test]
+fn aspect_mm_draws_voxels_in_millimetres() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [7, 9, 11];
+    let values = marker_values(&shape, &[vec![2, 6, 3]]);
+    write_image(
+        &dir.path().join("a.nii"),
+        &shape,
+        &values,
+        diag([2.0, 3.0, 4.0], [0.0; 3]),
+    );
+    let args = [
+        "a.nii", "--at", "2,6,3", "--aspect", "mm", "--scale", "1", "--window", "0,1000", "-o",
+        "mm.png",
+    ];
+    view(dir.path(), &args);
+    let png = Png::read(&dir.path().join("mm.png"));
+    // Per section: (elements across, pixels each, elements down, pixels each, marker column, marker row).
+    let panels = [
+        (9, 1.5, 11, 2.0, 6, 7), // sagittal: y across, z up
+        (7, 1.0, 11, 2.0, 2, 7), // coronal: x across, z up
+        (7, 1.0, 9, 1.5, 2, 2),  // axial: x across, y up
+    ];
+    let span = |n: usize, px: f64| (n as f64 * px).round() as usize;
+    let width: usize = panels.iter().map(|p| span(p.0, p.1) + 2 * MARGIN).sum();
+    let height = panels.iter().map(|p| span(p.2, p.3)).max().unwrap() + 2 * MARGIN + CAPTION;
+    assert_eq!((png.width, png.height), (width, height));
+    let mut x0 = 0;
+    for (n, &(cols, px_c, rows, px_r, col, row)) in panels.iter().enumerate() {
+        let (w, h) = (span(cols, px_c), span(rows, px_r));
+        let element =
+            |pixel: usize, px: f64, count: usize| ((pixel as f64 / px) as usize).min(count - 1);
+        let want: Vec<(usize, usize)> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| element(x, px_c, cols) == col && element(y, px_r, rows) == row)
+            .collect();
+        assert_eq!(png.white_in(x0, w, h), want, "section {n}");
+        x0 += w + 2 * MARGIN;
+    }
+}

@@ -36,6 +36,10 @@ pub struct ViewArgs {
     /// Enlarge each voxel to N×N pixels (default: enough for 256 pixels on the longest side, at most 8).
     #[arg(long, value_name = "N")]
     pub scale: Option<usize>,
+    /// voxel: every voxel N×N pixels; mm: spatial sections in millimetres as nilearn draws them (a voxel N pixels
+    /// per smallest voxel size along each axis, nearest neighbour).
+    #[arg(long, value_name = "voxel|mm", default_value = "voxel", value_parser = ["voxel", "mm"])]
+    pub aspect: String,
     /// An image drawn over the sections (a statistical map, a mask), resampled to the nearest voxel through both
     /// affines.
     #[arg(long, value_name = "STAT.nii")]
@@ -84,6 +88,7 @@ pub fn run(args: ViewArgs) -> CliResult {
             .transpose()?,
         cmap: args.cmap.parse::<Colormap>()?,
         scale: args.scale,
+        aspect_mm: args.aspect == "mm",
         overlay: None,
     };
     if let Some(path) = &args.overlay {

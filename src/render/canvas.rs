@@ -51,15 +51,6 @@ impl Canvas {
         }
     }
 
-    /// A `size` × `size` block with its top-left corner at (x, y), clipped.
-    pub fn fill_block(&mut self, x: usize, y: usize, size: usize, colour: [u8; 3]) {
-        for dy in 0..size {
-            for dx in 0..size {
-                self.set(x + dx, y + dy, colour);
-            }
-        }
-    }
-
     /// `text` in 8×8 cells from (x, y) (top-left), clipped at the picture's edges; characters outside ASCII are
     /// drawn as `?`.
     pub fn text(&mut self, x: usize, y: usize, text: &str, colour: [u8; 3]) {

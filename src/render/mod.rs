@@ -2,10 +2,11 @@
 //! voxel side by side, read through the proxy's slicing (only the section's bytes), windowed, coloured, optionally
 //! with a second image overlaid, laid out the way nilearn's `plot_anat` shows them (see [`orient`]).
 //!
-//! Layout of the picture (all sizes in pixels, `N` the scale): each section is `columns × N` by `rows × N`,
-//! framed by a [`MARGIN`] on every side that holds the orientation letters; sections stand side by side, top
-//! aligned; a [`CAPTION`] strip along the bottom holds the coordinate. So a picture is `Σ (columns·N + 2·MARGIN)`
-//! wide and `max(rows·N) + 2·MARGIN + CAPTION` high.
+//! Layout of the picture (all sizes in pixels, `N` the scale): each section is `columns × N` by `rows × N` (with
+//! `aspect_mm`, each axis's N is multiplied by its voxel size over the smallest voxel size drawn, and the product
+//! rounded), framed by a [`MARGIN`] on every side that holds the orientation letters; sections stand side by side,
+//! top aligned; a [`CAPTION`] strip along the bottom holds the coordinate. So a picture is
+//! `Σ (columns·N + 2·MARGIN)` wide and `max(rows·N) + 2·MARGIN + CAPTION` high.
 
 pub mod canvas;
 pub mod colour;
@@ -105,6 +106,20 @@ impl Image {
             .unwrap_or(world)
     }
 
+    /// The length in mm of a step along voxel axis `axis` (1 for axes past the third, for images without an
+    /// affine, and for a zero column).
+    fn voxel_size(&self, axis: usize) -> f64 {
+        let Some(a) = self.affine.filter(|_| axis < 3) else {
+            return 1.0;
+        };
+        let size = (0..3).map(|r| a[r][axis] * a[r][axis]).sum::<f64>().sqrt();
+        if size > 0.0 && size.is_finite() {
+            size
+        } else {
+            1.0
+        }
+    }
+
     /// World (mm) coordinates of a voxel (its first three indices).
     fn world(&self, voxel: &[usize]) -> [f64; 3] {
         let a = self.affine_or_identity();
@@ -149,6 +164,9 @@ pub struct ViewOptions {
     pub cmap: Colormap,
     /// `None`: the smallest factor making the largest section [`AUTO_SIDE`] pixels, at most [`AUTO_SCALE_MAX`].
     pub scale: Option<usize>,
+    /// Draw spatial sections in millimetres (nilearn's aspect): along each axis a voxel takes `N × its size / the
+    /// smallest voxel size` pixels (nearest neighbour), instead of N × N pixels.
+    pub aspect_mm: bool,
     pub overlay: Option<Overlay>,
 }
 
@@ -159,6 +177,7 @@ impl Default for ViewOptions {
             window: None,
             cmap: Colormap::gray(),
             scale: None,
+            aspect_mm: false,
             overlay: None,
         }
     }
@@ -183,11 +202,21 @@ struct Section {
     /// For each of the two section axes: (array axis, step, length).
     axes: [(usize, isize, usize); 2],
     placement: Placement,
+    /// Pixels per element along each section axis (the scale, or more for larger voxels with `aspect_mm`).
+    pixels: [f64; 2],
 }
 
 impl Section {
     fn shape(&self) -> [usize; 2] {
         [self.axes[0].2, self.axes[1].2]
+    }
+
+    /// (rows, columns) of pixels the section takes on screen.
+    fn screen_pixels(&self) -> (usize, usize) {
+        let (rows, cols) = self.placement.screen_shape(self.shape());
+        let h = self.placement.horizontal;
+        let span = |n: usize, px: f64| ((n as f64 * px).round() as usize).max(1);
+        (span(rows, self.pixels[1 - h]), span(cols, self.pixels[h]))
     }
 
     /// The voxel index of element `[a, b]`.
@@ -215,7 +244,7 @@ impl Section {
 
 /// Read, colour and lay out the sections `request` names.
 pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Picture> {
-    let (sections, point) = plan(image, request, opts.radiological)?;
+    let (mut sections, point) = plan(image, request, opts.radiological)?;
     let scale = match opts.scale {
         Some(s) if (1..=MAX_SCALE).contains(&s) => s,
         Some(s) => {
@@ -225,7 +254,8 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
         }
         None => auto_scale(&sections),
     };
-    let (width, height) = picture_size(&sections, scale);
+    set_pixels(image, &mut sections, scale, opts.aspect_mm);
+    let (width, height) = picture_size(&sections);
     canvas::check_size(width, height)?;
     let values = sections
         .iter()
@@ -252,10 +282,9 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
             window,
             opts.cmap,
             layer,
-            scale,
         );
-        let (_, cols) = section.placement.screen_shape(section.shape());
-        x0 += cols * scale + 2 * MARGIN;
+        let (_, cols) = section.screen_pixels();
+        x0 += cols + 2 * MARGIN;
     }
     let (caption, description) = describe(image, &sections, point.as_deref());
     canvas.text(2, height - CAPTION + (CAPTION - GLYPH) / 2, &caption, WHITE);
@@ -352,6 +381,7 @@ fn section(
         origin,
         axes,
         placement,
+        pixels: [1.0; 2],
     }
 }
 
@@ -445,14 +475,33 @@ fn auto_scale(sections: &[Section]) -> usize {
     AUTO_SIDE.div_ceil(side).clamp(1, AUTO_SCALE_MAX)
 }
 
+/// Pixels per element: `scale` along every axis; with `aspect_mm`, spatial sections' axes scaled by their voxel
+/// size over the smallest voxel size drawn (so that every section is in the same millimetres).
+fn set_pixels(image: &Image, sections: &mut [Section], scale: usize, aspect_mm: bool) {
+    let scale = scale as f64;
+    let mm = |s: &Section, k: usize| image.voxel_size(s.axes[k].0);
+    let smallest = sections
+        .iter()
+        .filter(|s| aspect_mm && s.placement.plane.is_some())
+        .flat_map(|s| [mm(s, 0), mm(s, 1)])
+        .fold(f64::INFINITY, f64::min);
+    for s in sections.iter_mut() {
+        s.pixels = if aspect_mm && s.placement.plane.is_some() && smallest.is_finite() {
+            [scale * mm(s, 0) / smallest, scale * mm(s, 1) / smallest]
+        } else {
+            [scale; 2]
+        };
+    }
+}
+
 /// (width, height) of the picture; saturating, so that an absurd size is refused by `check_size`.
-fn picture_size(sections: &[Section], scale: usize) -> (usize, usize) {
+fn picture_size(sections: &[Section]) -> (usize, usize) {
     let mut width = 0usize;
     let mut height = 0usize;
     for s in sections {
-        let (rows, cols) = s.placement.screen_shape(s.shape());
-        width = width.saturating_add(cols.saturating_mul(scale).saturating_add(2 * MARGIN));
-        height = height.max(rows.saturating_mul(scale));
+        let (rows, cols) = s.screen_pixels();
+        width = width.saturating_add(cols.saturating_add(2 * MARGIN));
+        height = height.max(rows);
     }
     (width, height.saturating_add(2 * MARGIN + CAPTION))
 }
@@ -612,11 +661,12 @@ fn draw_section(
     window: Window,
     cmap: Colormap,
     overlay: Option<(&Array2<f64>, &Overlay, f64)>,
-    scale: usize,
 ) {
     let shape = section.shape();
     let p = &section.placement;
     let (rows, cols) = p.screen_shape(shape);
+    // Each element's colour once, in screen order; then every pixel takes its element's (nearest neighbour).
+    let mut colours = Vec::with_capacity(rows * cols);
     for row in 0..rows {
         for col in 0..cols {
             let [a, b] = p.element_at(shape, row, col);
@@ -633,15 +683,19 @@ fn draw_section(
                     colour = blend(colour, top, ov.alpha);
                 }
             }
-            canvas.fill_block(
-                x0 + MARGIN + col * scale,
-                MARGIN + row * scale,
-                scale,
-                colour,
-            );
+            colours.push(colour);
         }
     }
-    let (w, h) = (cols * scale, rows * scale);
+    let (h, w) = section.screen_pixels();
+    let [px_h, px_v] = [p.horizontal, 1 - p.horizontal].map(|k| section.pixels[k]);
+    let element = |pixel: usize, px: f64, n: usize| ((pixel as f64 / px) as usize).min(n - 1);
+    for y in 0..h {
+        let row = element(y, px_v, rows);
+        for x in 0..w {
+            let col = element(x, px_h, cols);
+            canvas.set(x0 + MARGIN + x, MARGIN + y, colours[row * cols + col]);
+        }
+    }
     let pad = (MARGIN - GLYPH) / 2;
     let mid_y = (MARGIN + h / 2).saturating_sub(GLYPH / 2);
     let mid_x = (x0 + MARGIN + w / 2).saturating_sub(GLYPH / 2);
@@ -736,6 +790,7 @@ mod tests {
             origin: vec![1, 2, 3],
             axes,
             placement,
+            pixels: [1.0; 2],
         }
     }
 
@@ -751,10 +806,13 @@ mod tests {
     fn sizes_and_scale() {
         let s = section_with([(0, 1, 96), (1, 1, 60)], Placement::PLAIN);
         assert_eq!(auto_scale(std::slice::from_ref(&s)), 3);
-        assert_eq!(
-            picture_size(&[s.clone(), s.clone()], 2),
-            (2 * (120 + 24), 192 + 36)
-        );
+        let mut s2 = s.clone();
+        s2.pixels = [2.0; 2];
+        assert_eq!(picture_size(&[s2.clone(), s2]), (2 * (120 + 24), 192 + 36));
+        // 1.5 pixels per element down 96 elements, 2.5 across 60 (PLAIN: axis 1 across).
+        let mut s3 = s.clone();
+        s3.pixels = [1.5, 2.5];
+        assert_eq!(s3.screen_pixels(), (144, 150));
         let tiny = section_with([(0, 1, 2), (1, 1, 2)], Placement::PLAIN);
         assert_eq!(auto_scale(&[tiny]), AUTO_SCALE_MAX);
     }
