@@ -68,7 +68,7 @@ impl Canvas {
             for (dy, bits) in glyph.iter().enumerate() {
                 for dx in 0..GLYPH {
                     // Bit 0 is the leftmost pixel of the row.
-                    if bits >> dx & 1 == 1 {
+                    if (bits >> dx) & 1 == 1 {
                         self.set(left + dx, y + dy, colour);
                     }
                 }

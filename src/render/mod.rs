@@ -271,9 +271,11 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
     let mut canvas = Canvas::new(width, height, BLACK)?;
     let mut x0 = 0;
     for (n, section) in sections.iter().enumerate() {
-        let layer = overlay
-            .as_ref()
-            .map(|(vals, ov, max)| (&vals[n], *ov, *max));
+        let layer = overlay.as_ref().map(|layer| Layer {
+            values: &layer.values[n],
+            overlay: layer.overlay,
+            max_abs: layer.max_abs,
+        });
         draw_section(
             &mut canvas,
             x0,
@@ -521,13 +523,21 @@ fn read_section(image: &Image, section: &Section) -> Result<Array2<f64>> {
         .map_err(|e| image.in_file(e))
 }
 
-/// The overlay's value at every element of every section (NaN where it has none), the overlay, and the largest
-/// `|value|` drawn.
+/// An overlay sampled at the elements of sections.
+struct Layer<'a, V> {
+    /// The overlay's value at every element (NaN where it has none): one array per section, or one section's.
+    values: V,
+    overlay: &'a Overlay,
+    /// The largest `|value|` drawn (above the threshold).
+    max_abs: f64,
+}
+
+/// The overlay's values at every element of every section.
 fn sample_overlay<'a>(
     base: &Image,
     sections: &[Section],
     overlay: &'a Overlay,
-) -> Result<(Vec<Array2<f64>>, &'a Overlay, f64)> {
+) -> Result<Layer<'a, Vec<Array2<f64>>>> {
     let ov = &overlay.image;
     let ov_shape = ov.proxy.shape().to_vec();
     let mismatch =
@@ -594,7 +604,11 @@ fn sample_overlay<'a>(
             })
         })
         .collect();
-    Ok((values, overlay, max_abs))
+    Ok(Layer {
+        values,
+        overlay,
+        max_abs,
+    })
 }
 
 /// Base voxel → overlay voxel (a 3×4 matrix): through both affines, or voxel for voxel when either image has no
@@ -643,7 +657,7 @@ fn nearest_inside(w: [f64; 3], dims: [usize; 3]) -> Option<[usize; 3]> {
     let mut o = [0usize; 3];
     for ((slot, &x), &dim) in o.iter_mut().zip(&w).zip(&dims) {
         let r = (x + 0.5).floor();
-        if !(r >= 0.0 && r < dim as f64) {
+        if !(0.0..dim as f64).contains(&r) {
             return None;
         }
         *slot = r as usize;
@@ -652,7 +666,6 @@ fn nearest_inside(w: [f64; 3], dims: [usize; 3]) -> Option<[usize; 3]> {
 }
 
 /// Paint one section (and its letters) into the frame whose left edge is at `x0`.
-#[allow(clippy::too_many_arguments)]
 fn draw_section(
     canvas: &mut Canvas,
     x0: usize,
@@ -660,7 +673,7 @@ fn draw_section(
     values: &Array2<f64>,
     window: Window,
     cmap: Colormap,
-    overlay: Option<(&Array2<f64>, &Overlay, f64)>,
+    overlay: Option<Layer<'_, &Array2<f64>>>,
 ) {
     let shape = section.shape();
     let p = &section.placement;
@@ -676,10 +689,10 @@ fn draw_section(
             } else {
                 cmap.colour(window.level(v))
             };
-            if let Some((ov_values, ov, max_abs)) = overlay {
-                let o = ov_values[[a, b]];
-                if o.is_finite() && o.abs() > ov.threshold && max_abs > 0.0 {
-                    let top = ov.cmap.colour((o / max_abs + 1.0) / 2.0);
+            if let Some(layer) = &overlay {
+                let (o, ov) = (layer.values[[a, b]], layer.overlay);
+                if o.is_finite() && o.abs() > ov.threshold && layer.max_abs > 0.0 {
+                    let top = ov.cmap.colour((o / layer.max_abs + 1.0) / 2.0);
                     colour = blend(colour, top, ov.alpha);
                 }
             }
