@@ -645,6 +645,17 @@ fn bad_input_gives_one_error_line_and_no_picture() {
         &vec![1.0; 108],
         diag([1.0; 3], [500.0; 3]),
     );
+    let rgb = DType::native(Scalar::Rgb24);
+    voxelscan::synth::write_nifti1(
+        &d.join("rgb.nii"),
+        &[2, 2, 2],
+        rgb,
+        1.0,
+        0.0,
+        &[7; 24],
+        false,
+    )
+    .unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["flat.nii", ":, :"], "leaves 3 axes"),
         (vec!["flat.nii", "2, 3"], "leaves 1 axis"),
@@ -671,6 +682,8 @@ fn bad_input_gives_one_error_line_and_no_picture() {
         (vec!["flat.nii", "--overlay", "far.nii"], "does not cover"),
         (vec!["flat.nii", "--overlay", "missing.nii"], "missing.nii"),
         (vec!["missing.nii"], "missing.nii"),
+        (vec!["rgb.nii"], "RGB"),
+        (vec!["flat.nii", "--overlay", "rgb.nii"], "RGB"),
         (
             vec!["flat.nii", "-o", "no/such/dir/out.png"],
             "no/such/dir/out.png",

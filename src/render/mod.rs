@@ -15,6 +15,7 @@ mod overlay;
 
 use ndarray::{Array2, Ix2};
 
+use crate::dtype::Scalar;
 use crate::error::{Result, VoxelError};
 use crate::formats::{Affine, Format, ImageHeader};
 use crate::proxy::{ArrayProxy, ProxyOptions};
@@ -106,6 +107,17 @@ impl Image {
         (0..3)
             .find(|&a| dirs[a].is_some_and(|d| d.world == world))
             .unwrap_or(world)
+    }
+
+    /// One number per voxel is drawn (complex: the real part); RGB and RGBA voxels are refused.
+    fn check_drawable(&self) -> Result<()> {
+        if matches!(self.proxy.dtype().scalar, Scalar::Rgb24 | Scalar::Rgba32) {
+            return Err(VoxelError::Unsupported {
+                path: self.location.clone(),
+                what: "drawing RGB/RGBA voxels (view draws one value per voxel)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The length in mm of a step along voxel axis `axis` (1 for axes past the third, for images without an
@@ -246,6 +258,7 @@ impl Section {
 
 /// Read, colour and lay out the sections `request` names.
 pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Picture> {
+    image.check_drawable()?;
     let (mut sections, point) = plan(image, request, opts.radiological)?;
     let scale = match opts.scale {
         Some(s) if (1..=MAX_SCALE).contains(&s) => s,

@@ -23,6 +23,7 @@ pub(super) fn sample_overlay<'a>(
     overlay: &'a Overlay,
 ) -> Result<Layer<'a, Vec<Array2<f64>>>> {
     let ov = &overlay.image;
+    ov.check_drawable()?;
     let ov_shape = ov.proxy.shape().to_vec();
     let mismatch =
         |msg: String| VoxelError::Invalid(format!("mismatched overlay {}: {msg}", ov.location));
