@@ -234,6 +234,30 @@ fn check_marker(png: &Png, panels: &[(usize, usize, usize, usize)], what: &str) 
     }
 }
 
+/// In the frame of each section (scale 1), ticks point at the marker's column (above and below) and row (left and
+/// right).
+fn check_ticks(png: &Png, panels: &[(usize, usize, usize, usize)], what: &str) {
+    const TICK: [u8; 3] = [255, 64, 64];
+    let mut x0 = 0;
+    for (n, &(cols, rows, col, row)) in panels.iter().enumerate() {
+        let (x, y) = (x0 + MARGIN + col, MARGIN + row);
+        let spots = [
+            (x, MARGIN - 1),
+            (x, MARGIN + rows),
+            (x0 + MARGIN - 1, y),
+            (x0 + MARGIN + cols, y),
+        ];
+        for (px, py) in spots {
+            assert_eq!(
+                png.pixel(px, py),
+                TICK,
+                "{what}: section {n}, tick at ({px}, {py})"
+            );
+        }
+        x0 += cols + 2 * MARGIN;
+    }
+}
+
 /// Affines of every kind the orientation code must handle.
 fn affines() -> Vec<(&'static str, Affine34)> {
     let (s, c) = (20f64.to_radians().sin(), 20f64.to_radians().cos());
@@ -306,7 +330,9 @@ fn marker_lands_where_nibabel_puts_it() {
             }
             view(dir.path(), &args);
             let what = format!("{p} --at {at} radiological={radiological}");
-            check_marker(&Png::read(&out), &expected_ortho(c, radiological), &what);
+            let png = Png::read(&out);
+            check_marker(&png, &expected_ortho(c, radiological), &what);
+            check_ticks(&png, &expected_ortho(c, radiological), &what);
             // The axial section alone, by a spec that fixes the voxel axis along z.
             let spec: Vec<String> = (0..3)
                 .map(|a| {

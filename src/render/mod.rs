@@ -300,6 +300,10 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
             opts.cmap,
             layer,
         );
+        if let Some(voxel) = &point {
+            let element = section.axes.map(|(axis, _, _)| voxel[axis]);
+            draw_ticks(&mut canvas, x0, section, element);
+        }
         let (_, cols) = section.screen_pixels();
         x0 += cols + 2 * MARGIN;
     }
@@ -595,6 +599,27 @@ fn draw_section(
         if let Some(c) = label {
             canvas.text(x, y, &c.to_string(), WHITE);
         }
+    }
+}
+
+/// Length and colour of the ticks that point at the voxel the three sections go through.
+const TICK: usize = 3;
+const TICK_COLOUR: [u8; 3] = [255, 64, 64];
+
+/// Ticks in the frame around a section, at the row and column of `element` (nilearn draws a cross over the image
+/// instead; ticks leave the voxels visible).
+fn draw_ticks(canvas: &mut Canvas, x0: usize, section: &Section, element: [usize; 2]) {
+    let p = &section.placement;
+    let (row, col) = p.screen_of(section.shape(), element);
+    let (h, w) = section.screen_pixels();
+    let [px_h, px_v] = [p.horizontal, 1 - p.horizontal].map(|k| section.pixels[k]);
+    let x = x0 + MARGIN + ((col as f64 + 0.5) * px_h) as usize;
+    let y = MARGIN + ((row as f64 + 0.5) * px_v) as usize;
+    for d in 1..=TICK {
+        canvas.set(x, MARGIN - d, TICK_COLOUR);
+        canvas.set(x, MARGIN + h - 1 + d, TICK_COLOUR);
+        canvas.set(x0 + MARGIN - d, y, TICK_COLOUR);
+        canvas.set(x0 + MARGIN + w - 1 + d, y, TICK_COLOUR);
     }
 }
 

@@ -224,6 +224,15 @@ impl Placement {
         let v = if self.flip_v { rows - 1 - row } else { row };
         if self.horizontal == 1 { [v, h] } else { [h, v] }
     }
+
+    /// The screen `(row, col)` where section element `[a, b]` is shown (the inverse of [`Placement::element_at`]).
+    pub fn screen_of(&self, shape: [usize; 2], element: [usize; 2]) -> (usize, usize) {
+        let (rows, cols) = self.screen_shape(shape);
+        let (h, v) = (element[self.horizontal], element[1 - self.horizontal]);
+        let col = if self.flip_h { cols - 1 - h } else { h };
+        let row = if self.flip_v { rows - 1 - v } else { v };
+        (row, col)
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +311,21 @@ mod tests {
         assert_eq!((r.flip_h, r.flip_v), (true, true));
         assert_eq!(r.labels[..2], [Some('R'), Some('L')]);
         assert_eq!(r.element_at([4, 3], 0, 0), [3, 2]);
+        for p in [p, r, Placement::PLAIN] {
+            for row in 0..3 {
+                for col in 0..4 {
+                    let shape = if p == Placement::PLAIN {
+                        [3, 4]
+                    } else {
+                        [4, 3]
+                    };
+                    assert_eq!(
+                        p.screen_of(shape, p.element_at(shape, row, col)),
+                        (row, col)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
