@@ -534,7 +534,7 @@ fn flat_base(dir: &Path) {
     write_image(
         &dir.join("flat.nii"),
         &shape,
-        &vec![100.0; 108],
+        &[100.0; 108],
         diag([1.0; 3], [0.0; 3]),
     );
 }
@@ -544,7 +544,7 @@ fn overlay_threshold_alpha_and_colours() {
     let dir = tempfile::tempdir().unwrap();
     flat_base(dir.path());
     let shape = [6, 6, 3];
-    let mut stat = vec![0f32; 108];
+    let mut stat = [0f32; 108];
     // Row j = 0 of section k = 1: i = 0..6.
     let row = [-3.0, -1.0, 0.0, 0.5, 3.0, 5.0];
     for (i, v) in row.iter().enumerate() {
@@ -662,13 +662,13 @@ fn bad_input_gives_one_error_line_and_no_picture() {
     write_image(
         &d.join("four.nii"),
         &four,
-        &vec![1.0; 324],
+        &[1.0; 324],
         diag([1.0; 3], [0.0; 3]),
     );
     write_image(
         &d.join("far.nii"),
         &[6, 6, 3],
-        &vec![1.0; 108],
+        &[1.0; 108],
         diag([1.0; 3], [500.0; 3]),
     );
     let rgb = DType::native(Scalar::Rgb24);
