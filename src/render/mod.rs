@@ -310,15 +310,8 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
     let (caption, description) = describe(image, &sections, point.as_deref());
     canvas.text(2, height - CAPTION + (CAPTION - GLYPH) / 2, &caption, WHITE);
     let description = format!(
-        "{description}; window {} to {}{}",
-        significant(window.lo),
-        significant(window.hi),
-        if opts.window.is_some() {
-            String::new()
-        } else {
-            let (lo, hi) = colour::DEFAULT_PERCENTILES;
-            format!(" (percentiles {lo} and {hi} of the non-zero values)")
-        }
+        "{description}; window {}",
+        describe_window(window, opts.window.is_some())
     );
     Ok(Picture {
         canvas,
@@ -627,6 +620,16 @@ fn blend(under: [u8; 3], over: [u8; 3], alpha: f64) -> [u8; 3] {
     std::array::from_fn(|k| {
         (f64::from(under[k]) * (1.0 - alpha) + f64::from(over[k]) * alpha).round() as u8
     })
+}
+
+/// `LO to HI`, and where the window came from when it was not given.
+fn describe_window(window: Window, given: bool) -> String {
+    let range = format!("{} to {}", significant(window.lo), significant(window.hi));
+    if given {
+        return range;
+    }
+    let (lo, hi) = colour::DEFAULT_PERCENTILES;
+    format!("{range} (percentiles {lo} and {hi} of the non-zero values)")
 }
 
 /// `v` with about 5 significant digits, trailing zeros dropped (`2989.6`, `0.0012346`, `-40`).
