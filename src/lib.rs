@@ -21,6 +21,7 @@ pub mod formats;
 pub mod io;
 pub mod plan;
 pub mod proxy;
+pub mod render;
 pub mod scaling;
 pub mod slicer;
 pub mod synth;

@@ -16,6 +16,7 @@ mod info;
 mod slice;
 #[cfg(feature = "sql")]
 pub mod sql;
+mod view;
 
 /// SQL over the voxels of neuroimaging files, read lazily and exactly as nibabel would.
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Write `proxy[SPEC]` (numpy basic indexing) to a .npy file.
     Slice(slice::SliceArgs),
+    /// Draw a 2-D section (or the three sections through a voxel) as a PNG picture.
+    View(view::ViewArgs),
     /// Build gzip seek-point indexes for compressed images ahead of time.
     Index(index::IndexArgs),
     /// Run SQL statements over image tables (interactive prompt without a statement).
@@ -85,6 +88,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Slice(a) => slice::run(a),
+        Command::View(a) => view::run(a),
         #[cfg(feature = "sql")]
         Command::Sql(a) => sql::run(a),
         #[cfg(feature = "sql")]
