@@ -912,12 +912,20 @@ async fn an_executor_without_the_token_cannot_register() {
         let config = in_process_executor(port, dir.path().join(format!("w{n}")), 1, token);
         tasks.push(tokio::spawn(run_executor(config)));
     }
-    // They poll (and are refused) every 50 ms: 3 s is many refusals.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(scheduler.executors().await.unwrap(), Vec::<String>::new());
-    for t in &tasks {
-        t.abort();
+    // Both fail at once, saying why.
+    for t in tasks.drain(..) {
+        let ended = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("an executor without the token kept running")
+            .unwrap();
+        let msg = ended
+            .err()
+            .expect("an executor without the token ran")
+            .to_string();
+        assert!(msg.contains("refused this executor"), "{msg}");
+        eprintln!("{msg}");
     }
+    assert_eq!(scheduler.executors().await.unwrap(), Vec::<String>::new());
 
     let config = in_process_executor(port, dir.path().join("ok"), 1, Some(token()));
     let flight_port = config.port;

@@ -501,9 +501,57 @@ pub fn executor_config(settings: &ExecutorSettings) -> Result<ExecutorProcessCon
     })
 }
 
-/// Run an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler asks it to).
+/// Ask the scheduler one harmless question (a job's status) through the endpoint the executor will use: a
+/// refused token or a failed TLS handshake is reported now. (Ballista's executor would go on polling and being
+/// refused, with nothing but a log line nobody sees.)
+async fn check_scheduler_accepts(config: &ExecutorProcessConfig, scheduler: &str) -> Result<()> {
+    use ballista_core::serde::protobuf::GetJobStatusParams;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    let refused = |e: &dyn std::fmt::Display| ballista_error(&format!("scheduler {scheduler}"), e);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
+        .map_err(|e| refused(&e))?
+        .connect_timeout(std::time::Duration::from_secs(20));
+    if let Some(customize) = &config.override_create_grpc_client_endpoint {
+        endpoint = customize(endpoint).map_err(|e| refused(&e))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        ballista_error(
+            &format!("cannot reach the scheduler at {scheduler}"),
+            with_sources(&e),
+        )
+    })?;
+    let question = GetJobStatusParams {
+        job_id: "voxelscan-executor-check".into(),
+    };
+    match SchedulerGrpcClient::new(channel)
+        .get_job_status(question)
+        .await
+    {
+        Err(status) if status.code() == tonic::Code::Unauthenticated => Err(ballista_error(
+            &format!("the scheduler {scheduler} refused this executor"),
+            status.message(),
+        )),
+        // An unknown job, or its status: the scheduler listened.
+        _ => Ok(()),
+    }
+}
+
+/// An error with the errors under it (tonic's say only "transport error" themselves).
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// Run an executor until it is stopped (Ctrl-C, SIGTERM, or the scheduler asks it to). Fails at once when the
+/// scheduler refuses its token.
 pub async fn run_executor(config: ExecutorProcessConfig) -> Result<()> {
     let scheduler = format!("{}:{}", config.scheduler_host, config.scheduler_port);
+    check_scheduler_accepts(&config, &scheduler).await?;
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| ballista_error(&format!("executor (scheduler {scheduler})"), e))
