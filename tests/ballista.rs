@@ -550,6 +550,7 @@ async fn spawn_executor(
     work_dir: PathBuf,
     log: &Path,
     token_by: TokenBy,
+    extra_args: &[&Path],
 ) -> ExecutorProcess {
     std::fs::create_dir_all(&work_dir).unwrap();
     let token_file = log.with_extension("token");
@@ -577,6 +578,7 @@ async fn spawn_executor(
             .args(["--concurrency", "1", "--heartbeat", "1"])
             .arg("--work-dir")
             .arg(&work_dir)
+            .args(extra_args)
             .env_remove("VOXELSCAN_CLUSTER_TOKEN")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap());
@@ -731,6 +733,7 @@ async fn an_executor_killed_during_a_query() {
             dir.path().join(format!("work-{n}")),
             &dir.path().join(format!("executor-{n}.log")),
             if n == 0 { TokenBy::Env } else { TokenBy::File },
+            &[],
         )
         .await;
         executors.push(process);
@@ -823,6 +826,7 @@ async fn an_unreadable_file_is_named_with_the_executor() {
         dir.path().join("work"),
         &dir.path().join("executor.log"),
         TokenBy::Env,
+        &[],
     )
     .await;
     let ids = scheduler.executors().await.unwrap();
@@ -1179,5 +1183,94 @@ async fn a_cluster_over_tls_gives_the_local_answers() {
     for t in &tasks {
         t.abort();
     }
+    scheduler.abort();
+}
+
+/// The command line over TLS: a `voxelscan executor` process with `--tls-cert`, `--tls-key`, `--tls-ca` and
+/// `--token-file`, and `voxelscan sql --cluster … --token-file … --tls-ca …`: the local answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_line_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = make_certificates(&certs);
+    let image = dir.path().join("a.nii");
+    pattern_image(&image, [16, 16, 8, 12], 2);
+    let sql = format!(
+        "CREATE EXTERNAL TABLE a STORED AS NIFTI LOCATION '{}'; \
+         SELECT t, count(value) AS n, sum(value) AS s FROM a GROUP BY t ORDER BY t",
+        image.display()
+    );
+    let cli = |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_voxelscan"))
+            .args(args)
+            .env_remove("VOXELSCAN_CLUSTER_TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let want = cli(vec![
+        "sql".into(),
+        "--format".into(),
+        "csv".into(),
+        sql.clone(),
+    ]);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut settings = SchedulerSettings::new(addr);
+    settings.token = Some(token());
+    let scheduler = start_scheduler_with(
+        listener,
+        scheduler_config(&settings),
+        Some(token()),
+        Some(ServerTls::load(&cert, &key).unwrap()),
+    )
+    .await
+    .unwrap();
+    let log = dir.path().join("executor.log");
+    let flags = [
+        Path::new("--tls-cert"),
+        &cert,
+        Path::new("--tls-key"),
+        &key,
+        Path::new("--tls-ca"),
+        &ca,
+    ];
+    let executor = spawn_executor(
+        &scheduler,
+        1,
+        dir.path().join("work"),
+        &log,
+        TokenBy::File,
+        &flags,
+    )
+    .await;
+    let token_file = log.with_extension("token");
+    let args: Vec<String> = [
+        "sql",
+        "--cluster",
+        &format!("df://127.0.0.1:{}", addr.port()),
+        "--format",
+        "csv",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        sql,
+    ])
+    .collect();
+    let got = tokio::task::spawn_blocking(move || cli(args))
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(want.lines().count(), 13, "{want}");
+    drop(executor);
     scheduler.abort();
 }
