@@ -54,8 +54,8 @@ pub struct ExecutorArgs {
     /// 0.0.0.0:PORT) needs a cluster token.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
     pub bind: String,
-    /// gRPC port registered with the scheduler (default: the --bind port + 1). Nothing listens there: this
-    /// executor pulls its tasks from the scheduler.
+    /// Not used any more (accepted for old scripts): this executor pulls its tasks from the scheduler and listens
+    /// only on its --bind port.
     #[arg(long, value_name = "PORT")]
     pub grpc_port: Option<u16>,
     /// Host name the scheduler and other executors reach this executor by (default: the --bind host).
@@ -150,16 +150,10 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
 pub fn run_executor(args: ExecutorArgs) -> CliResult {
     let (scheduler_host, scheduler_port) = host_port(&args.scheduler, "--scheduler")?;
     let (bind_host, flight_port) = host_port(&args.bind, "--bind")?;
-    let grpc_port = match args.grpc_port {
-        Some(p) => p,
-        None => flight_port.checked_add(1).ok_or_else(|| {
-            CliError("--bind port 65535 leaves no port for gRPC: give --grpc-port".into())
-        })?,
-    };
     let mut settings = ExecutorSettings::new(&scheduler_host, scheduler_port);
     settings.bind_host = bind_host;
     settings.flight_port = flight_port;
-    settings.grpc_port = grpc_port;
+    settings.grpc_port = args.grpc_port.unwrap_or(flight_port);
     settings.external_host = args.external_host;
     settings.work_dir = args.work_dir;
     settings.heartbeat_seconds = args.heartbeat.max(1);
@@ -178,7 +172,7 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         config.executor_id,
         settings.bind_host,
         flight_port,
-        grpc_port,
+        config.grpc_port,
         config.vcores,
         scheduler_host,
         scheduler_port,
@@ -188,7 +182,10 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         .external_host
         .clone()
         .unwrap_or_else(|| settings.bind_host.clone());
-    crate::table::scan::set_executor_label(format!("{} at {host}:{grpc_port}", config.executor_id));
+    crate::table::scan::set_executor_label(format!(
+        "{} at {host}:{}",
+        config.executor_id, config.grpc_port
+    ));
     runtime()?.block_on(crate::cluster::run_executor(config))?;
     Ok(())
 }

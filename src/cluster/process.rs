@@ -278,7 +278,8 @@ pub struct ExecutorSettings {
     pub external_host: Option<String>,
     /// Arrow Flight port (shuffle data and results are fetched from here).
     pub flight_port: u16,
-    /// gRPC port, registered with the scheduler. Nothing listens there: tasks are pulled from the scheduler.
+    /// Not used: tasks are pulled from the scheduler, and the executor registers its Flight port as its gRPC port
+    /// (see [`executor_config`]).
     pub grpc_port: u16,
     /// Task slots: partitions run at once.
     pub concurrency: usize,
@@ -480,7 +481,11 @@ pub fn executor_config(settings: &ExecutorSettings) -> Result<ExecutorProcessCon
             .clone()
             .or_else(|| Some(settings.bind_host.clone())),
         port: settings.flight_port,
-        grpc_port: settings.grpc_port,
+        // The scheduler still calls an executor's gRPC port now and then in pull mode (cancelling tasks,
+        // stopping a lost executor), with the token. Nothing of ours listens on a gRPC port, and the token must not
+        // go to whatever else might: those calls go to this executor's own Flight service, which checks the token
+        // and answers that it has no such method.
+        grpc_port: settings.flight_port,
         vcores: settings.concurrency.max(1),
         work_dir: Some(work_dir_str),
         executor_heartbeat_interval_seconds: settings.heartbeat_seconds.max(1),
@@ -594,6 +599,10 @@ mod tests {
             c.task_scheduling_policy,
             TaskSchedulingPolicy::PullStaged
         ));
+        assert_eq!(
+            c.grpc_port, c.port,
+            "the scheduler's calls must reach our Flight service"
+        );
         assert!(dir.path().join("work").is_dir());
         let runtime = (c.override_runtime_producer.unwrap())(&SessionConfig::new()).unwrap();
         let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
