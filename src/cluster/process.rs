@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use ballista_core::RuntimeProducer;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::error::BallistaError;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
+use ballista_core::{ConfigProducer, RuntimeProducer};
 use ballista_executor::ArrowFlightServerProvider;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_executor::flight_service::BallistaFlightService;
@@ -77,10 +77,7 @@ impl SchedulerSettings {
 
 /// A session-config producer: Ballista's defaults, the voxel codecs and the endpoint override that makes every
 /// gRPC/Flight client Ballista creates from a session (shuffle reads, result fetches) carry the token and use TLS.
-fn config_producer(
-    token: Option<ClusterToken>,
-    tls: Option<Arc<ClientTls>>,
-) -> Arc<dyn Fn() -> SessionConfig + Send + Sync + 'static> {
+fn config_producer(token: Option<ClusterToken>, tls: Option<Arc<ClientTls>>) -> ConfigProducer {
     Arc::new(move || super::with_client_security(ballista_config(), token.as_ref(), tls.as_ref()))
 }
 
