@@ -2,18 +2,20 @@
 //! (`voxelscan sql --cluster df://HOST:PORT`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{CliError, CliResult};
-use crate::cluster::{ExecutorSettings, SchedulerSettings};
+use crate::cluster::{ClientTls, ClusterToken, ExecutorSettings, SchedulerSettings, ServerTls};
 
 /// Start a Ballista scheduler that plans voxel queries.
 ///
 /// Clients connect with `voxelscan sql --cluster df://HOST:PORT`, executors with `voxelscan executor --scheduler
-/// HOST:PORT`. Runs until interrupted.
+/// HOST:PORT`. Runs until interrupted. With a cluster token (`VOXELSCAN_CLUSTER_TOKEN` or `--token-file`), every
+/// call must carry it; without one, only a loopback address can be used.
 #[derive(Debug, clap::Args)]
 pub struct SchedulerArgs {
-    /// Address to listen on (use 0.0.0.0:PORT to accept executors and clients from other machines).
+    /// Address to listen on (an address other machines reach, e.g. 0.0.0.0:PORT, needs a cluster token).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
     pub bind: String,
     /// Host name executors and clients reach this scheduler by.
@@ -22,6 +24,18 @@ pub struct SchedulerArgs {
     /// Seconds without a heartbeat after which an executor counts as lost (its tasks then run elsewhere).
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     pub executor_timeout: u64,
+    /// File holding the cluster's shared secret (mode 0600), instead of `VOXELSCAN_CLUSTER_TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM; the names or addresses others reach this process by).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Connect to other cluster processes with TLS, trusting only this CA (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Start a Ballista executor that reads voxels for a scheduler's tasks.
@@ -36,21 +50,36 @@ pub struct ExecutorArgs {
     /// Task slots: partitions this executor runs at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Address of this executor's data (Arrow Flight) service; use 0.0.0.0:PORT for other machines.
+    /// Address of this executor's data (Arrow Flight) service; an address other machines reach (e.g.
+    /// 0.0.0.0:PORT) needs a cluster token.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
     pub bind: String,
-    /// Port of this executor's gRPC service, where the scheduler sends tasks (default: the --bind port + 1).
+    /// Not used any more (accepted for old scripts): this executor pulls its tasks from the scheduler and listens
+    /// only on its --bind port.
     #[arg(long, value_name = "PORT")]
     pub grpc_port: Option<u16>,
     /// Host name the scheduler and other executors reach this executor by (default: the --bind host).
     #[arg(long, value_name = "HOST")]
     pub external_host: Option<String>,
-    /// Directory for shuffle files and spills (default: a new directory under the system's temporary directory).
+    /// Directory for shuffle files and spills, created with mode 0700 if missing (default: a new private
+    /// directory under the system's temporary directory, removed when the executor stops).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Seconds between heartbeats to the scheduler.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub heartbeat: u64,
+    /// File holding the cluster's shared secret (mode 0600), instead of `VOXELSCAN_CLUSTER_TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM; the names or addresses others reach this process by).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Connect to other cluster processes with TLS, trusting only this CA (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `HOST:PORT` split at the last colon (the host may be a name; `[::1]:50050` keeps its brackets off).
@@ -63,6 +92,19 @@ fn host_port(s: &str, what: &str) -> Result<(String, u16), CliError> {
         return Err(bad());
     }
     Ok((host.to_string(), port))
+}
+
+/// The server TLS of `--tls-cert` and `--tls-key` (clap makes sure both or neither are given).
+fn server_tls(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ServerTls>, CliError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(ServerTls::load(cert, key)?)),
+        _ => Ok(None),
+    }
+}
+
+/// The client TLS of `--tls-ca`.
+pub fn client_tls(ca: Option<&Path>) -> Result<Option<Arc<ClientTls>>, CliError> {
+    ca.map(ClientTls::load).transpose().map_err(CliError::from)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -87,6 +129,11 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
     let mut settings = SchedulerSettings::new(resolve(&args.bind)?);
     settings.external_host = args.external_host;
     settings.executor_timeout_seconds = args.executor_timeout.max(1);
+    settings.token = ClusterToken::resolve(args.token_file.as_deref())?;
+    settings.server_tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    settings.client_tls = client_tls(args.tls_ca.as_deref())?;
+    let bind = settings.bind;
+    crate::cluster::auth::check_bind(&bind.ip().to_string(), bind.port(), settings.token.as_ref())?;
     eprintln!(
         "voxelscan scheduler listening on {} (clients: voxelscan sql --cluster df://{}:{})",
         settings.bind,
@@ -103,19 +150,16 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
 pub fn run_executor(args: ExecutorArgs) -> CliResult {
     let (scheduler_host, scheduler_port) = host_port(&args.scheduler, "--scheduler")?;
     let (bind_host, flight_port) = host_port(&args.bind, "--bind")?;
-    let grpc_port = match args.grpc_port {
-        Some(p) => p,
-        None => flight_port.checked_add(1).ok_or_else(|| {
-            CliError("--bind port 65535 leaves no port for gRPC: give --grpc-port".into())
-        })?,
-    };
     let mut settings = ExecutorSettings::new(&scheduler_host, scheduler_port);
     settings.bind_host = bind_host;
     settings.flight_port = flight_port;
-    settings.grpc_port = grpc_port;
+    settings.grpc_port = args.grpc_port.unwrap_or(flight_port);
     settings.external_host = args.external_host;
     settings.work_dir = args.work_dir;
     settings.heartbeat_seconds = args.heartbeat.max(1);
+    settings.token = ClusterToken::resolve(args.token_file.as_deref())?;
+    settings.server_tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    settings.client_tls = client_tls(args.tls_ca.as_deref())?;
     if let Some(n) = args.concurrency {
         if n == 0 {
             return Err(CliError("--concurrency must be at least 1".into()));
@@ -128,7 +172,7 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         config.executor_id,
         settings.bind_host,
         flight_port,
-        grpc_port,
+        config.grpc_port,
         config.vcores,
         scheduler_host,
         scheduler_port,
@@ -138,7 +182,10 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         .external_host
         .clone()
         .unwrap_or_else(|| settings.bind_host.clone());
-    crate::table::scan::set_executor_label(format!("{} at {host}:{grpc_port}", config.executor_id));
+    crate::table::scan::set_executor_label(format!(
+        "{} at {host}:{}",
+        config.executor_id, config.grpc_port
+    ));
     runtime()?.block_on(crate::cluster::run_executor(config))?;
     Ok(())
 }

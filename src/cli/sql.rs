@@ -52,6 +52,14 @@ pub struct SqlArgs {
     #[cfg(feature = "ballista")]
     #[arg(long, value_name = "df://HOST:PORT")]
     pub cluster: Option<String>,
+    /// File holding the cluster's shared secret (mode 0600), instead of `VOXELSCAN_CLUSTER_TOKEN`.
+    #[cfg(feature = "ballista")]
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub token_file: Option<PathBuf>,
+    /// Connect to the cluster with TLS, trusting only this CA (PEM).
+    #[cfg(feature = "ballista")]
+    #[arg(long, value_name = "PEM", requires = "cluster")]
+    pub tls_ca: Option<PathBuf>,
     /// Statements separated by `;`. Without them, an interactive prompt starts.
     #[arg(allow_hyphen_values = true)]
     pub statements: Option<String>,
@@ -102,6 +110,9 @@ async fn context(args: &SqlArgs) -> Result<SessionContext, CliError> {
     let config = SessionConfig::new().with_information_schema(true);
     #[cfg(feature = "ballista")]
     if let Some(url) = &args.cluster {
+        let token = crate::cluster::ClusterToken::resolve(args.token_file.as_deref())?;
+        let tls = super::cluster::client_tls(args.tls_ca.as_deref())?;
+        let config = crate::cluster::with_client_security(config, token.as_ref(), tls.as_ref());
         return crate::cluster::remote_context(url, config)
             .await
             .map_err(df_err);

@@ -10,10 +10,14 @@
 //!
 //! What every node must share: the image files at the same absolute path (a shared filesystem) or the same URL,
 //! and, for object storage, the credentials in each executor's environment. Client, scheduler and
-//! executors must run the same voxelscan version (the wire format is versioned, [`wire`]).
+//! executors must run the same voxelscan version (the wire format is versioned, [`wire`]). Every call between them
+//! carries the cluster's shared secret when one is set ([`auth`]); a process refuses to listen on a non-loopback
+//! address without one.
 
+pub mod auth;
 pub mod codec;
 pub mod process;
+pub mod tls;
 pub mod wire;
 
 use std::path::Path;
@@ -31,11 +35,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::table::stores::LazyStoreRegistry;
 use crate::table::{register_voxel_formats, with_voxels};
 
+pub use auth::ClusterToken;
 pub use codec::{VoxelLogicalCodec, VoxelPhysicalCodec};
 pub use process::{
-    ExecutorSettings, SchedulerHandle, SchedulerSettings, executor_config, run_executor,
-    run_scheduler, scheduler_config, start_scheduler,
+    ExecutorSettings, SchedulerHandle, SchedulerSettings, WorkDir, executor_config, run_executor,
+    run_scheduler, scheduler_config, start_scheduler, start_scheduler_with,
 };
+pub use tls::{ClientTls, ServerTls};
 
 /// `config` with the voxel codecs installed (Ballista reads them from the session config).
 pub fn with_codecs(config: SessionConfig) -> SessionConfig {
@@ -47,6 +53,25 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
 /// Ballista's session defaults with the voxel codecs.
 pub fn ballista_config() -> SessionConfig {
     with_codecs(SessionConfig::new_with_ballista())
+}
+
+/// `config` whose gRPC and Flight clients (to the scheduler, result fetches from executors) carry `token`;
+/// unchanged without one. For `remote_context` on a cluster that has a token.
+pub fn with_token(config: SessionConfig, token: Option<&ClusterToken>) -> SessionConfig {
+    with_client_security(config, token, None)
+}
+
+/// `config` whose gRPC and Flight clients carry `token` and connect with TLS trusting `tls`'s CA (either may be
+/// absent).
+pub fn with_client_security(
+    config: SessionConfig,
+    token: Option<&ClusterToken>,
+    tls: Option<&Arc<ClientTls>>,
+) -> SessionConfig {
+    match auth::endpoint_override(token, tls) {
+        Some(f) => config.with_ballista_override_create_grpc_client_endpoint(f),
+        None => config,
+    }
 }
 
 /// A runtime whose object stores are created on first use from the URL and the environment

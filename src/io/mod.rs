@@ -14,6 +14,8 @@ pub mod gzip;
 pub mod local;
 pub mod mapped;
 #[cfg(feature = "remote")]
+pub mod redact;
+#[cfg(feature = "remote")]
 pub mod remote;
 pub mod stream;
 

@@ -60,7 +60,8 @@ pub fn is_url(location: &str) -> bool {
 /// Per-table object-store settings: `aws.*`, `gcp.*`, `azure.*` keys as `datafusion-cli` takes them (passed to the
 /// store builders after the environment), and this crate's own `remote.gap`, `remote.concurrency`,
 /// `remote.retries`, `remote.timeout` (seconds).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// `Debug` hides secret values ([`super::redact`]).
+#[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct StoreOptions {
     pub entries: BTreeMap<String, String>,
 }
