@@ -923,8 +923,7 @@ async fn an_executor_without_the_token_cannot_register() {
             .expect("an executor without the token kept running")
             .unwrap();
         let msg = ended
-            .err()
-            .expect("an executor without the token ran")
+            .expect_err("an executor without the token ran")
             .to_string();
         assert!(msg.contains("refused this executor"), "{msg}");
         eprintln!("{msg}");
@@ -946,8 +945,7 @@ async fn an_executor_without_the_token_cannot_register() {
     let e = flight
         .do_get(arrow_flight::Ticket::new("anything"))
         .await
-        .err()
-        .expect("a Flight call without the token was served");
+        .expect_err("a Flight call without the token was served");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     for t in &tasks {
         t.abort();

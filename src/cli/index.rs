@@ -75,7 +75,7 @@ pub fn run(args: IndexArgs) -> CliResult {
 fn not_written(data: &std::path::Path, opts: &GzipOptions) -> CliError {
     let tried: Vec<String> = crate::io::gzip::index_locations(data, opts)
         .iter()
-        .map(|p| p.display().to_string())
+        .map(|p| p.path.display().to_string())
         .collect();
     CliError(format!(
         "{}: the index could not be written (tried {})",

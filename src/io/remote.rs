@@ -1121,7 +1121,7 @@ impl<'a> HeaderFetch<'a> {
                 len: Some(self.object.size),
             });
         }
-        let keep = want.max(FIRST_LOOK).min(MAX_NIFTI_HEADER);
+        let keep = want.clamp(FIRST_LOOK, MAX_NIFTI_HEADER);
         loop {
             let stop = self.gz_tail.as_ref().map_or(keep, |t| t.end.max(keep));
             let inflated = inflate(&self.raw, keep, self.gz_tail.clone(), stop, self.url())?;
