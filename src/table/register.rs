@@ -163,7 +163,7 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     b.file_formats()
         .get_or_insert_with(Vec::new)
         .extend(super::sink::format_factories());
-    b
+    b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
 }
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
@@ -199,6 +199,7 @@ pub fn register_voxel_formats(ctx: &SessionContext) {
             let _ = state.register_file_format(format, true);
         }
     }
+    ctx.add_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions));
     ctx.register_udtf(TABLE_FUNCTION, Arc::new(VoxelsFunction));
 }
 

@@ -833,6 +833,51 @@ impl DataSink for NiftiSink {
     }
 }
 
+/// Puts a `COPY … STORED AS NIFTI`'s OPTIONS into its file type. DataFusion's plan protobuf drops a COPY's options
+/// (only the file format travels, through the codec), so on Ballista they would not reach the scheduler; carried
+/// by the format, they do. Options that do not parse are left where they are: planning then reports them.
+#[derive(Debug, Default)]
+pub struct NiftiCopyOptions;
+
+impl datafusion::optimizer::AnalyzerRule for NiftiCopyOptions {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::common::config::ConfigOptions,
+    ) -> DfResult<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::datasource::file_format::{file_type_to_format, format_as_file_type};
+        use datafusion::logical_expr::LogicalPlan;
+        plan.transform_down(|node| {
+            let LogicalPlan::Copy(mut copy) = node else {
+                return Ok(Transformed::no(node));
+            };
+            let carried = file_type_to_format(&copy.file_type).ok().and_then(|f| {
+                let nifti = f.downcast_ref::<NiftiFormatFactory>()?;
+                let given = NiftiWriteOptions::parse(&copy.options).ok()?;
+                let mut options = nifti.options.clone();
+                merge(&mut options, given);
+                (options != nifti.options).then(|| NiftiFormatFactory {
+                    name: nifti.name,
+                    options,
+                })
+            });
+            match carried {
+                Some(factory) => {
+                    copy.file_type = format_as_file_type(Arc::new(factory));
+                    Ok(Transformed::yes(LogicalPlan::Copy(copy)))
+                }
+                None => Ok(Transformed::no(LogicalPlan::Copy(copy))),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "nifti_copy_options"
+    }
+}
+
 /// The file formats to register in a session: `nifti` and `nii`.
 pub fn format_factories() -> Vec<Arc<dyn FileFormatFactory>> {
     vec![
