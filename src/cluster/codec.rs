@@ -373,20 +373,26 @@ mod nifti_wire {
         inputs: &[Arc<dyn ExecutionPlan>],
     ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
         let json = buf.strip_prefix(SINK_MAGIC)?;
-        Some((|| {
-            let spec: SinkSpec = serde_json::from_slice(json).map_err(|e| json_err("sink", e))?;
-            let [input] = inputs else {
-                return Err(DataFusionError::Internal(format!(
-                    "a NIfTI sink has one input, got {}",
-                    inputs.len()
-                )));
-            };
-            let sink = NiftiSink::new(spec, input.schema());
-            Ok(
-                Arc::new(DataSinkExec::new(Arc::clone(input), Arc::new(sink), None))
-                    as Arc<dyn ExecutionPlan>,
-            )
-        })())
+        Some(sink_exec(json, inputs))
+    }
+
+    fn sink_exec(
+        json: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let spec: SinkSpec = serde_json::from_slice(json).map_err(|e| json_err("sink", e))?;
+        let [input] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "a NIfTI sink has one input, got {}",
+                inputs.len()
+            )));
+        };
+        let sink = NiftiSink::new(spec, input.schema());
+        Ok(Arc::new(DataSinkExec::new(
+            Arc::clone(input),
+            Arc::new(sink),
+            None,
+        )))
     }
 }
 

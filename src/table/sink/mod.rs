@@ -316,7 +316,7 @@ impl SinkSpec {
             let mut idx: u64 = 0;
             let mut stride: u64 = 1;
             for (n, &d) in spatial.iter().enumerate() {
-                if at[n] < 0 || at[n] >= d as i64 {
+                if !(0..d as i64).contains(&at[n]) {
                     return Err(self.outside(&at));
                 }
                 idx += at[n] as u64 * stride;

@@ -42,7 +42,7 @@ impl Write for Counting {
 enum Stream {
     Plain(BufWriter<File>),
     Gz {
-        enc: flate2::write::GzEncoder<Counting>,
+        enc: Box<flate2::write::GzEncoder<Counting>>,
         span: u64,
         next_point: u64,
         window: Vec<u8>,
@@ -86,13 +86,13 @@ impl TempOutput {
         let stream = if gzip {
             let span = gz_options.span.max(1);
             Stream::Gz {
-                enc: flate2::write::GzEncoder::new(
+                enc: Box::new(flate2::write::GzEncoder::new(
                     Counting {
                         inner: writer,
                         count: 0,
                     },
                     flate2::Compression::new(GZIP_LEVEL),
-                ),
+                )),
                 span,
                 next_point: span,
                 window: Vec::with_capacity(2 * WINDOW_SIZE),
@@ -119,7 +119,7 @@ impl TempOutput {
     }
 
     /// Append image bytes.
-    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let pos = &mut self.out_pos;
         let result = match self.stream.as_mut() {
             None => Ok(()),
@@ -133,25 +133,17 @@ impl TempOutput {
                 next_point,
                 window,
                 points,
-            }) => (|| -> std::io::Result<()> {
-                while !bytes.is_empty() {
-                    if *pos == *next_point {
-                        // A sync flush ends the deflate output at a byte boundary: decompression can restart
-                        // here with the last 32 KiB as its dictionary. (Only taken when data follows.)
-                        enc.flush()?;
-                        let input = enc.get_ref().count;
-                        points.push(SeekPoint::new(*pos, input, 0, window.clone()));
-                        *next_point += *span;
-                    }
-                    let room = usize::try_from(*next_point - *pos).unwrap_or(usize::MAX);
-                    let (now, rest) = bytes.split_at(room.min(bytes.len()));
-                    enc.write_all(now)?;
-                    keep_tail(window, now);
-                    *pos += now.len() as u64;
-                    bytes = rest;
-                }
-                Ok(())
-            })(),
+            }) => write_gz(
+                enc,
+                GzState {
+                    span: *span,
+                    next_point,
+                    window,
+                    points,
+                },
+                pos,
+                bytes,
+            ),
         };
         result.map_err(|e| self.io(e))
     }
@@ -203,6 +195,41 @@ impl Drop for TempOutput {
         // Committed files were renamed away; anything else is a failed write: leave nothing behind.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The seek-point bookkeeping of a gzip output.
+struct GzState<'a> {
+    span: u64,
+    next_point: &'a mut u64,
+    window: &'a mut Vec<u8>,
+    points: &'a mut Vec<SeekPoint>,
+}
+
+/// Compress `bytes`, flushing and recording a seek point at every span boundary that more data follows.
+fn write_gz(
+    enc: &mut flate2::write::GzEncoder<Counting>,
+    st: GzState<'_>,
+    pos: &mut u64,
+    mut bytes: &[u8],
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        if *pos == *st.next_point {
+            // A sync flush ends the deflate output at a byte boundary: decompression can restart here with the
+            // last 32 KiB as its dictionary.
+            enc.flush()?;
+            let input = enc.get_ref().count;
+            st.points
+                .push(SeekPoint::new(*pos, input, 0, st.window.clone()));
+            *st.next_point += st.span;
+        }
+        let room = usize::try_from(*st.next_point - *pos).unwrap_or(usize::MAX);
+        let (now, rest) = bytes.split_at(room.min(bytes.len()));
+        enc.write_all(now)?;
+        keep_tail(st.window, now);
+        *pos += now.len() as u64;
+        bytes = rest;
+    }
+    Ok(())
 }
 
 /// Keep the last `WINDOW_SIZE` bytes written.
