@@ -163,13 +163,14 @@ fn main() {
         max_rel <= 1e-6 && cmp["same_nonfinite"] == serde_json::Value::Bool(true),
         "the two tSNR maps differ: {cmp}"
     );
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let sizes = (size(&ours), size(&theirs));
     let _ = std::fs::remove_dir_all(&dir);
     if !bench {
         return;
     }
     let (vb, vm) = stats(&mut vt);
     let (nb, nm) = stats(&mut nt);
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!(
         "tSNR map of a {shape:?} int16 image written as .nii.gz, whole process, {runs} runs after a warm-up"
     );
@@ -187,7 +188,6 @@ fn main() {
     println!("python in-process split (last run): {inner}");
     println!(
         "maps agree: max relative difference {max_rel:e}; output sizes {} / {} bytes",
-        size(&ours),
-        size(&theirs)
+        sizes.0, sizes.1
     );
 }
