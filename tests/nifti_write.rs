@@ -434,4 +434,19 @@ fn copy_to_an_object_store_uploads_the_image_and_its_index() {
     );
     // The written image is little-endian; compare the values, whatever the source's byte order.
     assert_eq!(common::to_f64(&a), common::to_f64(&b));
+
+    // The new object as the grid of another write (`like` over a URL: a gzip NIfTI-1 header fetched and inflated).
+    let map = dir.path().join("map.nii");
+    cli(&[
+        s("sql"),
+        s("-t"),
+        format!("t={}", src.display()),
+        format!(
+            "COPY (SELECT i * 1 AS i, j, k, max(value) AS m FROM t GROUP BY i, j, k) TO '{}' STORED AS NIFTI \
+             OPTIONS ('like' '{url}')",
+            map.display()
+        ),
+    ]);
+    let proxy = voxelscan::ArrayProxy::open(&map, Default::default()).unwrap();
+    assert_eq!(proxy.shape(), &[64, 64, 32]);
 }

@@ -1088,6 +1088,17 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_target_named_nii_needs_no_stored_as() {
+        let dir = tempfile::tempdir().unwrap();
+        image(&dir.path().join("src.nii"), &[3, 2, 2, 2], 4);
+        let out = dir.path().join("plain.nii");
+        let sql = format!("COPY (SELECT * FROM t) TO '{}'", out.display());
+        assert_eq!(run(&sql, dir.path()).await.unwrap(), 24);
+        let proxy = ArrayProxy::open(&out, ProxyOptions::default()).unwrap();
+        assert_eq!(proxy.shape(), &[3, 2, 2, 2]);
+    }
+
     #[test]
     fn options_parse_with_and_without_the_format_prefix() {
         let map: HashMap<String, String> = [
