@@ -37,7 +37,7 @@ fn python() -> PathBuf {
 fn oracle(args: &[&str]) -> Value {
     let script = repo_root().join("tests/nifti_write_oracle.py");
     let out = Command::new(python())
-        .arg(&script)
+        .arg(script)
         .args(args)
         .output()
         .expect("start python");
