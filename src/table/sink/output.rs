@@ -13,8 +13,10 @@ use crate::error::{Result, VoxelError};
 use crate::io::gzindex::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
 use crate::io::gzip::{GzipOptions, index_locations};
 
-/// nibabel's gzip level (`Opener.default_compresslevel`).
-pub const GZIP_LEVEL: u32 = 1;
+/// The gzip level: zlib-rs's fastest with dynamic Huffman trees. Its level 1 ("quick", static trees only) grows
+/// noise-like voxel data by ~3 % (a 44 MB random int16 image became 45.4 MB); level 2 gives 37.9 MB in the same time,
+/// about what CPython's zlib level 1 — nibabel's `Opener.default_compresslevel` — gives (38.3 MB).
+pub const GZIP_LEVEL: u32 = 2;
 
 /// Whether a target name asks for gzip (`.gz`, any case).
 pub fn is_gzip_name(name: &str) -> bool {
