@@ -1272,3 +1272,43 @@ async fn the_command_line_over_tls() {
     drop(executor);
     scheduler.abort();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// NIfTI output (issue 14): `COPY … STORED AS NIFTI` runs its sink on an executor (the codecs carry it) and writes
+// the same image as a local session.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_to_nifti_on_ballista_writes_the_local_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("bold.nii");
+    pattern_image(&src, [6, 5, 4, 9], 3);
+    let copy = |out: &Path| {
+        format!(
+            "COPY (SELECT i, j, k, avg(value) / stddev(value) AS tsnr FROM b GROUP BY i, j, k) TO '{}' STORED AS NIFTI",
+            out.display()
+        )
+    };
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE b STORED AS NIFTI LOCATION '{}'",
+        src.display()
+    );
+    let local = session_context(SessionConfig::new().with_target_partitions(4));
+    must(&local, &ddl).await;
+    let want = dir.path().join("local.nii.gz");
+    must(&local, &copy(&want)).await;
+
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .with_ballista_standalone_parallelism(2);
+    let ctx = standalone_context(config).await.unwrap();
+    must(&ctx, &ddl).await;
+    let got = dir.path().join("cluster.nii.gz");
+    let shown = must(&ctx, &copy(&got)).await;
+    assert!(shown.contains("120"), "rows written: {shown}");
+    let read = |p: &Path| {
+        let proxy = voxelscan::ArrayProxy::open(p, Default::default()).unwrap();
+        assert_eq!(proxy.shape(), &[6, 5, 4]);
+        proxy.to_array().unwrap().to_f64_c_order().unwrap()
+    };
+    assert_eq!(read(&got), read(&want));
+}

@@ -1,4 +1,5 @@
-//! `voxelscan export`: an image (or a query over it) to Parquet, with the source header in the key-value metadata.
+//! `voxelscan export`: an image (or a query over it) to Parquet, with the source header in the key-value metadata,
+//! or to one NIfTI image (`--format nifti`, or an output named `.nii`/`.nii.gz`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -17,6 +18,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionConfig;
 
 use super::{CliError, CliResult};
+use crate::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
 use crate::table::{FormatKind, TableOptions, VoxelTable, session_context};
 
 /// The table name `--sql` queries use.
@@ -42,6 +44,79 @@ pub struct ExportArgs {
     /// Write Hive-style partitions by this column. Repeatable.
     #[arg(long = "partition-by", value_name = "COL")]
     pub partition_by: Vec<String>,
+    /// Output format: parquet, or nifti (one image; the default when OUT ends in .nii or .nii.gz).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<ExportFormat>,
+    /// NIfTI: the image whose grid (shape, affine, codes, zooms) the output takes (default: LOCATION's).
+    #[arg(long, value_name = "IMAGE")]
+    pub like: Option<String>,
+    /// NIfTI: the value column (default: the only non-coordinate column, or `value`).
+    #[arg(long, value_name = "COL")]
+    pub value: Option<String>,
+    /// NIfTI: the value of voxels without a row (default 0; nan for float output).
+    #[arg(long, value_name = "X")]
+    pub fill: Option<String>,
+    /// NIfTI: the output dtype (numpy name; default from the value column's type).
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+    /// NIfTI: `auto` scales float values into an integer dtype as nibabel would; `none` (default) writes exactly.
+    #[arg(long, value_name = "MODE")]
+    pub scale: Option<String>,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Parquet,
+    Nifti,
+}
+
+impl ExportArgs {
+    /// The format asked for, else the one the output name implies (Parquet unless it ends in .nii/.nii.gz).
+    pub fn resolved_format(&self) -> ExportFormat {
+        self.format.unwrap_or_else(|| {
+            let name = self.out.to_string_lossy().to_ascii_lowercase();
+            if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+                ExportFormat::Nifti
+            } else {
+                ExportFormat::Parquet
+            }
+        })
+    }
+
+    /// The NIfTI options given as flags (the same keys as `COPY … OPTIONS`).
+    fn nifti_options(&self) -> Result<Option<HashMap<String, String>>, CliError> {
+        let flags = [
+            ("like", &self.like),
+            ("value", &self.value),
+            ("fill", &self.fill),
+            ("dtype", &self.dtype),
+            ("scale", &self.scale),
+        ];
+        let given: HashMap<String, String> = flags
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+            .collect();
+        match self.resolved_format() {
+            ExportFormat::Nifti => {
+                if !self.partition_by.is_empty() {
+                    return Err(CliError(
+                        "--partition-by does not apply to NIfTI output (one image is written)"
+                            .into(),
+                    ));
+                }
+                Ok(Some(given))
+            }
+            ExportFormat::Parquet if !given.is_empty() => Err(CliError(format!(
+                "--{} applies to NIfTI output only (--format nifti, or an output named .nii/.nii.gz)",
+                flags
+                    .iter()
+                    .find(|(_, v)| v.is_some())
+                    .map_or("like", |(k, _)| k)
+            ))),
+            ExportFormat::Parquet => Ok(None),
+        }
+    }
 }
 
 fn df_err(e: DataFusionError) -> CliError {
@@ -53,13 +128,23 @@ pub fn run(args: ExportArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(export(
-        &args.location,
-        &args.out,
-        args.sql.as_deref(),
-        &args.partition_by,
-        std::io::stderr().is_terminal(),
-    ))
+    let progress = std::io::stderr().is_terminal();
+    match args.nifti_options()? {
+        Some(options) => rt.block_on(export_nifti(
+            &args.location,
+            &args.out,
+            args.sql.as_deref(),
+            &options,
+            progress,
+        )),
+        None => rt.block_on(export(
+            &args.location,
+            &args.out,
+            args.sql.as_deref(),
+            &args.partition_by,
+            progress,
+        )),
+    }
     .map(|_| ())
 }
 
@@ -136,7 +221,49 @@ pub async fn export(
     )
     .and_then(|b| b.build())
     .map_err(df_err)?;
-    let physical = state.create_physical_plan(&copy).await.map_err(df_err)?;
+    run_copy(&state, &copy, progress).await
+}
+
+/// Run the query over LOCATION (table `t`) into one NIfTI image at `out`; `options` as in `COPY … OPTIONS`.
+pub async fn export_nifti(
+    location: &str,
+    out: &std::path::Path,
+    sql: Option<&str>,
+    options: &HashMap<String, String>,
+    progress: bool,
+) -> Result<u64, CliError> {
+    let ctx = session_context(SessionConfig::new());
+    let table = VoxelTable::open(
+        EXPORT_TABLE,
+        &[location.to_string()],
+        TableOptions::new(FormatKind::Any),
+    )?;
+    ctx.register_table(EXPORT_TABLE, Arc::new(table))
+        .map_err(df_err)?;
+    let opts = NiftiWriteOptions::parse(options)?;
+    let df = ctx
+        .sql(sql.unwrap_or("SELECT * FROM t"))
+        .await
+        .map_err(df_err)?;
+    let (state, plan) = df.into_parts();
+    let file_type = format_as_file_type(Arc::new(NiftiFormatFactory::with_options(opts)));
+    let path = out
+        .to_str()
+        .ok_or_else(|| CliError(format!("{}: not a UTF-8 path", out.display())))?;
+    let copy =
+        LogicalPlanBuilder::copy_to(plan, path.to_string(), file_type, HashMap::new(), vec![])
+            .and_then(|b| b.build())
+            .map_err(df_err)?;
+    run_copy(&state, &copy, progress).await
+}
+
+/// Plan and run a COPY; returns the number of rows written.
+async fn run_copy(
+    state: &datafusion::execution::session_state::SessionState,
+    copy: &datafusion::logical_expr::LogicalPlan,
+    progress: bool,
+) -> Result<u64, CliError> {
+    let physical = state.create_physical_plan(copy).await.map_err(df_err)?;
     let bar = progress.then(|| progress_bar(&physical));
     let result = collect(Arc::clone(&physical), state.task_ctx()).await;
     if let Some((bar, ticker)) = bar {

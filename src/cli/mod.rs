@@ -39,7 +39,7 @@ pub enum Command {
     /// Run SQL statements over image tables (interactive prompt without a statement).
     #[cfg(feature = "sql")]
     Sql(sql::SqlArgs),
-    /// Export an image (or a query over it) to Parquet.
+    /// Export an image (or a query over it) to Parquet, or to one NIfTI image.
     #[cfg(feature = "sql")]
     Export(export::ExportArgs),
     /// Start a Ballista scheduler for distributed queries (`voxelscan sql --cluster`).

@@ -35,6 +35,7 @@ use prost::Message;
 
 use crate::error::VoxelError;
 use crate::table::scan::object_path;
+use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
 
 use super::wire::{ScanWire, TableWire};
@@ -107,7 +108,10 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
         buf: &[u8],
         ctx: &TaskContext,
     ) -> DfResult<Arc<dyn FileFormatFactory>> {
-        self.inner.try_decode_file_format(buf, ctx)
+        match nifti_wire::decode_format(buf) {
+            Some(factory) => factory,
+            None => self.inner.try_decode_file_format(buf, ctx),
+        }
     }
 
     fn try_encode_file_format(
@@ -115,7 +119,10 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
         buf: &mut Vec<u8>,
         node: Arc<dyn FileFormatFactory>,
     ) -> DfResult<()> {
-        self.inner.try_encode_file_format(buf, node)
+        match node.downcast_ref::<NiftiFormatFactory>() {
+            Some(factory) => nifti_wire::encode_format(factory, buf),
+            None => self.inner.try_encode_file_format(buf, node),
+        }
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
@@ -222,6 +229,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         ctx: &TaskContext,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(sink) = nifti_wire::decode_sink(buf, inputs) {
+            return sink;
+        }
         match ScanWire::decode(buf) {
             Some(decoded) => {
                 let (wire, rest) = decoded.map_err(df_error)?;
@@ -237,6 +247,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         buf: &mut Vec<u8>,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
+        if let Some(sink) = nifti_wire::nifti_sink(node.as_ref()) {
+            return nifti_wire::encode_sink(sink, buf);
+        }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
             None => self.inner.try_encode(node, buf, converter),
@@ -299,6 +312,87 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
 
     fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DfResult<()> {
         self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+/// `COPY … STORED AS NIFTI` on a cluster: the file format (logical plan, client → scheduler) and the
+/// `DataSinkExec` with a [`NiftiSink`] (physical plan, scheduler → executor), as magic-prefixed JSON. The sink
+/// carries everything resolved at planning (grid, columns, dtype), so executors read no template.
+mod nifti_wire {
+    use super::*;
+    use crate::table::sink::{NiftiSink, NiftiWriteOptions, SinkSpec};
+    use datafusion::common::GetExt;
+    use datafusion::datasource::sink::DataSinkExec;
+
+    const FORMAT_MAGIC: &[u8] = b"voxelscan.nifti-format:";
+    const SINK_MAGIC: &[u8] = b"voxelscan.nifti-sink:";
+
+    fn json_err(what: &str, e: serde_json::Error) -> DataFusionError {
+        DataFusionError::Internal(format!("decoding a NIfTI {what}: {e}"))
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct FormatWire {
+        name: String,
+        options: NiftiWriteOptions,
+    }
+
+    pub fn encode_format(factory: &NiftiFormatFactory, buf: &mut Vec<u8>) -> DfResult<()> {
+        let wire = FormatWire {
+            name: factory.get_ext(),
+            options: factory.options().clone(),
+        };
+        buf.extend_from_slice(FORMAT_MAGIC);
+        serde_json::to_writer(buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    pub fn decode_format(buf: &[u8]) -> Option<DfResult<Arc<dyn FileFormatFactory>>> {
+        let json = buf.strip_prefix(FORMAT_MAGIC)?;
+        Some(
+            serde_json::from_slice::<FormatWire>(json)
+                .map_err(|e| json_err("file format", e))
+                .map(|w| {
+                    Arc::new(NiftiFormatFactory::named(&w.name, w.options))
+                        as Arc<dyn FileFormatFactory>
+                }),
+        )
+    }
+
+    pub fn nifti_sink(node: &dyn ExecutionPlan) -> Option<&NiftiSink> {
+        let exec = node.downcast_ref::<DataSinkExec>()?;
+        (exec.sink() as &dyn std::any::Any).downcast_ref::<NiftiSink>()
+    }
+
+    pub fn encode_sink(sink: &NiftiSink, buf: &mut Vec<u8>) -> DfResult<()> {
+        buf.extend_from_slice(SINK_MAGIC);
+        serde_json::to_writer(buf, sink.spec()).map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    pub fn decode_sink(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
+        let json = buf.strip_prefix(SINK_MAGIC)?;
+        Some(sink_exec(json, inputs))
+    }
+
+    fn sink_exec(
+        json: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let spec: SinkSpec = serde_json::from_slice(json).map_err(|e| json_err("sink", e))?;
+        let [input] = inputs else {
+            return Err(DataFusionError::Internal(format!(
+                "a NIfTI sink has one input, got {}",
+                inputs.len()
+            )));
+        };
+        let sink = NiftiSink::new(spec, input.schema());
+        Ok(Arc::new(DataSinkExec::new(
+            Arc::clone(input),
+            Arc::new(sink),
+            None,
+        )))
     }
 }
 
@@ -714,5 +808,63 @@ mod tests {
         let proxy = crate::proxy::ArrayProxy::open(&path, Default::default()).unwrap();
         crate::table::register_proxy(&ctx, "p", proxy, &Default::default()).unwrap();
         round_trip(&ctx, "SELECT t, sum(value) FROM p GROUP BY t ORDER BY t").await;
+    }
+
+    #[tokio::test]
+    async fn a_nifti_copy_survives_both_codecs_and_writes_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        let out = dir.path().join("mean.nii.gz");
+        let sql = format!(
+            "COPY (SELECT i, j, k, avg(value) AS m FROM a WHERE i > 0 GROUP BY i, j, k) TO '{}' STORED AS NIFTI OPTIONS ('fill' '-1', 'dtype' 'float32')",
+            out.display()
+        );
+        let logical = ctx.sql(&sql).await.unwrap().into_optimized_plan().unwrap();
+        let lcodec = VoxelLogicalCodec::default();
+        let bytes = logical_plan_to_bytes_with_extension_codec(&logical, &lcodec).unwrap();
+        let back =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &lcodec).unwrap();
+        // DataFusion's protobuf drops a COPY's options; the analyzer put them into the file format, which travels.
+        let without_options = |plan: &LogicalPlan| {
+            let text = plan.display_indent().to_string();
+            let cut = text.find(" options: (").unwrap_or(0);
+            let end = text.find('\n').unwrap_or(text.len());
+            format!("{}{}", &text[..cut], &text[end..])
+        };
+        assert_eq!(without_options(&back), without_options(&logical));
+        let LogicalPlan::Copy(copy) = &back else {
+            panic!("not a COPY: {back}")
+        };
+        let factory =
+            datafusion::datasource::file_format::file_type_to_format(&copy.file_type).unwrap();
+        let nifti = factory.downcast_ref::<NiftiFormatFactory>().unwrap();
+        assert_eq!(nifti.options().dtype.as_deref(), Some("float32"));
+        assert_eq!(nifti.options().fill.as_deref(), Some("-1"));
+        let physical = ctx.state().create_physical_plan(&back).await.unwrap();
+        assert!(
+            shown(&physical).contains("NiftiSink"),
+            "{}",
+            shown(&physical)
+        );
+        let pcodec = VoxelPhysicalCodec::default();
+        let bytes = physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
+        let decoded =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                .unwrap();
+        assert_eq!(shown(&decoded), shown(&physical));
+        collect(physical, ctx.task_ctx()).await.unwrap();
+        let first = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        let batches = collect(decoded, ctx.task_ctx()).await.unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), first);
+        let written = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(written, 5 * 5 * 4);
+        let proxy = crate::ArrayProxy::open(&out, Default::default()).unwrap();
+        assert_eq!(proxy.shape(), &[6, 5, 4]);
     }
 }

@@ -185,6 +185,16 @@ pub struct SeekPoint {
 }
 
 impl SeekPoint {
+    /// A point known by other means than a recording pass (a writer that flushed its compressor there).
+    pub fn new(out: u64, input: u64, bits: u8, window: Vec<u8>) -> SeekPoint {
+        SeekPoint {
+            out,
+            input,
+            bits,
+            window: window.into(),
+        }
+    }
+
     pub fn window(&self) -> &[u8] {
         &self.window
     }
@@ -270,6 +280,18 @@ impl GzIndex {
             marks: Vec::new(),
             covered_out: 0,
             total_out: None,
+        }
+    }
+
+    /// The complete index of a stream of `total_out` bytes whose points (in order) are known already, as a
+    /// compressor that flushes at span boundaries knows them.
+    pub fn complete(span: u64, points: Vec<SeekPoint>, total_out: u64) -> GzIndex {
+        GzIndex {
+            span: span.max(1),
+            points,
+            marks: Vec::new(),
+            covered_out: total_out,
+            total_out: Some(total_out),
         }
     }
 

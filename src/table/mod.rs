@@ -30,6 +30,7 @@ pub mod read;
 pub mod register;
 pub mod scan;
 pub mod schema;
+pub mod sink;
 pub mod stores;
 
 pub use files::{FormatKind, TableOptions, VoxelFile};

@@ -153,13 +153,17 @@ fn string_arg(e: &Expr) -> DfResult<String> {
     }
 }
 
-/// A session builder with every voxel factory and the `voxels` table function added.
+/// A session builder with every voxel factory, the NIfTI writer's file formats (`COPY … STORED AS NIFTI`) and the
+/// `voxels` table function added.
 pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     let mut b = builder;
     for (name, kind) in FormatKind::ALL {
         b = b.with_table_factory(name.to_string(), Arc::new(VoxelTableFactory { kind }));
     }
-    b
+    b.file_formats()
+        .get_or_insert_with(Vec::new)
+        .extend(super::sink::format_factories());
+    b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
 }
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
@@ -190,7 +194,12 @@ pub fn register_voxel_formats(ctx: &SessionContext) {
                 .table_factories_mut()
                 .insert(name.to_string(), Arc::new(VoxelTableFactory { kind }));
         }
+        for format in super::sink::format_factories() {
+            // Only fails for an existing format when not overwriting; ours replace any earlier registration.
+            let _ = state.register_file_format(format, true);
+        }
     }
+    ctx.add_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions));
     ctx.register_udtf(TABLE_FUNCTION, Arc::new(VoxelsFunction));
 }
 
