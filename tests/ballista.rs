@@ -21,6 +21,7 @@ use ballista_core::JobId;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
+use common::certs::make_certificates;
 use common::pattern_image;
 use common::servers::{Garage, Nginx};
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -1033,79 +1034,6 @@ async fn a_two_executor_cluster_reads_images_from_s3() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // TLS: a scheduler and executors serving TLS, every client (the test, the executors) trusting the test CA.
-
-/// A CA and a server certificate it signed for `127.0.0.1`, made with the openssl CLI: (ca, cert, key) in `dir`.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=voxelscan test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
-    run(&ca);
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.pem",
-    ];
-    csr.extend(ec);
-    run(&csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "req.pem",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
-}
 
 /// Every channel over TLS (client to scheduler, executors to scheduler, Flight fetches of results and shuffles
 /// between the two executors): the local answers. A client that speaks plain gRPC to the TLS scheduler gets none.

@@ -442,18 +442,11 @@ impl GzEngine {
         {
             return None;
         }
-        for place in &self.index_paths {
-            if place.in_cache_dir && !cache_dir_usable(&place.path, true) {
-                continue;
-            }
-            if index.save(&place.path, &identity, self.access.mode).is_ok() {
-                let mut s = self.write_state();
-                s.stored_covered = s.stored_covered.max(index.covered_out());
-                s.stored_at = Some(place.path.clone());
-                return Some(place.path.clone());
-            }
-        }
-        None
+        let saved = save_index(&index, &self.index_paths, &identity, self.access.mode)?;
+        let mut s = self.write_state();
+        s.stored_covered = s.stored_covered.max(index.covered_out());
+        s.stored_at = Some(saved.clone());
+        Some(saved)
     }
 
     fn forward_pass(
@@ -741,6 +734,20 @@ impl IndexAccess {
 fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Save `index` at the first of `places` that accepts it (a cache directory only while [`cache_dir_usable`]), with
+/// permission bits `mode`; where it went, or `None` if nowhere did.
+pub fn save_index(
+    index: &GzIndex,
+    places: &[IndexPlace],
+    identity: &FileIdentity,
+    mode: u32,
+) -> Option<PathBuf> {
+    places.iter().find_map(|place| {
+        let usable = !place.in_cache_dir || cache_dir_usable(&place.path, true);
+        (usable && index.save(&place.path, identity, mode).is_ok()).then(|| place.path.clone())
+    })
 }
 
 /// Whether the directory of the cache file `path` may be used: a directory owned by this user that others cannot

@@ -6,6 +6,8 @@
 // Real nginx and Garage servers for the object-storage tests (object_store comes with the `remote` feature).
 #[cfg(feature = "remote")]
 pub mod servers;
+// Certificates for the cluster's TLS tests.
+pub mod certs;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

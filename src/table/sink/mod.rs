@@ -796,11 +796,10 @@ async fn upload(
         .map_err(|e| remote_err(e.to_string()))?;
     if let Some((index, options)) = index {
         let id = crate::io::gzip::remote::object_identity(target, size, put.e_tag.as_deref());
+        // Like any object's index: private, in the cache directory.
         if let Some(path) = crate::io::gzip::remote::index_location(target, &options) {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = index.save(&path, &id);
+            let place = crate::io::gzip::IndexPlace::cache(path);
+            let _ = crate::io::gzip::save_index(&index, &[place], &id, 0o600);
         }
     }
     Ok(())
@@ -857,7 +856,7 @@ impl datafusion::optimizer::AnalyzerRule for NiftiCopyOptions {
                 let given = NiftiWriteOptions::parse(&copy.options).ok()?;
                 let mut options = nifti.options.clone();
                 merge(&mut options, given);
-                (options != nifti.options).then(|| NiftiFormatFactory {
+                (options != nifti.options).then_some(NiftiFormatFactory {
                     name: nifti.name,
                     options,
                 })

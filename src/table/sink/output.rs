@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, VoxelError};
 use crate::io::gzindex::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
-use crate::io::gzip::{GzipOptions, index_locations};
+use crate::io::gzip::{GzipOptions, index_locations, save_index};
 
 /// The gzip level: zlib-rs's fastest with dynamic Huffman trees. Its level 1 ("quick", static trees only) grows
 /// noise-like voxel data by ~3 % (a 44 MB random int16 image became 45.4 MB); level 2 gives 37.9 MB in the same time,
@@ -256,14 +256,12 @@ fn save_local_index(target: &Path, index: &GzIndex, options: &GzipOptions) {
     let Ok(identity) = FileIdentity::of(&file, &location) else {
         return;
     };
-    for candidate in index_locations(target, options) {
-        if let Some(dir) = candidate.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if index.save(&candidate, &identity).is_ok() {
-            return;
-        }
-    }
+    // The new file's own permission bits (execute dropped), as for any index of it.
+    let mode = file.metadata().map_or(0o600, |m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o666
+    });
+    let _ = save_index(index, &index_locations(target, options), &identity, mode);
 }
 
 #[cfg(test)]
@@ -295,7 +293,7 @@ mod tests {
         let file = File::open(&target).unwrap();
         let id = FileIdentity::of(&file, "x").unwrap();
         let sidecar = dir.path().join(".x.nii.gz.vxidx");
-        let index = GzIndex::load(&sidecar, &id).unwrap();
+        let index = GzIndex::load(&sidecar, &id, u64::MAX).unwrap();
         assert_eq!(index.total_out(), Some(data.len() as u64));
         assert_eq!(index.points().len(), 5);
         // Decompressing from the third point gives the data from there.
