@@ -1,7 +1,6 @@
 //! Reading one slab: its pieces go through the core read planner (`ArrayProxy::read_raw`), are decoded and scaled,
 //! and come out as record batches with generated coordinates. Synchronous; the opener runs it on blocking threads.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
@@ -13,7 +12,9 @@ use crate::proxy::ArrayProxy;
 use crate::slicer::CanonicalSlice;
 
 use super::files::VoxelFile;
-use super::layout::{Piece, Selection, byte_span, coordinates, piece_len, pieces, slow_axis};
+use super::layout::{
+    Piece, Pieces, Selection, byte_span, coordinates, piece_len, pieces, slow_axis,
+};
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
 use crate::formats::Compression;
@@ -65,7 +66,8 @@ pub struct SlabReader {
     map: Option<Option<SlabMap>>,
     /// The slab's run of slow-axis indices (`None`: the whole selection, e.g. a gzip file).
     slow: Option<Range<u64>>,
-    pieces: VecDeque<Piece>,
+    /// Made one at a time (a header's claim may be huge).
+    pieces: Pieces,
     out: Arc<Output>,
     metrics: ScanMetrics,
     mmap: MmapMode,
@@ -85,7 +87,7 @@ impl SlabReader {
     ) -> SlabReader {
         SlabReader {
             slow,
-            pieces: pieces(sel, file.order, budget).into(),
+            pieces: pieces(sel, file.order, budget),
             file,
             proxy: None,
             map: None,
@@ -97,7 +99,7 @@ impl SlabReader {
 
     /// The batches of the next piece, or `None` when the slab is done.
     pub fn next_piece(&mut self) -> Result<Option<Vec<RecordBatch>>> {
-        let Some(piece) = self.pieces.pop_front() else {
+        let Some(piece) = self.pieces.next() else {
             return Ok(None);
         };
         let values = if self.out.wants_values() {
