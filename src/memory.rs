@@ -35,7 +35,7 @@ fn parse_bytes(text: &str) -> Option<u64> {
         .strip_suffix("IB")
         .or_else(|| t.strip_suffix('B'))
         .unwrap_or(&t);
-    let (digits, shift) = match t.chars().last()? {
+    let (digits, shift) = match t.chars().next_back()? {
         'K' => (&t[..t.len() - 1], 10),
         'M' => (&t[..t.len() - 1], 20),
         'G' => (&t[..t.len() - 1], 30),

@@ -176,6 +176,13 @@ fn nifti2(dims: &[i64], dtype: (i16, i16), vox_offset: i64) -> Vec<u8> {
     h
 }
 
+/// A NIfTI-2 pair header (`ni2` magic, data in the `.img` from byte 0).
+fn nifti2_pair(dims: &[i64], dtype: (i16, i16)) -> Vec<u8> {
+    let mut h = nifti2(dims, dtype, 0);
+    put(&mut h, 4, b"ni2\0");
+    h
+}
+
 /// A little-endian Analyze 7.5 header (348 bytes, for a `.hdr`).
 fn analyze(dims: &[i16], dtype: (i16, i16)) -> Vec<u8> {
     let mut h = nifti1(dims, dtype, 0.0, b"\0\0\0\0");
@@ -424,6 +431,13 @@ fn claim_cases() -> Vec<Case> {
             CLAIM,
         ),
         case(
+            "nifti2-pair-short-img",
+            "pair2.hdr",
+            nifti2_pair(&[32767, 32767, 32767], INT16),
+            CLAIM,
+        )
+        .with("pair2.img", kib(1)),
+        case(
             "pair-short-img",
             "pair.hdr",
             nifti1(&[32767, 32767, 100], INT16, 0.0, b"ni1\0"),
@@ -567,6 +581,14 @@ fn data_cases() -> Vec<Case> {
         )
         .raw("shape=64,64,64;dtype=<i2")
         .expecting("cut.raw.gz"),
+        case(
+            "nifti1-pair-img-gz-ends-early",
+            "pairz.hdr.gz",
+            gz(&nifti1(&shape, INT16, 0.0, b"ni1\0")),
+            &cut,
+        )
+        .with("pairz.img.gz", gz_cut(&body, 4096))
+        .expecting("pairz.img.gz"),
         // Complete members, but fewer bytes than the header claims: the stream ends before the data does.
         case(
             "nifti1-gz-stream-short",
