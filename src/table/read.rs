@@ -138,6 +138,7 @@ impl SlabReader {
         let (dtype, order) = (self.file.dtype, self.file.order);
         let read_time = self.metrics.read_time.clone();
         if let Some(m) = self.mapped()? {
+            m.check_length()?;
             let timer = read_time.timer();
             let mut local = piece.clone();
             local[m.slow_axis] =
@@ -334,6 +335,11 @@ pub fn gather_box(
 /// One slab of an uncompressed file, memory-mapped: its planes along the slow axis, from `slow_start`.
 struct SlabMap {
     map: MappedArray,
+    /// The mapped file, to see that it still holds the slab before each piece is copied out of the map.
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// The file offset the slab ends at.
+    end: u64,
     /// The file's shape with the slow axis cut to the slab.
     shape: Vec<usize>,
     slow_axis: usize,
@@ -341,6 +347,25 @@ struct SlabMap {
 }
 
 impl SlabMap {
+    /// A file truncated since the slab was mapped would fault (SIGBUS) when a page past its new end is touched: each
+    /// piece is copied only after the file is seen to still hold the whole slab. (A truncation during the copy of
+    /// one piece, at most `PIECE_ELEMENTS` elements, still faults: `mmap off` reads with `pread` only.)
+    fn check_length(&self) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| VoxelError::io(&self.path, e))?
+            .len();
+        if len < self.end {
+            return Err(VoxelError::Truncated {
+                path: self.path.display().to_string(),
+                expected: self.end,
+                actual: len,
+            });
+        }
+        Ok(())
+    }
+
     /// `None` for files the scan does not map itself (compressed, or a registered proxy over an open handle).
     fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
         let Some(slow_axis) = slow_axis(f.ndim(), f.order) else {
@@ -382,6 +407,9 @@ impl SlabMap {
         ) {
             Ok(map) => Ok(Some(SlabMap {
                 map,
+                file,
+                path: f.data_path.clone(),
+                end: span.end,
                 shape,
                 slow_axis,
                 slow_start: slow.start,
@@ -390,5 +418,70 @@ impl SlabMap {
             Err(VoxelError::Io { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::ByteOrder;
+    use crate::formats::test_util::HeaderBuilder;
+    use crate::table::schema::file_schema;
+
+    /// A mapped slab whose file is cut between two pieces: the next piece is a "truncated" error naming the file,
+    /// not a SIGBUS from touching mapped pages past the new end.
+    #[test]
+    fn a_file_truncated_between_pieces_is_an_error_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.nii");
+        let data = vec![1u8; 64 * 64 * 64 * 2];
+        let bytes = HeaderBuilder::nifti1(ByteOrder::Little, &[64, 64, 64], 4, true)
+            .single_file(&[], &data);
+        std::fs::write(&path, &bytes).unwrap();
+        let h = crate::formats::read_header(&path).unwrap();
+        let f = Arc::new(VoxelFile::from_header("cut.nii".into(), &h).unwrap());
+        let out = Arc::new(Output {
+            schema: file_schema(3, Scalar::I16).unwrap(),
+            columns: vec![0, 1, 2, 3],
+            ndim: 3,
+            mode: ValueMode::Unscaled,
+            scalar: Scalar::I16,
+            batch_size: 8192,
+        });
+        let metrics = ScanMetrics {
+            bytes_read: Count::new(),
+            segments_read: Count::new(),
+            requests: Count::new(),
+            pieces_read: Count::new(),
+            read_time: Time::new(),
+            decode_time: Time::new(),
+        };
+        let sel = Selection::full(&f.shape);
+        // One plane (64 x 64 elements) per piece.
+        let mut r = SlabReader::new(
+            f,
+            &sel,
+            out,
+            metrics,
+            64 * 64,
+            MmapMode::ReadOnly,
+            Some(0..64),
+        );
+        assert!(r.next_piece().unwrap().is_some());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(352 + 64 * 64 * 2).unwrap();
+        let mut seen = None;
+        for _ in 0..64 {
+            match r.next_piece() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => {
+                    seen = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = seen.expect("an error after the cut").to_string();
+        assert!(e.contains("cut.nii") && e.contains("truncated"), "{e}");
     }
 }
