@@ -26,6 +26,14 @@ pub enum VoxelError {
         expected: u64,
         actual: u64,
     },
+    /// A read whose buffers would not fit in memory (checked before allocating, see `memory`).
+    #[error("{path}: {what} would need {needed} bytes, {why}")]
+    TooLarge {
+        path: String,
+        what: String,
+        needed: u64,
+        why: String,
+    },
     /// A slice spec that cannot be parsed or does not fit the array (numpy's IndexError/ValueError).
     #[error("invalid slice: {0}")]
     Slice(String),

@@ -216,7 +216,13 @@ impl ReadPlan {
             return Ok(Vec::new());
         };
         let dims = fused_dims(&self.axes, out_order);
-        let mut out = vec![0u8; out_bytes];
+        let mut out = Vec::new();
+        out.try_reserve_exact(out_bytes).map_err(|e| {
+            VoxelError::Invalid(format!(
+                "the result would need {out_bytes} bytes: the allocation failed ({e})"
+            ))
+        })?;
+        out.resize(out_bytes, 0);
         let copier = Copier {
             src: read_buf,
             item: self.itemsize,

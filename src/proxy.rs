@@ -14,6 +14,7 @@ use crate::io::local::{Handle, LocalSource, MmapMode};
 use crate::io::mapped::MappedArray;
 use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
+use crate::memory;
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
 use crate::scaling;
 use crate::slicer::{AxisSel, CanonicalSlice, Index, SliceSpec, canonical_slice};
@@ -409,48 +410,43 @@ impl ArrayProxy {
         out_order: Order,
     ) -> Result<(Vec<u8>, ReadStats)> {
         let before = self.stats();
-        let plan = ReadPlan::new(
-            slice,
-            &self.shape,
-            self.dtype.size(),
-            self.offset,
-            self.order,
-            self.opts.skip_threshold,
-        )?;
-        let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
+        self.check_memory(slice_elements(slice), 0)?;
+        let plan = self.plan(slice)?;
+        let copy = !(slice.is_full(&self.shape) && out_order == self.order);
+        self.check_plan_memory(&plan, copy, 0)?;
+        let mut buf = self.buffer(plan.read_bytes())?;
         self.read_segments(plan.segments(), &mut buf)?;
-        let out = if slice.is_full(&self.shape) && out_order == self.order {
-            buf
-        } else {
+        let out = if copy {
             plan.gather(&buf, out_order)?
+        } else {
+            buf
         };
         Ok((out, diff(self.stats(), before)))
     }
 
     /// Stored elements of `slice` decoded to native order, with their shape and layout.
-    fn read_values(&self, slice: &CanonicalSlice) -> Result<(Values, Vec<usize>)> {
+    /// `out_item`: bytes per element of what the caller makes of the values (a scaled or cast copy), for the memory
+    /// check.
+    fn read_values(&self, slice: &CanonicalSlice, out_item: usize) -> Result<(Values, Vec<usize>)> {
+        // Checked before planning: a plan for a huge slice holds many segments.
+        self.check_memory(slice_elements(slice), out_item)?;
         if slice.is_full(&self.shape) {
             return Ok((self.read_full()?, self.shape.clone()));
         }
-        let plan = ReadPlan::new(
-            slice,
-            &self.shape,
-            self.dtype.size(),
-            self.offset,
-            self.order,
-            self.opts.skip_threshold,
-        )?;
+        let plan = self.plan(slice)?;
         if plan.is_identity(self.order) {
             // One copy only: the bytes land straight in the typed result.
+            self.check_plan_memory(&plan, false, out_item)?;
             let n = plan.out_shape().iter().product();
-            let mut values = Values::zeroed(self.dtype.scalar, n);
+            let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
             self.read_segments(plan.segments(), values.bytes_mut())?;
             if self.dtype.needs_swap() {
                 values.swap_bytes();
             }
             return Ok((values, plan.out_shape().to_vec()));
         }
-        let mut buf = vec![0u8; to_usize(plan.read_bytes())?];
+        self.check_plan_memory(&plan, true, out_item)?;
+        let mut buf = self.buffer(plan.read_bytes())?;
         self.read_segments(plan.segments(), &mut buf)?;
         let out = plan.gather(&buf, self.order)?;
         Ok((
@@ -462,7 +458,7 @@ impl ArrayProxy {
     /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
     fn read_full(&self) -> Result<Values> {
         let n: usize = self.shape.iter().product();
-        let mut values = Values::zeroed(self.dtype.scalar, n);
+        let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
         if n > 0 {
             let seg = [Segment {
                 offset: self.offset,
@@ -474,6 +470,61 @@ impl ArrayProxy {
             }
         }
         Ok(values)
+    }
+
+    fn plan(&self, slice: &CanonicalSlice) -> Result<ReadPlan> {
+        ReadPlan::new(
+            slice,
+            &self.shape,
+            self.dtype.size(),
+            self.offset,
+            self.order,
+            self.opts.skip_threshold,
+        )
+    }
+
+    /// Refuse a read of `elements` whose stored values plus a converted copy (`out_item` bytes per element, 0 for
+    /// none) would not fit the memory budget, before anything is allocated.
+    fn check_memory(&self, elements: u64, out_item: usize) -> Result<()> {
+        let per_element = (self.dtype.size() + out_item) as u64;
+        memory::check(
+            &self.location(),
+            "the result",
+            memory::bytes_of(elements, per_element),
+        )
+    }
+
+    /// The same check once the plan is known: the read buffer (gaps read through included), the gathered copy
+    /// when there is one, and the converted copy.
+    fn check_plan_memory(&self, plan: &ReadPlan, gathered: bool, out_item: usize) -> Result<()> {
+        let elements = plan
+            .out_shape()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
+        let copies = u64::from(gathered) * self.dtype.size() as u64 + out_item as u64;
+        let needed = plan
+            .read_bytes()
+            .saturating_add(memory::bytes_of(elements, copies));
+        memory::check(&self.location(), "the result", needed)
+    }
+
+    /// A zeroed read buffer of `n` bytes, or an error if it cannot be had.
+    fn buffer(&self, n: u64) -> Result<Vec<u8>> {
+        memory::zeroed_bytes(&self.location(), "the result", to_usize(n)?)
+    }
+
+    /// Bytes per element of the array a read returns when that is a new copy (scaled or cast), else 0.
+    fn converted_itemsize(&self, requested: Option<DType>, scale: bool) -> Result<usize> {
+        // Factors 1 and 0 hand the stored values back as they are.
+        let identity = self.slope.value() == 1.0 && self.inter.value() == 0.0;
+        let out = match (scale, requested) {
+            (true, None) if identity => return Ok(0),
+            (true, _) => scaling::scaled_dtype(self.dtype, self.slope, self.inter, requested)?,
+            (false, Some(r)) => r,
+            (false, None) => return Ok(0),
+        };
+        Ok(out.size())
     }
 
     fn canonical(&self, spec: &SliceSpec) -> Result<CanonicalSlice> {
@@ -501,7 +552,8 @@ impl ArrayProxy {
     fn read(&self, spec: &SliceSpec, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
         let slice = self.canonical(spec)?;
         let (values, shape) = self
-            .read_values(&slice)
+            .converted_itemsize(requested, scale)
+            .and_then(|out_item| self.read_values(&slice, out_item))
             .map_err(|e| e.in_file(self.location()))?;
         let mut array = self
             .finish(values, shape, requested, scale)
@@ -645,6 +697,15 @@ fn is_scalar_index(spec: &SliceSpec, slice: &CanonicalSlice, nibabel_slicer: boo
         }
 }
 
+/// Elements a canonical slice selects (saturating: an overflowing count is over any budget).
+fn slice_elements(slice: &CanonicalSlice) -> u64 {
+    slice
+        .out_shape()
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX)
+}
+
 fn to_usize(n: u64) -> Result<usize> {
     usize::try_from(n).map_err(|_| VoxelError::Invalid(format!("{n} bytes do not fit in memory")))
 }
@@ -785,6 +846,40 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claim larger than any machine's memory (over an endless handle, so no file check stops it first) is
+    /// refused before a byte is allocated, for whole and sliced reads, scaled or not.
+    #[test]
+    fn results_beyond_the_budget_are_refused_before_allocating() {
+        let zero = File::open("/dev/zero").unwrap();
+        let spec = ArraySpec::new(
+            vec![1 << 30, 1 << 30],
+            DType::native(crate::dtype::Scalar::I16),
+        )
+        .with_scaling(Factor::F64(2.0), Factor::F64(0.0));
+        let opts = ProxyOptions {
+            mmap: MmapMode::Off,
+            ..Default::default()
+        };
+        let p = ArrayProxy::new(zero, &spec, opts).unwrap();
+        for (what, r) in [
+            ("all", p.to_array()),
+            ("unscaled", p.get_unscaled()),
+            ("slice", p.slice(&SliceSpec::parse("::2, :").unwrap())),
+        ] {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.starts_with("<open file>: the result would need "),
+                "{what}: {e}"
+            );
+        }
+        // 2^60 int16 elements and their float64 scaled copy.
+        let e = p.to_array().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("would need {} bytes", (1u64 << 60) * 10)),
+            "{e}"
+        );
+    }
 
     #[test]
     fn reshape_rules() {

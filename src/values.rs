@@ -85,6 +85,20 @@ fn zeroed_vec<T: bytemuck::Zeroable + Clone>(n: usize) -> Vec<T> {
     v
 }
 
+/// `n` zeroed elements like [`zeroed_vec`], or the allocator's refusal (never an abort).
+fn try_zeroed_vec<T: bytemuck::Zeroable + Clone>(
+    n: usize,
+) -> Result<Vec<T>, std::collections::TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    if bytes >= HUGE_PAGE_MIN_BYTES {
+        advise_huge_pages(v.as_ptr() as usize, bytes);
+    }
+    v.resize(n, T::zeroed());
+    Ok(v)
+}
+
 /// Element types whose bytes can be reversed for byte-order conversion.
 trait Swap: bytemuck::Pod {
     fn swap(self) -> Self;
@@ -205,6 +219,32 @@ impl Values {
             Scalar::Rgb24 => Values::Rgb24(zeroed_vec(n)),
             Scalar::Rgba32 => Values::Rgba32(zeroed_vec(n)),
         }
+    }
+
+    /// [`Values::zeroed`] for buffers sized from a header: an allocation the system refuses is an error naming
+    /// `location`, not an abort.
+    pub fn try_zeroed(scalar: Scalar, n: usize, location: &str) -> Result<Values> {
+        let fail = |e| {
+            let bytes = crate::memory::bytes_of(n as u64, scalar.size() as u64);
+            crate::memory::allocation_failed(location, "the result", bytes, e)
+        };
+        Ok(match scalar {
+            Scalar::U8 => Values::U8(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::I8 => Values::I8(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::U16 => Values::U16(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::I16 => Values::I16(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::U32 => Values::U32(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::I32 => Values::I32(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::U64 => Values::U64(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::I64 => Values::I64(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::F16 => Values::F16(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::F32 => Values::F32(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::F64 => Values::F64(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::C64 => Values::C64(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::C128 => Values::C128(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::Rgb24 => Values::Rgb24(try_zeroed_vec(n).map_err(fail)?),
+            Scalar::Rgba32 => Values::Rgba32(try_zeroed_vec(n).map_err(fail)?),
+        })
     }
 
     /// The element bytes, for filling a buffer made by [`Values::zeroed`] without an extra copy.

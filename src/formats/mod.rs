@@ -429,11 +429,37 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
     })
 }
 
-/// The data file exists; uncompressed, it holds at least `offset + data bytes`.
+/// The data file exists; uncompressed, it holds at least `offset + data bytes`; gzip-compressed, it is long enough
+/// to expand to that many bytes at all (deflate's densest code).
 pub(crate) fn check_data_file(h: &ImageHeader) -> Result<()> {
     let meta = std::fs::metadata(&h.data_path).map_err(|e| VoxelError::io(&h.data_path, e))?;
-    if h.compression == Compression::None {
-        check_data_len(h, meta.len())?;
+    match h.compression {
+        Compression::None => check_data_len(h, meta.len()),
+        Compression::Gzip => check_inflatable(h, meta.len()),
+    }
+}
+
+/// Deflate emits at most 258 bytes per 2 bits of input (a length-258 match whose length and distance codes are one
+/// bit each): 1032 bytes per compressed byte; gzip members only add overhead. A little slack for the first literal.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+const DEFLATE_SLACK: u64 = 4096;
+
+/// A gzip file of `compressed` bytes cannot hold more than `compressed * 1032` bytes, however it was made: a header
+/// claiming more describes data that is not there (a truncated file or a lying header). Refusing it here keeps
+/// every later step from sizing anything from the claim.
+fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
+    let expected = h.offset.saturating_add(h.data_len());
+    let most = compressed
+        .saturating_mul(MAX_DEFLATE_RATIO)
+        .saturating_add(DEFLATE_SLACK);
+    if expected > most {
+        return Err(VoxelError::header(
+            &h.data_path,
+            format!(
+                "file is truncated or the header is wrong: it claims {expected} bytes of data, but {compressed} \
+                 gzip-compressed bytes expand to at most {most}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -691,6 +717,33 @@ mod tests {
             e.contains("s.nii") && e.contains("no NIfTI magic") && e.contains(".hdr/.img"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn gzip_claims_beyond_deflates_reach_are_refused_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 KiB of gzip claiming 32767³ int16 voxels: no deflate stream this short expands that far.
+        let huge = HeaderBuilder::nifti1(ByteOrder::Little, &[32767, 32767, 32767], 4, true)
+            .single_file(&[], &[0u8; 1024]);
+        let e = read_header(&write(dir.path(), "big.nii.gz", &gz(&huge)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("big.nii.gz") || e.contains("/big.nii.gz:"),
+            "{e}"
+        );
+        assert!(e.contains("claims 70362301923678 bytes"), "{e}");
+        assert!(e.contains("expand to at most"), "{e}");
+        // The densest real stream (zeros) is within the bound: 4 MiB of zeros behind a header that says so.
+        let zeros = HeaderBuilder::nifti1(ByteOrder::Little, &[1024, 1024, 4], 2, true)
+            .single_file(&[], &vec![0u8; 4 << 20]);
+        let packed = flate2::Compression::best();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), packed);
+        e.write_all(&zeros).unwrap();
+        let dense = e.finish().unwrap();
+        assert!((dense.len() as u64) * MAX_DEFLATE_RATIO >= zeros.len() as u64);
+        let h = read_header(&write(dir.path(), "zeros.nii.gz", &dense)).unwrap();
+        assert_eq!(h.shape, [1024, 1024, 4]);
     }
 
     #[test]

@@ -26,9 +26,12 @@ impl Selection {
         }
     }
 
-    /// Rows the selection yields (1 for a 0-d array).
+    /// Rows the selection yields (1 for a 0-d array); saturates at `u64::MAX` (only a hand-made selection can get
+    /// there: a registered file's size fits in 64 bits).
     pub fn rows(&self) -> u64 {
-        self.axes.iter().map(IndexSet::count).product()
+        self.axes
+            .iter()
+            .fold(1u64, |acc, s| acc.saturating_mul(s.count()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,9 +69,8 @@ fn slow_stride(f: &VoxelFile, slow: usize) -> u64 {
         .iter()
         .enumerate()
         .filter(|&(a, _)| a != slow)
-        .map(|(_, &n)| n as u64)
-        .product();
-    inner * f.itemsize()
+        .fold(1u64, |acc, (_, &n)| acc.saturating_mul(n as u64));
+    inner.saturating_mul(f.itemsize())
 }
 
 /// A run of slow-axis indices of one file (the whole selection when `slow` is `None`: gzip and 0-d files).
@@ -88,7 +90,7 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
         file,
         slow: None,
         rows,
-        bytes: rows * f.itemsize(),
+        bytes: rows.saturating_mul(f.itemsize()),
     };
     if sel.is_empty() {
         return Vec::new();
@@ -102,20 +104,19 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
         .iter()
         .enumerate()
         .filter(|&(a, _)| a != slow)
-        .map(|(_, s)| s.count())
-        .product();
-    let per_index = inner_rows * f.itemsize();
+        .fold(1u64, |acc, (_, s)| acc.saturating_mul(s.count()));
+    let per_index = inner_rows.saturating_mul(f.itemsize());
     let step = (target_bytes / per_index.max(1)).max(1);
     let mut out = Vec::new();
     for r in sel.axes[slow].ranges() {
         let mut lo = r.start;
         while lo < r.end {
-            let hi = (lo + step).min(r.end);
+            let hi = lo.saturating_add(step).min(r.end);
             out.push(Slab {
                 file,
                 slow: Some(lo..hi),
-                rows: (hi - lo) * inner_rows,
-                bytes: (hi - lo) * per_index,
+                rows: (hi - lo).saturating_mul(inner_rows),
+                bytes: (hi - lo).saturating_mul(per_index),
             });
             lo = hi;
         }
@@ -126,13 +127,18 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
 /// The file bytes a slab spans: whole slow-axis planes from `lo` to `hi` (the whole data for a `None` slab).
 pub fn byte_span(f: &VoxelFile, slow: Option<&Range<u64>>) -> Range<u64> {
     match (slow, slow_axis(f.ndim(), f.order)) {
+        // Registered files were checked to end within 64 bits; saturating keeps a hand-made one from wrapping.
         (Some(r), Some(a)) => {
             let stride = slow_stride(f, a);
-            f.offset + r.start * stride..f.offset + r.end * stride
+            let at = |i: u64| f.offset.saturating_add(i.saturating_mul(stride));
+            at(r.start)..at(r.end)
         }
         _ => {
-            let len: u64 = f.shape.iter().map(|&n| n as u64).product::<u64>() * f.itemsize();
-            f.offset..f.offset + len
+            let len = f
+                .shape
+                .iter()
+                .fold(f.itemsize(), |acc, &n| acc.saturating_mul(n as u64));
+            f.offset..f.offset.saturating_add(len)
         }
     }
 }
@@ -199,55 +205,142 @@ pub fn piece_len(p: &[Range<u64>]) -> u64 {
 
 /// The boxes covering `sel`, each of at most `budget` elements (a single element may still exceed nothing), in
 /// storage order as far as the selection allows: slow-axis runs outermost, axes split from slow to fast.
-pub fn pieces(sel: &Selection, order: Order, budget: u64) -> Vec<Piece> {
+///
+/// Lazy: a header may claim an array of 2^45 elements, so the pieces are made one at a time as the scan reads them
+/// (a gzip slab ending early then stops the scan after its first piece, holding one piece in memory).
+pub fn pieces(sel: &Selection, order: Order, budget: u64) -> Pieces {
     let ndim = sel.axes.len();
     let slow_to_fast: Vec<usize> = match order {
         Order::F => (0..ndim).rev().collect(),
         Order::C => (0..ndim).collect(),
     };
-    let mut boxes: Vec<Piece> = vec![vec![0..0; ndim]];
-    for &a in &slow_to_fast {
-        let mut next = Vec::with_capacity(boxes.len() * sel.axes[a].ranges().len());
-        for b in &boxes {
-            for r in sel.axes[a].ranges() {
-                let mut nb = b.clone();
-                nb[a] = r.clone();
-                next.push(nb);
-            }
-        }
-        boxes = next;
+    let ranges: Vec<Vec<Range<u64>>> = slow_to_fast
+        .iter()
+        .map(|&a| sel.axes[a].ranges().to_vec())
+        .collect();
+    let first = ranges.iter().all(|r| !r.is_empty()).then(|| vec![0; ndim]);
+    Pieces {
+        ranges,
+        slow_to_fast,
+        budget: budget.max(1),
+        next_box: first,
+        current: None,
     }
-    let mut out = Vec::new();
-    for b in boxes {
-        split_box(b, &slow_to_fast, budget.max(1), &mut out);
-    }
-    out
 }
 
-/// Split `b` along its slowest axes until each piece holds at most `budget` elements.
-fn split_box(b: Piece, slow_to_fast: &[usize], budget: u64, out: &mut Vec<Piece>) {
-    let Some((&a, faster)) = slow_to_fast.split_first() else {
-        out.push(b);
-        return;
-    };
-    if piece_len(&b) <= budget {
-        out.push(b);
-        return;
-    }
-    let inner: u64 = faster.iter().map(|&x| b[x].end - b[x].start).product();
-    let step = (budget / inner.max(1)).max(1);
-    let r = b[a].clone();
-    let mut lo = r.start;
-    while lo < r.end {
-        let hi = (lo + step).min(r.end);
-        let mut nb = b.clone();
-        nb[a] = lo..hi;
-        if step == 1 && inner > budget {
-            split_box(nb, faster, budget, out);
-        } else {
-            out.push(nb);
+/// The pieces of a selection, made on demand (see [`pieces`]).
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    /// Each axis's ranges, slowest axis first.
+    ranges: Vec<Vec<Range<u64>>>,
+    slow_to_fast: Vec<usize>,
+    budget: u64,
+    /// Per axis (slowest first), which of its ranges the next box takes; `None` when every box was started.
+    next_box: Option<Vec<usize>>,
+    /// The box being cut into pieces.
+    current: Option<BoxCuts>,
+}
+
+impl Iterator for Pieces {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        loop {
+            if let Some(p) = self.current.as_mut().and_then(BoxCuts::next) {
+                return Some(p);
+            }
+            let which = self.next_box.take()?;
+            let mut b: Piece = vec![0..0; which.len()];
+            for (k, &a) in self.slow_to_fast.iter().enumerate() {
+                b[a] = self.ranges[k][which[k]].clone();
+            }
+            self.next_box = advance_box(&self.ranges, which);
+            self.current = Some(BoxCuts::new(b, &self.slow_to_fast, self.budget));
         }
-        lo = hi;
+    }
+}
+
+/// The box after `which` (fastest axis's range changing first), or `None` after the last.
+fn advance_box(ranges: &[Vec<Range<u64>>], mut which: Vec<usize>) -> Option<Vec<usize>> {
+    for k in (0..which.len()).rev() {
+        which[k] += 1;
+        if which[k] < ranges[k].len() {
+            return Some(which);
+        }
+        which[k] = 0;
+    }
+    None
+}
+
+/// One box cut into pieces of at most `budget` elements: the slowest axes taken one index at a time until the
+/// faster ones fit the budget, the next axis in runs of `step` indices, the faster axes whole.
+#[derive(Debug, Clone)]
+struct BoxCuts {
+    b: Piece,
+    /// The cut axes, slowest first: all but the last one index at a time, the last `step` indices at a time.
+    cut: Vec<usize>,
+    step: u64,
+    /// Start of the next piece along each cut axis; `None` when the box is done.
+    at: Option<Vec<u64>>,
+}
+
+impl BoxCuts {
+    fn new(b: Piece, slow_to_fast: &[usize], budget: u64) -> BoxCuts {
+        let whole = |b: &Piece| BoxCuts {
+            at: Some(Vec::new()),
+            b: b.clone(),
+            cut: Vec::new(),
+            step: 1,
+        };
+        if piece_len(&b) <= budget {
+            return whole(&b);
+        }
+        // The first axis (from the slowest) whose faster axes together fit the budget is cut in runs; the slower
+        // ones index by index.
+        for k in 0..slow_to_fast.len() {
+            let inner = slow_to_fast[k + 1..]
+                .iter()
+                .try_fold(1u64, |acc, &x| acc.checked_mul(b[x].end - b[x].start))
+                .unwrap_or(u64::MAX);
+            if inner <= budget {
+                let cut = slow_to_fast[..=k].to_vec();
+                let at = cut.iter().map(|&x| b[x].start).collect();
+                return BoxCuts {
+                    step: (budget / inner.max(1)).max(1),
+                    at: Some(at),
+                    cut,
+                    b,
+                };
+            }
+        }
+        whole(&b)
+    }
+}
+
+impl Iterator for BoxCuts {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        let at = self.at.take()?;
+        let mut piece = self.b.clone();
+        let last = self.cut.len().checked_sub(1);
+        for (k, (&a, &lo)) in self.cut.iter().zip(&at).enumerate() {
+            let len = if Some(k) == last { self.step } else { 1 };
+            piece[a] = lo..lo.saturating_add(len).min(self.b[a].end);
+        }
+        // Odometer: the last cut axis moves by `step`, the others by one.
+        let mut next = at;
+        for k in (0..next.len()).rev() {
+            let a = self.cut[k];
+            let len = if Some(k) == last { self.step } else { 1 };
+            next[k] = next[k].saturating_add(len);
+            if next[k] < self.b[a].end {
+                self.at = Some(next);
+                return Some(piece);
+            }
+            next[k] = self.b[a].start;
+        }
+        Some(piece)
     }
 }
 
@@ -363,7 +456,12 @@ mod tests {
                 .map(|r| IndexSet::from_ranges(r.clone()))
                 .collect(),
         };
-        let ps = pieces(&sel, order, budget);
+        let ps: Vec<Piece> = pieces(&sel, order, budget).collect();
+        assert_eq!(
+            ps,
+            eager_pieces(&sel, order, budget),
+            "lazy and eager cuts differ"
+        );
         let mut seen = std::collections::HashSet::new();
         for p in &ps {
             let n = piece_len(p);
@@ -406,6 +504,76 @@ mod tests {
             }
         }
         assert_eq!(seen.len() as u64, sel.rows());
+    }
+
+    /// The cuts as they were made before pieces became lazy (all boxes, then each split recursively): the lazy
+    /// iterator must give exactly these, in this order.
+    fn eager_pieces(sel: &Selection, order: Order, budget: u64) -> Vec<Piece> {
+        let ndim = sel.axes.len();
+        let slow_to_fast: Vec<usize> = match order {
+            Order::F => (0..ndim).rev().collect(),
+            Order::C => (0..ndim).collect(),
+        };
+        let mut boxes: Vec<Piece> = vec![vec![0..0; ndim]];
+        for &a in &slow_to_fast {
+            let mut next = Vec::new();
+            for b in &boxes {
+                for r in sel.axes[a].ranges() {
+                    let mut nb = b.clone();
+                    nb[a] = r.clone();
+                    next.push(nb);
+                }
+            }
+            boxes = next;
+        }
+        let mut out = Vec::new();
+        for b in boxes {
+            split_box(b, &slow_to_fast, budget.max(1), &mut out);
+        }
+        out
+    }
+
+    fn split_box(b: Piece, slow_to_fast: &[usize], budget: u64, out: &mut Vec<Piece>) {
+        let Some((&a, faster)) = slow_to_fast.split_first() else {
+            out.push(b);
+            return;
+        };
+        if piece_len(&b) <= budget {
+            out.push(b);
+            return;
+        }
+        let inner: u64 = faster.iter().map(|&x| b[x].end - b[x].start).product();
+        let step = (budget / inner.max(1)).max(1);
+        let r = b[a].clone();
+        let mut lo = r.start;
+        while lo < r.end {
+            let hi = (lo + step).min(r.end);
+            let mut nb = b.clone();
+            nb[a] = lo..hi;
+            if step == 1 && inner > budget {
+                split_box(nb, faster, budget, out);
+            } else {
+                out.push(nb);
+            }
+            lo = hi;
+        }
+    }
+
+    #[test]
+    fn pieces_of_a_huge_claim_come_one_at_a_time() {
+        // 32767³ elements: the eager cut held 35 million pieces at once.
+        let sel = Selection::full(&[32767, 32767, 32767]);
+        let mut ps = pieces(&sel, Order::F, 1 << 20);
+        assert_eq!(ps.next(), Some(vec![0..32767, 0..32, 0..1]));
+        assert_eq!(ps.next(), Some(vec![0..32767, 32..64, 0..1]));
+        let c = pieces(&Selection::full(&[3, 1 << 40]), Order::C, 1 << 20);
+        assert_eq!(c.take(2).count(), 2);
+        let zero_d = pieces(&Selection::full(&[]), Order::F, 1);
+        assert_eq!(zero_d.collect::<Vec<_>>(), vec![Vec::<Range<u64>>::new()]);
+        let empty = Selection {
+            axes: vec![IndexSet::full(4), IndexSet::empty()],
+        };
+        assert_eq!(pieces(&empty, Order::F, 1).count(), 0);
     }
 
     proptest! {

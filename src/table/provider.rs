@@ -45,6 +45,9 @@ use super::schema::{AXIS_NAMES, FILE_COLUMN, common_scalar, file_column_type, fi
 /// Selected bytes per slab are aimed at this range (more slabs than partitions, so groups balance).
 const SLAB_MIN_BYTES: u64 = 1 << 20;
 const SLAB_MAX_BYTES: u64 = 64 << 20;
+/// At most about this many slabs per scan, whatever the files claim (a proxy over an endless handle can claim 2^62
+/// bytes).
+const MAX_SLABS: u64 = 1 << 16;
 
 /// A table of voxels over one or more image files.
 #[derive(Debug)]
@@ -84,6 +87,7 @@ impl VoxelTable {
             .collect::<Result<Vec<_>>>()
             .map_err(|e| table_error(name, e))?;
         let scalar = common_scalar(&scalars).map_err(|e| table_error(name, e))?;
+        check_axes(&files).map_err(|e| table_error(name, e))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
         let fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
         let partition_cols = if multi {
@@ -227,7 +231,7 @@ impl VoxelTable {
     /// Exact statistics of a selection over the file columns: rows, and min/max/distinct of each coordinate.
     fn file_statistics(&self, sel: &Selection) -> Statistics {
         let fs = self.table_schema.file_schema();
-        let rows = sel.rows() as usize;
+        let rows = usize::try_from(sel.rows()).unwrap_or(usize::MAX);
         let mut cols: Vec<ColumnStatistics> = sel
             .axes
             .iter()
@@ -248,9 +252,16 @@ impl VoxelTable {
             cols.push(ColumnStatistics::new_unknown().with_null_count(Precision::Exact(0)));
         }
         let width = self.ndim() * 8 + self.scalar.size();
+        // `count(*)` answered from statistics is an Int64: beyond i64::MAX rows the count is not exact (and the
+        // scan refuses such a table, see `check_row_count`).
+        let num_rows = if rows as u64 > i64::MAX as u64 {
+            Precision::Inexact(rows)
+        } else {
+            Precision::Exact(rows)
+        };
         Statistics {
-            num_rows: Precision::Exact(rows),
-            total_byte_size: Precision::Inexact(rows * width),
+            num_rows,
+            total_byte_size: Precision::Inexact(rows.saturating_mul(width)),
             column_statistics: cols,
         }
     }
@@ -262,7 +273,10 @@ impl VoxelTable {
     }
 
     fn target_slab_bytes(selected: u64, partitions: usize) -> u64 {
-        (selected / (partitions as u64 * 4).max(1)).clamp(SLAB_MIN_BYTES, SLAB_MAX_BYTES)
+        let target =
+            (selected / (partitions as u64 * 4).max(1)).clamp(SLAB_MIN_BYTES, SLAB_MAX_BYTES);
+        // Beyond 4 TiB selected, slabs grow instead of multiplying: the plan holds every slab.
+        target.max(selected.div_ceil(MAX_SLABS))
     }
 
     /// The file groups of a scan, with statistics on every file and group.
@@ -272,12 +286,13 @@ impl VoxelTable {
         partitions: usize,
         pruning: Option<&PruningPredicate>,
     ) -> DfResult<Vec<FileGroup>> {
+        check_row_count(&self.name, sels)?;
         let selected: u64 = self
             .files
             .iter()
             .zip(sels)
-            .filter_map(|(f, s)| Some(s.as_ref()?.rows() * f.itemsize()))
-            .sum();
+            .filter_map(|(f, s)| Some(s.as_ref()?.rows().saturating_mul(f.itemsize())))
+            .fold(0u64, u64::saturating_add);
         let target = Self::target_slab_bytes(selected, partitions);
         let mut slabs = Vec::new();
         for (k, (f, s)) in self.files.iter().zip(sels).enumerate() {
@@ -412,6 +427,36 @@ impl PruningStatistics for SlabStatistics<'_> {
     fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
         None
     }
+}
+
+/// Coordinate filters become index sets within `0..UNIVERSE` (2^62): a longer axis would be cut short silently,
+/// so it is refused (only a proxy over an endless handle can claim one; a file that long cannot exist).
+fn check_axes(files: &[VoxelFile]) -> Result<()> {
+    for f in files {
+        if let Some(&n) = f.shape.iter().find(|&&n| n as u64 > UNIVERSE) {
+            return Err(VoxelError::Invalid(format!(
+                "{}: an axis of {n} elements is longer than a table can index ({UNIVERSE})",
+                f.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A scan yields at most `i64::MAX` rows: `count(*)` and the row counts of SQL are 64-bit signed, and a larger count
+/// would wrap negative.
+fn check_row_count(table: &str, sels: &[Option<Selection>]) -> DfResult<()> {
+    let rows = sels
+        .iter()
+        .flatten()
+        .fold(0u128, |acc, s| acc + u128::from(s.rows()));
+    if rows > i64::MAX as u128 {
+        return Err(DataFusionError::Plan(format!(
+            "table {table}: the scan selects {rows} rows, more than a 64-bit count can hold ({})",
+            i64::MAX
+        )));
+    }
+    Ok(())
 }
 
 fn table_error(name: &str, e: VoxelError) -> VoxelError {

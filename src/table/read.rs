@@ -1,7 +1,6 @@
 //! Reading one slab: its pieces go through the core read planner (`ArrayProxy::read_raw`), are decoded and scaled,
 //! and come out as record batches with generated coordinates. Synchronous; the opener runs it on blocking threads.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
@@ -13,7 +12,9 @@ use crate::proxy::ArrayProxy;
 use crate::slicer::CanonicalSlice;
 
 use super::files::VoxelFile;
-use super::layout::{Piece, Selection, byte_span, coordinates, piece_len, pieces, slow_axis};
+use super::layout::{
+    Piece, Pieces, Selection, byte_span, coordinates, piece_len, pieces, slow_axis,
+};
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
 use crate::formats::Compression;
@@ -65,7 +66,8 @@ pub struct SlabReader {
     map: Option<Option<SlabMap>>,
     /// The slab's run of slow-axis indices (`None`: the whole selection, e.g. a gzip file).
     slow: Option<Range<u64>>,
-    pieces: VecDeque<Piece>,
+    /// Made one at a time (a header's claim may be huge).
+    pieces: Pieces,
     out: Arc<Output>,
     metrics: ScanMetrics,
     mmap: MmapMode,
@@ -85,7 +87,7 @@ impl SlabReader {
     ) -> SlabReader {
         SlabReader {
             slow,
-            pieces: pieces(sel, file.order, budget).into(),
+            pieces: pieces(sel, file.order, budget),
             file,
             proxy: None,
             map: None,
@@ -97,7 +99,7 @@ impl SlabReader {
 
     /// The batches of the next piece, or `None` when the slab is done.
     pub fn next_piece(&mut self) -> Result<Option<Vec<RecordBatch>>> {
-        let Some(piece) = self.pieces.pop_front() else {
+        let Some(piece) = self.pieces.next() else {
             return Ok(None);
         };
         let values = if self.out.wants_values() {
@@ -136,6 +138,7 @@ impl SlabReader {
         let (dtype, order) = (self.file.dtype, self.file.order);
         let read_time = self.metrics.read_time.clone();
         if let Some(m) = self.mapped()? {
+            m.check_length()?;
             let timer = read_time.timer();
             let mut local = piece.clone();
             local[m.slow_axis] =
@@ -332,6 +335,11 @@ pub fn gather_box(
 /// One slab of an uncompressed file, memory-mapped: its planes along the slow axis, from `slow_start`.
 struct SlabMap {
     map: MappedArray,
+    /// The mapped file, to see that it still holds the slab before each piece is copied out of the map.
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// The file offset the slab ends at.
+    end: u64,
     /// The file's shape with the slow axis cut to the slab.
     shape: Vec<usize>,
     slow_axis: usize,
@@ -339,6 +347,25 @@ struct SlabMap {
 }
 
 impl SlabMap {
+    /// A file truncated since the slab was mapped would fault (SIGBUS) when a page past its new end is touched: each
+    /// piece is copied only after the file is seen to still hold the whole slab. (A truncation during the copy of
+    /// one piece, at most `PIECE_ELEMENTS` elements, still faults: `mmap off` reads with `pread` only.)
+    fn check_length(&self) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| VoxelError::io(&self.path, e))?
+            .len();
+        if len < self.end {
+            return Err(VoxelError::Truncated {
+                path: self.path.display().to_string(),
+                expected: self.end,
+                actual: len,
+            });
+        }
+        Ok(())
+    }
+
     /// `None` for files the scan does not map itself (compressed, or a registered proxy over an open handle).
     fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
         let Some(slow_axis) = slow_axis(f.ndim(), f.order) else {
@@ -380,6 +407,9 @@ impl SlabMap {
         ) {
             Ok(map) => Ok(Some(SlabMap {
                 map,
+                file,
+                path: f.data_path.clone(),
+                end: span.end,
                 shape,
                 slow_axis,
                 slow_start: slow.start,
@@ -388,5 +418,70 @@ impl SlabMap {
             Err(VoxelError::Io { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::ByteOrder;
+    use crate::formats::test_util::HeaderBuilder;
+    use crate::table::schema::file_schema;
+
+    /// A mapped slab whose file is cut between two pieces: the next piece is a "truncated" error naming the file,
+    /// not a SIGBUS from touching mapped pages past the new end.
+    #[test]
+    fn a_file_truncated_between_pieces_is_an_error_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.nii");
+        let data = vec![1u8; 64 * 64 * 64 * 2];
+        let bytes = HeaderBuilder::nifti1(ByteOrder::Little, &[64, 64, 64], 4, true)
+            .single_file(&[], &data);
+        std::fs::write(&path, &bytes).unwrap();
+        let h = crate::formats::read_header(&path).unwrap();
+        let f = Arc::new(VoxelFile::from_header("cut.nii".into(), &h).unwrap());
+        let out = Arc::new(Output {
+            schema: file_schema(3, Scalar::I16).unwrap(),
+            columns: vec![0, 1, 2, 3],
+            ndim: 3,
+            mode: ValueMode::Unscaled,
+            scalar: Scalar::I16,
+            batch_size: 8192,
+        });
+        let metrics = ScanMetrics {
+            bytes_read: Count::new(),
+            segments_read: Count::new(),
+            requests: Count::new(),
+            pieces_read: Count::new(),
+            read_time: Time::new(),
+            decode_time: Time::new(),
+        };
+        let sel = Selection::full(&f.shape);
+        // One plane (64 x 64 elements) per piece.
+        let mut r = SlabReader::new(
+            f,
+            &sel,
+            out,
+            metrics,
+            64 * 64,
+            MmapMode::ReadOnly,
+            Some(0..64),
+        );
+        assert!(r.next_piece().unwrap().is_some());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(352 + 64 * 64 * 2).unwrap();
+        let mut seen = None;
+        for _ in 0..64 {
+            match r.next_piece() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => {
+                    seen = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = seen.expect("an error after the cut").to_string();
+        assert!(e.contains("cut.nii") && e.contains("truncated"), "{e}");
     }
 }
