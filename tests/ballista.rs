@@ -1239,4 +1239,33 @@ async fn copy_to_nifti_on_ballista_writes_the_local_image() {
         proxy.to_array().unwrap().to_f64_c_order().unwrap()
     };
     assert_eq!(read(&got), read(&want));
+
+    // OPTIONS travel with the format to the executor (DataFusion's plan protobuf drops a COPY's own options): the
+    // dtype and the fill are applied there; an unknown option is an error, never a file written with defaults.
+    let with = dir.path().join("options.nii");
+    let q = format!(
+        "COPY (SELECT i, j, k, value FROM b WHERE t = 0 AND i < 3) TO '{}' STORED AS NIFTI \
+         OPTIONS ('dtype' 'float32', 'fill' '-1')",
+        with.display()
+    );
+    must(&ctx, &q).await;
+    let proxy = voxelscan::ArrayProxy::open(&with, Default::default()).unwrap();
+    assert!(
+        proxy.dtype().to_string().ends_with("f4"),
+        "{}",
+        proxy.dtype()
+    );
+    let values = proxy.to_array().unwrap().to_f64_c_order().unwrap();
+    assert_eq!(values[[5, 0, 0]], -1.0);
+    let bad = dir.path().join("bad.nii");
+    let q = format!(
+        "COPY (SELECT i, j, k, value FROM b WHERE t = 0) TO '{}' STORED AS NIFTI \
+         OPTIONS ('dtype' 'float32', 'colour' 'red')",
+        bad.display()
+    );
+    let e = text(&ctx, &q)
+        .await
+        .expect_err("an unknown option was accepted");
+    assert!(e.to_string().contains("unknown option"), "{e}");
+    assert!(!bad.exists());
 }

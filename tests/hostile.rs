@@ -273,6 +273,8 @@ enum Cmd {
     SqlSum,
     SqlSelective,
     Export,
+    ExportNifti,
+    View,
     Index,
 }
 
@@ -287,6 +289,8 @@ const CLAIM: &[Cmd] = &[
     Cmd::SqlSum,
     Cmd::SqlSelective,
     Cmd::Export,
+    Cmd::ExportNifti,
+    Cmd::View,
     Cmd::Index,
 ];
 const DATA: &[Cmd] = &[
@@ -296,6 +300,8 @@ const DATA: &[Cmd] = &[
     Cmd::SqlSum,
     Cmd::SqlSelective,
     Cmd::Export,
+    Cmd::ExportNifti,
+    Cmd::View,
 ];
 
 struct Case {
@@ -523,7 +529,7 @@ fn claim_cases() -> Vec<Case> {
 }
 
 /// Raw files have no `export` (a headerless file cannot be detected).
-const RAW_CLAIM: [Cmd; 8] = [
+const RAW_CLAIM: [Cmd; 9] = [
     Cmd::Info,
     Cmd::SliceAll,
     Cmd::SliceIndexedUnscaled,
@@ -532,6 +538,7 @@ const RAW_CLAIM: [Cmd; 8] = [
     Cmd::SqlSum,
     Cmd::SqlSelective,
     Cmd::Index,
+    Cmd::View,
 ];
 
 /// Claims a file could back, but whose data is not all there: gzip members ending early, and bombs.
@@ -646,13 +653,19 @@ fn args(c: &Case, cmd: Cmd, dir: &Path) -> Vec<String> {
         ],
         Cmd::SqlCount | Cmd::SqlSum | Cmd::SqlSelective => return sql_args(c, cmd),
         Cmd::Export => vec!["export".into(), file.clone(), out("parquet")],
+        Cmd::ExportNifti => vec!["export".into(), file.clone(), out("nii.gz")],
+        Cmd::View => vec!["view".into(), file.clone(), "-o".into(), out("png")],
         Cmd::Index => vec!["index".into(), file.clone()],
     };
     if let (Some(spec), true) = (
         &c.raw,
         matches!(
             cmd,
-            Cmd::Info | Cmd::SliceAll | Cmd::SliceIndexedUnscaled | Cmd::SliceAllAsFloat32
+            Cmd::Info
+                | Cmd::SliceAll
+                | Cmd::SliceIndexedUnscaled
+                | Cmd::SliceAllAsFloat32
+                | Cmd::View
         ),
     ) {
         a.push("--raw".into());
@@ -811,6 +824,55 @@ fn a_result_larger_than_memory_is_refused_before_allocating() {
         stderr.contains("more than the 1048576 bytes allowed"),
         "{stderr}"
     );
+}
+
+/// An output grid taken from a template claiming 2000³ voxels (a sparse 8 GB file, so the claim is backed): the NIfTI
+/// writer refuses its volume before allocating it, and so does a picture of an 8000 × 8000 section.
+#[test]
+fn output_grids_and_pictures_larger_than_memory_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let small = [nii(&[4, 4, 4], INT16), noise(4 * 4 * 4 * 2, 3)].concat();
+    std::fs::write(dir.path().join("small.nii"), small).expect("write");
+    let big = dir.path().join("big.nii");
+    std::fs::write(&big, nii(&[2000, 2000, 2000], UINT8)).expect("write");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .expect("open");
+    file.set_len(352 + 8_000_000_000).expect("sparse file");
+    let square = dir.path().join("square.raw");
+    std::fs::File::create(&square)
+        .and_then(|f| f.set_len(64_000_000))
+        .expect("sparse file");
+    let runs: [&[&str]; 3] = [
+        &["export", "small.nii", "out.nii", "--like", "big.nii"],
+        &[
+            "export",
+            "big.nii",
+            "out.nii",
+            "--sql",
+            "SELECT * FROM t WHERE i = 0 AND j = 0 AND k = 0",
+        ],
+        &[
+            "view",
+            "square.raw",
+            "--raw",
+            "shape=8000,8000;dtype=|u1",
+            "--scale",
+            "1",
+            "-o",
+            "x.png",
+        ],
+    ];
+    for a in runs {
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        let (run, signal) = run_limited(dir.path(), &a);
+        assert_eq!(signal, None, "{a:?}: {}", describe(&run, signal));
+        assert_eq!(run.code, Some(2), "{a:?}: {}", describe(&run, signal));
+        assert!(run.stderr.contains("would need"), "{a:?}: {}", run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    }
+    assert!(!dir.path().join("out.nii").exists());
 }
 
 /// The limit leaves room for real work: the same commands on good files succeed under it.

@@ -218,6 +218,19 @@ fn bad_input_exits_2_and_leaves_nothing_under_the_target() {
         ),
         (
             format!(
+                "COPY (SELECT i + 100 AS i, j, k, CAST(NULL AS DOUBLE) AS value FROM t WHERE t = 0) TO '{t}' STORED AS NIFTI OPTIONS ('like' '{}')",
+                src.display()
+            ),
+            "outside the grid",
+        ),
+        (
+            format!(
+                "COPY (SELECT i, j, k, value FROM t WHERE t = 0) TO '{t}' STORED AS NIFTI OPTIONS ('dtype' 'float32', 'scale' 'auto')"
+            ),
+            "float dtype",
+        ),
+        (
+            format!(
                 "COPY (SELECT i * 2 AS i, j, k, value FROM t WHERE t = 0) TO '{t}' STORED AS NIFTI"
             ),
             "'like'",

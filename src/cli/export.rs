@@ -18,6 +18,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionConfig;
 
 use super::{CliError, CliResult};
+use crate::formats::Format;
 use crate::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
 use crate::table::{FormatKind, TableOptions, VoxelTable, session_context};
 
@@ -47,7 +48,8 @@ pub struct ExportArgs {
     /// Output format: parquet, or nifti (one image; the default when OUT ends in .nii or .nii.gz).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<ExportFormat>,
-    /// NIfTI: the image whose grid (shape, affine, codes, zooms) the output takes (default: LOCATION's).
+    /// NIfTI: the image whose grid (shape, affine, codes, zooms) the output takes (default: LOCATION's, when it is
+    /// one image with a header).
     #[arg(long, value_name = "IMAGE")]
     pub like: Option<String>,
     /// NIfTI: the value column (default: the only non-coordinate column, or `value`).
@@ -238,9 +240,19 @@ pub async fn export_nifti(
         &[location.to_string()],
         TableOptions::new(FormatKind::Any),
     )?;
+    // Without --like, one source image with a header lends its grid (as the flag's help says), so queries that
+    // compute coordinates still find one.
+    let mut options = options.clone();
+    if let [file] = table.files()
+        && !matches!(file.format, Format::Npy | Format::Raw)
+    {
+        options
+            .entry("like".to_string())
+            .or_insert_with(|| file.name.clone());
+    }
     ctx.register_table(EXPORT_TABLE, Arc::new(table))
         .map_err(df_err)?;
-    let opts = NiftiWriteOptions::parse(options)?;
+    let opts = NiftiWriteOptions::parse(&options)?;
     let df = ctx
         .sql(sql.unwrap_or("SELECT * FROM t"))
         .await

@@ -321,6 +321,23 @@ pub struct WorkDir {
     _ours: Option<tempfile::TempDir>,
 }
 
+/// Shuffle files are other jobs' data: an existing work directory must be a directory of this user that nobody
+/// else can write to (they could plant or swap files in it), else it is refused.
+fn check_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| VoxelError::io(dir, e))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(VoxelError::Invalid(format!(
+            "{}: a work directory must be a directory of this user that others cannot write to (chmod 700 it, or \
+             leave --work-dir out for a private temporary one)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl WorkDir {
     /// `asked`, created with mode 0700 (and missing parents) if it does not exist, or a new
     /// `voxelscan-executor-XXXXXX` directory (mode 0700) under the system's temporary directory.
@@ -339,6 +356,7 @@ impl WorkDir {
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                         .map_err(|e| VoxelError::io(dir, e))?;
                 }
+                check_private_dir(dir)?;
                 Ok(WorkDir {
                     path: dir.to_path_buf(),
                     _ours: None,
@@ -634,6 +652,12 @@ mod tests {
         assert_eq!(mode(&asked), 0o700);
         drop(w);
         assert!(asked.is_dir());
+        // An existing one that others can write to is refused, naming it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&asked, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = WorkDir::create(Some(&asked)).err().unwrap().to_string();
+        assert!(e.contains("work/") || e.contains("work:"), "{e}");
+        assert!(e.contains("others cannot write"), "{e}");
 
         // The default work dir of an executor config lives as long as the config.
         let mut e = ExecutorSettings::new("127.0.0.1", 1);

@@ -564,7 +564,7 @@ impl GzipSource {
         let identity = FileIdentity::of(&file, &location)?;
         let meta = file.metadata().map_err(|e| VoxelError::io(path, e))?;
         let access = IndexAccess {
-            mode: meta.mode() & 0o666,
+            mode: index_mode(meta.mode(), meta.gid()),
             owners: vec![current_uid(), meta.uid()],
         };
         let index_paths = if options.use_index {
@@ -686,8 +686,8 @@ impl IndexPlace {
 }
 
 /// Candidate index file locations, in order of preference: the sidecar in the directory where `path` itself
-/// lives (not when `path` is a symbolic link: never beside a link's target, in a directory that may be someone
-/// else's), then the user cache directory; only the cache directory when `options.cache_dir` names one.
+/// lives (not when `path` or a directory on it is a symbolic link: never beside a link's target, in a directory
+/// that may be someone else's), then the user cache directory; only the cache directory when `options.cache_dir` names one.
 pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<IndexPlace> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let name = canonical
@@ -699,8 +699,10 @@ pub fn index_locations(path: &Path, options: &GzipOptions) -> Vec<IndexPlace> {
         return vec![IndexPlace::cache(dir.join(key))];
     }
     let mut out = Vec::new();
-    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link && let Some(dir) = canonical.parent() {
+    // A sidecar only when no symbolic link is on the way to the file (the file itself or any directory above it):
+    // otherwise "where the path lives" would be a link target's directory.
+    let direct = std::path::absolute(path).is_ok_and(|a| a == canonical);
+    if direct && let Some(dir) = canonical.parent() {
         out.push(IndexPlace {
             path: dir.join(format!(".{name}.{INDEX_EXTENSION}")),
             in_cache_dir: false,
@@ -729,6 +731,16 @@ impl IndexAccess {
             owners: vec![current_uid()],
         }
     }
+}
+
+/// Permission bits for an index of a file with `mode` and group `gid`: the file's own, without execute bits, and
+/// without group bits when the index will belong to another group (ours) than the file's, whose members might not
+/// have been able to read the file.
+pub fn index_mode(mode: u32, gid: u32) -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let ours = unsafe { libc::getegid() };
+    let mode = mode & 0o666;
+    if gid == ours { mode } else { mode & !0o070 }
 }
 
 fn current_uid() -> u32 {
@@ -1883,6 +1895,11 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(beside, vec![std::ffi::OsString::from("img.nii.gz")]);
+        // A link higher up (to the file's directory) is a link target's directory too.
+        let ldir = links.path().join("ldir");
+        std::os::unix::fs::symlink(dir.path(), &ldir).unwrap();
+        let places = index_locations(&ldir.join("img.nii.gz"), &GzipOptions::default());
+        assert!(places.iter().all(|p| p.in_cache_dir), "{places:?}");
         // The file itself, not a link: its sidecar comes first.
         assert!(!index_locations(&path, &GzipOptions::default())[0].in_cache_dir);
     }

@@ -23,6 +23,10 @@ const SECRET_MARKS: &[&str] = &[
     "credential",
     "private_key",
     "bearer",
+    // Azure's account key under object_store's other names (`azure.master_key`, `azure_storage_master_key`), and
+    // S3's customer-provided encryption key (`aws.sse_customer_key_base64`).
+    "master_key",
+    "customer_key",
 ];
 
 /// Whether the value of option `key` is a secret (matched case-insensitively anywhere in the key).
@@ -74,6 +78,9 @@ mod tests {
             "google.application_credentials",
             "azure.client_secret",
             "azure.bearer_token",
+            "azure.master_key",
+            "azure.storage_master_key",
+            "aws.sse_customer_key_base64",
         ] {
             assert!(is_secret_key(key), "{key}");
         }

@@ -526,6 +526,14 @@ fn read_section(image: &Image, section: &Section) -> Result<Array2<f64>> {
         .proxy
         .slice(&section.spec)
         .map_err(|e| image.in_file(e))?;
+    // The float64 copies (the cast, its C-order layout, the window's sorted values) are the picture's big
+    // buffers: refuse them before allocating, as any read sized from a header is.
+    let voxels = array.shape.iter().map(|&d| d as u64).product::<u64>();
+    crate::memory::check(
+        &image.location,
+        "the section as float64",
+        crate::memory::bytes_of(voxels, 3 * 8),
+    )?;
     array
         .to_f64_c_order()
         .and_then(|a| {

@@ -213,6 +213,13 @@ impl SinkSpec {
             Some(text) => output_scalar(text)?,
         };
         let fill = options.fill_value()?;
+        if options.scale_auto && encode::int_range(scalar).is_none() {
+            return Err(VoxelError::Invalid(
+                "'scale' 'auto' chooses a slope and intercept for an integer dtype; a float dtype is written exactly \
+                 (leave 'scale' out, or give an integer 'dtype')"
+                    .into(),
+            ));
+        }
         if options.scale_auto && encode::int_range(scalar).is_some() && kind != Kind::Float {
             return Err(VoxelError::Invalid(
                 "'scale' 'auto' applies to float values written as an integer dtype; these values are integers (written exactly)".into(),
@@ -301,9 +308,6 @@ impl SinkSpec {
         let spatial = self.grid.spatial();
         let mut at = vec![0i64; self.coords.len()];
         for row in 0..batch.num_rows() {
-            if values.is_null(row) {
-                continue;
-            }
             for (n, c) in coords.iter().enumerate() {
                 if c.is_null(row) {
                     return Err(VoxelError::Invalid(format!(
@@ -334,6 +338,10 @@ impl SinkSpec {
             } else {
                 0
             };
+            // A NULL value is a missing voxel (it gets the fill), but its coordinates were checked like any row's.
+            if values.is_null(row) {
+                continue;
+            }
             vols.push(t, idx, bits(row))?;
         }
         Ok(())
@@ -714,8 +722,14 @@ impl NiftiSink {
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
             None => std::env::temp_dir(),
         };
-        let mut vols =
-            Volumes::new(spec.grid.spatial(), spec.has_t, spec.kind, &dir).map_err(err)?;
+        let mut vols = Volumes::new(
+            spec.grid.spatial(),
+            spec.has_t,
+            spec.kind,
+            &dir,
+            &spec.grid.source,
+        )
+        .map_err(err)?;
         while let Some(batch) = data.next().await {
             spec.ingest(&mut vols, &batch?).map_err(err)?;
         }
@@ -834,7 +848,7 @@ impl DataSink for NiftiSink {
 
 /// Puts a `COPY … STORED AS NIFTI`'s OPTIONS into its file type. DataFusion's plan protobuf drops a COPY's options
 /// (only the file format travels, through the codec), so on Ballista they would not reach the scheduler; carried
-/// by the format, they do. Options that do not parse are left where they are: planning then reports them.
+/// by the format, they do. Options that do not parse are a planning error.
 #[derive(Debug, Default)]
 pub struct NiftiCopyOptions;
 
@@ -851,15 +865,20 @@ impl datafusion::optimizer::AnalyzerRule for NiftiCopyOptions {
             let LogicalPlan::Copy(mut copy) = node else {
                 return Ok(Transformed::no(node));
             };
-            let carried = file_type_to_format(&copy.file_type).ok().and_then(|f| {
-                let nifti = f.downcast_ref::<NiftiFormatFactory>()?;
-                let given = NiftiWriteOptions::parse(&copy.options).ok()?;
-                let mut options = nifti.options.clone();
-                merge(&mut options, given);
-                (options != nifti.options).then_some(NiftiFormatFactory {
-                    name: nifti.name,
-                    options,
-                })
+            let Some(nifti) = file_type_to_format(&copy.file_type)
+                .ok()
+                .and_then(|f| f.downcast_ref::<NiftiFormatFactory>().cloned())
+            else {
+                return Ok(Transformed::no(LogicalPlan::Copy(copy)));
+            };
+            // Options that do not parse are an error here: left in place they would be dropped on the way to a
+            // cluster, and the file written with defaults.
+            let given = NiftiWriteOptions::parse(&copy.options).map_err(plan_err)?;
+            let mut options = nifti.options.clone();
+            merge(&mut options, given);
+            let carried = (options != nifti.options).then_some(NiftiFormatFactory {
+                name: nifti.name,
+                options,
             });
             match carried {
                 Some(factory) => {

@@ -258,8 +258,8 @@ fn save_local_index(target: &Path, index: &GzIndex, options: &GzipOptions) {
     };
     // The new file's own permission bits (execute dropped), as for any index of it.
     let mode = file.metadata().map_or(0o600, |m| {
-        use std::os::unix::fs::PermissionsExt;
-        m.permissions().mode() & 0o666
+        use std::os::unix::fs::MetadataExt;
+        crate::io::gzip::index_mode(m.mode(), m.gid())
     });
     let _ = save_index(index, &index_locations(target, options), &identity, mode);
 }

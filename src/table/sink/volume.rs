@@ -89,6 +89,9 @@ pub struct Volume {
     pub seen: Vec<bool>,
 }
 
+/// Bytes of one voxel of an assembled volume: its value bits and its seen flag.
+const VOXEL_BYTES: u64 = 9;
+
 /// The accumulator of one output image.
 #[derive(Debug)]
 pub struct Volumes {
@@ -107,15 +110,25 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    /// An accumulator for volumes of shape `spatial` (with a volume axis when `has_t`); spill files, if any, go to
-    /// `spill_dir`.
-    pub fn new(spatial: &[usize], has_t: bool, kind: Kind, spill_dir: &Path) -> Result<Volumes> {
+    /// An accumulator for volumes of shape `spatial` (with a volume axis when `has_t`), the grid of `grid_source`
+    /// (named in errors); spill files, if any, go to `spill_dir`.
+    pub fn new(
+        spatial: &[usize],
+        has_t: bool,
+        kind: Kind,
+        spill_dir: &Path,
+        grid_source: &str,
+    ) -> Result<Volumes> {
         let nvox = spatial
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let nvox = nvox
             .filter(|&n| usize::try_from(n).is_ok())
             .ok_or_else(|| VoxelError::Invalid(format!("grid {spatial:?} is too large")))?;
+        // One assembled volume (value bits and a seen flag per voxel) is the sink's fixed cost: refuse a grid whose
+        // volume cannot fit before the query runs, whatever the template or table header claims.
+        let volume_bytes = crate::memory::bytes_of(nvox, VOXEL_BYTES);
+        crate::memory::check(grid_source, "one output volume", volume_bytes)?;
         let budget = usize::try_from(nvox).unwrap_or(usize::MAX).max(MIN_BUDGET);
         Ok(Volumes {
             spatial: spatial.to_vec(),
@@ -156,7 +169,9 @@ impl Volumes {
 
     /// Whether some voxel of the output gets the fill value.
     pub fn has_missing(&self) -> bool {
-        self.rows < self.nvox * u64::from(self.volume_count())
+        self.nvox
+            .checked_mul(u64::from(self.volume_count()))
+            .is_none_or(|all| self.rows < all)
     }
 
     /// Add one row: volume `t` (0 without a volume axis), F-order voxel index `idx`, value bits.
@@ -205,11 +220,18 @@ impl Volumes {
         let count = self.volume_count();
         let nvox = usize::try_from(self.nvox)
             .map_err(|_| VoxelError::Invalid("volume too large".into()))?;
-        let mut vol = Volume {
-            t: 0,
-            values: vec![0; nvox],
-            seen: vec![false; nvox],
+        let where_ = self.spill_dir.display().to_string();
+        let failed = |e| {
+            let needed = crate::memory::bytes_of(nvox as u64, VOXEL_BYTES);
+            crate::memory::allocation_failed(&where_, "one output volume", needed, e)
         };
+        let mut values = Vec::new();
+        values.try_reserve_exact(nvox).map_err(failed)?;
+        values.resize(nvox, 0);
+        let mut seen = Vec::new();
+        seen.try_reserve_exact(nvox).map_err(failed)?;
+        seen.resize(nvox, false);
+        let mut vol = Volume { t: 0, values, seen };
         if self.spill.is_some() {
             self.spill_buffer()?;
         } else {
@@ -345,7 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // 2x2x1 volumes, 3 of them, rows in reverse order; a tiny budget forces several runs.
         for budget in [2, 1 << 20] {
-            let mut v = Volumes::new(&[2, 2, 1], true, Kind::Signed, dir.path()).unwrap();
+            let mut v = Volumes::new(&[2, 2, 1], true, Kind::Signed, dir.path(), "test").unwrap();
             v.budget = budget;
             for t in (0..3u32).rev() {
                 for idx in (0..4u64).rev() {
@@ -367,7 +389,7 @@ mod tests {
     #[test]
     fn duplicates_name_the_voxel_even_across_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut v = Volumes::new(&[3, 2, 2], true, Kind::Float, dir.path()).unwrap();
+        let mut v = Volumes::new(&[3, 2, 2], true, Kind::Float, dir.path(), "test").unwrap();
         v.budget = 1;
         v.push(1, 5, 1.5f64.to_bits()).unwrap();
         v.push(1, 5, 1.5f64.to_bits()).unwrap();
@@ -379,7 +401,7 @@ mod tests {
     #[test]
     fn ranges_skip_nan_and_infinities() {
         let dir = tempfile::tempdir().unwrap();
-        let mut v = Volumes::new(&[4], false, Kind::Float, dir.path()).unwrap();
+        let mut v = Volumes::new(&[4], false, Kind::Float, dir.path(), "test").unwrap();
         for x in [f64::NAN, -2.0, f64::INFINITY, 7.0] {
             v.push(0, 0, x.to_bits()).unwrap();
         }
