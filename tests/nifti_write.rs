@@ -135,6 +135,25 @@ fn tsnr_and_mean_maps_equal_numpys() {
     }
 }
 
+/// A window query keeps the table's coordinates (the window node appends its result after them): the grid is
+/// found without `like`.
+#[test]
+fn a_window_query_keeps_the_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = bold(dir.path());
+    let out = dir.path().join("demeaned.nii");
+    let run = sql(
+        dir.path(),
+        &src,
+        &format!(
+            "COPY (SELECT i, j, k, t, value - avg(value) OVER (PARTITION BY i, j, k) AS d FROM t) TO '{}' STORED AS NIFTI",
+            out.display()
+        ),
+    );
+    check_ok_run(&run).unwrap();
+    check("demean", &src, &out, &[]);
+}
+
 #[test]
 fn sparse_results_get_the_fill() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
     check MODE SRC OUT [ARGS]    -> JSON {"ok": bool, "problems": [...], ...}
       MODE same                  OUT holds np.asarray(SRC.dataobj), same grid
       MODE mean | tsnr           OUT is the mean / tSNR (mean / std ddof=1) over t of SRC (rtol 1e-6)
+      MODE demean                OUT is SRC minus its mean over t (a window query)
       MODE sparse THR FILL       OUT[..] = SRC[..., 0] where it is > THR, else FILL
       MODE scaled DTYPE          OUT is SRC[..., 0] (float) stored as DTYPE with nibabel's slope/inter
 """
@@ -105,6 +106,9 @@ def check(mode, src_path, out_path, args):
         x = a.astype(np.float64)
         mean = x.mean(axis=-1)
         want = mean if mode == "mean" else mean / x.std(axis=-1, ddof=1)
+    elif mode == "demean":
+        x = a.astype(np.float64)
+        want = x - x.mean(axis=-1, keepdims=True)
     elif mode == "sparse":
         thr, fill = float(args[0]), float(args[1])
         x = a[..., 0]
@@ -137,6 +141,8 @@ def check(mode, src_path, out_path, args):
         want = None
     else:
         raise SystemExit(f"unknown mode {mode}")
+    # Differences of nearly equal numbers (demeaned values) are exact only to the rounding of their terms.
+    atol = 1e-9 * float(np.nanmax(np.abs(a))) if mode == "demean" else 0.0
     if want is not None:
         if got.shape != want.shape:
             problems.append(f"shape {got.shape}, expected {want.shape}")
@@ -146,7 +152,7 @@ def check(mode, src_path, out_path, args):
                 problems.append(f"dtype {got.dtype}, expected {want.dtype}")
             if not np.array_equal(got, want, equal_nan=True):
                 problems.append(f"{int((got != want).sum())} values differ")
-        elif not np.allclose(got, want, rtol=1e-6, atol=0, equal_nan=True):
+        elif not np.allclose(got, want, rtol=1e-6, atol=atol, equal_nan=True):
             rel = np.nanmax(np.abs(got - want) / np.maximum(np.abs(want), 1e-300))
             problems.append(f"values differ: max relative error {rel:g}")
         compare_header(problems, model_header(src, want, got.dtype), out.header)

@@ -1,7 +1,7 @@
 //! Where the grid comes from when `like` is not given: the physical input plan must read exactly one voxel
 //! table of one file, and every coordinate column of its output must be that table's column of the same name,
-//! unchanged (passed through projections, filters, sorts, repartitions, limits, and aggregates as a plain GROUP
-//! BY key). Anything else (a computed `i`, a join, two tables) needs `like`.
+//! unchanged (passed through projections, filters, sorts, repartitions, limits, window aggregates, and aggregates
+//! as a plain GROUP BY key). Anything else (a computed `i`, a join, two tables) needs `like`.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 
 use crate::io::remote::StoreOptions;
 use crate::table::VoxelSource;
@@ -56,9 +57,12 @@ fn origin(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> Option<String> {
     if voxel_source(plan.as_ref()).is_some() {
         return Some(plan.schema().fields().get(idx)?.name().clone());
     }
-    // Nodes that pass their single input's columns through as they are (sorts, repartitions, limits, …).
+    // Nodes that pass their single input's columns through as they are (sorts, repartitions, limits, …), and
+    // window aggregates, which append their results after them.
+    let window = plan.is::<BoundedWindowAggExec>() || plan.is::<WindowAggExec>();
     match plan.children().as_slice() {
         [child] if child.schema().fields() == plan.schema().fields() => origin(child, idx),
+        [child] if window && idx < child.schema().fields().len() => origin(child, idx),
         _ => None,
     }
 }
