@@ -714,6 +714,7 @@ fn bad_input_gives_one_error_line_and_no_picture() {
             vec!["flat.nii", "-o", "no/such/dir/out.png"],
             "no/such/dir/out.png",
         ),
+        (vec!["flat.nii", "-o", "slice.jpg"], "name the output .png"),
     ];
     for (args, needle) in cases {
         let mut full: Vec<String> = std::iter::once("view")

@@ -78,6 +78,7 @@ pub struct ViewArgs {
 }
 
 pub fn run(args: ViewArgs) -> CliResult {
+    check_output_name(&args.output)?;
     let request = request(&args)?;
     let mut opts = ViewOptions {
         radiological: args.radiological,
@@ -160,4 +161,18 @@ fn overlay(args: &ViewArgs, path: &std::path::Path) -> Result<Overlay, CliError>
         alpha: args.alpha,
         cmap,
     })
+}
+
+/// The picture is a PNG: an output named for another format (`slice.jpg`) would get PNG bytes under a lying name.
+fn check_output_name(out: &std::path::Path) -> CliResult {
+    match out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+    {
+        Some(ext) if ext != "png" => Err(CliError(format!(
+            "{}: view writes PNG pictures; name the output .png",
+            out.display()
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -309,10 +309,17 @@ pub fn render(image: &Image, request: &Request, opts: &ViewOptions) -> Result<Pi
     }
     let (caption, description) = describe(image, &sections, point.as_deref());
     canvas.text(2, height - CAPTION + (CAPTION - GLYPH) / 2, &caption, WHITE);
-    let description = format!(
+    let mut description = format!(
         "{description}; window {}",
         describe_window(window, opts.window.is_some())
     );
+    // The overlay's colours span ±(its largest |value| drawn): say so, or equal colours could not be compared.
+    if let Some(layer) = &overlay {
+        description.push_str(&format!(
+            "; overlay colours ±{}",
+            significant(layer.max_abs)
+        ));
+    }
     Ok(Picture {
         canvas,
         window,
