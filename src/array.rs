@@ -140,10 +140,12 @@ impl VoxelArray {
         }
     }
 
-    /// Write as `.npy` (numpy reads back the same shape, dtype with byte order, and values).
+    /// Write as `.npy` (numpy reads back the same shape, dtype with byte order, and values), streamed from the
+    /// values themselves: no second copy of the result (an F-layout result is written with `fortran_order`).
     pub fn write_npy(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let bytes = self.values.to_bytes(self.dtype.order);
-        crate::formats::npy::write_npy(w, self.dtype, &self.shape, self.layout == Order::F, &bytes)
+        let fortran = self.layout == Order::F;
+        w.write_all(&crate::formats::npy::header_bytes(self.dtype, &self.shape, fortran))?;
+        self.values.write_bytes(self.dtype.order, w)
     }
 
     pub fn save_npy(&self, path: &Path) -> Result<()> {

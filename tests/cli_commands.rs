@@ -4,6 +4,7 @@
 
 mod common;
 
+#[cfg(feature = "ballista")]
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

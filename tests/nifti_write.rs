@@ -5,6 +5,7 @@
 //! written `.nii.gz` is read by voxelscan through the index written with it.
 //!
 //! Needs a Python with nibabel and numpy: `$VOXELSCAN_PYTHON`, default `.venv/bin/python` in the repository.
+#![cfg(feature = "sql")]
 
 mod common;
 
