@@ -144,7 +144,11 @@ impl VoxelArray {
     /// values themselves: no second copy of the result (an F-layout result is written with `fortran_order`).
     pub fn write_npy(&self, w: &mut impl Write) -> std::io::Result<()> {
         let fortran = self.layout == Order::F;
-        w.write_all(&crate::formats::npy::header_bytes(self.dtype, &self.shape, fortran))?;
+        w.write_all(&crate::formats::npy::header_bytes(
+            self.dtype,
+            &self.shape,
+            fortran,
+        ))?;
         self.values.write_bytes(self.dtype.order, w)
     }
 

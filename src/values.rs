@@ -169,7 +169,11 @@ fn encode<T: Swap>(v: &[T], swap: bool) -> Vec<u8> {
 /// Elements swapped per write when the byte order is not native (64 Ki elements: a few hundred KiB at most).
 const SWAP_CHUNK: usize = 1 << 16;
 
-fn write_elements<T: Swap>(v: &[T], swap: bool, w: &mut impl std::io::Write) -> std::io::Result<()> {
+fn write_elements<T: Swap>(
+    v: &[T],
+    swap: bool,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     if !swap || std::mem::size_of::<T>() == 1 {
         return w.write_all(bytemuck::cast_slice(v));
     }
@@ -280,7 +284,11 @@ impl Values {
 
     /// Write the elements' bytes in `order` to `w` without a copy of the whole buffer: the buffer itself when the
     /// order is native, else through a small reused buffer of swapped elements.
-    pub fn write_bytes(&self, order: ByteOrder, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    pub fn write_bytes(
+        &self,
+        order: ByteOrder,
+        w: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
         let swap = order != ByteOrder::NATIVE;
         each_variant!(self, v => write_elements(v, swap, w))
     }
@@ -531,7 +539,11 @@ mod tests {
         let cases = [
             Values::I16((0..n).map(|i| i as i16).collect()),
             Values::F64((0..n).map(|i| i as f64 * 0.5).collect()),
-            Values::C64((0..n).map(|i| Complex32::new(i as f32, -(i as f32))).collect()),
+            Values::C64(
+                (0..n)
+                    .map(|i| Complex32::new(i as f32, -(i as f32)))
+                    .collect(),
+            ),
             Values::U8((0..n).map(|i| i as u8).collect()),
             Values::Rgb24((0..n).map(|i| [i as u8, 1, 2]).collect()),
         ];
