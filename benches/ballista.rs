@@ -36,7 +36,6 @@ use servers::Garage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use voxelscan::cluster::{SchedulerHandle, SchedulerSettings, scheduler_config, start_scheduler};
-use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::synth;
 
 const SHAPE: [usize; 4] = [96, 96, 60, 300];
@@ -70,13 +69,7 @@ fn env_count(name: &str, default: usize) -> usize {
 fn image(dir: &Path, shape: [usize; 4]) -> PathBuf {
     let [x, y, z, t] = shape;
     let path = dir.join(format!("bold-{x}x{y}x{z}x{t}.nii"));
-    if !path.exists() {
-        eprintln!("generating {}", path.display());
-        let n: usize = shape.iter().product();
-        let data = synth::random_i16_le(n, 42, 0, 4096);
-        let dt = DType::new(Scalar::I16, ByteOrder::Little);
-        synth::write_nifti1(&path, &shape, dt, 1.0, 0.0, &data, false).expect("write bench image");
-    }
+    synth::bench_image(&path, &shape, 1.0, 0.0, false).expect("write bench image");
     path
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use servers::Nginx;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::io::remote::StoreOptions;
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::slicer::SliceSpec;
@@ -32,13 +31,7 @@ const CASES: [(&str, &str); 3] = [
 
 fn image(dir: &Path) -> PathBuf {
     let path = dir.join("bold.nii");
-    if !path.exists() {
-        eprintln!("generating {}", path.display());
-        let n: usize = SHAPE.iter().product();
-        let data = synth::random_i16_le(n, 42, 0, 4096);
-        let dt = DType::new(Scalar::I16, ByteOrder::Little);
-        synth::write_nifti1(&path, &SHAPE, dt, 1.0, 0.0, &data, false).expect("write bench image");
-    }
+    synth::bench_image(&path, &SHAPE, 1.0, 0.0, false).expect("write bench image");
     path
 }
 

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::slicer::SliceSpec;
 use voxelscan::synth;
@@ -67,20 +66,13 @@ fn ensure_images(dir: &Path) -> Vec<(String, PathBuf)> {
     ];
     let mut out = Vec::new();
     for (name, shape, slope, inter) in specs {
-        let n: usize = shape.iter().product();
-        let dt = DType::new(Scalar::I16, ByteOrder::Little);
         for gz in [false, true] {
             let path = dir.join(if gz {
                 format!("{name}.nii.gz")
             } else {
                 format!("{name}.nii")
             });
-            if !path.exists() {
-                eprintln!("generating {}", path.display());
-                let data = synth::random_i16_le(n, 42, 0, 4096);
-                synth::write_nifti1(&path, shape, dt, slope, inter, &data, gz)
-                    .expect("write bench image");
-            }
+            synth::bench_image(&path, shape, slope, inter, gz).expect("write bench image");
             out.push((
                 if gz {
                     format!("{name}.gz")

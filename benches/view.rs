@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::proxy::ProxyOptions;
 use voxelscan::render::{Image, Request, ViewOptions, render};
 use voxelscan::slicer::SliceSpec;
@@ -34,13 +33,7 @@ fn data_dir() -> PathBuf {
 /// The same image as `benches/gzip_index.rs` generates (shared when both run).
 fn ensure_image(dir: &Path) -> PathBuf {
     let path = dir.join("bold.nii.gz");
-    if !path.exists() {
-        eprintln!("generating {}", path.display());
-        let n: usize = SHAPE.iter().product();
-        let data = synth::random_i16_le(n, 42, 0, 4096);
-        let dt = DType::new(Scalar::I16, ByteOrder::Little);
-        synth::write_nifti1(&path, &SHAPE, dt, 1.0, 0.0, &data, true).expect("write bench image");
-    }
+    synth::bench_image(&path, &SHAPE, 1.0, 0.0, true).expect("write bench image");
     path
 }
 

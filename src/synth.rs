@@ -126,6 +126,20 @@ pub fn write_nifti1(
     Ok(())
 }
 
+/// The benchmarks' image at `path`, written unless it is already there: random int16 values in `0..4096` (seed 42)
+/// of `shape`, with `slope`/`inter`, gzip-compressed when `gzip`. Every bench that uses the same shape and path
+/// shares the file.
+pub fn bench_image(path: &Path, shape: &[usize], slope: f32, inter: f32, gzip: bool) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    eprintln!("generating {}", path.display());
+    let n: usize = shape.iter().product();
+    let data = random_i16_le(n, 42, 0, 4096);
+    let dtype = DType::new(crate::dtype::Scalar::I16, crate::dtype::ByteOrder::Little);
+    write_nifti1(path, shape, dtype, slope, inter, &data, gzip)
+}
+
 /// Reproducible pseudo-random int16 samples in `[lo, hi)` (xorshift64*), little-endian bytes.
 pub fn random_i16_le(n: usize, seed: u64, lo: i16, hi: i16) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
