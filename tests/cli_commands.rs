@@ -274,13 +274,12 @@ fn index_errors_exit_2() {
     assert_fails(&run(d, &["index"]), &[], "no file");
 }
 
+/// A temporary directory holding `s.nii`, a small int16 image.
 #[cfg(feature = "sql")]
-#[test]
-fn export_errors_exit_2() {
+fn small_image_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
     write_nifti1(
-        &d.join("s.nii"),
+        &dir.path().join("s.nii"),
         &[5, 4, 3],
         DType::native(Scalar::I16),
         0.0,
@@ -289,6 +288,14 @@ fn export_errors_exit_2() {
         false,
     )
     .expect("write");
+    dir
+}
+
+#[cfg(feature = "sql")]
+#[test]
+fn export_errors_exit_2() {
+    let dir = small_image_dir();
+    let d = dir.path();
     assert_fails(
         &run(d, &["export", "missing.nii", "o.parquet"]),
         &["missing.nii"],
@@ -347,18 +354,8 @@ fn closed_port() -> u16 {
 #[cfg(feature = "ballista")]
 #[test]
 fn sql_against_an_unreachable_scheduler_fails_quickly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = small_image_dir();
     let d = dir.path();
-    write_nifti1(
-        &d.join("s.nii"),
-        &[5, 4, 3],
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &random_i16_le(60, 5, -9, 9),
-        false,
-    )
-    .expect("write");
     let cluster = format!("df://127.0.0.1:{}", closed_port());
     let started = Instant::now();
     let r = run_in(
