@@ -28,11 +28,7 @@ const HEADER: u64 = 352;
 const VOLUME: u64 = 96 * 96 * 60 * 2;
 
 fn data_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench-data");
-    std::fs::create_dir_all(&d).expect("create target/bench-data");
-    d
+    synth::bench_data_dir().expect("create target/bench-data")
 }
 
 /// The same image as `benches/slicing.rs` generates (shared when both run).

@@ -51,11 +51,7 @@ const CASES: &[Case] = &[
 ];
 
 fn data_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench-data");
-    std::fs::create_dir_all(&d).expect("create target/bench-data");
-    d
+    synth::bench_data_dir().expect("create target/bench-data")
 }
 
 /// The two benchmark images (and their .nii.gz twins), generated once.

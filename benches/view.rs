@@ -23,11 +23,7 @@ const K: usize = 30;
 const FIRST_T: usize = 100;
 
 fn data_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench-data");
-    std::fs::create_dir_all(&d).expect("create target/bench-data");
-    d
+    synth::bench_data_dir().expect("create target/bench-data")
 }
 
 /// The same image as `benches/gzip_index.rs` generates (shared when both run).

@@ -126,6 +126,16 @@ pub fn write_nifti1(
     Ok(())
 }
 
+/// `target/bench-data` of this repository, created if missing: where the benchmarks keep their generated images
+/// (shared between benches, so each is generated once).
+pub fn bench_data_dir() -> Result<std::path::PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-data");
+    std::fs::create_dir_all(&d).map_err(|e| VoxelError::io(&d, e))?;
+    Ok(d)
+}
+
 /// The benchmarks' image at `path`, written unless it is already there: random int16 values in `0..4096` (seed 42)
 /// of `shape`, with `slope`/`inter`, gzip-compressed when `gzip`. Every bench that uses the same shape and path
 /// shares the file.

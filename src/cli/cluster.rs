@@ -24,18 +24,8 @@ pub struct SchedulerArgs {
     /// Seconds without a heartbeat after which an executor counts as lost (its tasks then run elsewhere).
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     pub executor_timeout: u64,
-    /// File holding the cluster's shared secret (mode 0600), instead of `VOXELSCAN_CLUSTER_TOKEN`.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Serve TLS with this certificate chain (PEM; the names or addresses others reach this process by).
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Connect to other cluster processes with TLS, trusting only this CA (PEM).
-    #[arg(long, value_name = "PEM")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Start a Ballista executor that reads voxels for a scheduler's tasks.
@@ -68,6 +58,20 @@ pub struct ExecutorArgs {
     /// Seconds between heartbeats to the scheduler.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub heartbeat: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// What [`SecurityArgs`] resolve to: the token, TLS to serve, TLS to connect with.
+type Security = (
+    Option<ClusterToken>,
+    Option<ServerTls>,
+    Option<Arc<ClientTls>>,
+);
+
+/// The cluster token and TLS flags, the same on `scheduler` and `executor`.
+#[derive(Debug, clap::Args)]
+pub struct SecurityArgs {
     /// File holding the cluster's shared secret (mode 0600), instead of `VOXELSCAN_CLUSTER_TOKEN`.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -80,6 +84,17 @@ pub struct ExecutorArgs {
     /// Connect to other cluster processes with TLS, trusting only this CA (PEM).
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// The token, server TLS and client TLS these flags (and `VOXELSCAN_CLUSTER_TOKEN`) give.
+    fn resolve(&self) -> Result<Security, CliError> {
+        Ok((
+            ClusterToken::resolve(self.token_file.as_deref())?,
+            server_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?,
+            client_tls(self.tls_ca.as_deref())?,
+        ))
+    }
 }
 
 /// `HOST:PORT` split at the last colon (the host may be a name; `[::1]:50050` keeps its brackets off).
@@ -129,9 +144,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
     let mut settings = SchedulerSettings::new(resolve(&args.bind)?);
     settings.external_host = args.external_host;
     settings.executor_timeout_seconds = args.executor_timeout.max(1);
-    settings.token = ClusterToken::resolve(args.token_file.as_deref())?;
-    settings.server_tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
-    settings.client_tls = client_tls(args.tls_ca.as_deref())?;
+    (settings.token, settings.server_tls, settings.client_tls) = args.security.resolve()?;
     let bind = settings.bind;
     crate::cluster::auth::check_bind(&bind.ip().to_string(), bind.port(), settings.token.as_ref())?;
     eprintln!(
@@ -157,9 +170,7 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
     settings.external_host = args.external_host;
     settings.work_dir = args.work_dir;
     settings.heartbeat_seconds = args.heartbeat.max(1);
-    settings.token = ClusterToken::resolve(args.token_file.as_deref())?;
-    settings.server_tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
-    settings.client_tls = client_tls(args.tls_ca.as_deref())?;
+    (settings.token, settings.server_tls, settings.client_tls) = args.security.resolve()?;
     if let Some(n) = args.concurrency {
         if n == 0 {
             return Err(CliError("--concurrency must be at least 1".into()));
