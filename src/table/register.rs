@@ -157,6 +157,8 @@ fn string_arg(e: &Expr) -> DfResult<String> {
 /// `voxels` table function added.
 pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     let mut b = builder;
+    let config = b.config().take().unwrap_or_default();
+    *b.config() = Some(super::config::with_voxelscan_options(config));
     for (name, kind) in FormatKind::ALL {
         b = b.with_table_factory(name.to_string(), Arc::new(VoxelTableFactory { kind }));
     }
@@ -189,6 +191,16 @@ pub fn register_voxel_formats(ctx: &SessionContext) {
     {
         let state_ref = ctx.state_ref();
         let mut state = state_ref.write();
+        let options = state.config_mut().options_mut();
+        if options
+            .extensions
+            .get::<super::config::VoxelscanOptions>()
+            .is_none()
+        {
+            options
+                .extensions
+                .insert(super::config::VoxelscanOptions::default());
+        }
         for (name, kind) in FormatKind::ALL {
             state
                 .table_factories_mut()
