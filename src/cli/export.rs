@@ -18,9 +18,9 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionConfig;
 
 use super::{CliError, CliResult};
-use crate::formats::Format;
-use crate::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
-use crate::table::{FormatKind, TableOptions, VoxelTable, session_context};
+use voxelscan::formats::Format;
+use voxelscan::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
+use voxelscan::table::{FormatKind, TableOptions, VoxelTable, session_context};
 
 /// The table name `--sql` queries use.
 pub const EXPORT_TABLE: &str = "t";
