@@ -66,6 +66,14 @@ impl From<VoxelError> for CliError {
     }
 }
 
+/// Query errors print as DataFusion words them (`Error during planning: …`, `Execution error: …`).
+#[cfg(feature = "sql")]
+impl From<datafusion::error::DataFusionError> for CliError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        CliError(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError(e.to_string())

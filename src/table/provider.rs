@@ -64,14 +64,14 @@ pub struct VoxelTable {
 impl VoxelTable {
     /// A table over `locations` (files, directories, globs), read as `opts` say. `name` is used in messages.
     pub fn open(name: &str, locations: &[String], opts: TableOptions) -> Result<VoxelTable> {
-        let tf = TableFiles::open(locations, &opts).map_err(|e| table_error(name, e))?;
+        let tf = TableFiles::open(locations, &opts).map_err(|e| e.in_table(name))?;
         VoxelTable::from_files(name, tf.files, tf.multi, opts)
     }
 
     /// A single-file table over an existing proxy (also one over an open handle).
     pub fn from_proxy(name: &str, proxy: ArrayProxy, opts: TableOptions) -> Result<VoxelTable> {
         let label = proxy.location();
-        let file = VoxelFile::from_proxy(label, proxy).map_err(|e| table_error(name, e))?;
+        let file = VoxelFile::from_proxy(label, proxy).map_err(|e| e.in_table(name))?;
         VoxelTable::from_files(name, vec![file], false, opts)
     }
 
@@ -85,11 +85,11 @@ impl VoxelTable {
             .iter()
             .map(|f| file_value_scalar(f, opts.mode))
             .collect::<Result<Vec<_>>>()
-            .map_err(|e| table_error(name, e))?;
-        let scalar = common_scalar(&scalars).map_err(|e| table_error(name, e))?;
-        check_axes(&files).map_err(|e| table_error(name, e))?;
+            .map_err(|e| e.in_table(name))?;
+        let scalar = common_scalar(&scalars).map_err(|e| e.in_table(name))?;
+        check_axes(&files).map_err(|e| e.in_table(name))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
-        let fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
+        let fs = file_schema(ndim, scalar).map_err(|e| e.in_table(name))?;
         let partition_cols = if multi {
             vec![Arc::new(Field::new(FILE_COLUMN, file_column_type(), false))]
         } else {
@@ -457,10 +457,6 @@ fn check_row_count(table: &str, sels: &[Option<Selection>]) -> DfResult<()> {
         )));
     }
     Ok(())
-}
-
-fn table_error(name: &str, e: VoxelError) -> VoxelError {
-    VoxelError::Invalid(format!("table {name}: {e}"))
 }
 
 #[async_trait]
