@@ -110,6 +110,7 @@ impl VoxelError {
     }
 
     /// What kind of failure this is, looking through the file and table an error was attached to.
+    #[cfg(feature = "sql")]
     fn kind(&self) -> ErrorKind {
         match self {
             VoxelError::InFile { source, .. } | VoxelError::InTable { source, .. } => source.kind(),
@@ -121,6 +122,7 @@ impl VoxelError {
 }
 
 /// Who is at fault, which decides the error's class where another error type must carry it.
+#[cfg(feature = "sql")]
 enum ErrorKind {
     /// The caller asked for something invalid: an option, a spec, an argument.
     Request,
