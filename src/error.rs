@@ -59,6 +59,16 @@ pub enum VoxelError {
         #[source]
         source: Box<VoxelError>,
     },
+    /// An error while opening or planning a SQL table, with the table's name attached.
+    #[error("table {table}: {source}")]
+    InTable {
+        table: String,
+        #[source]
+        source: Box<VoxelError>,
+    },
+    /// A broken invariant of this crate (a bug), not a problem with the input.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl VoxelError {
@@ -82,11 +92,105 @@ impl VoxelError {
             VoxelError::Slice(_)
             | VoxelError::DType(_)
             | VoxelError::Overflow(_)
-            | VoxelError::Invalid(_) => VoxelError::InFile {
+            | VoxelError::Invalid(_)
+            | VoxelError::Internal(_) => VoxelError::InFile {
                 path: path.as_ref().display().to_string(),
                 source: Box::new(self),
             },
             other => other,
+        }
+    }
+
+    /// Attach the SQL table an error happened in.
+    pub fn in_table(self, table: &str) -> Self {
+        VoxelError::InTable {
+            table: table.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// What kind of failure this is, looking through the file and table an error was attached to.
+    #[cfg(feature = "sql")]
+    fn kind(&self) -> ErrorKind {
+        match self {
+            VoxelError::InFile { source, .. } | VoxelError::InTable { source, .. } => source.kind(),
+            VoxelError::Internal(_) => ErrorKind::Bug,
+            VoxelError::Invalid(_) | VoxelError::Slice(_) => ErrorKind::Request,
+            _ => ErrorKind::Data,
+        }
+    }
+}
+
+/// Who is at fault, which decides the error's class where another error type must carry it.
+#[cfg(feature = "sql")]
+enum ErrorKind {
+    /// The caller asked for something invalid: an option, a spec, an argument.
+    Request,
+    /// A file, the storage or the data cannot serve what was asked (bad header, I/O, too large, ...).
+    Data,
+    /// A broken invariant of this crate.
+    Bug,
+}
+
+/// The one bridge into DataFusion: the caller's mistakes are planning errors, what the files or the storage did is an
+/// execution error, a broken invariant is internal. The message is the error's own, naming the file or URL.
+#[cfg(feature = "sql")]
+impl From<VoxelError> for datafusion::error::DataFusionError {
+    fn from(e: VoxelError) -> Self {
+        use datafusion::error::DataFusionError;
+        match e.kind() {
+            ErrorKind::Request => DataFusionError::Plan(e.to_string()),
+            ErrorKind::Data => DataFusionError::Execution(e.to_string()),
+            ErrorKind::Bug => DataFusionError::Internal(format!("voxelscan: {e}")),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "sql"))]
+mod tests {
+    use datafusion::error::DataFusionError;
+
+    use super::VoxelError;
+
+    #[test]
+    fn bad_options_are_planning_errors_naming_the_table() {
+        let e = VoxelError::Invalid("unknown option 'x'".into()).in_table("t");
+        match DataFusionError::from(e) {
+            DataFusionError::Plan(msg) => assert_eq!(msg, "table t: unknown option 'x'"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_problems_are_execution_errors_naming_the_file() {
+        let e = VoxelError::Truncated {
+            path: "a.nii".into(),
+            expected: 400,
+            actual: 352,
+        };
+        match DataFusionError::from(e.in_table("t")) {
+            DataFusionError::Execution(msg) => assert_eq!(
+                msg,
+                "table t: a.nii: file is truncated: expected 400 bytes, found 352"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let io = VoxelError::io("b.nii", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(
+            matches!(DataFusionError::from(io), DataFusionError::Execution(m) if m.starts_with("b.nii: "))
+        );
+    }
+
+    #[test]
+    fn broken_invariants_are_internal_errors() {
+        let e =
+            VoxelError::Internal("gather stepped outside the read buffer".into()).in_file("c.nii");
+        match DataFusionError::from(e) {
+            DataFusionError::Internal(msg) => assert_eq!(
+                msg,
+                "voxelscan: c.nii: internal error: gather stepped outside the read buffer"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -12,7 +12,6 @@
 //! The core type is `proxy::ArrayProxy`, a Rust rendering of nibabel's `ArrayProxy`.
 
 pub mod array;
-pub mod cli;
 #[cfg(feature = "ballista")]
 pub mod cluster;
 pub mod dtype;
@@ -25,6 +24,8 @@ pub mod proxy;
 pub mod render;
 pub mod scaling;
 pub mod slicer;
+/// Test and benchmark helpers, not API: compiled for the crate's own tests and with the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 #[cfg(feature = "sql")]
 pub mod table;

@@ -463,7 +463,7 @@ fn to_index(at: isize) -> Result<usize> {
 }
 
 fn out_of_buffer() -> VoxelError {
-    VoxelError::Invalid("internal error: gather stepped outside the read buffer".into())
+    VoxelError::Internal("gather stepped outside the read buffer".into())
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -594,8 +594,8 @@ fn want_of(sel: AxisSel) -> Result<Want> {
         AxisSel::Range { start, step, len } => {
             Filled::from_range(start, step, len).map(Want::Slice)
         }
-        AxisSel::NewAxis => Err(VoxelError::Invalid(
-            "internal error: a new axis where a real one was expected".into(),
+        AxisSel::NewAxis => Err(VoxelError::Internal(
+            "a new axis where a real one was expected".into(),
         )),
     }
 }
@@ -675,8 +675,8 @@ fn optimize_slicer(
     if all_full {
         let mut action = heuristic(want, dim, stride);
         if matches!(want, Want::Int(_)) && action == Some(Action::Contiguous) {
-            return Err(VoxelError::Invalid(
-                "internal error: int index cannot be contiguous".into(),
+            return Err(VoxelError::Internal(
+                "int index cannot be contiguous".into(),
             ));
         }
         // Reading all of the slowest axis only adds bytes at the end; it never merges reads.
@@ -886,7 +886,7 @@ fn post_layout(
 
 /// A post slicer over a read axis of `len` elements as an `AxisSel`.
 fn post_sel(post: PostSel, len: usize) -> Result<AxisSel> {
-    let bad = || VoxelError::Invalid("internal error: post selection outside the read axis".into());
+    let bad = || VoxelError::Internal("post selection outside the read axis".into());
     let count = |step: i128| {
         usize::try_from((i128::from(to_u64(len)) + step.abs() - 1) / step.abs()).map_err(|_| bad())
     };

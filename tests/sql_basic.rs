@@ -39,6 +39,14 @@ fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
     path.display().to_string()
 }
 
+/// `small_nifti`'s a.nii registered as table `v` in a two-partition context.
+fn small_table(dir: &Path) -> SessionContext {
+    let p = small_nifti(dir, "a.nii", 0.0, 0.0);
+    let ctx = ctx(2);
+    register_voxels(&ctx, "v", &p, &HashMap::new()).unwrap();
+    ctx
+}
+
 fn ctx(partitions: usize) -> SessionContext {
     session_context(
         SessionConfig::new()
@@ -131,9 +139,7 @@ async fn coordinates_and_values_line_up() {
 #[tokio::test]
 async fn explain_shows_slices_and_count_uses_statistics() {
     let dir = tempfile::tempdir().unwrap();
-    let p = small_nifti(dir.path(), "a.nii", 0.0, 0.0);
-    let ctx = ctx(2);
-    register_voxels(&ctx, "v", &p, &HashMap::new()).unwrap();
+    let ctx = small_table(dir.path());
     let plan = text(&ctx, "EXPLAIN SELECT value FROM v WHERE k = 1 AND t < 2").await;
     assert!(plan.contains("a.nii[0:4, 0:3, 1, 0:2]"), "{plan}");
     assert!(!plan.contains("FilterExec"), "{plan}");
@@ -144,6 +150,27 @@ async fn explain_shows_slices_and_count_uses_statistics() {
     );
     let plan = text(&ctx, "EXPLAIN ANALYZE SELECT sum(value) FROM v WHERE t = 3").await;
     assert!(plan.contains("bytes_read=48"), "{plan}");
+}
+
+/// Filters the slab statistics cannot decide are counted, never silently dropped: EXPLAIN ANALYZE shows
+/// `pruning_skipped`, and the rows are still exactly those that pass.
+#[tokio::test]
+async fn pruning_that_cannot_be_applied_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = small_table(dir.path());
+    let analyze = |filter: &str| format!("EXPLAIN ANALYZE SELECT sum(value) FROM v WHERE {filter}");
+    // Exact filters become the selection; an inexact one on coordinate bounds prunes slabs: nothing skipped.
+    for filter in ["t = 3", "t < 2 OR j > 100"] {
+        let plan = text(&ctx, &analyze(filter)).await;
+        assert!(plan.contains("pruning_skipped=0"), "{filter}: {plan}");
+    }
+    // Neither an index set nor a bound on any coordinate: one filter skipped, then two.
+    let plan = text(&ctx, &analyze("i % 2 = 0")).await;
+    assert!(plan.contains("pruning_skipped=1"), "{plan}");
+    let plan = text(&ctx, &analyze("i % 2 = 0 AND (i + j) % 3 = 1")).await;
+    assert!(plan.contains("pruning_skipped=2"), "{plan}");
+    let even = "SELECT count(*) FROM v WHERE i % 2 = 0";
+    assert_eq!(scalar_i64(&ctx, even).await, 60);
 }
 
 /// A file big enough for several slabs per partition: every row still carries its own voxel.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{CliResult, OpenArgs};
-use crate::formats::Format;
-use crate::proxy::ArrayProxy;
+use voxelscan::formats::Format;
+use voxelscan::proxy::ArrayProxy;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {

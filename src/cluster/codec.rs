@@ -33,16 +33,11 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::FileScanExecConf;
 use prost::Message;
 
-use crate::error::VoxelError;
 use crate::table::scan::object_path;
 use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
 
 use super::wire::{ScanWire, TableWire};
-
-fn df_error(e: VoxelError) -> DataFusionError {
-    DataFusionError::Plan(e.to_string())
-}
 
 /// Ballista's logical codec plus [`VoxelTable`] providers.
 #[derive(Debug, Default)]
@@ -76,7 +71,7 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
-        let table = wire.and_then(TableWire::into_table).map_err(df_error)?;
+        let table = wire.and_then(TableWire::into_table)?;
         // The plan carries the schema the client saw; a different one means client and scheduler disagree.
         if table.schema().fields() != schema.fields() {
             return Err(DataFusionError::Plan(format!(
@@ -96,9 +91,7 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
         match node.downcast_ref::<VoxelTable>() {
-            Some(table) => TableWire::from_table(table)
-                .and_then(|w| w.encode(buf))
-                .map_err(df_error),
+            Some(table) => Ok(TableWire::from_table(table).and_then(|w| w.encode(buf))?),
             None => self.inner.try_encode_table_provider(table_ref, node, buf),
         }
     }
@@ -196,9 +189,8 @@ impl VoxelPhysicalCodec {
             .flat_map(|g| g.iter())
             .map(|pf| pf.object_meta.location.to_string())
             .collect();
-        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))
-            .map_err(df_error)?;
-        wire.encode(&proto.encode_to_vec(), buf).map_err(df_error)
+        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))?;
+        Ok(wire.encode(&proto.encode_to_vec(), buf)?)
     }
 
     fn decode_scan(
@@ -211,7 +203,7 @@ impl VoxelPhysicalCodec {
         let proto = FileScanExecConf::decode(proto_bytes).map_err(|e| {
             DataFusionError::Internal(format!("decoding a voxel scan's file scan config: {e}"))
         })?;
-        let spec = wire.into_spec().map_err(df_error)?;
+        let spec = wire.into_spec()?;
         let table_schema = FileScanConfig::parse_table_schema_from_proto(&proto)?;
         let source = VoxelSource::new(Arc::new(spec), table_schema);
         let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
@@ -234,7 +226,7 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         }
         match ScanWire::decode(buf) {
             Some(decoded) => {
-                let (wire, rest) = decoded.map_err(df_error)?;
+                let (wire, rest) = decoded?;
                 self.decode_scan(wire, rest, ctx, converter)
             }
             None => self.inner.try_decode(buf, inputs, ctx, converter),
@@ -331,6 +323,11 @@ mod nifti_wire {
         DataFusionError::Internal(format!("decoding a NIfTI {what}: {e}"))
     }
 
+    /// Serialising our own types into memory fails only if they break serde's rules: a bug.
+    fn encode_err(what: &str, e: serde_json::Error) -> DataFusionError {
+        DataFusionError::Internal(format!("encoding a NIfTI {what}: {e}"))
+    }
+
     #[derive(serde::Serialize, serde::Deserialize)]
     struct FormatWire {
         name: String,
@@ -343,7 +340,7 @@ mod nifti_wire {
             options: factory.options().clone(),
         };
         buf.extend_from_slice(FORMAT_MAGIC);
-        serde_json::to_writer(buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))
+        serde_json::to_writer(buf, &wire).map_err(|e| encode_err("file format", e))
     }
 
     pub fn decode_format(buf: &[u8]) -> Option<DfResult<Arc<dyn FileFormatFactory>>> {
@@ -365,7 +362,7 @@ mod nifti_wire {
 
     pub fn encode_sink(sink: &NiftiSink, buf: &mut Vec<u8>) -> DfResult<()> {
         buf.extend_from_slice(SINK_MAGIC);
-        serde_json::to_writer(buf, sink.spec()).map_err(|e| DataFusionError::External(Box::new(e)))
+        serde_json::to_writer(buf, sink.spec()).map_err(|e| encode_err("sink", e))
     }
 
     pub fn decode_sink(

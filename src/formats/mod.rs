@@ -477,7 +477,8 @@ fn check_data_len(h: &ImageHeader, actual: u64) -> Result<()> {
 }
 
 /// Run every parser on arbitrary bytes (prefix and whole-file modes, every format forced, the raw spec and npy
-/// header grammars). For fuzzing: it must return, never panic.
+/// header grammars). For fuzzing: it must return, never panic. A test helper, not API (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub fn fuzz_parse(bytes: &[u8]) {
     for hint in [
         "f.nii", "f.hdr", "f.img.gz", "f.mgh", "f.mgz", "f.npy", "f.nii.gz", "f",

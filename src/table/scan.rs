@@ -307,7 +307,7 @@ impl FileOpener for VoxelOpener {
                     (reader, next)
                 })
                 .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
                 match next {
                     Ok(Some(batches)) => Ok(Some((batches, reader))),
                     Ok(None) => Ok(None),

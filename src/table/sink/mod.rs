@@ -668,7 +668,7 @@ impl FileFormat for NiftiFormat {
             SinkSpec::resolve(&target, &original, &schema, &options, Some(&plan))
         })
         .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
         .map_err(plan_err)?;
         let sink = NiftiSink::new(spec, Arc::clone(&conf.output_schema));
         Ok(Arc::new(DataSinkExec::new(
@@ -738,14 +738,14 @@ impl NiftiSink {
         let dir2 = dir.clone();
         let mut out = tokio::task::spawn_blocking(move || owned.write_file(vols, &dir2))
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
             .map_err(err)?;
         match &spec.local {
             Some(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || out.commit_local(&path))
                     .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
                     .map_err(err)?;
             }
             None => {
