@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::plan::Segment;
 
-pub mod gzindex;
 pub mod gzip;
 pub mod local;
 pub mod mapped;
@@ -17,7 +16,6 @@ pub mod mapped;
 pub mod redact;
 #[cfg(feature = "remote")]
 pub mod remote;
-pub mod stream;
 
 /// What one read cost, for `EXPLAIN ANALYZE`, `--stats` and the bytes-read assertions in tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,7 +73,7 @@ pub trait ByteSource: Send + Sync + Debug {
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats>;
 }
 
-/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip.rs`).
+/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip`).
 pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
     // Large reads decompress runs between index points on all cores.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

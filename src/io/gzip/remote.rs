@@ -29,7 +29,7 @@ use super::{
     user_cache_dir,
 };
 use crate::error::{Result, VoxelError};
-use crate::io::gzindex::{FileIdentity, GzIndex, ReadAt};
+use crate::io::gzip::index::{FileIdentity, GzIndex, ReadAt};
 use crate::io::remote::{RemoteObject, pull_chunks};
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;

@@ -764,7 +764,10 @@ impl NiftiSink {
 async fn upload(
     target: &str,
     file: &Path,
-    index: Option<(crate::io::gzindex::GzIndex, crate::io::gzip::GzipOptions)>,
+    index: Option<(
+        crate::io::gzip::index::GzIndex,
+        crate::io::gzip::GzipOptions,
+    )>,
     context: &Arc<TaskContext>,
 ) -> Result<()> {
     use std::io::Read;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, VoxelError};
-use crate::io::gzindex::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
+use crate::io::gzip::index::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
 use crate::io::gzip::{GzipOptions, index_locations, save_index};
 
 /// The gzip level: zlib-rs's fastest with dynamic Huffman trees. Its level 1 ("quick", static trees only) grows
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(index.points().len(), 5);
         // Decompressing from the third point gives the data from there.
         let p = &index.points()[2];
-        let mut cursor = crate::io::gzindex::GzCursor::from_point(&file, "x", p).unwrap();
+        let mut cursor = crate::io::gzip::index::GzCursor::from_point(&file, "x", p).unwrap();
         let mut got = vec![0u8; 1000];
         cursor.read_exact(&mut got).unwrap();
         assert_eq!(&got[..], &data[p.out as usize..p.out as usize + 1000]);

@@ -1,5 +1,5 @@
 //! `GzipSource`: a [`ByteSource`] over a gzip file (`.nii.gz`, `.img.gz`, `.mgz`, …) that reads through a seek-point
-//! index ([`super::gzindex`]) when it has one and builds it while reading when it has not.
+//! index ([`index`]) when it has one and builds it while reading when it has not.
 //!
 //! # How a read is served
 //!
@@ -58,17 +58,19 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::gzindex::{
+use crate::error::{Result, VoxelError};
+use crate::io::{ByteSource, ReadStats};
+use crate::plan::Segment;
+use index::{
     DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, GzIndexBuilder, Mark, PassRecord, ReadAt,
     SeekPoint, max_index_len,
 };
-use super::{ByteSource, ReadStats};
-use crate::error::{Result, VoxelError};
-use crate::plan::Segment;
 
 pub mod cache;
+pub mod index;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod stream;
 
 pub use cache::SpanCache;
 use cache::{Cover, MAX_ENTRY};
@@ -191,7 +193,7 @@ pub trait RunSource: Sync {
     /// run may need bytes past its planned end.
     fn reader(&self, plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>>;
 
-    /// Whether short reads may probe from window-free marks (see [`super::gzindex`]): true where re-reading a few
+    /// Whether short reads may probe from window-free marks (see [`index`]): true where re-reading a few
     /// KiB of compressed bytes is cheap.
     fn probes_marks(&self) -> bool {
         true
@@ -1201,7 +1203,7 @@ fn execute(
     }
     let mut cursor = cursor_at(src, location, run.start.as_ref())?;
     if run.record {
-        let span = tail.map_or(super::gzindex::DEFAULT_SPAN, |t| t.span);
+        let span = tail.map_or(index::DEFAULT_SPAN, |t| t.span);
         cursor = cursor.recording(GzIndexBuilder::after(
             run.start.as_ref().map(|p| p.out),
             span,

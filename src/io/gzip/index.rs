@@ -49,8 +49,8 @@ use std::time::UNIX_EPOCH;
 
 use libz_rs_sys as z;
 
-use super::ReadStats;
 use crate::error::{Result, VoxelError};
+use crate::io::ReadStats;
 
 /// Default distance between seek points in uncompressed bytes: a random read decompresses at most about this much
 /// before reaching its data.
