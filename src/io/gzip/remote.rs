@@ -24,10 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::{
-    DataCache, GzEngine, GzipOptions, IndexAccess, IndexPlace, RunSource, cache_file_name,
-    user_cache_dir,
-};
+use super::sidecar::{IndexAccess, IndexPlace, cache_file_name, user_cache_dir};
+use super::{DataCache, GzEngine, GzipOptions, RunSource};
 use crate::error::{Result, VoxelError};
 use crate::io::gzip::index::{FileIdentity, GzIndex, ReadAt};
 use crate::io::remote::{RemoteObject, pull_chunks};

@@ -815,8 +815,8 @@ async fn upload(
         let id = crate::io::gzip::remote::object_identity(target, size, put.e_tag.as_deref());
         // Like any object's index: private, in the cache directory.
         if let Some(path) = crate::io::gzip::remote::index_location(target, &options) {
-            let place = crate::io::gzip::IndexPlace::cache(path);
-            let _ = crate::io::gzip::save_index(&index, &[place], &id, 0o600);
+            let place = crate::io::gzip::sidecar::IndexPlace::cache(path);
+            let _ = crate::io::gzip::sidecar::save_index(&index, &[place], &id, 0o600);
         }
     }
     Ok(())
