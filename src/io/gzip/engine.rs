@@ -6,9 +6,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use super::index::{
-    FileIdentity, GzCursor, GzIndex, GzIndexBuilder, PassRecord, ReadAt, SeekPoint, max_index_len,
-};
+use super::cursor::{GzCursor, GzIndexBuilder};
+use super::index::{FileIdentity, GzIndex, PassRecord, ReadAt, SeekPoint, max_index_len};
 use super::runs::*;
 use super::serve::*;
 use super::sidecar::*;

@@ -61,11 +61,14 @@ use std::sync::Arc;
 use crate::error::{Result, VoxelError};
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;
-use index::{DEFAULT_SPAN, FileIdentity, GzCursor, GzIndex, ReadAt, max_index_len};
+use cursor::GzCursor;
+use index::{DEFAULT_SPAN, FileIdentity, GzIndex, ReadAt, max_index_len};
 
 pub mod cache;
+pub mod cursor;
 mod engine;
 pub mod index;
+mod inflate;
 #[cfg(feature = "remote")]
 pub mod remote;
 mod runs;

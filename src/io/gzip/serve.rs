@@ -5,7 +5,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::cache::{Cover, MAX_ENTRY};
-use super::index::{GzCursor, GzIndex, Mark, ReadAt};
+use super::cursor::GzCursor;
+use super::index::{GzIndex, Mark, ReadAt};
 use super::runs::*;
 use super::*;
 use crate::error::{Result, VoxelError};

@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(index.points().len(), 5);
         // Decompressing from the third point gives the data from there.
         let p = &index.points()[2];
-        let mut cursor = crate::io::gzip::index::GzCursor::from_point(&file, "x", p).unwrap();
+        let mut cursor = crate::io::gzip::cursor::GzCursor::from_point(&file, "x", p).unwrap();
         let mut got = vec![0u8; 1000];
         cursor.read_exact(&mut got).unwrap();
         assert_eq!(&got[..], &data[p.out as usize..p.out as usize + 1000]);
