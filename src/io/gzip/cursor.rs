@@ -6,7 +6,7 @@ use std::ffi::c_int;
 use libz_rs_sys as z;
 
 use super::index::*;
-use super::inflate::Inflater;
+use super::inflate::{Inflater, Output};
 use crate::error::{Result, VoxelError};
 
 /// A forward pass over a gzip stream, from the start of the file or from a seek point, producing decompressed bytes
@@ -175,8 +175,8 @@ impl<'a> GzCursor<'a> {
     }
 
     pub fn fill(&mut self, out: &mut [u8]) -> Result<usize> {
-        // SAFETY: `out` is a live slice, writable for its whole length.
-        unsafe { self.fill_raw(out.as_mut_ptr(), out.len()) }
+        let len = out.len();
+        self.fill_output(&mut Output::Slice(out), len)
     }
 
     /// Decompress exactly `n` more bytes onto the end of `v`, straight into its spare capacity (not zeroed first,
@@ -184,12 +184,7 @@ impl<'a> GzCursor<'a> {
     pub fn read_exact_into(&mut self, v: &mut Vec<u8>, n: usize) -> Result<()> {
         let start = self.out_pos;
         v.reserve(n);
-        let spare = v.spare_capacity_mut();
-        // SAFETY: the spare capacity has room for at least `n` bytes (reserved above) and stays alive and unaliased
-        // for the call.
-        let made = unsafe { self.fill_raw(spare.as_mut_ptr().cast::<u8>(), n) }?;
-        // SAFETY: inflate wrote (initialised) exactly the first `made` <= `n` bytes of the spare capacity.
-        unsafe { v.set_len(v.len() + made) };
+        let made = self.fill_output(&mut Output::Spare(v), n)?;
         if made < n {
             return Err(VoxelError::Truncated {
                 path: format!("{} (decompressed)", self.location),
@@ -200,26 +195,16 @@ impl<'a> GzCursor<'a> {
         Ok(())
     }
 
-    /// Decompress into the `len` bytes at `out`; how many were made (fewer only at the end of the stream).
-    ///
-    /// # Safety
-    /// `out` must be valid for writes of `len` bytes for the duration of the call.
-    unsafe fn fill_raw(&mut self, out: *mut u8, len: usize) -> Result<usize> {
+    /// Decompress `len` bytes into `out`; how many were made (fewer only at the end of the stream).
+    fn fill_output(&mut self, out: &mut Output<'_>, len: usize) -> Result<usize> {
         let mut made = 0;
         while made < len && !self.finished {
             if self.buf_pos == self.buf_len {
                 self.refill()?;
             }
             let (flush, room) = self.flush_and_room(len - made);
-            // SAFETY: `made + room <= len`, so `out + made` is valid for `room` writes (the caller's contract).
-            let (used, n, ret) = unsafe {
-                self.inf.inflate(
-                    &self.buf[self.buf_pos..self.buf_len],
-                    out.add(made),
-                    room,
-                    flush,
-                )
-            };
+            let input = &self.buf[self.buf_pos..self.buf_len];
+            let (used, n, ret) = self.inf.inflate_into(input, out, made, room, flush);
             self.buf_pos += used;
             made += n;
             self.out_pos += n as u64;

@@ -7,6 +7,14 @@ use libz_rs_sys as z;
 
 use super::index::WINDOW_SIZE;
 
+/// Where an inflate call writes its output.
+pub(super) enum Output<'a> {
+    /// An initialised buffer.
+    Slice(&'a mut [u8]),
+    /// The spare capacity of a vector (not zeroed first, which matters for the large buffers the data cache keeps).
+    Spare(&'a mut Vec<u8>),
+}
+
 /// A safe handle on one zlib-rs inflate stream (the C API of `libz-rs-sys`).
 pub(super) struct Inflater {
     // Boxed so that the stream never moves after initialisation (zlib's contract for `z_stream`).
@@ -93,12 +101,44 @@ impl Inflater {
         buf
     }
 
+    /// One `inflate` call writing at most `room` bytes into `out` (at `out[at..]` for a slice, onto the end of a
+    /// vector's spare capacity, growing its length by what was made): (input bytes used, output bytes made, zlib
+    /// return code).
+    pub(super) fn inflate_into(
+        &mut self,
+        input: &[u8],
+        out: &mut Output<'_>,
+        at: usize,
+        room: usize,
+        flush: c_int,
+    ) -> (usize, usize, c_int) {
+        match out {
+            Output::Slice(s) => {
+                let room = room.min(s.len().saturating_sub(at));
+                let region = &mut s[at..at + room];
+                // SAFETY: `region` is a live, writable slice of exactly `room` bytes.
+                unsafe { self.inflate(input, region.as_mut_ptr(), room, flush) }
+            }
+            Output::Spare(v) => {
+                v.reserve(room);
+                let spare = v.spare_capacity_mut();
+                // SAFETY: the spare capacity holds at least `room` bytes (reserved above) and stays alive and
+                // unaliased for the call; inflate only writes it.
+                let r =
+                    unsafe { self.inflate(input, spare.as_mut_ptr().cast::<u8>(), room, flush) };
+                // SAFETY: inflate initialised exactly the first `r.1 <= room` bytes of the spare capacity.
+                unsafe { v.set_len(v.len() + r.1) };
+                r
+            }
+        }
+    }
+
     /// One `inflate` call writing into the `len` bytes at `out`: (input bytes used, output bytes made, zlib return
     /// code). The output may be uninitialised: inflate only writes it (and reads back only what it wrote).
     ///
     /// # Safety
     /// `out` must be valid for writes of `len` bytes for the duration of the call.
-    pub(super) unsafe fn inflate(
+    unsafe fn inflate(
         &mut self,
         input: &[u8],
         out: *mut u8,
