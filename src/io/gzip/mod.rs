@@ -62,7 +62,7 @@ use crate::error::{Result, VoxelError};
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;
 use cursor::GzCursor;
-use index::{DEFAULT_SPAN, FileIdentity, GzIndex, ReadAt, max_index_len};
+use index::{DEFAULT_SPAN, FileIdentity, GzIndex, ReadAt};
 
 pub mod cache;
 pub mod cursor;

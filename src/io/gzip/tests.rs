@@ -1,3 +1,4 @@
+use super::index::max_index_len;
 use super::sidecar::*;
 use super::*;
 use flate2::Compression;
