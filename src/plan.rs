@@ -729,7 +729,7 @@ fn optimize_read_slicers(
 }
 
 /// nibabel's `slicers2segments`: read selections (fastest first) → byte segments in file order. Adjacent segments
-/// are not merged (that is the byte source's business, see [`merge_segments`]).
+/// are not merged (that is the byte source's business, see [`crate::io::ranges`]).
 fn slicers2segments(
     reads: &[ReadSel],
     dims: &[u64],
@@ -909,28 +909,6 @@ fn post_sel(post: PostSel, len: usize) -> Result<AxisSel> {
             len: count(step)?,
         },
     })
-}
-
-/// Coalesce segments whose gap is at most `max_gap` bytes (for remote storage, where a request costs more than
-/// reading ~1 MiB extra). Each result is the merged byte range and, for every input segment it covers (in input
-/// order), that segment's (position inside the merged range, length). Segments are merged only with the run just
-/// before them, so the input order is kept: concatenating the parts of all results in order gives back the input
-/// segments in order. Works for any input; sorted non-overlapping input (as [`ReadPlan::segments`]) gives the
-/// fewest merged ranges.
-pub fn merge_segments(segs: &[Segment], max_gap: u64) -> Vec<(Segment, Vec<(u64, u64)>)> {
-    let mut out: Vec<(Segment, Vec<(u64, u64)>)> = Vec::new();
-    for s in segs {
-        if let Some((merged, parts)) = out.last_mut() {
-            let end = merged.offset.saturating_add(merged.len);
-            if s.offset >= merged.offset && s.offset <= end.saturating_add(max_gap) {
-                parts.push((s.offset - merged.offset, s.len));
-                merged.len = end.max(s.offset.saturating_add(s.len)) - merged.offset;
-                continue;
-            }
-        }
-        out.push((*s, vec![(0, s.len)]));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1713,44 +1691,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn merge_segments_examples() {
-        let s = |offset, len| Segment { offset, len };
-        assert!(merge_segments(&[], 10).is_empty());
-        let segs = [s(0, 4), s(4, 4), s(10, 2), s(100, 1)];
-        assert_eq!(
-            merge_segments(&segs, 0),
-            vec![
-                (s(0, 8), vec![(0, 4), (4, 4)]),
-                (s(10, 2), vec![(0, 2)]),
-                (s(100, 1), vec![(0, 1)])
-            ]
-        );
-        assert_eq!(
-            merge_segments(&segs, 2),
-            vec![
-                (s(0, 12), vec![(0, 4), (4, 4), (10, 2)]),
-                (s(100, 1), vec![(0, 1)])
-            ]
-        );
-        assert_eq!(
-            merge_segments(&segs, 88),
-            vec![(s(0, 101), vec![(0, 4), (4, 4), (10, 2), (100, 1)])]
-        );
-        // Out of order or overlapping input stays correct.
-        assert_eq!(
-            merge_segments(&[s(10, 5), s(0, 2), s(12, 10), s(13, 1)], 1_000_000),
-            vec![
-                (s(10, 5), vec![(0, 5)]),
-                (s(0, 22), vec![(0, 2), (12, 10), (13, 1)])
-            ]
-        );
-        assert_eq!(
-            merge_segments(&[s(u64::MAX - 1, 5), s(u64::MAX, 0)], u64::MAX).len(),
-            1
-        );
-    }
-
     fn spec_strategy() -> impl Strategy<Value = SliceSpec> {
         use crate::slicer::Index;
         let bound = prop_oneof![Just(None), (-8i64..8).prop_map(Some)];
@@ -1824,52 +1764,5 @@ mod tests {
             }
         }
 
-        #[test]
-        fn merge_segments_matches_naive(
-            raw in prop::collection::vec((0u64..200, 0u64..20), 0..30),
-            max_gap in prop::sample::select(vec![0u64, 1, 5, 30, 1 << 20]),
-            sorted in any::<bool>(),
-        ) {
-            let mut segs: Vec<Segment> = raw.iter().map(|&(offset, len)| Segment { offset, len }).collect();
-            if sorted {
-                // Non-overlapping and increasing, as a ReadPlan produces.
-                let mut at = 0;
-                for s in &mut segs {
-                    s.offset += at;
-                    at = s.offset + s.len;
-                }
-            }
-            let file: Vec<u8> = (0..8000u32).map(|i| (i * 7 + i / 256) as u8).collect();
-            let merged = merge_segments(&segs, max_gap);
-            // Concatenating the parts gives the segments back, in order, with their bytes.
-            let parts: Vec<Vec<u8>> = merged
-                .iter()
-                .flat_map(|(m, parts)| {
-                    let block = &file[m.offset as usize..(m.offset + m.len) as usize];
-                    parts.iter().map(move |&(at, len)| block[at as usize..(at + len) as usize].to_vec())
-                })
-                .collect();
-            let want: Vec<Vec<u8>> =
-                segs.iter().map(|s| file[s.offset as usize..(s.offset + s.len) as usize].to_vec()).collect();
-            prop_assert_eq!(parts, want);
-            // Each merged range is exactly the hull of its parts.
-            for (m, parts) in &merged {
-                prop_assert_eq!(parts.iter().map(|p| p.0).min(), Some(0));
-                prop_assert_eq!(parts.iter().map(|p| p.0 + p.1).max(), Some(m.len));
-            }
-            if sorted {
-                // The naive rule: a new range starts exactly where the gap to the previous segment exceeds max_gap.
-                let mut starts = 0;
-                for (k, s) in segs.iter().enumerate() {
-                    if k == 0 || s.offset - (segs[k - 1].offset + segs[k - 1].len) > max_gap {
-                        starts += 1;
-                    }
-                }
-                prop_assert_eq!(merged.len(), starts);
-                for w in merged.windows(2) {
-                    prop_assert!(w[1].0.offset > w[0].0.offset + w[0].0.len + max_gap);
-                }
-            }
-        }
     }
 }

@@ -12,6 +12,7 @@ use crate::plan::Segment;
 pub mod gzip;
 pub mod local;
 pub mod mapped;
+pub mod ranges;
 #[cfg(feature = "remote")]
 pub mod redact;
 #[cfg(feature = "remote")]

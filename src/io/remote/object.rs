@@ -15,8 +15,9 @@ use super::store::*;
 use super::url::*;
 use super::*;
 use crate::error::{Result, VoxelError};
+use crate::io::ranges::{Coalesce, merge_ranges};
 use crate::io::{ByteSource, ReadStats};
-use crate::plan::{Segment, merge_segments};
+use crate::plan::Segment;
 
 /// One object, as found when it was opened: reads are pinned to this version by its ETag.
 #[derive(Clone)]
@@ -252,59 +253,47 @@ pub(super) struct Request {
 }
 
 /// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps of at most `max_gap`, smallest
-/// gaps first, while the bytes read through stay within `overread` × the bytes needed. So a read never makes more
-/// GETs than it has segments, nor fetches more than (1 + overread) × what it needs.
+/// gaps first, while the bytes read through stay within `overread` × the bytes needed ([`merge_ranges`]). So a read
+/// never makes more GETs than it has segments, nor fetches more than (1 + overread) × what it needs.
 pub(super) fn requests(segments: &[Segment], max_gap: u64, overread: f64) -> Vec<Request> {
-    let needed: u64 = segments.iter().map(|s| s.len).sum();
-    let budget = (needed as f64 * overread.max(0.0)) as u64;
-    let mut gaps: Vec<(u64, usize)> = segments
-        .windows(2)
-        .enumerate()
-        .filter_map(|(k, w)| {
-            let gap = w[1].offset.checked_sub(w[0].offset + w[0].len)?;
-            (gap <= max_gap).then_some((gap, k))
-        })
+    let ranges: Vec<Range<u64>> = segments
+        .iter()
+        .map(|s| s.offset..s.offset + s.len)
         .collect();
-    gaps.sort_unstable();
-    let mut joined = vec![false; segments.len()];
-    let mut spent = 0u64;
-    for (gap, k) in gaps {
-        if spent + gap > budget {
-            break;
-        }
-        spent += gap;
-        joined[k] = true;
-    }
-    let mut reqs = Vec::new();
+    let policy = Coalesce {
+        max_gap,
+        max_overread: overread,
+    };
+    // Where each segment lands in `out`: segments are concatenated in the order given.
+    let mut at = Vec::with_capacity(segments.len());
     let mut out_pos = 0u64;
-    let mut start = 0;
-    while start < segments.len() {
-        let mut end = start + 1;
-        while end < segments.len() && joined[end - 1] {
-            end += 1;
-        }
-        let run = &segments[start..end];
-        start = end;
-        let Some(merged) = merge_segments(run, u64::MAX).into_iter().next() else {
-            continue;
-        };
-        let (merged, parts) = merged;
-        let first = out_pos;
-        let copies = parts
-            .into_iter()
-            .map(|(pos, len)| {
-                let c = (pos, out_pos - first, len);
-                out_pos += len;
-                c
-            })
-            .collect();
-        reqs.push(Request {
-            range: merged.offset..merged.offset + merged.len,
-            out: first..out_pos,
-            copies,
-        });
+    for s in segments {
+        at.push(out_pos);
+        out_pos += s.len;
     }
-    reqs
+    merge_ranges(&ranges, policy)
+        .into_iter()
+        .map(|m| {
+            let first = m.parts.first().map_or(0, |&i| at[i]);
+            let last = m.parts.last().map_or(0, |&i| at[i] + segments[i].len);
+            let copies = m
+                .parts
+                .iter()
+                .map(|&i| {
+                    (
+                        segments[i].offset - m.range.start,
+                        at[i] - first,
+                        segments[i].len,
+                    )
+                })
+                .collect();
+            Request {
+                range: m.range,
+                out: first..last,
+                copies,
+            }
+        })
+        .collect()
 }
 
 /// Copy the part of a response chunk (starting at `at` in the response) that the request needs into its `out`.
