@@ -225,3 +225,126 @@ pub(super) fn group_runs(runs: &[Run], threads: usize) -> Vec<&[Run]> {
     }
     groups
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::index::PassRecord;
+    use super::*;
+
+    /// An index with points at each of `outs` (compressed offset = out / 2), covering `covered` bytes, complete
+    /// with `total`.
+    fn index(outs: &[u64], covered: u64, total: Option<u64>) -> GzIndex {
+        let mut index = GzIndex::new(100);
+        index.absorb(PassRecord {
+            points: outs
+                .iter()
+                .map(|&o| SeekPoint::new(o, o / 2, 0, Vec::new()))
+                .collect(),
+            marks: Vec::new(),
+            reached_out: covered,
+            total_out: total,
+        });
+        index
+    }
+
+    fn segs(list: &[(u64, u64)]) -> Vec<Segment> {
+        list.iter()
+            .map(|&(offset, len)| Segment { offset, len })
+            .collect()
+    }
+
+    /// (start point's out, [(offset, len, out_at)]) of each run.
+    fn shape(runs: &[Run]) -> Vec<(u64, Vec<(u64, u64, usize)>)> {
+        runs.iter()
+            .map(|r| {
+                let pieces = r
+                    .pieces
+                    .iter()
+                    .map(|p| (p.offset, p.len, p.out_at))
+                    .collect();
+                (r.start_out(), pieces)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_keep_their_place_in_the_output_and_skip_empty_segments() {
+        let p = pieces_of(&segs(&[(5, 3), (20, 0), (30, 4)]));
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.offset, p.len, p.out_at))
+                .collect::<Vec<_>>(),
+            [(5, 3, 0), (30, 4, 3)]
+        );
+    }
+
+    #[test]
+    fn a_run_goes_on_until_a_later_point_is_closer() {
+        let idx = index(&[100, 200, 300], 400, Some(400));
+        let pieces = pieces_of(&segs(&[
+            (10, 10),
+            (30, 10),
+            (150, 10),
+            (170, 10),
+            (350, 10),
+        ]));
+        let runs = plan_runs(&idx, pieces);
+        assert_eq!(
+            shape(&runs),
+            [
+                (0, vec![(10, 10, 0), (30, 10, 10)]),
+                (100, vec![(150, 10, 20), (170, 10, 30)]),
+                (300, vec![(350, 10, 40)]),
+            ]
+        );
+        assert!(runs.iter().all(|r| !r.record));
+    }
+
+    #[test]
+    fn reads_past_the_covered_part_record_in_one_run() {
+        let idx = index(&[100], 200, None);
+        let runs = plan_runs(&idx, pieces_of(&segs(&[(150, 10), (250, 10), (900, 10)])));
+        assert_eq!(
+            shape(&runs),
+            [(100, vec![(150, 10, 0), (250, 10, 10), (900, 10, 20)])]
+        );
+        assert!(runs[0].record);
+        // The input a recording run reads is estimated from the ratio seen (1/2 here), clipped to the file.
+        let r = input_range(&runs[0], &idx, 10_000);
+        assert_eq!(r.start, 50);
+        assert!(r.end > 50 + (910 - 100) / 2 && r.end <= 10_000, "{r:?}");
+    }
+
+    #[test]
+    fn runs_are_cut_at_every_point_inside_them_for_threads() {
+        let idx = index(&[100, 200], 300, Some(300));
+        let runs = plan_runs(&idx, pieces_of(&segs(&[(50, 200)])));
+        assert_eq!(runs.len(), 1);
+        let split: Vec<Run> = runs
+            .into_iter()
+            .flat_map(|r| split_at_points(r, &idx))
+            .collect();
+        assert_eq!(
+            shape(&split),
+            [
+                (0, vec![(50, 50, 0)]),
+                (100, vec![(100, 100, 50)]),
+                (200, vec![(200, 50, 150)]),
+            ]
+        );
+        // A run with a point after it reads up to that point's input; the last one to the end of the file.
+        assert_eq!(input_range(&split[0], &idx, 1000), 0..50);
+        assert_eq!(input_range(&split[2], &idx, 1000), 100..1000);
+        // Two threads: contiguous groups of about equal work.
+        let groups = group_runs(&split, 2);
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [2, 1]);
+    }
+
+    #[test]
+    fn segments_must_be_sorted_disjoint_and_fill_the_buffer() {
+        assert!(check_segments("f", &segs(&[(0, 4), (4, 4)]), 8).is_ok());
+        assert!(check_segments("f", &segs(&[(4, 4), (0, 4)]), 8).is_err());
+        assert!(check_segments("f", &segs(&[(0, 4), (2, 4)]), 8).is_err());
+        assert!(check_segments("f", &segs(&[(0, 4)]), 8).is_err());
+    }
+}
