@@ -69,7 +69,7 @@ pub fn merge_ranges(ranges: &[Range<u64>], policy: Coalesce) -> Vec<Merged> {
     };
     let mut spent = 0u64;
     for (gap, k) in gaps {
-        if (spent.saturating_add(gap)) as f64 > budget {
+        if spent.saturating_add(gap) as f64 > budget {
             break;
         }
         spent += gap;
