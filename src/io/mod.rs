@@ -60,7 +60,9 @@ static TOTALS: std::sync::Mutex<ReadStats> = std::sync::Mutex::new(ReadStats {
     requests: 0,
 });
 
-/// A readable, immutable run of bytes.
+/// A readable, immutable run of bytes. How segments are coalesced into requests is the source's own policy (none
+/// for local files; a gap and over-read budget for stores; runs between seek points for gzip), through the one
+/// range merger [`ranges::merge_ranges`] where ranges are merged; callers only say which bytes they need.
 pub trait ByteSource: Send + Sync + Debug {
     /// Path or URL, for error messages.
     fn location(&self) -> &str;

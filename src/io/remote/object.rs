@@ -252,18 +252,15 @@ pub(super) struct Request {
     pub(super) copies: Vec<(u64, u64, u64)>,
 }
 
-/// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps of at most `max_gap`, smallest
-/// gaps first, while the bytes read through stay within `overread` × the bytes needed ([`merge_ranges`]). So a read
-/// never makes more GETs than it has segments, nor fetches more than (1 + overread) × what it needs.
-pub(super) fn requests(segments: &[Segment], max_gap: u64, overread: f64) -> Vec<Request> {
+/// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps of at most `policy.max_gap`,
+/// smallest gaps first, while the bytes read through stay within `policy.max_overread` × the bytes needed
+/// ([`merge_ranges`]). So a read never makes more GETs than it has segments, nor fetches more than
+/// (1 + overread) × what it needs.
+pub(super) fn requests(segments: &[Segment], policy: Coalesce) -> Vec<Request> {
     let ranges: Vec<Range<u64>> = segments
         .iter()
         .map(|s| s.offset..s.offset + s.len)
         .collect();
-    let policy = Coalesce {
-        max_gap,
-        max_overread: overread,
-    };
     // Where each segment lands in `out`: segments are concatenated in the order given.
     let mut at = Vec::with_capacity(segments.len());
     let mut out_pos = 0u64;
@@ -365,7 +362,8 @@ impl ByteSource for RemoteSource {
             self.object.check_within(last)?;
         }
         let opts = &self.object.opts;
-        let reqs = requests(&segments, opts.gap()?, opts.overread()?);
+        // The coalescing policy is the store's (its options), not the planner's.
+        let reqs = requests(&segments, opts.coalesce()?);
         let concurrency = opts.concurrency()?;
         let parts = split_out(out, &reqs)?;
         let object = &self.object;

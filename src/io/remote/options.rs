@@ -7,6 +7,7 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 use super::*;
 use crate::error::{Result, VoxelError};
+use crate::io::ranges::Coalesce;
 
 /// Per-table object-store settings: `aws.*`, `gcp.*`, `azure.*` keys as `datafusion-cli` takes them (passed to the
 /// store builders after the environment), and this crate's own `remote.gap`, `remote.concurrency`,
@@ -46,6 +47,14 @@ impl StoreOptions {
                 VoxelError::Invalid(format!("option '{key}': '{v}' is not a whole number"))
             }),
         }
+    }
+
+    /// How reads from this store coalesce segments into GETs: [`StoreOptions::gap`] and [`StoreOptions::overread`].
+    pub fn coalesce(&self) -> Result<Coalesce> {
+        Ok(Coalesce {
+            max_gap: self.gap()?,
+            max_overread: self.overread()?,
+        })
     }
 
     /// Most bytes read through, as a fraction of the bytes needed (option `remote.overread`, default 0.25).

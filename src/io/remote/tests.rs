@@ -1,6 +1,7 @@
 use super::object::*;
 use super::url::*;
 use super::*;
+use crate::io::ranges::Coalesce;
 use crate::plan::Segment;
 
 fn seg(offset: u64, len: u64) -> Segment {
@@ -20,7 +21,13 @@ fn urls_are_told_from_paths() {
 #[test]
 fn requests_coalesce_small_gaps_only() {
     let segs = [seg(0, 10), seg(15, 5), seg(100, 10)];
-    let r = requests(&segs, 8, 1.0);
+    let r = requests(
+        &segs,
+        Coalesce {
+            max_gap: 8,
+            max_overread: 1.0,
+        },
+    );
     assert_eq!(
         r,
         vec![
@@ -36,11 +43,51 @@ fn requests_coalesce_small_gaps_only() {
             },
         ]
     );
-    assert_eq!(requests(&segs, 0, 1.0).len(), 3);
-    assert_eq!(requests(&segs, 1000, 100.0).len(), 1);
+    assert_eq!(
+        requests(
+            &segs,
+            Coalesce {
+                max_gap: 0,
+                max_overread: 1.0
+            }
+        )
+        .len(),
+        3
+    );
+    assert_eq!(
+        requests(
+            &segs,
+            Coalesce {
+                max_gap: 1000,
+                max_overread: 100.0
+            }
+        )
+        .len(),
+        1
+    );
     // The overread budget (25 needed bytes × 0.25 = 6) allows the 5-byte gap, not the 80-byte one.
-    assert_eq!(requests(&segs, 1000, 0.25).len(), 2);
-    assert_eq!(requests(&segs, 1000, 0.0).len(), 3);
+    assert_eq!(
+        requests(
+            &segs,
+            Coalesce {
+                max_gap: 1000,
+                max_overread: 0.25
+            }
+        )
+        .len(),
+        2
+    );
+    assert_eq!(
+        requests(
+            &segs,
+            Coalesce {
+                max_gap: 1000,
+                max_overread: 0.0
+            }
+        )
+        .len(),
+        3
+    );
 }
 
 #[test]
@@ -50,7 +97,13 @@ fn overread_stays_within_budget_and_requests_within_segments() {
         .collect();
     let needed: u64 = segs.iter().map(|s| s.len).sum();
     for ratio in [0.0, 0.1, 0.25, 1.0, 10.0] {
-        let r = requests(&segs, 1 << 20, ratio);
+        let r = requests(
+            &segs,
+            Coalesce {
+                max_gap: 1 << 20,
+                max_overread: ratio,
+            },
+        );
         let fetched: u64 = r.iter().map(|q| q.range.end - q.range.start).sum();
         assert!(
             fetched as f64 <= needed as f64 * (1.0 + ratio),
@@ -69,7 +122,13 @@ fn responses_in_any_chunking_rebuild_the_segments() {
         .flat_map(|s| (s.offset..s.offset + s.len).map(|b| (b % 251) as u8))
         .collect();
     for (gap, chunk) in [(0, 1), (4, 3), (50, 16), (1000, 1000)] {
-        let reqs = requests(&segs, gap, 100.0);
+        let reqs = requests(
+            &segs,
+            Coalesce {
+                max_gap: gap,
+                max_overread: 100.0,
+            },
+        );
         let mut out = vec![0u8; want.len()];
         let parts = split_out(&mut out, &reqs).unwrap();
         for (q, part) in reqs.iter().zip(parts) {
