@@ -334,6 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_map_serves_reads_inside_its_span_and_only_those() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let (f, _) = source(&data, MmapMode::Off);
+        let s = LocalSource::with_kept_map(f.path(), 1000..60_000)
+            .unwrap()
+            .unwrap();
+        let seg = |offset, len| Segment { offset, len };
+        // Inside the span: copies out of the map, no request.
+        let mut out = vec![0; 30];
+        let st = s
+            .read_segments(&[seg(1000, 10), seg(59_980, 20)], &mut out)
+            .unwrap();
+        assert_eq!(&out[..10], &data[1000..1010]);
+        assert_eq!(&out[10..], &data[59_980..60_000]);
+        assert_eq!((st.bytes_read, st.segments, st.requests), (30, 2, 0));
+        // Reaching outside it: positional reads, one request per segment.
+        let st = s
+            .read_segments(&[seg(990, 20), seg(70_000, 10)], &mut out)
+            .unwrap();
+        assert_eq!(&out[..20], &data[990..1010]);
+        assert_eq!(&out[20..], &data[70_000..70_010]);
+        assert_eq!(st.requests, 2);
+        // A span past the end of the file is refused; the file cut below a read is an error naming it.
+        assert!(LocalSource::with_kept_map(f.path(), 0..200_000).is_err());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_len(2000)
+            .unwrap();
+        let err = s.read_segments(&[seg(5000, 30)], &mut out).unwrap_err();
+        assert!(matches!(err, VoxelError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
     fn short_file_is_truncated_error() {
         let (_f, s) = source(&[1, 2, 3], MmapMode::Off);
         let mut out = vec![0; 4];
