@@ -214,7 +214,7 @@ mod tests {
             // Bytes read through stay within the budget.
             let mut union = vec![false; 400];
             for r in &ranges {
-                for b in r.clone() { union[b as usize] = true; }
+                union[r.start as usize..r.end as usize].fill(true);
             }
             let needed = union.iter().filter(|&&b| b).count() as f64;
             let read: u64 = merged.iter().map(|m| m.range.end - m.range.start).sum();
