@@ -306,3 +306,81 @@ mod tests {
         assert!(e.contains("cut.nii") && e.contains("truncated"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shared_proxy_tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::dtype::{ByteOrder, DType};
+    use crate::io::ReadStats;
+    use crate::plan::{Order, Segment};
+    use crate::proxy::{ArraySpec, DataFile, ProxyOptions};
+
+    /// A source that holds every read until two are in flight at once.
+    #[derive(Debug)]
+    struct Rendezvous {
+        inner: LocalSource,
+        both_in: Barrier,
+    }
+
+    impl ByteSource for Rendezvous {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+
+        fn size(&self) -> Result<Option<u64>> {
+            self.inner.size()
+        }
+
+        fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+            self.both_in.wait();
+            self.inner.read_segments(segments, out)
+        }
+    }
+
+    /// Two partitions reading through one proxy at the same time: each read reports its own cost, not the change in
+    /// the proxy's shared totals (which includes the other partition's read).
+    #[test]
+    fn two_reads_in_flight_on_one_proxy_each_report_their_own_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.raw");
+        std::fs::write(&path, vec![7u8; 8 * 8 * 2]).unwrap();
+        let spec = ArraySpec::new(vec![8, 8], DType::new(Scalar::I16, ByteOrder::Little));
+        let proxy = ArrayProxy::with_compression(
+            DataFile::Path(path.clone()),
+            Compression::None,
+            &spec,
+            ProxyOptions {
+                skip_threshold: 0,
+                ..ProxyOptions::default()
+            },
+        )
+        .unwrap();
+        let source = Rendezvous {
+            inner: LocalSource::new(
+                &path,
+                crate::io::local::Handle::PerRead,
+                MmapMode::Off,
+                Arc::default(),
+            ),
+            both_in: Barrier::new(2),
+        };
+        let read = |rows: std::ops::Range<usize>| {
+            let slice = CanonicalSlice::from_ranges(&[0..8, rows]);
+            proxy
+                .read_stored(Some(&source), &slice, Order::F)
+                .unwrap()
+                .1
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| read(0..2));
+            let b = s.spawn(|| read(2..8));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let mut got = [a.bytes_read, b.bytes_read];
+        got.sort_unstable();
+        assert_eq!(got, [2 * 8 * 2, 6 * 8 * 2]);
+        assert_eq!(proxy.stats().bytes_read, 8 * 8 * 2);
+    }
+}
