@@ -445,6 +445,18 @@ impl ArrayProxy {
     ) -> Result<(Values, ReadStats)> {
         self.check_memory(slice_elements(slice), 0)?;
         let plan = self.plan(slice)?;
+        self.read_planned(source, &plan, out_order, 0)
+    }
+
+    /// Read `plan` through `source` (the proxy's own when `None`) into typed values in native byte order, laid out
+    /// in `out_order`. `out_item`: bytes per element of what the caller makes of the values, for the memory check.
+    fn read_planned(
+        &self,
+        source: Option<&dyn ByteSource>,
+        plan: &ReadPlan,
+        out_order: Order,
+        out_item: usize,
+    ) -> Result<(Values, ReadStats)> {
         let own;
         let source = match source {
             Some(s) => s,
@@ -454,8 +466,8 @@ impl ArrayProxy {
             }
         };
         if plan.is_identity(out_order) {
-            // The bytes read are the result: read them straight into the typed buffer.
-            self.check_plan_memory(&plan, false, 0)?;
+            // One copy only: the bytes land straight in the typed result.
+            self.check_plan_memory(plan, false, out_item)?;
             let n = plan.out_shape().iter().product();
             let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
             let stats = self.read_through(source, plan.segments(), values.bytes_mut())?;
@@ -464,7 +476,7 @@ impl ArrayProxy {
             }
             return Ok((values, stats));
         }
-        self.check_plan_memory(&plan, true, 0)?;
+        self.check_plan_memory(plan, true, out_item)?;
         let mut buf = self.buffer(plan.read_bytes())?;
         let stats = self.read_through(source, plan.segments(), &mut buf)?;
         let out = plan.gather(&buf, out_order)?;
@@ -481,25 +493,8 @@ impl ArrayProxy {
             return Ok((self.read_full()?, self.shape.clone()));
         }
         let plan = self.plan(slice)?;
-        if plan.is_identity(self.order) {
-            // One copy only: the bytes land straight in the typed result.
-            self.check_plan_memory(&plan, false, out_item)?;
-            let n = plan.out_shape().iter().product();
-            let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
-            self.read_segments(plan.segments(), values.bytes_mut())?;
-            if self.dtype.needs_swap() {
-                values.swap_bytes();
-            }
-            return Ok((values, plan.out_shape().to_vec()));
-        }
-        self.check_plan_memory(&plan, true, out_item)?;
-        let mut buf = self.buffer(plan.read_bytes())?;
-        self.read_segments(plan.segments(), &mut buf)?;
-        let out = plan.gather(&buf, self.order)?;
-        Ok((
-            Values::from_bytes(&out, self.dtype)?,
-            plan.out_shape().to_vec(),
-        ))
+        let (values, _) = self.read_planned(None, &plan, self.order, out_item)?;
+        Ok((values, plan.out_shape().to_vec()))
     }
 
     /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
