@@ -10,9 +10,9 @@ use crate::array::VoxelArray;
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
 use crate::formats::{self, Compression, Factor, ImageHeader};
+use crate::io::gzip::stream::GzipStreamSource;
 use crate::io::local::{Handle, LocalSource, MmapMode};
 use crate::io::mapped::MappedArray;
-use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
 use crate::memory;
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
@@ -393,13 +393,24 @@ impl ArrayProxy {
         })
     }
 
-    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<()> {
-        let st = self.source()?.read_segments(segments, out)?;
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        self.read_through(&*self.source()?, segments, out)
+    }
+
+    /// Read through `source`; what the read cost is returned by the read itself (partitions sharing this proxy
+    /// each get their own), and also added to the proxy's and the process's totals.
+    fn read_through(
+        &self,
+        source: &dyn ByteSource,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        let st = source.read_segments(segments, out)?;
         if let Ok(mut s) = self.stats.lock() {
             s.add(st);
         }
         crate::io::record(st);
-        Ok(())
+        Ok(st)
     }
 
     /// The stored elements selected by `slice` (storage byte order untouched, no scaling), laid out in `out_order`
@@ -409,19 +420,67 @@ impl ArrayProxy {
         slice: &CanonicalSlice,
         out_order: Order,
     ) -> Result<(Vec<u8>, ReadStats)> {
-        let before = self.stats();
         self.check_memory(slice_elements(slice), 0)?;
         let plan = self.plan(slice)?;
         let copy = !(slice.is_full(&self.shape) && out_order == self.order);
         self.check_plan_memory(&plan, copy, 0)?;
         let mut buf = self.buffer(plan.read_bytes())?;
-        self.read_segments(plan.segments(), &mut buf)?;
+        let stats = self.read_segments(plan.segments(), &mut buf)?;
         let out = if copy {
             plan.gather(&buf, out_order)?
         } else {
             buf
         };
-        Ok((out, diff(self.stats(), before)))
+        Ok((out, stats))
+    }
+
+    /// The stored elements selected by `slice` decoded to native byte order (no scaling), laid out in `out_order`
+    /// over `slice.out_shape()`, and what reading them cost. Read through `source` when given (a source over this
+    /// proxy's data that the caller keeps, as the SQL scan keeps a slab mapped), else through the proxy's own.
+    pub fn read_stored(
+        &self,
+        source: Option<&dyn ByteSource>,
+        slice: &CanonicalSlice,
+        out_order: Order,
+    ) -> Result<(Values, ReadStats)> {
+        self.check_memory(slice_elements(slice), 0)?;
+        let plan = self.plan(slice)?;
+        self.read_planned(source, &plan, out_order, 0)
+    }
+
+    /// Read `plan` through `source` (the proxy's own when `None`) into typed values in native byte order, laid out
+    /// in `out_order`. `out_item`: bytes per element of what the caller makes of the values, for the memory check.
+    fn read_planned(
+        &self,
+        source: Option<&dyn ByteSource>,
+        plan: &ReadPlan,
+        out_order: Order,
+        out_item: usize,
+    ) -> Result<(Values, ReadStats)> {
+        let own;
+        let source = match source {
+            Some(s) => s,
+            None => {
+                own = self.source()?;
+                &*own
+            }
+        };
+        if plan.is_identity(out_order) {
+            // One copy only: the bytes land straight in the typed result.
+            self.check_plan_memory(plan, false, out_item)?;
+            let n = plan.out_shape().iter().product();
+            let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
+            let stats = self.read_through(source, plan.segments(), values.bytes_mut())?;
+            if self.dtype.needs_swap() {
+                values.swap_bytes();
+            }
+            return Ok((values, stats));
+        }
+        self.check_plan_memory(plan, true, out_item)?;
+        let mut buf = self.buffer(plan.read_bytes())?;
+        let stats = self.read_through(source, plan.segments(), &mut buf)?;
+        let out = plan.gather(&buf, out_order)?;
+        Ok((Values::from_bytes(&out, self.dtype)?, stats))
     }
 
     /// Stored elements of `slice` decoded to native order, with their shape and layout.
@@ -434,25 +493,8 @@ impl ArrayProxy {
             return Ok((self.read_full()?, self.shape.clone()));
         }
         let plan = self.plan(slice)?;
-        if plan.is_identity(self.order) {
-            // One copy only: the bytes land straight in the typed result.
-            self.check_plan_memory(&plan, false, out_item)?;
-            let n = plan.out_shape().iter().product();
-            let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
-            self.read_segments(plan.segments(), values.bytes_mut())?;
-            if self.dtype.needs_swap() {
-                values.swap_bytes();
-            }
-            return Ok((values, plan.out_shape().to_vec()));
-        }
-        self.check_plan_memory(&plan, true, out_item)?;
-        let mut buf = self.buffer(plan.read_bytes())?;
-        self.read_segments(plan.segments(), &mut buf)?;
-        let out = plan.gather(&buf, self.order)?;
-        Ok((
-            Values::from_bytes(&out, self.dtype)?,
-            plan.out_shape().to_vec(),
-        ))
+        let (values, _) = self.read_planned(None, &plan, self.order, out_item)?;
+        Ok((values, plan.out_shape().to_vec()))
     }
 
     /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
@@ -708,15 +750,6 @@ fn slice_elements(slice: &CanonicalSlice) -> u64 {
 
 fn to_usize(n: u64) -> Result<usize> {
     usize::try_from(n).map_err(|_| VoxelError::Invalid(format!("{n} bytes do not fit in memory")))
-}
-
-fn diff(after: ReadStats, before: ReadStats) -> ReadStats {
-    ReadStats {
-        bytes_read: after.bytes_read - before.bytes_read,
-        bytes_delivered: after.bytes_delivered - before.bytes_delivered,
-        segments: after.segments - before.segments,
-        requests: after.requests - before.requests,
-    }
 }
 
 /// numpy's reshape rule: at most one `-1`, sizes must match.

@@ -9,8 +9,9 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{ByteOrder, DType, Scalar};
+use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::synth::write_nifti1;
-use voxelscan::table::{register_voxels, session_context};
+use voxelscan::table::{register_proxy, register_voxels, session_context};
 
 /// A 4×3×2×5 int16 NIfTI whose voxel (i,j,k,t) holds i + 10j + 100k + 1000t.
 fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
@@ -322,6 +323,57 @@ async fn options_table_function_and_record_layouts() {
     )
     .await;
     assert!(s.contains("| 3       | 13      | 23      |"), "{s}");
+}
+
+/// Partitions reading through one registered proxy: each reports what its own reads cost, so `EXPLAIN ANALYZE`'s
+/// `bytes_read` adds up to the array's bytes once, however many partitions share the proxy (and the mapped path of
+/// files opened by name reports the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_sharing_a_proxy_count_their_own_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [32usize, 24, 20, 16];
+    let data: Vec<u8> = (0..shape.iter().product::<usize>())
+        .flat_map(|n| ((n % 1000) as i16).to_le_bytes())
+        .collect();
+    let path = dir.path().join("shared.nii");
+    write_nifti1(
+        &path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.0,
+        0.0,
+        &data,
+        false,
+    )
+    .unwrap();
+    let want = data.len();
+    for (mmap, by_proxy) in [("off", true), ("on", true), ("on", false)] {
+        for parts in [1, 4] {
+            let ctx = session_context(SessionConfig::new().with_target_partitions(parts));
+            let opts = HashMap::from([("mmap".to_string(), mmap.to_string())]);
+            if by_proxy {
+                let proxy = ArrayProxy::open(&path, ProxyOptions::default()).unwrap();
+                register_proxy(&ctx, "v", proxy, &opts).unwrap();
+            } else {
+                register_voxels(&ctx, "v", &path.display().to_string(), &opts).unwrap();
+            }
+            let plan = ctx
+                .sql("SELECT sum(value) FROM v")
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
+                .await
+                .unwrap();
+            assert_eq!(
+                scan_bytes(&plan),
+                want,
+                "mmap {mmap}, proxy {by_proxy}, {parts} partitions"
+            );
+        }
+    }
 }
 
 /// `bytes_read` summed over the plan's scans.

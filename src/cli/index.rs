@@ -73,7 +73,7 @@ pub fn run(args: IndexArgs) -> CliResult {
 }
 
 fn not_written(data: &std::path::Path, opts: &GzipOptions) -> CliError {
-    let tried: Vec<String> = voxelscan::io::gzip::index_locations(data, opts)
+    let tried: Vec<String> = voxelscan::io::gzip::sidecar::index_locations(data, opts)
         .iter()
         .map(|p| p.path.display().to_string())
         .collect();
