@@ -19,6 +19,7 @@ pub mod dtype;
 pub mod error;
 pub mod formats;
 pub mod io;
+pub mod location;
 pub mod memory;
 pub mod plan;
 pub mod proxy;

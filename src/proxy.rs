@@ -253,7 +253,7 @@ impl ArrayProxy {
         store: &crate::io::remote::StoreOptions,
     ) -> Result<ArrayProxy> {
         use crate::io::remote;
-        if !remote::is_url(location) {
+        if !crate::location::is_url(location) {
             let path = local_path(location);
             return match raw {
                 Some(spec) => Self::open_raw(&path, spec, opts),
@@ -814,33 +814,7 @@ pub fn reshape_dataobj<T: Reshape>(obj: &T, shape: &[i64]) -> Result<T> {
 
 /// A local path from a path or a `file://` URL (percent-decoded).
 pub fn local_path(location: &str) -> PathBuf {
-    match location.strip_prefix("file://") {
-        Some(rest) => PathBuf::from(percent_decode(rest)),
-        None => PathBuf::from(location),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::location::local_path(location)
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ impl OpenArgs {
         {
             use crate::io::remote;
             let location = path.to_string_lossy();
-            if remote::is_url(&location) {
+            if crate::location::is_url(&location) {
                 let store = remote::StoreOptions::default();
                 let image = match &self.raw {
                     Some(spec) => remote::open_raw(&location, spec, &store)?,

@@ -33,6 +33,7 @@ use url::Url;
 use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
 use crate::formats::{self, Compression, ImageHeader};
+use crate::location::{ObjectUrl, store_root};
 use crate::plan::{Segment, merge_segments};
 
 /// Bytes of the first GET of an image whose name does not tell its format: the largest fixed-size header
@@ -44,18 +45,6 @@ pub const DEFAULT_GAP: u64 = 1 << 20;
 pub const DEFAULT_OVERREAD: f64 = 0.25;
 /// Default GET requests in flight per read.
 pub const DEFAULT_CONCURRENCY: usize = 32;
-
-/// URL schemes read through object storage (`file://` is a local path).
-const SCHEMES: &[&str] = &[
-    "s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "adl", "http", "https",
-];
-
-/// Whether a location names an object-store or HTTP URL (as opposed to a local path or `file://` URL).
-pub fn is_url(location: &str) -> bool {
-    location
-        .split_once("://")
-        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
-}
 
 /// Per-table object-store settings: `aws.*`, `gcp.*`, `azure.*` keys as `datafusion-cli` takes them (passed to the
 /// store builders after the environment), and this crate's own `remote.gap`, `remote.concurrency`,
@@ -274,36 +263,6 @@ fn count(requests: u64, bytes: u64) {
 // ---------------------------------------------------------------------------------------------------------------
 // Stores.
 
-/// Where an object lives: the store it belongs to and its path there.
-#[derive(Debug, Clone)]
-struct Address {
-    url: Url,
-    path: ObjectPath,
-}
-
-fn parse_address(location: &str) -> Result<Address> {
-    let url = Url::parse(location)
-        .map_err(|e| VoxelError::Invalid(format!("'{location}' is not a valid URL: {e}")))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(VoxelError::Invalid(format!(
-            "'{location}': the URL names no bucket or host"
-        )));
-    }
-    let path = ObjectPath::from_url_path(url.path())
-        .map_err(|e| VoxelError::Invalid(format!("'{location}': bad object path: {e}")))?;
-    Ok(Address { url, path })
-}
-
-fn store_root(url: &Url) -> String {
-    let scheme = url.scheme();
-    let host = url.host_str().unwrap_or_default();
-    match (url.port(), url.username()) {
-        (Some(p), _) => format!("{scheme}://{host}:{p}"),
-        (None, user) if !user.is_empty() => format!("{scheme}://{user}@{host}"),
-        _ => format!("{scheme}://{host}"),
-    }
-}
-
 /// The store for a URL's bucket or host, as the scan builds it (environment + `opts`), for other users of
 /// `object_store` such as DataFusion's registry.
 pub fn store_for_url(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
@@ -424,7 +383,7 @@ fn build_store(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     })
 }
 
-fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
+pub(crate) fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
     let msg = match &e {
         object_store::Error::NotFound { .. } => "object not found".to_string(),
         object_store::Error::PermissionDenied { .. } => format!("access denied: {e}"),
@@ -468,14 +427,14 @@ impl fmt::Debug for RemoteObject {
 impl RemoteObject {
     /// Open `url` with one GET of its first `prefix` bytes (returned), learning its size and ETag.
     pub fn open(url: &str, opts: &StoreOptions, prefix: u64) -> Result<(RemoteObject, Bytes)> {
-        let addr = parse_address(url)?;
-        let store = store_for(&addr.url, opts)?;
+        let addr = ObjectUrl::parse(url)?;
+        let store = store_for(addr.url(), opts)?;
         let options = GetOptions {
             range: Some(GetRange::Bounded(0..prefix.max(1))),
             ..Default::default()
         };
         let got = block_on(async {
-            let r = store.get_opts(&addr.path, options).await?;
+            let r = store.get_opts(addr.key(), options).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         })?;
@@ -491,7 +450,7 @@ impl RemoteObject {
         let obj = RemoteObject {
             url: url.to_string(),
             store,
-            path: addr.path,
+            path: addr.key().clone(),
             size: meta.size,
             etag: meta.e_tag,
             opts: opts.clone(),
@@ -506,11 +465,11 @@ impl RemoteObject {
         size: u64,
         etag: Option<String>,
     ) -> Result<RemoteObject> {
-        let addr = parse_address(url)?;
+        let addr = ObjectUrl::parse(url)?;
         Ok(RemoteObject {
             url: url.to_string(),
-            store: store_for(&addr.url, opts)?,
-            path: addr.path,
+            store: store_for(addr.url(), opts)?,
+            path: addr.key().clone(),
             size,
             etag,
             opts: opts.clone(),
@@ -519,14 +478,14 @@ impl RemoteObject {
 
     /// The size and ETag with a HEAD request (for a pair's data object, whose first bytes are not needed).
     pub fn head(url: &str, opts: &StoreOptions) -> Result<RemoteObject> {
-        let addr = parse_address(url)?;
-        let store = store_for(&addr.url, opts)?;
-        let meta = block_on(store.head(&addr.path))?.map_err(|e| remote_error(url, e))?;
+        let addr = ObjectUrl::parse(url)?;
+        let store = store_for(addr.url(), opts)?;
+        let meta = block_on(store.head(addr.key()))?.map_err(|e| remote_error(url, e))?;
         count(1, 0);
         Ok(RemoteObject {
             url: url.to_string(),
             store,
-            path: addr.path,
+            path: addr.key().clone(),
             size: meta.size,
             etag: meta.e_tag,
             opts: opts.clone(),
@@ -1295,81 +1254,12 @@ impl RemoteObject {
     }
 }
 
-/// Objects whose URL matches `pattern` (a glob over the key: `*` and `?` stay within one `/` level, `**` crosses
-/// them), or every object directly under a URL ending in `/`. Sorted by URL.
-pub fn list_matching(pattern: &str, opts: &StoreOptions) -> Result<Vec<String>> {
-    let addr = parse_address(pattern)?;
-    if matches!(addr.url.scheme(), "http" | "https") {
-        return Err(VoxelError::Invalid(format!(
-            "'{pattern}': HTTP servers cannot be listed; name the files one by one"
-        )));
-    }
-    let store = store_for(&addr.url, opts)?;
-    let root = store_root(&addr.url);
-    let key = percent_decoded(addr.url.path().trim_start_matches('/'));
-    let directory = key.is_empty() || key.ends_with('/');
-    let literal_end = key.find(['*', '?', '[']).unwrap_or(key.len());
-    let prefix = match key[..literal_end].rfind('/') {
-        Some(i) => &key[..i],
-        None => "",
-    };
-    let glob = if directory {
-        None
-    } else {
-        Some(glob::Pattern::new(&key).map_err(|e| {
-            VoxelError::Invalid(format!("location '{pattern}' is not a valid glob: {e}"))
-        })?)
-    };
-    let match_opts = glob::MatchOptions {
-        require_literal_separator: true,
-        ..Default::default()
-    };
-    let prefix_path = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
-    let metas: Vec<object_store::ObjectMeta> = block_on(async {
-        if directory {
-            store
-                .list_with_delimiter(prefix_path.as_ref())
-                .await
-                .map(|l| l.objects)
-        } else {
-            store.list(prefix_path.as_ref()).try_collect().await
-        }
-    })?
-    .map_err(|e| remote_error(pattern, e))?;
-    count(1, 0);
-    let mut urls: Vec<String> = metas
-        .into_iter()
-        .map(|m| m.location.to_string())
-        .filter(|k| glob.as_ref().is_none_or(|g| g.matches_with(k, match_opts)))
-        .map(|k| format!("{root}/{k}"))
-        .collect();
-    urls.sort();
-    Ok(urls)
-}
-
-fn percent_decoded(s: &str) -> String {
-    url::form_urlencoded::parse(format!("k={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn seg(offset: u64, len: u64) -> Segment {
         Segment { offset, len }
-    }
-
-    #[test]
-    fn urls_are_told_from_paths() {
-        assert!(is_url("s3://bucket/a.nii"));
-        assert!(is_url("HTTPS://host/a.nii"));
-        assert!(is_url("abfss://c@acct.dfs.core.windows.net/x.nii"));
-        assert!(!is_url("file:///tmp/a.nii"));
-        assert!(!is_url("/tmp/a.nii"));
-        assert!(!is_url("weird://x/y"));
     }
 
     #[test]
@@ -1450,17 +1340,6 @@ mod tests {
         assert!(o.insert("remote.speed", "1").is_err());
         assert!(StoreOptions::is_store_key("gcp.service_account_path"));
         assert!(!StoreOptions::is_store_key("scaling"));
-    }
-
-    #[test]
-    fn addresses_keep_bucket_and_key() {
-        let a = parse_address("s3://bucket/ds/sub-01/func/x%20y.nii.gz").unwrap();
-        assert_eq!(store_root(&a.url), "s3://bucket");
-        assert_eq!(a.path.as_ref(), "ds/sub-01/func/x y.nii.gz");
-        let h = parse_address("http://127.0.0.1:8080/d/a.nii").unwrap();
-        assert_eq!(store_root(&h.url), "http://127.0.0.1:8080");
-        assert!(parse_address("s3:///nobucket").is_err());
-        assert!(parse_address("not a url").is_err());
     }
 
     mod headers {

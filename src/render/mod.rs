@@ -54,7 +54,7 @@ impl Image {
         #[cfg(feature = "remote")]
         {
             use crate::io::remote;
-            if remote::is_url(location) {
+            if crate::location::is_url(location) {
                 let store = remote::StoreOptions::default();
                 let image = match raw {
                     Some(spec) => remote::open_raw(location, spec, &store)?,

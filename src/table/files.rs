@@ -270,7 +270,7 @@ impl VoxelFile {
 
     /// Whether the data lives in object storage or on an HTTP server.
     pub fn is_remote(&self) -> bool {
-        self.proxy.is_none() && remote::is_url(&self.data_path.to_string_lossy())
+        self.proxy.is_none() && crate::location::is_url(&self.data_path.to_string_lossy())
     }
 
     /// A table file over an existing proxy (read through that proxy, so an open handle works too).
@@ -395,7 +395,7 @@ impl TableFiles {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let name = path.display().to_string();
-            if remote::is_url(&name) {
+            if crate::location::is_url(&name) {
                 let image = read_remote_header(&name, opts)?;
                 files.push(VoxelFile::from_remote(name, &image)?);
                 continue;
@@ -476,11 +476,18 @@ pub fn resolve_locations_with(
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for loc in locations {
-        if remote::is_url(loc) {
+        if crate::location::is_url(loc) {
             let listed = loc.ends_with('/') || loc.contains(['*', '?', '[']);
             multi |= listed;
             let found = if listed {
-                keep_remote_images(remote::list_matching(loc, store)?, kind)
+                keep_remote_images(
+                    crate::location::ObjectUrl::parse(loc)?
+                        .list(store)?
+                        .iter()
+                        .map(|l| l.display())
+                        .collect(),
+                    kind,
+                )
             } else {
                 vec![loc.clone()]
             };

@@ -77,7 +77,7 @@ pub struct Grid {
 impl Grid {
     /// Read the template at `location` (a path or URL of any readable image).
     pub fn from_location(location: &str, store: &StoreOptions) -> Result<Grid> {
-        let (header, raw) = if remote::is_url(location) {
+        let (header, raw) = if crate::location::is_url(location) {
             let image = remote::open_image(location, store)?;
             let raw = if is_nifti1(image.header.format) {
                 Some(remote_prefix(location, store, image.header.compression)?)
