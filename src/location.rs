@@ -12,10 +12,20 @@ use std::sync::Arc;
 use crate::error::{Result, VoxelError};
 use crate::formats::detect::{NameKind, header_path_for, name_kind};
 
+use crate::formats::{self, ImageHeader};
+use crate::proxy::{ArrayProxy, DataFile, ProxyOptions};
 #[cfg(feature = "remote")]
 pub(crate) use object::store_root;
+
+#[cfg(feature = "remote")]
+pub use crate::io::remote::StoreOptions;
 #[cfg(feature = "remote")]
 pub use object::{ObjectUrl, is_url};
+
+/// Object-store settings; a build without the `remote` feature reads no object store and has none.
+#[cfg(not(feature = "remote"))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StoreOptions;
 
 /// A place an image (or its data) can be read from.
 #[derive(Debug, Clone)]
@@ -118,14 +128,6 @@ pub fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
-/// A local path from a path or a `file://` URL (percent-decoded); URLs of other schemes are returned as paths.
-pub fn local_path(location: &str) -> PathBuf {
-    match strip_prefix_ignore_case(location, "file://") {
-        Some(rest) => PathBuf::from(percent_decode(rest)),
-        None => PathBuf::from(location),
-    }
-}
-
 /// Is `name` a glob pattern (rather than one file)?
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?', '['])
@@ -143,11 +145,8 @@ pub struct Expanded {
 /// Expand locations (files, directories, local globs, object-store prefixes ending in `/` and key globs) into the
 /// images they hold. Images are told by name, pairs counted once by their `.hdr`; `any_name` also keeps files
 /// whose name no format claims (raw tables). A location matching nothing is an error.
-pub fn expand(
-    locations: &[String],
-    any_name: bool,
-    #[cfg(feature = "remote")] store: &crate::io::remote::StoreOptions,
-) -> Result<Expanded> {
+#[cfg_attr(not(feature = "remote"), allow(unused_variables))]
+pub fn expand(locations: &[String], any_name: bool, store: &StoreOptions) -> Result<Expanded> {
     if locations.is_empty() {
         return Err(VoxelError::Invalid("no LOCATION given".into()));
     }
@@ -189,6 +188,81 @@ pub fn expand(
         }
     }
     Ok(Expanded { images, multi })
+}
+
+/// An image whose header has been read: the header, and where its data are read from.
+#[derive(Debug)]
+pub struct OpenImage {
+    pub header: ImageHeader,
+    /// The data file (a pair's `.img`), the handle, or the object holding the data (size and ETag known).
+    pub data: DataFile,
+}
+
+impl OpenImage {
+    /// A proxy over the data with `opts`; over an object the planner skips no gap itself (the remote source
+    /// decides which gaps are worth a GET).
+    pub fn into_proxy(self, opts: ProxyOptions) -> Result<ArrayProxy> {
+        let opts = match self.data {
+            DataFile::Path(_) | DataFile::Handle { .. } => opts,
+            #[cfg(feature = "remote")]
+            DataFile::Remote(_) => ProxyOptions {
+                skip_threshold: 0,
+                ..opts
+            },
+        };
+        ArrayProxy::with_compression(
+            self.data,
+            self.header.compression,
+            &self.header.layout,
+            opts,
+        )
+    }
+}
+
+/// Read the header of the image at `location`: its format detected (a local `.hdr`/`.img` pair found from
+/// either half), or the array described by a raw `spec` instead. Objects are read with a few small ranged GETs
+/// (see `io::remote::open_image`); an open handle needs a raw spec.
+#[cfg_attr(not(feature = "remote"), allow(unused_variables))]
+pub fn open_image(
+    location: &Location,
+    raw: Option<&str>,
+    store: &StoreOptions,
+) -> Result<OpenImage> {
+    match location {
+        Location::Path(path) => {
+            let header = match raw {
+                Some(spec) => formats::parse_raw_spec(spec, path)?,
+                None => formats::read_header(path)?,
+            };
+            let data = DataFile::Path(header.data_path.clone());
+            Ok(OpenImage { header, data })
+        }
+        Location::Handle { file, name } => {
+            let spec = raw.ok_or_else(|| {
+                VoxelError::Invalid(format!(
+                    "{name}: an open handle has no file name to find a header by; describe the array with a raw spec"
+                ))
+            })?;
+            let header = formats::parse_raw_spec(spec, Path::new(name))?;
+            let data = DataFile::Handle {
+                file: Arc::clone(file),
+                name: name.clone(),
+            };
+            Ok(OpenImage { header, data })
+        }
+        #[cfg(feature = "remote")]
+        Location::Object(url) => {
+            use crate::io::remote;
+            let image = match raw {
+                Some(spec) => remote::open_raw(url.as_str(), spec, store)?,
+                None => remote::open_image(url.as_str(), store)?,
+            };
+            Ok(OpenImage {
+                header: image.header,
+                data: DataFile::Remote(image.data),
+            })
+        }
+    }
 }
 
 /// One local location: the images it names (with the key that tells duplicates apart) and whether it was a
@@ -455,11 +529,12 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("caf%C3%A9"), "café");
+        let path = |s: &str| Location::parse(s).unwrap().as_path().map(Path::to_path_buf);
         assert_eq!(
-            local_path("file:///tmp/a+b%20c.nii"),
+            path("file:///tmp/a+b%20c.nii").unwrap(),
             Path::new("/tmp/a+b c.nii")
         );
-        assert_eq!(local_path("/tmp/a%20b"), Path::new("/tmp/a%20b"));
+        assert_eq!(path("/tmp/a%20b").unwrap(), Path::new("/tmp/a%20b"));
     }
 
     #[test]
@@ -487,14 +562,7 @@ mod tests {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
         let d = dir.path().display().to_string();
-        let run = |locs: &[String], any: bool| {
-            expand(
-                locs,
-                any,
-                #[cfg(feature = "remote")]
-                &Default::default(),
-            )
-        };
+        let run = |locs: &[String], any: bool| expand(locs, any, &StoreOptions::default());
         let names = |e: &Expanded| -> Vec<String> {
             e.images
                 .iter()

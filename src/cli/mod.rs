@@ -152,41 +152,21 @@ impl OpenArgs {
             keep_file_open: self.keep_file_open,
             ..Default::default()
         };
-        #[cfg(feature = "remote")]
-        {
-            let location = path.to_string_lossy();
-            let store = crate::io::remote::StoreOptions::default();
-            crate::proxy::ArrayProxy::open_location(&location, self.raw.as_deref(), opts, &store)
-        }
-        #[cfg(not(feature = "remote"))]
-        match &self.raw {
-            Some(spec) => crate::proxy::ArrayProxy::open_raw(path, spec, opts),
-            None => crate::proxy::ArrayProxy::open(path, opts),
-        }
+        self.image(path)?.into_proxy(opts)
     }
 
     pub fn header(
         &self,
         path: &std::path::Path,
     ) -> Result<crate::formats::ImageHeader, VoxelError> {
-        #[cfg(feature = "remote")]
-        {
-            use crate::io::remote;
-            let location = path.to_string_lossy();
-            if crate::location::is_url(&location) {
-                let store = remote::StoreOptions::default();
-                let image = match &self.raw {
-                    Some(spec) => remote::open_raw(&location, spec, &store)?,
-                    None => remote::open_image(&location, &store)?,
-                };
-                return Ok(image.header);
-            }
-        }
-        let path = crate::proxy::local_path(&path.to_string_lossy());
-        match &self.raw {
-            Some(spec) => crate::formats::parse_raw_spec(spec, &path),
-            None => crate::formats::read_header(&path),
-        }
+        Ok(self.image(path)?.header)
+    }
+
+    /// The image at a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
+    fn image(&self, path: &std::path::Path) -> Result<crate::location::OpenImage, VoxelError> {
+        use crate::location::{Location, StoreOptions, open_image};
+        let location = Location::parse(&path.to_string_lossy())?;
+        open_image(&location, self.raw.as_deref(), &StoreOptions::default())
     }
 }
 

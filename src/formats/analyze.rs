@@ -13,7 +13,7 @@
 use super::affine::{Affine, IDENTITY, shape_zoom_affine};
 use super::fields::{Fields, guess_byte_order};
 use super::source::Source;
-use super::{Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
+use super::{ArrayLayout, Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
 use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 use std::path::Path;
@@ -218,12 +218,14 @@ pub(crate) fn parse(src: &mut dyn Source, variant: Variant) -> Result<Parsed> {
     };
     Ok(Parsed {
         format: variant.format(),
-        shape,
-        dtype,
-        offset,
-        slope,
-        inter,
-        order: Order::F,
+        layout: ArrayLayout {
+            shape,
+            dtype,
+            offset,
+            order: Order::F,
+            slope,
+            inter,
+        },
         affine,
         zooms: zooms(&dim, &pixdim),
         header_bytes: HEADER_SIZE as u64,
@@ -250,11 +252,11 @@ mod tests {
                 .build();
             let p = parse_as(&h, Variant::Analyze).unwrap();
             assert_eq!(p.format, Format::Analyze);
-            assert_eq!(p.shape, vec![3, 5, 7]);
-            assert_eq!(p.dtype, DType::new(Scalar::I16, order));
-            assert_eq!(p.offset, 16, "float vox_offset truncates");
-            assert_eq!((p.slope, p.inter), NO_SCALING);
-            assert_eq!(p.order, Order::F);
+            assert_eq!(p.layout.shape, vec![3, 5, 7]);
+            assert_eq!(p.layout.dtype, DType::new(Scalar::I16, order));
+            assert_eq!(p.layout.offset, 16, "float vox_offset truncates");
+            assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
+            assert_eq!(p.layout.order, Order::F);
             assert_eq!(p.zooms, vec![3.0, 2.0, 1.0]);
             // Reference §2.3 vector.
             assert_eq!(p.affine[0], [-3.0, 0.0, 0.0, 3.0]);
@@ -277,7 +279,7 @@ mod tests {
         for (code, scalar) in table {
             let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], code).build();
             assert_eq!(
-                parse_as(&h, Variant::Spm2).unwrap().dtype,
+                parse_as(&h, Variant::Spm2).unwrap().layout.dtype,
                 DType::new(scalar, ByteOrder::Big)
             );
         }
@@ -297,7 +299,7 @@ mod tests {
     fn zero_ndim_and_pixdim_fixes() {
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[], 2).build();
         let p = parse_as(&h, Variant::Analyze).unwrap();
-        assert_eq!(p.shape, vec![0]);
+        assert_eq!(p.layout.shape, vec![0]);
         assert_eq!(p.zooms, vec![1.0]);
         assert_eq!(p.affine[0][0], -1.0);
         // Zero → 1 and negative → abs on pixdim[1..=3] only; pixdim[4] kept.
@@ -344,7 +346,7 @@ mod tests {
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[2], 2)
             .vox_offset(-0.5)
             .build();
-        assert_eq!(parse_as(&h, Variant::Analyze).unwrap().offset, 0);
+        assert_eq!(parse_as(&h, Variant::Analyze).unwrap().layout.offset, 0);
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[2], 2).build();
         assert!(matches!(
             parse_as(&h[..300], Variant::Analyze),
@@ -364,15 +366,18 @@ mod tests {
             .build();
         let p = parse_as(&h, Variant::Spm99).unwrap();
         assert_eq!(p.format, Format::Spm99Analyze);
-        assert_eq!((p.slope, p.inter), (Factor::F32(0.1), Factor::F64(0.0)));
+        assert_eq!(
+            (p.layout.slope, p.layout.inter),
+            (Factor::F32(0.1), Factor::F64(0.0))
+        );
         for none in [0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
                 .f32_at(112, none)
                 .build();
             assert_eq!(
                 (
-                    parse_as(&h, Variant::Spm99).unwrap().slope,
-                    parse_as(&h, Variant::Spm99).unwrap().inter
+                    parse_as(&h, Variant::Spm99).unwrap().layout.slope,
+                    parse_as(&h, Variant::Spm99).unwrap().layout.inter
                 ),
                 NO_SCALING
             );
@@ -387,7 +392,7 @@ mod tests {
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
         assert_eq!(
-            (p.slope, p.inter),
+            (p.layout.slope, p.layout.inter),
             (Factor::F64(f64::from(0.1f32)), Factor::F64(5.5))
         );
         // Non-finite intercept → 0.
@@ -396,7 +401,10 @@ mod tests {
             .f32_at(116, f32::NAN)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!((p.slope, p.inter), (Factor::F64(2.0), Factor::F64(0.0)));
+        assert_eq!(
+            (p.layout.slope, p.layout.inter),
+            (Factor::F64(2.0), Factor::F64(0.0))
+        );
         // Fallback from nibabel's doctest: glmax 110, glmin 10, cal 0.2..0.8.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, 0.0)
@@ -408,16 +416,22 @@ mod tests {
         let p = parse_as(&h, Variant::Spm2).unwrap();
         let range = f64::from(0.8f32 - 0.2f32);
         let slope = range / 100.0;
-        assert_eq!(p.slope, Factor::F64(slope));
-        assert_eq!(p.inter, Factor::F64(f64::from(0.2f32) - slope * 10.0));
-        assert!((p.slope.value() - 0.006).abs() < 1e-8 && (p.inter.value() - 0.14).abs() < 1e-7);
+        assert_eq!(p.layout.slope, Factor::F64(slope));
+        assert_eq!(
+            p.layout.inter,
+            Factor::F64(f64::from(0.2f32) - slope * 10.0)
+        );
+        assert!(
+            (p.layout.slope.value() - 0.006).abs() < 1e-8
+                && (p.layout.inter.value() - 0.14).abs() < 1e-7
+        );
         // Only one of the ranges set → no scaling.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, 0.0)
             .f32_at(124, 0.8)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!((p.slope, p.inter), NO_SCALING);
+        assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
         // int32 wrap-around of glmax - glmin, as numpy computes it.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, f32::NAN)
@@ -426,7 +440,7 @@ mod tests {
             .f32_at(124, 1.0)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!(p.slope, Factor::F64(1.0 / f64::from(i32::MIN)));
+        assert_eq!(p.layout.slope, Factor::F64(1.0 / f64::from(i32::MIN)));
     }
 
     #[test]

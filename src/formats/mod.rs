@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
 
-pub use crate::plan::Order;
+pub(crate) use crate::layout::NO_SCALING;
+pub use crate::layout::{ArrayLayout, Factor, Order};
 
 pub mod affine;
 pub mod analyze;
@@ -111,38 +112,12 @@ pub enum Compression {
     Gzip,
 }
 
-/// A scale factor with the float type it carries (nibabel: a Python float is `F64`, SPM99's 0-d float32 slope
-/// is `F32`; `F16` holds a value exactly representable in float16).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Factor {
-    F16(f32),
-    F32(f32),
-    F64(f64),
-}
-
-impl Factor {
-    pub fn value(&self) -> f64 {
-        match *self {
-            Factor::F16(v) | Factor::F32(v) => f64::from(v),
-            Factor::F64(v) => v,
-        }
-    }
-}
-
 /// Everything needed to read an image's array, and its geometry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageHeader {
     pub format: Format,
-    pub shape: Vec<usize>,
-    /// Storage dtype with its byte order (e.g. `>i2` for a big-endian NIfTI, `>f4` for MGH).
-    pub dtype: DType,
-    /// Data offset in the data file.
-    pub offset: u64,
-    /// The factors the proxy applies: `F64(1.0)` / `F64(0.0)` when the header means "no scaling".
-    pub slope: Factor,
-    pub inter: Factor,
-    /// F for NIfTI/Analyze/MGH; npy: from `fortran_order`; raw: from the spec.
-    pub order: Order,
+    /// Where the array is in the data file and how it reads.
+    pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
     pub header_path: PathBuf,
@@ -156,12 +131,7 @@ pub struct ImageHeader {
 
 impl ImageHeader {
     pub fn ndim(&self) -> usize {
-        self.shape.len()
-    }
-
-    /// Bytes the array occupies (validated not to overflow when the header was parsed).
-    pub fn data_len(&self) -> u64 {
-        data_len(&self.shape, self.dtype).unwrap_or(u64::MAX)
+        self.layout.ndim()
     }
 }
 
@@ -169,24 +139,10 @@ impl ImageHeader {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Parsed {
     pub format: Format,
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub offset: u64,
-    pub slope: Factor,
-    pub inter: Factor,
-    pub order: Order,
+    pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
     pub header_bytes: u64,
-}
-
-pub(crate) const NO_SCALING: (Factor, Factor) = (Factor::F64(1.0), Factor::F64(0.0));
-
-/// `prod(shape) * itemsize`, or None on overflow.
-pub(crate) fn data_len(shape: &[usize], dtype: DType) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
 }
 
 /// Convert dims to a shape: no negative entries, and an array size (with `offset`) that fits in 64 bits.
@@ -201,8 +157,11 @@ pub(crate) fn checked_shape(
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
         .map_err(|_| VoxelError::header(path, format!("negative dimension in shape {dims:?}")))?;
-    let fits = data_len(&shape, dtype).and_then(|n| n.checked_add(offset));
-    if fits.is_none() {
+    if ArrayLayout::new(shape.clone(), dtype)
+        .with_offset(offset)
+        .checked_end()
+        .is_none()
+    {
         return Err(VoxelError::header(
             path,
             format!("shape {dims:?} of {dtype} at offset {offset} is too large (size overflows)"),
@@ -414,12 +373,7 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
     };
     Ok(ImageHeader {
         format: p.format,
-        shape: p.shape,
-        dtype: p.dtype,
-        offset: p.offset,
-        slope: p.slope,
-        inter: p.inter,
-        order: p.order,
+        layout: p.layout,
         affine: p.affine,
         zooms: p.zooms,
         header_path: header_path.to_path_buf(),
@@ -448,7 +402,7 @@ const DEFLATE_SLACK: u64 = 4096;
 /// claiming more describes data that is not there (a truncated file or a lying header). Refusing it here keeps
 /// every later step from sizing anything from the claim.
 fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
-    let expected = h.offset.saturating_add(h.data_len());
+    let expected = h.layout.end();
     let most = compressed
         .saturating_mul(MAX_DEFLATE_RATIO)
         .saturating_add(DEFLATE_SLACK);
@@ -465,7 +419,7 @@ fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
 }
 
 fn check_data_len(h: &ImageHeader, actual: u64) -> Result<()> {
-    let expected = h.offset.saturating_add(h.data_len());
+    let expected = h.layout.end();
     if actual < expected {
         return Err(VoxelError::Truncated {
             path: h.data_path.display().to_string(),
@@ -550,11 +504,19 @@ mod tests {
                 .iter()
                 .map(|d| d.as_u64().unwrap() as usize)
                 .collect();
-            assert_eq!(h.shape, shape, "{name}");
-            assert_eq!(h.dtype.numpy_str(), want["dtype"], "{name}");
-            assert_eq!(h.offset, want["offset"].as_u64().unwrap(), "{name}");
-            assert_eq!(h.slope.value(), want["slope"].as_f64().unwrap(), "{name}");
-            assert_eq!(h.inter.value(), want["inter"].as_f64().unwrap(), "{name}");
+            assert_eq!(h.layout.shape, shape, "{name}");
+            assert_eq!(h.layout.dtype.numpy_str(), want["dtype"], "{name}");
+            assert_eq!(h.layout.offset, want["offset"].as_u64().unwrap(), "{name}");
+            assert_eq!(
+                h.layout.slope.value(),
+                want["slope"].as_f64().unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                h.layout.inter.value(),
+                want["inter"].as_f64().unwrap(),
+                "{name}"
+            );
             for (r, row) in want["affine"].as_array().unwrap().iter().enumerate() {
                 for (c, v) in row.as_array().unwrap().iter().enumerate() {
                     let v = v.as_f64().unwrap();
@@ -566,7 +528,7 @@ mod tests {
                 }
             }
             assert_eq!(h.zooms, nibabel_zooms(name), "{name}");
-            assert_eq!(h.order, Order::F);
+            assert_eq!(h.layout.order, Order::F);
             assert_eq!(
                 (h.header_path.clone(), h.data_path.clone()),
                 (path.clone(), path.clone())
@@ -591,7 +553,7 @@ mod tests {
         assert_eq!(h.header_bytes, 416);
         // functional.nii is the scaled one: float64 factors widened from the float32 fields.
         let h = read_header(&fixture_dir().join("functional.nii")).unwrap();
-        for f in [h.slope, h.inter] {
+        for f in [h.layout.slope, h.layout.inter] {
             assert!(
                 matches!(f, Factor::F64(v) if v == f64::from(v as f32) && v != 0.0 && v != 1.0),
                 "{f:?}"
@@ -648,8 +610,8 @@ mod tests {
                     (got.header_path.clone(), got.data_path.clone()),
                     (hp.clone(), ip.clone())
                 );
-                assert_eq!((got.offset, got.compression), (8, Compression::None));
-                assert_eq!(got.dtype.numpy_str(), ">i2");
+                assert_eq!((got.layout.offset, got.compression), (8, Compression::None));
+                assert_eq!(got.layout.dtype.numpy_str(), ">i2");
             }
         }
         // Gzipped pair, upper-case suffix: the .img.GZ is gzip by name.
@@ -698,15 +660,18 @@ mod tests {
         let h = read_header(&hp).unwrap();
         assert_eq!(h.format, Format::Spm2Analyze);
         assert_eq!(h.format.name(), "Spm2AnalyzeImage");
-        assert_eq!((h.slope, h.inter), (Factor::F64(0.5), Factor::F64(3.0)));
+        assert_eq!(
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(0.5), Factor::F64(3.0))
+        );
         let h = read_header_as(&hp, Format::Spm99Analyze).unwrap();
         assert_eq!(
-            (h.format.name(), h.slope, h.inter),
+            (h.format.name(), h.layout.slope, h.layout.inter),
             ("Spm99AnalyzeImage", Factor::F32(0.5), Factor::F64(0.0))
         );
         let h = read_header_as(&hp, Format::Analyze).unwrap();
         assert_eq!(
-            (h.format.name(), h.slope, h.inter),
+            (h.format.name(), h.layout.slope, h.layout.inter),
             ("AnalyzeImage", Factor::F64(1.0), Factor::F64(0.0))
         );
         assert!(read_header_as(&hp, Format::Raw).is_err());
@@ -743,7 +708,7 @@ mod tests {
         let dense = e.finish().unwrap();
         assert!((dense.len() as u64) * MAX_DEFLATE_RATIO >= zeros.len() as u64);
         let h = read_header(&write(dir.path(), "zeros.nii.gz", &dense)).unwrap();
-        assert_eq!(h.shape, [1024, 1024, 4]);
+        assert_eq!(h.layout.shape, [1024, 1024, 4]);
     }
 
     #[test]
@@ -756,17 +721,20 @@ mod tests {
         let plain = write(dir.path(), "x.nii", &file);
         let h = read_header(&plain).unwrap();
         assert_eq!(
-            (h.format, h.offset, h.compression),
+            (h.format, h.layout.offset, h.compression),
             (Format::Nifti1Image, 352, Compression::None)
         );
-        assert_eq!((h.slope, h.inter), (Factor::F64(2.0), Factor::F64(1.0)));
+        assert_eq!(
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(2.0), Factor::F64(1.0))
+        );
         for name in ["x.nii.gz", "X.NII.GZ", "gz_without_suffix.nii"] {
             let p = write(dir.path(), name, &gz(&file));
             let g = read_header(&p).unwrap();
             assert_eq!(g.compression, Compression::Gzip, "{name}");
             assert_eq!(
-                (g.shape.clone(), g.offset, g.affine),
-                (h.shape.clone(), h.offset, h.affine)
+                (g.layout.shape.clone(), g.layout.offset, g.affine),
+                (h.layout.shape.clone(), h.layout.offset, h.affine)
             );
         }
         // Data section one byte short.
@@ -799,6 +767,7 @@ mod tests {
         assert_eq!(
             read_header(&write(dir.path(), "zero.nii", &zero))
                 .unwrap()
+                .layout
                 .offset,
             0
         );
@@ -890,8 +859,11 @@ mod tests {
         .unwrap();
         let p = write(dir.path(), "a.npy", &out);
         let h = read_header(&p).unwrap();
-        assert_eq!((h.format.name(), h.order, h.offset), ("npy", Order::F, 128));
-        assert_eq!(h.dtype.numpy_str(), ">f4");
+        assert_eq!(
+            (h.format.name(), h.layout.order, h.layout.offset),
+            ("npy", Order::F, 128)
+        );
+        assert_eq!(h.layout.dtype.numpy_str(), ">f4");
         let short = write(dir.path(), "b.npy", &out[..out.len() - 4]);
         assert!(matches!(
             read_header(&short),
@@ -924,7 +896,7 @@ mod tests {
                 Err(e) => panic!("{n}: {e}"),
             }
         }
-        assert_eq!(parse_header_file(&file, p).unwrap().offset, 368);
+        assert_eq!(parse_header_file(&file, p).unwrap().layout.offset, 368);
         assert!(parse_header_file(&file[..200], p).is_err());
         assert!(matches!(
             parse_header_file(&file[..369], p),

@@ -15,7 +15,7 @@ use super::analyze::{
 };
 use super::fields::{Fields, guess_byte_order};
 use super::source::Source;
-use super::{Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
+use super::{ArrayLayout, Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
 use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 
@@ -368,12 +368,14 @@ pub(crate) fn parse_common(src: &mut dyn Source, c: Common, single: bool) -> Res
     let affine = best_affine(&c, &pixdim, &path)?;
     Ok(Parsed {
         format: c.version.format(single),
-        shape,
-        dtype,
-        offset,
-        slope,
-        inter,
-        order: Order::F,
+        layout: ArrayLayout {
+            shape,
+            dtype,
+            offset,
+            order: Order::F,
+            slope,
+            inter,
+        },
         affine,
         zooms: zooms(&c.dim, &pixdim),
         header_bytes,
@@ -437,19 +439,19 @@ mod tests {
             let bytes = [h, vec![0, 0, 0, 0]].concat();
             let p = parse_bytes(&bytes, true).unwrap();
             assert_eq!(p.format, Format::Nifti1Image);
-            assert_eq!(p.shape, vec![2, 3, 4]);
-            assert_eq!(p.dtype, DType::new(Scalar::I16, order));
+            assert_eq!(p.layout.shape, vec![2, 3, 4]);
+            assert_eq!(p.layout.dtype, DType::new(Scalar::I16, order));
             assert_eq!(
-                p.dtype.numpy_str(),
+                p.layout.dtype.numpy_str(),
                 if order == ByteOrder::Big {
                     ">i2"
                 } else {
                     "<i2"
                 }
             );
-            assert_eq!(p.offset, 352);
-            assert_eq!((p.slope, p.inter), NO_SCALING);
-            assert_eq!(p.order, Order::F);
+            assert_eq!(p.layout.offset, 352);
+            assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
+            assert_eq!(p.layout.order, Order::F);
             assert_eq!(p.zooms, vec![2.0, 3.0, 4.0]);
             assert_eq!(p.header_bytes, 352);
             // No sform/qform: the Analyze fall-back.
@@ -480,14 +482,14 @@ mod tests {
         for (code, want) in table {
             let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], code, true));
             assert_eq!(
-                parse_bytes(&h, true).unwrap().dtype.numpy_str(),
+                parse_bytes(&h, true).unwrap().layout.dtype.numpy_str(),
                 want,
                 "code {code}"
             );
             let h = single(HeaderBuilder::nifti1(ByteOrder::Big, &[2], code, true));
             let big = want.replace('<', ">");
             assert_eq!(
-                parse_bytes(&h, true).unwrap().dtype.numpy_str(),
+                parse_bytes(&h, true).unwrap().layout.dtype.numpy_str(),
                 big,
                 "code {code}"
             );
@@ -523,7 +525,7 @@ mod tests {
         let h = HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true)
             .vox_offset(400.9)
             .single_file(&[], &[0; 2]);
-        assert_eq!(parse_bytes(&h, true).unwrap().offset, 400);
+        assert_eq!(parse_bytes(&h, true).unwrap().layout.offset, 400);
         // Too low for a single file (n+1 magic), even on a .hdr name: decided by magic like nibabel.
         for low in [100.0, 351.5, -5.0] {
             let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true).vox_offset(low));
@@ -538,14 +540,14 @@ mod tests {
         }
         // 0 reads from byte 0 (nibabel's behaviour, reference Q12).
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true).vox_offset(0.0));
-        assert_eq!(parse_bytes(&h, true).unwrap().offset, 0);
+        assert_eq!(parse_bytes(&h, true).unwrap().layout.offset, 0);
         // The pair magic allows any non-negative offset.
         let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
             .vox_offset(7.0)
             .build();
         let p = parse_bytes(&h, false).unwrap();
         assert_eq!(
-            (p.format, p.offset, p.header_bytes),
+            (p.format, p.layout.offset, p.header_bytes),
             (Format::Nifti1Pair, 7, 348)
         );
         let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
@@ -595,7 +597,7 @@ mod tests {
         let b = HeaderBuilder::nifti1(ByteOrder::Big, &[2, 2], 2, true).vox_offset(352.0 + 32.0);
         let file = b.clone().single_file(&[(6, payload)], &[1, 2, 3, 4]);
         let p = parse_bytes(&file, true).unwrap();
-        assert_eq!((p.offset, p.header_bytes), (384, 384));
+        assert_eq!((p.layout.offset, p.header_bytes), (384, 384));
         // Cut inside the extension payload: an error naming the file.
         let cut = &file[..370];
         let e = parse_bytes(cut, true).unwrap_err().to_string();
@@ -655,7 +657,7 @@ mod tests {
             let h = single(
                 HeaderBuilder::nifti1(ByteOrder::Little, &[2], 4, true).scaling(slope, inter),
             );
-            parse_bytes(&h, true).map(|p| (p.slope, p.inter))
+            parse_bytes(&h, true).map(|p| (p.layout.slope, p.layout.inter))
         };
         assert_eq!(s(2.0, 10.0).unwrap(), (Factor::F64(2.0), Factor::F64(10.0)));
         assert_eq!(
@@ -679,7 +681,7 @@ mod tests {
             HeaderBuilder::nifti1(ByteOrder::Little, &[-1, 1, 1, 3], 16, true).i32_at(144, 200000),
         );
         let p = parse_bytes(&h, true).unwrap();
-        assert_eq!(p.shape, vec![200000, 1, 1, 3]);
+        assert_eq!(p.layout.shape, vec![200000, 1, 1, 3]);
         // The fall-back affine still sees the raw dims (-1 → centre -1).
         assert_eq!(p.affine[0][3], -1.0);
         let h = single(HeaderBuilder::nifti1(
@@ -700,14 +702,20 @@ mod tests {
             16,
             true,
         ));
-        assert_eq!(parse_bytes(&h, true).unwrap().shape, vec![163842, 1, 1]);
+        assert_eq!(
+            parse_bytes(&h, true).unwrap().layout.shape,
+            vec![163842, 1, 1]
+        );
         let h = single(HeaderBuilder::nifti1(
             ByteOrder::Big,
             &[27307, 1, 6, 2],
             16,
             true,
         ));
-        assert_eq!(parse_bytes(&h, true).unwrap().shape, vec![163842, 1, 1, 2]);
+        assert_eq!(
+            parse_bytes(&h, true).unwrap().layout.shape,
+            vec![163842, 1, 1, 2]
+        );
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[4, -2], 16, true));
         assert!(
             parse_bytes(&h, true)
@@ -805,7 +813,10 @@ mod tests {
         ));
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[], 2, true));
         let p = parse_bytes(&h, true).unwrap();
-        assert_eq!((p.shape.clone(), p.zooms.clone()), (vec![0], vec![1.0]));
+        assert_eq!(
+            (p.layout.shape.clone(), p.zooms.clone()),
+            (vec![0], vec![1.0])
+        );
         // dim[0] invalid in both byte orders (a pair header, so the swapped vox_offset is not checked).
         let h = HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, false)
             .i16_at(40, -300)

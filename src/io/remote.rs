@@ -950,7 +950,7 @@ pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
         object
     };
     if header.compression == Compression::None {
-        data.check_within(header.offset.saturating_add(header.data_len()))?;
+        data.check_within(header.layout.end())?;
     }
     Ok(RemoteImage { header, data })
 }
@@ -1171,7 +1171,7 @@ impl<'a> HeaderFetch<'a> {
         if !self.gz || !self.whole() || header.format.is_pair() {
             return Ok(());
         }
-        let claimed = header.offset.saturating_add(header.data_len());
+        let claimed = header.layout.end();
         let stop = claimed.min(MAX_HEADER_INFLATE);
         let inflated = inflate(&self.raw, 0, None, stop, self.url())?;
         if inflated.out < stop {
@@ -1240,7 +1240,7 @@ pub fn open_raw(url: &str, spec: &str, opts: &StoreOptions) -> Result<RemoteImag
     let header = formats::raw::parse_spec(spec, Path::new(url))?;
     let data = RemoteObject::head(url, opts)?;
     if header.compression == Compression::None {
-        data.check_within(header.offset.saturating_add(header.data_len()))?;
+        data.check_within(header.layout.end())?;
     }
     Ok(RemoteImage { header, data })
 }
@@ -1400,14 +1400,14 @@ mod tests {
             let file = with_extensions(1000);
             let (h, requests) = open("e.nii", &file, None);
             let h = h.unwrap();
-            assert_eq!((h.offset, h.header_bytes, requests), (3376, 3376, 1));
+            assert_eq!((h.layout.offset, h.header_bytes, requests), (3376, 3376, 1));
             // Gzip: the first 4 KiB hold it all.
             let (h, requests) = open("e.nii.gz", &gz(&[&file]), None);
-            assert_eq!((h.unwrap().offset, requests), (3376, 0));
+            assert_eq!((h.unwrap().layout.offset, requests), (3376, 0));
             // A long gzip header: the compressed prefix grows, never re-read per extension.
             let big = with_extensions(300_000);
             let (h, requests) = open("big.nii.gz", &gz(&[&big]), Some(64));
-            assert_eq!(h.unwrap().offset, 352 + 3 * 300_016);
+            assert_eq!(h.unwrap().layout.offset, 352 + 3 * 300_016);
             assert!(requests <= 4, "{requests}");
         }
 
@@ -1478,7 +1478,7 @@ mod tests {
             assert_eq!((r.out, r.head.len(), r.tail.len()), (10 << 20, 1000, 100));
             // Fetched whole, the length check stops at the claimed 400 bytes.
             let (h, requests) = open("bomb.nii.gz", &bomb, Some(bomb.len() as u64));
-            assert_eq!((h.unwrap().offset, requests), (352, 0));
+            assert_eq!((h.unwrap().layout.offset, requests), (352, 0));
             // A claim beyond what the stream holds is truncated, after decompressing no more than it holds.
             let claims = HeaderBuilder::nifti1(ByteOrder::Little, &[1024, 1024, 1024], 4, true)
                 .single_file(&[], &[]);

@@ -87,7 +87,7 @@ impl SlabReader {
     ) -> SlabReader {
         SlabReader {
             slow,
-            pieces: pieces(sel, file.order, budget),
+            pieces: pieces(sel, file.layout.order, budget),
             file,
             proxy: None,
             map: None,
@@ -135,7 +135,7 @@ impl SlabReader {
 
     /// The stored elements of `piece` in storage order, and what reading them cost.
     fn read_stored(&mut self, piece: &Piece) -> Result<Values> {
-        let (dtype, order) = (self.file.dtype, self.file.order);
+        let (dtype, order) = (self.file.layout.dtype, self.file.layout.order);
         let read_time = self.metrics.read_time.clone();
         if let Some(m) = self.mapped()? {
             m.check_length()?;
@@ -174,12 +174,12 @@ impl SlabReader {
             .map_err(|_| VoxelError::Invalid("index beyond the address space".into()))?;
         let slice = CanonicalSlice::from_ranges(&ranges);
         let timer = self.metrics.read_time.timer();
-        let (raw, stats) = proxy.read_raw(&slice, self.file.order)?;
+        let (raw, stats) = proxy.read_raw(&slice, self.file.layout.order)?;
         timer.done();
         self.metrics.bytes_read.add(stats.bytes_read as usize);
         self.metrics.segments_read.add(stats.segments as usize);
         self.metrics.requests.add(stats.requests as usize);
-        Values::from_bytes(&raw, self.file.dtype)
+        Values::from_bytes(&raw, self.file.layout.dtype)
     }
 
     fn read_values(&mut self, piece: &Piece) -> Result<Vec<ArrayRef>> {
@@ -189,9 +189,9 @@ impl SlabReader {
         let _t = self.metrics.decode_time.timer();
         let values = decode_values(
             stored,
-            f.dtype,
-            f.slope,
-            f.inter,
+            f.layout.dtype,
+            f.layout.slope,
+            f.layout.inter,
             self.out.mode,
             self.out.scalar,
         )?;
@@ -231,7 +231,7 @@ impl SlabReader {
             if c < o.ndim {
                 cols.push(Arc::new(Int64Array::from(coordinates(
                     piece,
-                    self.file.order,
+                    self.file.layout.order,
                     c,
                     from,
                     len,
@@ -368,47 +368,43 @@ impl SlabMap {
 
     /// `None` for files the scan does not map itself (compressed, or a registered proxy over an open handle).
     fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
-        let Some(slow_axis) = slow_axis(f.ndim(), f.order) else {
+        let Some(slow_axis) = slow_axis(f.ndim(), f.layout.order) else {
             return Ok(None);
         };
-        if f.compression != Compression::None
-            || f.is_remote()
-            || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
-        {
+        let Some(path) = f
+            .local_path()
+            .filter(|_| f.compression == Compression::None)
+        else {
             return Ok(None);
-        }
+        };
         f.check_unchanged()?;
         let span = byte_span(f, Some(slow));
-        let file =
-            std::fs::File::open(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| VoxelError::io(&f.data_path, e))?
-            .len();
+        let file = std::fs::File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let len = file.metadata().map_err(|e| VoxelError::io(path, e))?.len();
         if len < span.end {
             return Err(VoxelError::Truncated {
-                path: f.data_path.display().to_string(),
+                path: path.display().to_string(),
                 expected: span.end,
                 actual: len,
             });
         }
-        let mut shape = f.shape.clone();
+        let mut shape = f.layout.shape.clone();
         shape[slow_axis] = usize::try_from(slow.end - slow.start)
             .map_err(|_| VoxelError::Invalid("slab beyond the address space".into()))?;
         let elements = vec![shape.iter().product::<usize>()];
         match MappedArray::map(
             &file,
-            &f.data_path,
+            path,
             span.start,
             elements,
-            f.dtype,
-            f.order,
+            f.layout.dtype,
+            f.layout.order,
             MmapMode::ReadOnly,
         ) {
             Ok(map) => Ok(Some(SlabMap {
                 map,
                 file,
-                path: f.data_path.clone(),
+                path: path.to_path_buf(),
                 end: span.end,
                 shape,
                 slow_axis,
@@ -456,7 +452,7 @@ mod tests {
             read_time: Time::new(),
             decode_time: Time::new(),
         };
-        let sel = Selection::full(&f.shape);
+        let sel = Selection::full(&f.layout.shape);
         // One plane (64 x 64 elements) per piece.
         let mut r = SlabReader::new(
             f,

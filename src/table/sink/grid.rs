@@ -77,23 +77,12 @@ pub struct Grid {
 impl Grid {
     /// Read the template at `location` (a path or URL of any readable image).
     pub fn from_location(location: &str, store: &StoreOptions) -> Result<Grid> {
-        let (header, raw) = if crate::location::is_url(location) {
-            let image = remote::open_image(location, store)?;
-            let raw = if is_nifti1(image.header.format) {
-                Some(remote_prefix(location, store, image.header.compression)?)
-            } else {
-                None
-            };
-            (image.header, raw)
-        } else {
-            let path = crate::proxy::local_path(location);
-            let header = crate::formats::read_header(&path)?;
-            let raw = if is_nifti1(header.format) {
-                Some(local_prefix(&header)?)
-            } else {
-                None
-            };
-            (header, raw)
+        let place = crate::location::Location::parse(location)?;
+        let header = crate::location::open_image(&place, None, store)?.header;
+        let raw = match is_nifti1(header.format) {
+            false => None,
+            true if place.is_remote() => Some(remote_prefix(location, store, header.compression)?),
+            true => Some(local_prefix(&header)?),
         };
         let block = match raw {
             Some(bytes) => nifti1_block(&bytes, location)?,
@@ -101,7 +90,7 @@ impl Grid {
         };
         Ok(Grid {
             source: location.to_string(),
-            shape: header.shape.clone(),
+            shape: header.layout.shape.clone(),
             block,
         })
     }
