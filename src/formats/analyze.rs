@@ -47,32 +47,46 @@ pub(crate) fn short_header(path: &Path, needed: usize, got: usize) -> VoxelError
     }
 }
 
-/// Analyze datatype codes (`analyze.data_type_codes`).
-fn analyze_dtype(code: i64, order: ByteOrder, path: &Path) -> Result<DType> {
-    let scalar = match code {
-        2 => Scalar::U8,
-        4 => Scalar::I16,
-        8 => Scalar::I32,
-        16 => Scalar::F32,
-        32 => Scalar::C64,
-        64 => Scalar::F64,
-        128 => Scalar::Rgb24,
-        0 | 1 | 255 => {
-            return Err(VoxelError::header(
-                path,
-                format!(
-                    "data code {code} not supported (Analyze 'none'/'binary'/'all' have no dtype)"
-                ),
-            ));
-        }
-        _ => {
-            return Err(VoxelError::header(
-                path,
-                format!("data code {code} not recognized"),
-            ));
-        }
+/// Which datatype table a header's code is looked up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codes {
+    /// `analyze.data_type_codes`: the first seven NIfTI codes.
+    Analyze,
+    /// `nifti1.data_type_codes` (NIfTI-1 and -2).
+    Nifti,
+}
+
+/// The dtype of a header's `datatype` code in `order`, or the error nibabel gives for it.
+pub(crate) fn datatype(code: i64, codes: Codes, order: ByteOrder, path: &Path) -> Result<DType> {
+    let scalar = match codes {
+        Codes::Analyze => Scalar::from_analyze_code(code),
+        Codes::Nifti => Scalar::from_nifti_code(code),
     };
-    Ok(DType::new(scalar, order))
+    if let Some(s) = scalar {
+        return Ok(DType::new(s, order));
+    }
+    let family = match codes {
+        Codes::Analyze => "Analyze",
+        Codes::Nifti => "NIfTI",
+    };
+    let problem = match code {
+        1536 | 2048 if codes == Codes::Nifti => {
+            let name = if code == 1536 {
+                "float128"
+            } else {
+                "complex256"
+            };
+            return Err(VoxelError::Unsupported {
+                path: path.display().to_string(),
+                what: format!("NIfTI datatype {code} ({name}): no 128-bit floats on this platform"),
+            });
+        }
+        0 | 1 | 255 => {
+            format!("data code {code} not supported ({family} 'none'/'binary'/'all' have no dtype)")
+        }
+        _ => format!("data code {code} not recognized"),
+    };
+    Err(VoxelError::header_field(path, "datatype", code, problem))
 }
 
 /// `dim[1..=dim[0]]` (nibabel's `get_data_shape` before any format hack): `(0,)` when `dim[0] == 0`; `dim[0]`
@@ -81,8 +95,10 @@ pub(crate) fn shape_dims(dim: &[i64; 8], path: &Path) -> Result<Vec<i64>> {
     match dim[0] {
         0 => Ok(vec![0]),
         n @ 1..=7 => Ok(dim[1..=n as usize].to_vec()),
-        n => Err(VoxelError::header(
+        n => Err(VoxelError::header_field(
             path,
+            "dim",
+            n,
             format!("dim[0] = {n}: the number of dimensions must be 0..=7"),
         )),
     }
@@ -121,8 +137,10 @@ pub(crate) fn fix_pixdim(mut pixdim: [f64; 8]) -> [f64; 8] {
 pub(crate) fn float_offset(v: f32, path: &Path) -> Result<u64> {
     let t = f64::from(v).trunc();
     if !t.is_finite() || !(0.0..18_446_744_073_709_551_616.0).contains(&t) {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "vox_offset",
+            v,
             format!("vox_offset {v} is not a valid byte offset"),
         ));
     }
@@ -201,7 +219,7 @@ pub(crate) fn parse(src: &mut dyn Source, variant: Variant) -> Result<Parsed> {
     }
     let order = guess_byte_order(&block, 40, 2, HEADER_SIZE as i32);
     let f = Fields::new(&block, order);
-    let dtype = analyze_dtype(i64::from(f.i16(70)), order, &path)?;
+    let dtype = datatype(i64::from(f.i16(70)), Codes::Analyze, order, &path)?;
     let dim = read_dims(&f, 40);
     let pixdim = fix_pixdim(read_pixdim_f32(&f, 76));
     let dims = shape_dims(&dim, &path)?;

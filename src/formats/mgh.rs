@@ -83,15 +83,19 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     let f = Fields::new(&block, ByteOrder::Big);
     let dims: [i32; 4] = std::array::from_fn(|k| f.i32(4 + 4 * k));
     if dims.contains(&0) {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "dims",
+            format!("{dims:?}"),
             format!("MGH dimensions {dims:?} must be non-zero"),
         ));
     }
     let code = f.i32(20);
     let scalar = mgh_dtype(code).ok_or_else(|| {
-        VoxelError::header(
+        VoxelError::header_field(
             &path,
+            "type",
+            code,
             format!(
                 "MGH data type {code} not supported (0 uchar, 1 int, 3 float, 4 short, 10 ushort)"
             ),
@@ -99,8 +103,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     })?;
     let version = f.i32(0);
     if version != 1 {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "version",
+            version,
             format!("unknown MGH format version {version} (expected 1)"),
         ));
     }

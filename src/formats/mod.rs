@@ -28,6 +28,7 @@ pub use crate::layout::{ArrayLayout, Factor, Order};
 pub mod affine;
 pub mod analyze;
 pub mod detect;
+mod fault;
 mod fields;
 pub mod mgh;
 pub mod nifti1;
@@ -37,6 +38,7 @@ pub mod raw;
 mod source;
 
 pub use affine::Affine;
+pub use fault::HeaderFault;
 pub use raw::parse_raw_spec;
 
 use source::{PartsSource, SliceSource, Source, StreamSource};
@@ -156,14 +158,23 @@ pub(crate) fn checked_shape(
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| VoxelError::header(path, format!("negative dimension in shape {dims:?}")))?;
+        .map_err(|_| {
+            VoxelError::header_field(
+                path,
+                "dim",
+                format!("{dims:?}"),
+                format!("negative dimension in shape {dims:?}"),
+            )
+        })?;
     if ArrayLayout::new(shape.clone(), dtype)
         .with_offset(offset)
         .checked_end()
         .is_none()
     {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "dim",
+            format!("{dims:?}"),
             format!("shape {dims:?} of {dtype} at offset {offset} is too large (size overflows)"),
         ));
     }
@@ -908,6 +919,43 @@ mod tests {
             .single_file(&[(6, b"hello")], &[0; 4]);
         let e = parse_header_file(&gap, p).unwrap_err().to_string();
         assert!(e.contains("invalid size 0"), "{e}");
+    }
+
+    #[test]
+    fn header_errors_name_the_field_and_value() {
+        let fault = |bytes: &[u8], name: &str| match parse_header_file(bytes, Path::new(name)) {
+            Err(VoxelError::Header { path, fault }) => (path, fault),
+            other => panic!("{other:?}"),
+        };
+        let bad_code =
+            HeaderBuilder::nifti1(ByteOrder::Little, &[2], 3, true).single_file(&[], &[0; 2]);
+        let (path, f) = fault(&bad_code, "d.nii");
+        assert_eq!(path, "d.nii");
+        assert_eq!((f.field, f.value.as_deref()), (Some("datatype"), Some("3")));
+        assert_eq!(f.to_string(), "data code 3 not recognized");
+        let analyze = HeaderBuilder::analyze(ByteOrder::Big, &[2], 255).build();
+        let (_, f) = fault(&analyze, "a.hdr");
+        assert_eq!(
+            (f.field, f.value.as_deref()),
+            (Some("datatype"), Some("255"))
+        );
+        assert!(f.problem.contains("Analyze 'none'"), "{f}");
+        let negative =
+            HeaderBuilder::nifti1(ByteOrder::Little, &[2, -3], 2, true).single_file(&[], &[]);
+        let (_, f) = fault(&negative, "n.nii");
+        assert_eq!(
+            (f.field, f.value.as_deref()),
+            (Some("dim"), Some("[2, -3]"))
+        );
+        assert_eq!(f.to_string(), "negative dimension in shape [2, -3]");
+        let e = parse_header_file(&[], Path::new("e.nii")).unwrap_err();
+        match &e {
+            VoxelError::Header { fault, .. } => {
+                assert_eq!((fault.field, fault.value.as_ref()), (None, None))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.to_string(), "e.nii: empty file");
     }
 
     #[test]

@@ -10,13 +10,13 @@ use super::affine::{
     Affine, IDENTITY, quaternion_rotation, rotation_zoom_affine, shape_zoom_affine,
 };
 use super::analyze::{
-    affine_dims, fix_pixdim, float_offset, read_dims, read_pixdim_f32, shape_dims, short_header,
-    zooms,
+    Codes, affine_dims, datatype, fix_pixdim, float_offset, read_dims, read_pixdim_f32, shape_dims,
+    short_header, zooms,
 };
 use super::fields::{Fields, guess_byte_order};
 use super::source::Source;
 use super::{ArrayLayout, Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
-use crate::dtype::{ByteOrder, DType, Scalar};
+use crate::dtype::ByteOrder;
 use crate::error::{Result, VoxelError};
 
 pub const HEADER_SIZE: usize = 348;
@@ -100,7 +100,12 @@ impl VoxOffset {
         match self {
             VoxOffset::F32(v) => float_offset(v, path),
             VoxOffset::I64(v) => u64::try_from(v).map_err(|_| {
-                VoxelError::header(path, format!("vox_offset {v} is not a valid byte offset"))
+                VoxelError::header_field(
+                    path,
+                    "vox_offset",
+                    v,
+                    format!("vox_offset {v} is not a valid byte offset"),
+                )
             }),
         }
     }
@@ -137,52 +142,6 @@ pub(crate) struct Common {
     pub eol_check: Option<[u8; 4]>,
 }
 
-/// NIfTI datatype codes (shared by NIfTI-1 and -2).
-pub(crate) fn nifti_dtype(code: i64, order: ByteOrder, path: &Path) -> Result<DType> {
-    let scalar = match code {
-        2 => Scalar::U8,
-        4 => Scalar::I16,
-        8 => Scalar::I32,
-        16 => Scalar::F32,
-        32 => Scalar::C64,
-        64 => Scalar::F64,
-        128 => Scalar::Rgb24,
-        256 => Scalar::I8,
-        512 => Scalar::U16,
-        768 => Scalar::U32,
-        1024 => Scalar::I64,
-        1280 => Scalar::U64,
-        1792 => Scalar::C128,
-        2304 => Scalar::Rgba32,
-        1536 | 2048 => {
-            let name = if code == 1536 {
-                "float128"
-            } else {
-                "complex256"
-            };
-            return Err(VoxelError::Unsupported {
-                path: path.display().to_string(),
-                what: format!("NIfTI datatype {code} ({name}): no 128-bit floats on this platform"),
-            });
-        }
-        0 | 1 | 255 => {
-            return Err(VoxelError::header(
-                path,
-                format!(
-                    "data code {code} not supported (NIfTI 'none'/'binary'/'all' have no dtype)"
-                ),
-            ));
-        }
-        _ => {
-            return Err(VoxelError::header(
-                path,
-                format!("data code {code} not recognized"),
-            ));
-        }
-    };
-    Ok(DType::new(scalar, order))
-}
-
 /// The checks nibabel runs at load that raise (level ≥ 40), in its order after the datatype check.
 fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
     let (single_magic, pair_magic) = c.version.magics();
@@ -190,8 +149,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
         let shown = String::from_utf8_lossy(&c.magic)
             .trim_end_matches('\0')
             .to_string();
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "magic",
+            format!("{shown:?}"),
             format!(
                 "magic string {shown:?} is not valid for {}",
                 c.version.label()
@@ -204,8 +165,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
             VoxOffset::F32(v) => v.to_string(),
             VoxOffset::I64(v) => v.to_string(),
         };
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "vox_offset",
+            &shown,
             format!(
                 "vox_offset {shown} too low for a single-file {} (minimum {min})",
                 c.version.label()
@@ -216,8 +179,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
         && eol != [13, 10, 26, 10]
         && eol != [0, 0, 0, 0]
     {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "eol_check",
+            format!("{eol:?}"),
             format!(
                 "eol_check bytes {eol:?} are not 0D 0A 1A 0A: data may be corrupted by EOL conversion"
             ),
@@ -257,8 +222,10 @@ fn read_extensions(src: &mut dyn Source, c: &Common, single: bool) -> Result<u64
         }
         let esize = Fields::new(&head, c.order).i32(0);
         if esize < 8 {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 src.path(),
+                "esize",
+                esize,
                 format!("NIfTI extension at byte {pos} has invalid size {esize} (< 8)"),
             ));
         }
@@ -284,8 +251,10 @@ pub(crate) fn slope_inter(slope: f64, inter: f64, path: &Path) -> Result<(Factor
         return Ok(NO_SCALING);
     }
     if !inter.is_finite() {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "scl_inter",
+            inter,
             format!("valid slope {slope} but invalid intercept {inter}"),
         ));
     }
@@ -298,8 +267,10 @@ fn freesurfer_shape(dims: Vec<i64>, glmin: i64, path: &Path) -> Result<Vec<i64>>
     match dims.get(..3) {
         Some([-1, 1, 1]) => {
             if glmin == 0 {
-                return Err(VoxelError::header(
+                return Err(VoxelError::header_field(
                     path,
+                    "glmin",
+                    0,
                     "-1 in dim[1] but 0 in glmin; inconsistent FreeSurfer-style header",
                 ));
             }
@@ -340,8 +311,10 @@ fn best_affine(c: &Common, pixdim: &[f64; 8], path: &Path) -> Result<Affine> {
     if valid_code(c.qform_code) != 0 {
         let [b, cq, d] = c.quatern;
         let r = quaternion_rotation(b, cq, d, c.version.quaternion_threshold()).map_err(|w2| {
-            VoxelError::header(
+            VoxelError::header_field(
                 path,
+                "quatern_bcd",
+                format!("({b}, {cq}, {d})"),
                 format!("qform quaternion (b, c, d) = ({b}, {cq}, {d}) is not a rotation: w² = {w2:e} < 0"),
             )
         })?;
@@ -354,7 +327,7 @@ fn best_affine(c: &Common, pixdim: &[f64; 8], path: &Path) -> Result<Affine> {
 /// Everything after field extraction, shared by NIfTI-1 and NIfTI-2.
 pub(crate) fn parse_common(src: &mut dyn Source, c: Common, single: bool) -> Result<Parsed> {
     let path = src.path().to_path_buf();
-    let dtype = nifti_dtype(c.datatype, c.order, &path)?;
+    let dtype = datatype(c.datatype, Codes::Nifti, c.order, &path)?;
     check_magic_offset_eol(&c, &path)?;
     let header_bytes = read_extensions(src, &c, single)?;
     let mut dims = shape_dims(&c.dim, &path)?;
@@ -417,6 +390,7 @@ pub(crate) fn parse(src: &mut dyn Source, single: bool) -> Result<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::{DType, Scalar};
     use crate::formats::source::SliceSource;
     use crate::formats::test_util::{HeaderBuilder, extension_bytes};
 

@@ -49,8 +49,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         (1, 0) => (2, false),
         (2, 0) | (3, 0) => (4, major == 3),
         _ => {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 &path,
+                "version",
+                format!("{major}.{minor}"),
                 format!("npy format version {major}.{minor} not supported"),
             ));
         }
@@ -68,8 +70,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         .rev()
         .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
     if header_len > MAX_HEADER_LEN {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "header_len",
+            header_len,
             format!(
                 "npy header length {header_len} exceeds numpy's limit of {MAX_HEADER_LEN} bytes"
             ),
@@ -174,8 +178,10 @@ fn descr_dtype(v: &Value, path: &Path) -> Result<DType> {
                 .ok_or_else(|| unsupported(format!("npy structured dtype {v:?}")));
         }
         other => {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 path,
+                "descr",
+                format!("{other:?}"),
                 format!("npy descr {other:?} is not a dtype"),
             ));
         }

@@ -154,19 +154,11 @@ fn put(h: &mut [u8], off: usize, bytes: &[u8]) {
 
 /// The NIfTI-1 datatype code of a scalar (None: not writable as NIfTI-1 here).
 pub fn datatype_code(s: Scalar) -> Option<i16> {
-    Some(match s {
-        Scalar::U8 => 2,
-        Scalar::I16 => 4,
-        Scalar::I32 => 8,
-        Scalar::F32 => 16,
-        Scalar::F64 => 64,
-        Scalar::I8 => 256,
-        Scalar::U16 => 512,
-        Scalar::U32 => 768,
-        Scalar::I64 => 1024,
-        Scalar::U64 => 1280,
-        _ => return None,
-    })
+    // Complex and RGB elements are not one number: the writer has no value column for them.
+    if s.is_complex() || matches!(s, Scalar::Rgb24 | Scalar::Rgba32) {
+        return None;
+    }
+    s.nifti_code()
 }
 
 /// The first 348 header bytes of a local NIfTI-1 file (single file or pair header, plain or gzip).
