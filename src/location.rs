@@ -287,18 +287,21 @@ fn expand_local(path: &Path, any_name: bool) -> Result<(Vec<(PathBuf, Location)>
     Ok((keyed, listed))
 }
 
+/// The files in a directory, sorted by path.
 fn list_dir(dir: &Path) -> Result<Vec<Location>> {
     let entries = std::fs::read_dir(dir).map_err(|e| VoxelError::io(dir, e))?;
     let mut paths = Vec::new();
     for e in entries {
         let path = e.map_err(|e| VoxelError::io(dir, e))?.path();
         if path.is_file() {
-            paths.push(Location::Path(path));
+            paths.push(path);
         }
     }
-    Ok(paths)
+    paths.sort();
+    Ok(paths.into_iter().map(Location::Path).collect())
 }
 
+/// The files a local glob matches, sorted by path.
 fn expand_glob(pattern: &str) -> Result<Vec<Location>> {
     let matches = glob::glob(pattern).map_err(|e| {
         VoxelError::Invalid(format!("location '{pattern}' is not a valid glob: {e}"))
@@ -307,21 +310,21 @@ fn expand_glob(pattern: &str) -> Result<Vec<Location>> {
     for m in matches {
         let path = m.map_err(|e| VoxelError::io(e.path(), std::io::Error::other(e.to_string())))?;
         if path.is_file() {
-            paths.push(Location::Path(path));
+            paths.push(path);
         }
     }
-    Ok(paths)
+    paths.sort();
+    Ok(paths.into_iter().map(Location::Path).collect())
 }
 
-/// The images among listed files or objects, sorted: told by name, a pair once by its `.hdr` (its `.img` is kept
+/// The images among listed files or objects (in the order given): told by name, a pair once by its `.hdr` (its `.img` is kept
 /// only when no `.hdr` was listed beside it); names no format claims only when `any_name`. Each comes with its
 /// name as a path, the key duplicates are told apart by.
 fn keep_images(found: Vec<Location>, any_name: bool) -> Vec<(PathBuf, Location)> {
-    let mut named: Vec<(PathBuf, Location)> = found
+    let named: Vec<(PathBuf, Location)> = found
         .into_iter()
         .map(|loc| (PathBuf::from(loc.display()), loc))
         .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     let all: HashSet<PathBuf> = named.iter().map(|(p, _)| p.clone()).collect();
     named
         .into_iter()
