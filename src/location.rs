@@ -68,6 +68,26 @@ impl Location {
         }
     }
 
+    /// The location's name as a path, for the naming rules of `formats::detect` (pairs, `.gz`); for an object,
+    /// its URL as written.
+    pub(crate) fn name(&self) -> PathBuf {
+        match self {
+            Location::Path(p) => p.clone(),
+            other => PathBuf::from(other.display()),
+        }
+    }
+
+    /// The same kind of location under another name (from [`Location::name`] by the naming rules): a pair's
+    /// other half. A handle has no other name: it stays itself.
+    pub(crate) fn renamed(&self, name: &Path) -> Result<Location> {
+        Ok(match self {
+            Location::Path(_) => Location::Path(name.to_path_buf()),
+            Location::Handle { .. } => self.clone(),
+            #[cfg(feature = "remote")]
+            Location::Object(_) => Location::Object(ObjectUrl::parse(&name.to_string_lossy())?),
+        })
+    }
+
     /// The local path, when this is one.
     pub fn as_path(&self) -> Option<&Path> {
         match self {
@@ -79,6 +99,21 @@ impl Location {
     /// Whether the bytes live in object storage or on an HTTP server.
     pub fn is_remote(&self) -> bool {
         !matches!(self, Location::Path(_) | Location::Handle { .. })
+    }
+}
+
+impl PartialEq for Location {
+    /// Handles are equal when they are the same open file.
+    fn eq(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Location::Path(a), Location::Path(b)) => a == b,
+            (Location::Handle { file: a, name: m }, Location::Handle { file: b, name: n }) => {
+                Arc::ptr_eq(a, b) && m == n
+            }
+            #[cfg(feature = "remote")]
+            (Location::Object(a), Location::Object(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -234,7 +269,7 @@ pub fn open_image(
                 Some(spec) => formats::parse_raw_spec(spec, path)?,
                 None => formats::read_header(path)?,
             };
-            let data = DataFile::Path(header.data_path.clone());
+            let data = DataFile::Path(header.data_path()?.to_path_buf());
             Ok(OpenImage { header, data })
         }
         Location::Handle { file, name } => {

@@ -153,7 +153,7 @@ impl ArrayProxy {
     /// A proxy over the data file a parsed header points at.
     pub fn from_header(header: &ImageHeader, opts: ProxyOptions) -> Result<ArrayProxy> {
         Self::with_compression(
-            DataFile::Path(header.data_path.clone()),
+            DataFile::Path(header.data_path()?.to_path_buf()),
             header.compression,
             &header.layout,
             opts,

@@ -163,7 +163,7 @@ impl OpenArgs {
     }
 
     /// The image at a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
-    fn image(&self, path: &std::path::Path) -> Result<crate::location::OpenImage, VoxelError> {
+    pub fn image(&self, path: &std::path::Path) -> Result<crate::location::OpenImage, VoxelError> {
         use crate::location::{Location, StoreOptions, open_image};
         let location = Location::parse(&path.to_string_lossy())?;
         open_image(&location, self.raw.as_deref(), &StoreOptions::default())

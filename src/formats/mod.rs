@@ -17,10 +17,11 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
+use crate::location::Location;
 
 pub(crate) use crate::layout::NO_SCALING;
 pub use crate::layout::{ArrayLayout, Factor, Order};
@@ -122,9 +123,10 @@ pub struct ImageHeader {
     pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
-    pub header_path: PathBuf,
-    /// Same as `header_path` except for `.hdr`/`.img` pairs.
-    pub data_path: PathBuf,
+    /// Where the header was read from: a local path or an object URL.
+    pub header_file: Location,
+    /// Same as `header_file` except for `.hdr`/`.img` pairs.
+    pub data_file: Location,
     /// Compression of the data file.
     pub compression: Compression,
     /// Bytes of the (decompressed) header file the parser consumed (diagnostics).
@@ -134,6 +136,16 @@ pub struct ImageHeader {
 impl ImageHeader {
     pub fn ndim(&self) -> usize {
         self.layout.ndim()
+    }
+
+    /// The data file's path, or an error for data that are not in a local file (an object).
+    pub fn data_path(&self) -> Result<&Path> {
+        self.data_file.as_path().ok_or_else(|| {
+            VoxelError::Invalid(format!(
+                "{}: the data are not in a local file",
+                self.data_file
+            ))
+        })
     }
 }
 
@@ -233,7 +245,7 @@ fn read_header_impl(path: &Path, forced: Option<Format>) -> Result<ImageHeader> 
             parse_source(&mut src, &header_path, forced)?
         }
     };
-    let header = assemble(parsed, &header_path, compression)?;
+    let header = assemble(parsed, &Location::Path(header_path), compression)?;
     check_data_file(&header)?;
     Ok(header)
 }
@@ -260,21 +272,22 @@ pub fn parse_header_file(bytes: &[u8], path_hint: &Path) -> Result<ImageHeader> 
 /// Parse a header from parts of the header file's content (decompressed already), for readers that fetch byte
 /// ranges: `head` from byte 0, optionally `tail = (offset, bytes)` further on (an MGH footer), and the content's
 /// length when known. A read of bytes not given is `VoxelError::Truncated { expected, .. }`: fetch them and
-/// retry. `compression` is how the file is stored. Neither the data nor its length is checked.
+/// retry. `compression` is how the file is stored; `hint` names the image (a pair by either half). Neither the
+/// data nor its length is checked.
 pub fn parse_header_parts(
     head: &[u8],
     tail: Option<(u64, &[u8])>,
     content_len: Option<u64>,
-    path_hint: &Path,
+    hint: &Location,
     compression: Compression,
 ) -> Result<ImageHeader> {
-    let header_path = detect::header_path_for(path_hint);
+    let header_name = detect::header_path_for(&hint.name());
     if content_len == Some(0) {
-        return Err(VoxelError::header(&header_path, "empty file"));
+        return Err(VoxelError::header(&header_name, "empty file"));
     }
-    let mut src = PartsSource::new(head, tail, content_len, &header_path);
-    let parsed = parse_source(&mut src, &header_path, None)?;
-    assemble(parsed, &header_path, compression)
+    let mut src = PartsSource::new(head, tail, content_len, &header_name);
+    let parsed = parse_source(&mut src, &header_name, None)?;
+    assemble(parsed, &hint.renamed(&header_name)?, compression)
 }
 
 /// The header, and the length of the (decompressed) content it was parsed from.
@@ -294,7 +307,7 @@ fn parse_bytes(bytes: &[u8], path_hint: &Path, whole: bool) -> Result<(ImageHead
     let mut src = SliceSource::new(&content, complete, &header_path);
     let parsed = parse_source(&mut src, &header_path, None)?;
     Ok((
-        assemble(parsed, &header_path, compression)?,
+        assemble(parsed, &Location::Path(header_path), compression)?,
         content.len() as u64,
     ))
 }
@@ -365,8 +378,9 @@ fn parse_source(src: &mut dyn Source, path: &Path, forced: Option<Format>) -> Re
 
 /// Attach file names: a pair's data file is the `.img` beside the `.hdr` (nibabel's naming rules); a single
 /// file holds its own data, compressed like its header.
-fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> Result<ImageHeader> {
-    let (data_path, compression) = if p.format.is_pair() {
+fn assemble(p: Parsed, header: &Location, header_compression: Compression) -> Result<ImageHeader> {
+    let header_path = &header.name();
+    let (data_file, compression) = if p.format.is_pair() {
         let data = detect::pair_data_path(header_path).ok_or_else(|| {
             let msg = match p.format {
                 Format::Nifti1Pair | Format::Nifti2Pair => {
@@ -378,17 +392,17 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
             VoxelError::header(header_path, msg)
         })?;
         let c = detect::compression_by_name(&data);
-        (data, c)
+        (header.renamed(&data)?, c)
     } else {
-        (header_path.to_path_buf(), header_compression)
+        (header.clone(), header_compression)
     };
     Ok(ImageHeader {
         format: p.format,
         layout: p.layout,
         affine: p.affine,
         zooms: p.zooms,
-        header_path: header_path.to_path_buf(),
-        data_path,
+        header_file: header.clone(),
+        data_file,
         compression,
         header_bytes: p.header_bytes,
     })
@@ -397,7 +411,10 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
 /// The data file exists; uncompressed, it holds at least `offset + data bytes`; gzip-compressed, it is long enough
 /// to expand to that many bytes at all (deflate's densest code).
 pub(crate) fn check_data_file(h: &ImageHeader) -> Result<()> {
-    let meta = std::fs::metadata(&h.data_path).map_err(|e| VoxelError::io(&h.data_path, e))?;
+    let Some(path) = h.data_file.as_path() else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| VoxelError::io(path, e))?;
     match h.compression {
         Compression::None => check_data_len(h, meta.len()),
         Compression::Gzip => check_inflatable(h, meta.len()),
@@ -419,7 +436,7 @@ fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
         .saturating_add(DEFLATE_SLACK);
     if expected > most {
         return Err(VoxelError::header(
-            &h.data_path,
+            h.data_file.name(),
             format!(
                 "file is truncated or the header is wrong: it claims {expected} bytes of data, but {compressed} \
                  gzip-compressed bytes expand to at most {most}"
@@ -433,7 +450,7 @@ fn check_data_len(h: &ImageHeader, actual: u64) -> Result<()> {
     let expected = h.layout.end();
     if actual < expected {
         return Err(VoxelError::Truncated {
-            path: h.data_path.display().to_string(),
+            path: h.data_file.display(),
             expected,
             actual,
         });
@@ -469,6 +486,7 @@ pub(crate) mod test_util;
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::path::PathBuf;
 
     use super::test_util::{HeaderBuilder, mgh_file};
     use super::*;
@@ -541,8 +559,8 @@ mod tests {
             assert_eq!(h.zooms, nibabel_zooms(name), "{name}");
             assert_eq!(h.layout.order, Order::F);
             assert_eq!(
-                (h.header_path.clone(), h.data_path.clone()),
-                (path.clone(), path.clone())
+                (h.header_file.as_path(), h.data_file.as_path()),
+                (Some(path.as_path()), Some(path.as_path()))
             );
             let gzipped = name.ends_with(".gz") || name.ends_with(".mgz");
             assert_eq!(
@@ -618,8 +636,8 @@ mod tests {
                 let got = read_header(open).unwrap();
                 assert_eq!(got.format, Format::Nifti1Pair);
                 assert_eq!(
-                    (got.header_path.clone(), got.data_path.clone()),
-                    (hp.clone(), ip.clone())
+                    (got.header_file.as_path(), got.data_file.as_path()),
+                    (Some(hp.as_path()), Some(ip.as_path()))
                 );
                 assert_eq!((got.layout.offset, got.compression), (8, Compression::None));
                 assert_eq!(got.layout.dtype.numpy_str(), ">i2");
@@ -629,7 +647,10 @@ mod tests {
         let hp = write(dir.path(), "c.hdr.GZ", &gz(&hdr));
         let ip = write(dir.path(), "c.img.GZ", &gz(&data));
         let got = read_header(&ip).unwrap();
-        assert_eq!((got.header_path.clone(), got.data_path.clone()), (hp, ip));
+        assert_eq!(
+            (got.header_file.as_path(), got.data_file.as_path()),
+            (Some(hp.as_path()), Some(ip.as_path()))
+        );
         assert_eq!(got.compression, Compression::Gzip);
         // A missing .img is an error naming it.
         write(dir.path(), "d.hdr", &hdr);

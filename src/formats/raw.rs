@@ -19,6 +19,7 @@ use super::affine::IDENTITY;
 use super::{ArrayLayout, Compression, Factor, Format, ImageHeader, Order, checked_shape};
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
+use crate::location::Location;
 
 const KEYS: [&str; 6] = ["shape", "dtype", "offset", "slope", "inter", "order"];
 /// numpy's limit on the number of dimensions.
@@ -78,8 +79,8 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<ImageHeader> {
         },
         affine: IDENTITY,
         zooms: vec![1.0; ndim],
-        header_path: path.to_path_buf(),
-        data_path: path.to_path_buf(),
+        header_file: Location::Path(path.to_path_buf()),
+        data_file: Location::Path(path.to_path_buf()),
         compression: if super::detect::has_suffix(path, ".gz") {
             Compression::Gzip
         } else {
@@ -195,8 +196,8 @@ mod tests {
             (Factor::F64(2.0), Factor::F64(1.0))
         );
         assert_eq!(
-            (h.header_path.clone(), h.data_path.clone()),
-            ("/d/a.raw".into(), "/d/a.raw".into())
+            (h.header_file.as_path(), h.data_file.as_path()),
+            (Some(Path::new("/d/a.raw")), Some(Path::new("/d/a.raw")))
         );
         assert_eq!(h.compression, Compression::None);
         assert_eq!((h.zooms.clone(), h.affine), (vec![1.0; 3], IDENTITY));

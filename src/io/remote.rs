@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use url::Url;
 use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
 use crate::formats::{self, Compression, ImageHeader};
-use crate::location::{ObjectUrl, store_root};
+use crate::location::{Location, ObjectUrl, store_root};
 use crate::plan::{Segment, merge_segments};
 
 /// Bytes of the first GET of an image whose name does not tell its format: the largest fixed-size header
@@ -938,14 +938,14 @@ fn nifti_extensions_end(head: &[u8], kind: HeaderKind) -> Option<u64> {
 /// what the header says is missing (the rest of its extensions in one GET, a 4-D MGH's footer), never more than
 /// its format's cap; a pair's data object is checked with a HEAD request.
 pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
-    let hint = PathBuf::from(url);
-    let header_url = formats::detect::header_path_for(&hint)
+    let hint = Location::Object(ObjectUrl::parse(url)?);
+    let header_url = formats::detect::header_path_for(&hint.name())
         .to_string_lossy()
         .into_owned();
     let (object, first) = RemoteObject::open(&header_url, opts, header_prefix(&header_url))?;
     let header = HeaderFetch::new(&object, first.to_vec()).parse(&hint)?;
     let data = if header.format.is_pair() {
-        RemoteObject::head(&header.data_path.to_string_lossy(), opts)?
+        RemoteObject::head(&header.data_file.display(), opts)?
     } else {
         object
     };
@@ -1001,8 +1001,8 @@ impl<'a> HeaderFetch<'a> {
     }
 
     /// Parse, fetching what the parser asks for until it has enough, within the format's cap.
-    fn parse(&mut self, hint: &Path) -> Result<ImageHeader> {
-        let header_path = formats::detect::header_path_for(hint);
+    fn parse(&mut self, hint: &Location) -> Result<ImageHeader> {
+        let header_path = formats::detect::header_path_for(&hint.name());
         let compression = formats::container(&self.raw, &header_path)?;
         let mut want = 0u64;
         loop {
@@ -1237,7 +1237,12 @@ fn inflate(
 
 /// A headerless raw array in object storage, described by a spec (no header request; a HEAD for size and ETag).
 pub fn open_raw(url: &str, spec: &str, opts: &StoreOptions) -> Result<RemoteImage> {
-    let header = formats::raw::parse_spec(spec, Path::new(url))?;
+    let object = Location::Object(ObjectUrl::parse(url)?);
+    let header = formats::ImageHeader {
+        header_file: object.clone(),
+        data_file: object,
+        ..formats::raw::parse_spec(spec, Path::new(url))?
+    };
     let data = RemoteObject::head(url, opts)?;
     if header.compression == Compression::None {
         data.check_within(header.layout.end())?;
@@ -1383,7 +1388,7 @@ mod tests {
             let n = first.unwrap_or_else(|| header_prefix(name)).min(obj.size());
             let prefix = obj.get_range_blocking(0..n).unwrap().to_vec();
             let mut fetch = HeaderFetch::new(&obj, prefix);
-            let header = fetch.parse(Path::new(obj.url()));
+            let header = fetch.parse(&Location::Object(ObjectUrl::parse(obj.url()).unwrap()));
             (header, fetch.requests)
         }
 

@@ -262,13 +262,8 @@ impl VoxelFile {
 
     /// A local table file (its header read already).
     pub fn from_header(name: String, h: &ImageHeader) -> Result<VoxelFile> {
-        let fingerprint = Fingerprint::of_path(&h.data_path)?;
-        Ok(Self::new(
-            name,
-            h,
-            Location::Path(h.data_path.clone()),
-            fingerprint,
-        ))
+        let fingerprint = Fingerprint::of_path(h.data_path()?)?;
+        Ok(Self::new(name, h, h.data_file.clone(), fingerprint))
     }
 
     /// A table file from an image whose header was read (a local file, an object or a handle), named `name`.

@@ -11,7 +11,6 @@
 //! parameters, which are left 0 here).
 
 use std::io::Read;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +80,11 @@ impl Grid {
         let header = crate::location::open_image(&place, None, store)?.header;
         let raw = match is_nifti1(header.format) {
             false => None,
-            true if place.is_remote() => Some(remote_prefix(location, store, header.compression)?),
+            true if place.is_remote() => Some(remote_prefix(
+                &header.header_file.display(),
+                store,
+                header.compression,
+            )?),
             true => Some(local_prefix(&header)?),
         };
         let block = match raw {
@@ -163,7 +166,10 @@ pub fn datatype_code(s: Scalar) -> Option<i16> {
 
 /// The first 348 header bytes of a local NIfTI-1 file (single file or pair header, plain or gzip).
 fn local_prefix(header: &ImageHeader) -> Result<Vec<u8>> {
-    let path = &header.header_path;
+    let path = header
+        .header_file
+        .as_path()
+        .ok_or_else(|| VoxelError::Invalid(format!("{}: not a local file", header.header_file)))?;
     let bytes = match header.compression {
         Compression::Gzip => crate::io::gzip::read_prefix(path, HEADER_LEN)?,
         Compression::None => {
@@ -176,16 +182,17 @@ fn local_prefix(header: &ImageHeader) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The first 348 header bytes of a NIfTI-1 object (one more small GET; gzip objects decompressed here).
-fn remote_prefix(url: &str, store: &StoreOptions, compression: Compression) -> Result<Vec<u8>> {
-    let header_url = crate::formats::detect::header_path_for(Path::new(url))
-        .to_string_lossy()
-        .into_owned();
+/// The first 348 header bytes of a NIfTI-1 header object (one more small GET; gzip objects decompressed here).
+fn remote_prefix(
+    header_url: &str,
+    store: &StoreOptions,
+    compression: Compression,
+) -> Result<Vec<u8>> {
     let want = match compression {
         Compression::Gzip => 64 * 1024,
         Compression::None => HEADER_LEN as u64,
     };
-    let (_, bytes) = remote::RemoteObject::open(&header_url, store, want)?;
+    let (_, bytes) = remote::RemoteObject::open(header_url, store, want)?;
     match compression {
         Compression::None => Ok(bytes.to_vec()),
         Compression::Gzip => {
@@ -193,7 +200,7 @@ fn remote_prefix(url: &str, store: &StoreOptions, compression: Compression) -> R
             flate2::read::MultiGzDecoder::new(&bytes[..])
                 .read_exact(&mut out)
                 .map_err(|e| {
-                    VoxelError::header(url, format!("cannot decompress the header: {e}"))
+                    VoxelError::header(header_url, format!("cannot decompress the header: {e}"))
                 })?;
             Ok(out)
         }
@@ -245,6 +252,7 @@ fn generic_block(h: &ImageHeader) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::dtype::DType;
+    use std::path::Path;
 
     fn template(dir: &Path, big: bool) -> String {
         let order = if big {
