@@ -150,9 +150,12 @@ const SUPPORTED: &str = "s3, gs, az, abfss, http, https and file are read";
 const SUPPORTED: &str = "this build reads local paths and file:// URLs only";
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    let n = prefix.len();
+    if s.get(..n)?.eq_ignore_ascii_case(prefix) {
+        s.get(n..)
+    } else {
+        None
+    }
 }
 
 /// `%XX` escapes decoded (RFC 3986: `+` is a plus sign, not a space; a stray `%` is kept). Bytes that are not UTF-8

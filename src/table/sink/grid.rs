@@ -78,14 +78,13 @@ impl Grid {
     pub fn from_location(location: &str, store: &StoreOptions) -> Result<Grid> {
         let place = crate::location::Location::parse(location)?;
         let header = crate::location::open_image(&place, None, store)?.header;
-        let raw = match is_nifti1(header.format) {
-            false => None,
-            true if place.is_remote() => Some(remote_prefix(
-                &header.header_file.display(),
-                store,
-                header.compression,
-            )?),
-            true => Some(local_prefix(&header)?),
+        let raw = if !is_nifti1(header.format) {
+            None
+        } else if place.is_remote() {
+            let header_url = header.header_file.display();
+            Some(remote_prefix(&header_url, store, header.compression)?)
+        } else {
+            Some(local_prefix(&header)?)
         };
         let block = match raw {
             Some(bytes) => nifti1_block(&bytes, location)?,
