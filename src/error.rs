@@ -16,9 +16,13 @@ pub enum VoxelError {
         #[source]
         source: std::io::Error,
     },
-    /// A header is malformed (wrong magic, absurd dims, unknown datatype, ...).
-    #[error("{path}: {msg}")]
-    Header { path: String, msg: String },
+    /// A header is malformed (wrong magic, absurd dims, unknown datatype, ...): the field and value at fault when
+    /// one is, and what is wrong.
+    #[error("{path}: {fault}")]
+    Header {
+        path: String,
+        fault: crate::formats::HeaderFault,
+    },
     /// The file holds fewer bytes than the header promises.
     #[error("{path}: file is truncated: expected {expected} bytes, found {actual}")]
     Truncated {
@@ -79,10 +83,25 @@ impl VoxelError {
         }
     }
 
+    /// A header problem of the file as a whole (empty, corrupt, no magic, ...).
     pub fn header(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         VoxelError::Header {
             path: path.as_ref().display().to_string(),
-            msg: msg.into(),
+            fault: crate::formats::HeaderFault::file(msg),
+        }
+    }
+
+    /// A header field holding a value the format does not allow: `problem` says what is wrong (and is what the
+    /// message shows after the file name).
+    pub fn header_field(
+        path: impl AsRef<Path>,
+        field: &'static str,
+        value: impl std::fmt::Display,
+        problem: impl Into<String>,
+    ) -> Self {
+        VoxelError::Header {
+            path: path.as_ref().display().to_string(),
+            fault: crate::formats::HeaderFault::field(field, value, problem),
         }
     }
 

@@ -46,7 +46,7 @@ pub fn run(args: IndexArgs) -> CliResult {
             println!("{}: not gzip-compressed, nothing to index", path.display());
             continue;
         }
-        let data = &header.data_path;
+        let data = header.data_path()?;
         let size = std::fs::metadata(data)
             .map_err(|e| voxelscan::error::VoxelError::io(data, e))?
             .len();

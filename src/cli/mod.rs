@@ -160,46 +160,17 @@ impl OpenArgs {
             keep_file_open: self.keep_file_open,
             ..Default::default()
         };
-        #[cfg(feature = "remote")]
-        {
-            let location = path.to_string_lossy();
-            let store = voxelscan::io::remote::StoreOptions::default();
-            voxelscan::proxy::ArrayProxy::open_location(
-                &location,
-                self.raw.as_deref(),
-                opts,
-                &store,
-            )
-        }
-        #[cfg(not(feature = "remote"))]
-        match &self.raw {
-            Some(spec) => voxelscan::proxy::ArrayProxy::open_raw(path, spec, opts),
-            None => voxelscan::proxy::ArrayProxy::open(path, opts),
-        }
+        self.image(path)?.into_proxy(opts)
     }
 
-    pub fn header(
+    /// The image at a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
+    pub fn image(
         &self,
         path: &std::path::Path,
-    ) -> Result<voxelscan::formats::ImageHeader, VoxelError> {
-        #[cfg(feature = "remote")]
-        {
-            use voxelscan::io::remote;
-            let location = path.to_string_lossy();
-            if remote::is_url(&location) {
-                let store = remote::StoreOptions::default();
-                let image = match &self.raw {
-                    Some(spec) => remote::open_raw(&location, spec, &store)?,
-                    None => remote::open_image(&location, &store)?,
-                };
-                return Ok(image.header);
-            }
-        }
-        let path = voxelscan::proxy::local_path(&path.to_string_lossy());
-        match &self.raw {
-            Some(spec) => voxelscan::formats::parse_raw_spec(spec, &path),
-            None => voxelscan::formats::read_header(&path),
-        }
+    ) -> Result<voxelscan::location::OpenImage, VoxelError> {
+        use voxelscan::location::{Location, StoreOptions, open_image};
+        let location = Location::parse(&path.to_string_lossy())?;
+        open_image(&location, self.raw.as_deref(), &StoreOptions::default())
     }
 }
 

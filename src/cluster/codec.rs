@@ -789,7 +789,8 @@ mod tests {
             file,
             name: "fd".into(),
         };
-        let proxy = crate::proxy::ArrayProxy::new(handle, &header, Default::default()).unwrap();
+        let proxy =
+            crate::proxy::ArrayProxy::new(handle, &header.layout, Default::default()).unwrap();
         let ctx = session_context(SessionConfig::new());
         crate::table::register_proxy(&ctx, "h", proxy, &Default::default()).unwrap();
         let logical = ctx

@@ -18,9 +18,6 @@
 //! and count, so its span ends just after its last element, where nibabel uses the slice's `stop` (for `0:8:3`
 //! nibabel's contiguous read is 8 elements, here 7).
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::error::{Result, VoxelError};
 use crate::slicer::{AxisSel, CanonicalSlice};
 
@@ -32,35 +29,7 @@ mod tests;
 use gather::*;
 use slicers::*;
 
-/// Memory layout of an n-d array: `F`, the first axis changes fastest (NIfTI, Analyze, MGH), or `C`, the last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Order {
-    F,
-    C,
-}
-
-impl FromStr for Order {
-    type Err = VoxelError;
-
-    fn from_str(s: &str) -> Result<Order> {
-        match s {
-            "F" | "f" => Ok(Order::F),
-            "C" | "c" => Ok(Order::C),
-            _ => Err(VoxelError::Invalid(format!(
-                "order should be one of 'C', 'F', not {s:?}"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Order {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Order::F => "F",
-            Order::C => "C",
-        })
-    }
-}
+pub use crate::layout::Order;
 
 /// A range of file bytes: `len` bytes from `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -97,7 +97,11 @@ impl VoxelTable {
         };
         let axes = (0..ndim)
             .map(|a| {
-                let longest = files.iter().map(|f| f.shape[a] as u64).max().unwrap_or(0);
+                let longest = files
+                    .iter()
+                    .map(|f| f.layout.shape[a] as u64)
+                    .max()
+                    .unwrap_or(0);
                 (AXIS_NAMES[a].to_string(), longest)
             })
             .collect();
@@ -194,7 +198,7 @@ impl VoxelTable {
                 let sel = Selection {
                     axes: sets
                         .iter()
-                        .zip(&f.shape)
+                        .zip(&f.layout.shape)
                         .map(|(s, &n)| s.clamp(n as u64))
                         .collect(),
                 };
@@ -205,7 +209,7 @@ impl VoxelTable {
 
     fn partitioned_file(&self, slab: &Slab, sel: &Selection) -> DfResult<PartitionedFile> {
         let f = &self.files[slab.file];
-        let mut pf = PartitionedFile::new(object_path(f), f.size);
+        let mut pf = PartitionedFile::new(object_path(f), f.fingerprint.size);
         if let Some(r) = &slab.slow {
             let span = byte_span(f, Some(r));
             let (s, e) = (i64::try_from(span.start), i64::try_from(span.end));
@@ -222,7 +226,7 @@ impl VoxelTable {
         }
         let slab_sel = super::layout::slab_selection(
             sel,
-            super::layout::slow_axis(f.ndim(), f.order),
+            super::layout::slow_axis(f.ndim(), f.layout.order),
             slab.slow.as_ref(),
         );
         Ok(pf.with_statistics(Arc::new(self.file_statistics(&slab_sel))))
@@ -396,7 +400,7 @@ impl VoxelTable {
                 };
                 let s = super::layout::slab_selection(
                     sel,
-                    super::layout::slow_axis(f.ndim(), f.order),
+                    super::layout::slow_axis(f.ndim(), f.layout.order),
                     slab.slow.as_ref(),
                 );
                 s.axes
@@ -482,7 +486,7 @@ impl PruningStatistics for SlabStatistics<'_> {
 /// so it is refused (only a proxy over an endless handle can claim one; a file that long cannot exist).
 fn check_axes(files: &[VoxelFile]) -> Result<()> {
     for f in files {
-        if let Some(&n) = f.shape.iter().find(|&&n| n as u64 > UNIVERSE) {
+        if let Some(&n) = f.layout.shape.iter().find(|&&n| n as u64 > UNIVERSE) {
             return Err(VoxelError::Invalid(format!(
                 "{}: an axis of {n} elements is longer than a table can index ({UNIVERSE})",
                 f.name

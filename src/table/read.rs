@@ -87,7 +87,7 @@ impl SlabReader {
     ) -> SlabReader {
         SlabReader {
             slow,
-            pieces: pieces(sel, file.order, budget),
+            pieces: pieces(sel, file.layout.order, budget),
             file,
             proxy: None,
             slab_source: None,
@@ -146,7 +146,7 @@ impl SlabReader {
         let slice = CanonicalSlice::from_ranges(&ranges);
         let timer = self.metrics.read_time.timer();
         let source = source.as_deref().map(|s| s as &dyn ByteSource);
-        let (values, stats) = proxy.read_stored(source, &slice, self.file.order)?;
+        let (values, stats) = proxy.read_stored(source, &slice, self.file.layout.order)?;
         timer.done();
         self.metrics.bytes_read.add(stats.bytes_read as usize);
         self.metrics.segments_read.add(stats.segments as usize);
@@ -161,9 +161,9 @@ impl SlabReader {
         let _t = self.metrics.decode_time.timer();
         let values = decode_values(
             stored,
-            f.dtype,
-            f.slope,
-            f.inter,
+            f.layout.dtype,
+            f.layout.slope,
+            f.layout.inter,
             self.out.mode,
             self.out.scalar,
         )?;
@@ -203,7 +203,7 @@ impl SlabReader {
             if c < o.ndim {
                 cols.push(Arc::new(Int64Array::from(coordinates(
                     piece,
-                    self.file.order,
+                    self.file.layout.order,
                     c,
                     from,
                     len,
@@ -231,15 +231,18 @@ impl SlabReader {
 /// A source over `f` keeping the bytes of its slab `slow` (a run of slow-axis indices) mapped; `None` for files the
 /// scan does not map itself (compressed, remote, or a registered proxy over an open handle) or that cannot be mapped.
 fn map_slab(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<LocalSource>> {
-    if slow_axis(f.ndim(), f.order).is_none()
+    if slow_axis(f.ndim(), f.layout.order).is_none()
         || f.compression != Compression::None
         || f.is_remote()
         || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
     {
         return Ok(None);
     }
+    let Some(path) = f.local_path() else {
+        return Ok(None);
+    };
     f.check_unchanged()?;
-    LocalSource::with_kept_map(&f.data_path, byte_span(f, Some(slow)))
+    LocalSource::with_kept_map(path, byte_span(f, Some(slow)))
 }
 
 #[cfg(test)]
@@ -277,7 +280,7 @@ mod tests {
             read_time: Time::new(),
             decode_time: Time::new(),
         };
-        let sel = Selection::full(&f.shape);
+        let sel = Selection::full(&f.layout.shape);
         // One plane (64 x 64 elements) per piece.
         let mut r = SlabReader::new(
             f,

@@ -53,12 +53,14 @@ pub struct ScanSpec {
 /// The object-store path a local data file is known by in `PartitionedFile`s.
 /// (A URL `s3://bucket/key` is known as `s3/bucket/key`: the scan reads through its own stores, not DataFusion's.)
 pub fn object_path(f: &VoxelFile) -> String {
-    if f.is_remote() {
-        let url = f.data_path.to_string_lossy();
-        return object_store::path::Path::from(url.replacen("://", "/", 1).as_str()).to_string();
-    }
-    let abs = std::path::absolute(&f.data_path).unwrap_or_else(|_| f.data_path.clone());
-    object_store::path::Path::from(abs.to_string_lossy().as_ref()).to_string()
+    let name = match &f.data {
+        crate::location::Location::Path(p) => std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .to_string_lossy()
+            .into_owned(),
+        other => other.display().replacen("://", "/", 1),
+    };
+    object_store::path::Path::from(name.as_str()).to_string()
 }
 
 impl ScanSpec {
@@ -282,7 +284,11 @@ impl VoxelOpener {
                 })?)
             }
         };
-        let slab = slab_selection(sel, slow_axis(file.ndim(), file.order), slow.as_ref());
+        let slab = slab_selection(
+            sel,
+            slow_axis(file.ndim(), file.layout.order),
+            slow.as_ref(),
+        );
         Ok(SlabReader::new(
             Arc::clone(file),
             &slab,

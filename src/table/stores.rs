@@ -39,7 +39,7 @@ impl ObjectStoreRegistry for LazyStoreRegistry {
         if let Ok(store) = self.inner.get_store(url) {
             return Ok(store);
         }
-        if !remote::is_url(url.as_str()) {
+        if !crate::location::is_url(url.as_str()) {
             return self.inner.get_store(url);
         }
         let store = remote::store_for_url(url, &remote::StoreOptions::default())?;

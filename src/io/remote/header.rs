@@ -2,7 +2,7 @@
 //! is missing.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -11,6 +11,7 @@ use super::options::*;
 use super::*;
 use crate::error::{Result, VoxelError};
 use crate::formats::{self, Compression, ImageHeader};
+use crate::location::{Location, ObjectUrl};
 
 /// An image in object storage: its parsed header and the object holding its data.
 #[derive(Debug, Clone)]
@@ -137,19 +138,19 @@ pub(super) fn nifti_extensions_end(head: &[u8], kind: HeaderKind) -> Option<u64>
 /// what the header says is missing (the rest of its extensions in one GET, a 4-D MGH's footer), never more than
 /// its format's cap; a pair's data object is checked with a HEAD request.
 pub fn open_image(url: &str, opts: &StoreOptions) -> Result<RemoteImage> {
-    let hint = PathBuf::from(url);
-    let header_url = formats::detect::header_path_for(&hint)
+    let hint = Location::Object(ObjectUrl::parse(url)?);
+    let header_url = formats::detect::header_path_for(&hint.name())
         .to_string_lossy()
         .into_owned();
     let (object, first) = RemoteObject::open(&header_url, opts, header_prefix(&header_url))?;
     let header = HeaderFetch::new(&object, first.to_vec()).parse(&hint)?;
     let data = if header.format.is_pair() {
-        RemoteObject::head(&header.data_path.to_string_lossy(), opts)?
+        RemoteObject::head(&header.data_file.display(), opts)?
     } else {
         object
     };
     if header.compression == Compression::None {
-        data.check_within(header.offset.saturating_add(header.data_len()))?;
+        data.check_within(header.layout.end())?;
     }
     Ok(RemoteImage { header, data })
 }
@@ -200,8 +201,8 @@ impl<'a> HeaderFetch<'a> {
     }
 
     /// Parse, fetching what the parser asks for until it has enough, within the format's cap.
-    pub(super) fn parse(&mut self, hint: &Path) -> Result<ImageHeader> {
-        let header_path = formats::detect::header_path_for(hint);
+    pub(super) fn parse(&mut self, hint: &Location) -> Result<ImageHeader> {
+        let header_path = formats::detect::header_path_for(&hint.name());
         let compression = formats::container(&self.raw, &header_path)?;
         let mut want = 0u64;
         loop {
@@ -370,7 +371,7 @@ impl<'a> HeaderFetch<'a> {
         if !self.gz || !self.whole() || header.format.is_pair() {
             return Ok(());
         }
-        let claimed = header.offset.saturating_add(header.data_len());
+        let claimed = header.layout.end();
         let stop = claimed.min(MAX_HEADER_INFLATE);
         let inflated = inflate(&self.raw, 0, None, stop, self.url())?;
         if inflated.out < stop {
@@ -436,10 +437,15 @@ pub(super) fn inflate(
 
 /// A headerless raw array in object storage, described by a spec (no header request; a HEAD for size and ETag).
 pub fn open_raw(url: &str, spec: &str, opts: &StoreOptions) -> Result<RemoteImage> {
-    let header = formats::raw::parse_spec(spec, Path::new(url))?;
+    let object = Location::Object(ObjectUrl::parse(url)?);
+    let header = formats::ImageHeader {
+        header_file: object.clone(),
+        data_file: object,
+        ..formats::raw::parse_spec(spec, Path::new(url))?
+    };
     let data = RemoteObject::head(url, opts)?;
     if header.compression == Compression::None {
-        data.check_within(header.offset.saturating_add(header.data_len()))?;
+        data.check_within(header.layout.end())?;
     }
     Ok(RemoteImage { header, data })
 }

@@ -78,15 +78,14 @@ mod header;
 mod object;
 mod options;
 mod store;
-mod url;
 
 pub use header::{
     MAX_HEADER_INFLATE, MAX_NIFTI_HEADER, MAX_NPY_HEADER, RemoteImage, open_image, open_raw,
 };
 pub use object::{RemoteObject, RemoteSource, pull_chunks};
 pub use options::StoreOptions;
+pub(crate) use store::remote_error;
 pub use store::store_for_url;
-pub use url::{is_url, list_matching};
 
 #[cfg(test)]
 mod tests;

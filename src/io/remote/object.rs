@@ -12,11 +12,11 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use super::options::*;
 use super::store::*;
-use super::url::*;
 use super::*;
 use crate::error::{Result, VoxelError};
 use crate::io::ranges::{Coalesce, merge_ranges};
 use crate::io::{ByteSource, ReadStats};
+use crate::location::ObjectUrl;
 use crate::plan::Segment;
 
 /// One object, as found when it was opened: reads are pinned to this version by its ETag.
@@ -43,14 +43,14 @@ impl fmt::Debug for RemoteObject {
 impl RemoteObject {
     /// Open `url` with one GET of its first `prefix` bytes (returned), learning its size and ETag.
     pub fn open(url: &str, opts: &StoreOptions, prefix: u64) -> Result<(RemoteObject, Bytes)> {
-        let addr = parse_address(url)?;
-        let store = store_for(&addr.url, opts)?;
+        let addr = ObjectUrl::parse(url)?;
+        let store = store_for(addr.url(), opts)?;
         let options = GetOptions {
             range: Some(GetRange::Bounded(0..prefix.max(1))),
             ..Default::default()
         };
         let got = block_on(async {
-            let r = store.get_opts(&addr.path, options).await?;
+            let r = store.get_opts(addr.key(), options).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         })?;
@@ -66,7 +66,7 @@ impl RemoteObject {
         let obj = RemoteObject {
             url: url.to_string(),
             store,
-            path: addr.path,
+            path: addr.key().clone(),
             size: meta.size,
             etag: meta.e_tag,
             opts: opts.clone(),
@@ -81,11 +81,11 @@ impl RemoteObject {
         size: u64,
         etag: Option<String>,
     ) -> Result<RemoteObject> {
-        let addr = parse_address(url)?;
+        let addr = ObjectUrl::parse(url)?;
         Ok(RemoteObject {
             url: url.to_string(),
-            store: store_for(&addr.url, opts)?,
-            path: addr.path,
+            store: store_for(addr.url(), opts)?,
+            path: addr.key().clone(),
             size,
             etag,
             opts: opts.clone(),
@@ -94,14 +94,14 @@ impl RemoteObject {
 
     /// The size and ETag with a HEAD request (for a pair's data object, whose first bytes are not needed).
     pub fn head(url: &str, opts: &StoreOptions) -> Result<RemoteObject> {
-        let addr = parse_address(url)?;
-        let store = store_for(&addr.url, opts)?;
-        let meta = block_on(store.head(&addr.path))?.map_err(|e| remote_error(url, e))?;
+        let addr = ObjectUrl::parse(url)?;
+        let store = store_for(addr.url(), opts)?;
+        let meta = block_on(store.head(addr.key()))?.map_err(|e| remote_error(url, e))?;
         count(1, 0);
         Ok(RemoteObject {
             url: url.to_string(),
             store,
-            path: addr.path,
+            path: addr.key().clone(),
             size: meta.size,
             etag: meta.e_tag,
             opts: opts.clone(),

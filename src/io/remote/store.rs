@@ -7,8 +7,8 @@ use ::url::Url;
 use object_store::ObjectStore;
 
 use super::options::*;
-use super::url::*;
 use crate::error::{Result, VoxelError};
+use crate::location::store_root;
 
 /// The store for a URL's bucket or host, as the scan builds it (environment + `opts`), for other users of
 /// `object_store` such as DataFusion's registry.
@@ -130,7 +130,7 @@ pub(super) fn build_store(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn Obje
     })
 }
 
-pub(super) fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
+pub(crate) fn remote_error(url: &str, e: object_store::Error) -> VoxelError {
     let msg = match &e {
         object_store::Error::NotFound { .. } => "object not found".to_string(),
         object_store::Error::PermissionDenied { .. } => format!("access denied: {e}"),

@@ -1,21 +1,10 @@
 use super::object::*;
-use super::url::*;
 use super::*;
 use crate::io::ranges::Coalesce;
 use crate::plan::Segment;
 
 fn seg(offset: u64, len: u64) -> Segment {
     Segment { offset, len }
-}
-
-#[test]
-fn urls_are_told_from_paths() {
-    assert!(is_url("s3://bucket/a.nii"));
-    assert!(is_url("HTTPS://host/a.nii"));
-    assert!(is_url("abfss://c@acct.dfs.core.windows.net/x.nii"));
-    assert!(!is_url("file:///tmp/a.nii"));
-    assert!(!is_url("/tmp/a.nii"));
-    assert!(!is_url("weird://x/y"));
 }
 
 #[test]
@@ -156,17 +145,6 @@ fn store_options_check_keys_and_numbers() {
     assert!(!StoreOptions::is_store_key("scaling"));
 }
 
-#[test]
-fn addresses_keep_bucket_and_key() {
-    let a = parse_address("s3://bucket/ds/sub-01/func/x%20y.nii.gz").unwrap();
-    assert_eq!(store_root(&a.url), "s3://bucket");
-    assert_eq!(a.path.as_ref(), "ds/sub-01/func/x y.nii.gz");
-    let h = parse_address("http://127.0.0.1:8080/d/a.nii").unwrap();
-    assert_eq!(store_root(&h.url), "http://127.0.0.1:8080");
-    assert!(parse_address("s3:///nobucket").is_err());
-    assert!(parse_address("not a url").is_err());
-}
-
 mod headers {
     use super::super::header::*;
     use super::super::object::*;
@@ -178,7 +156,6 @@ mod headers {
     use object_store::path::Path as ObjectPath;
     use object_store::{ObjectStoreExt, PutPayload};
     use std::io::Write;
-    use std::path::Path;
     use std::sync::Arc;
 
     fn gz(members: &[&[u8]]) -> Vec<u8> {
@@ -214,7 +191,9 @@ mod headers {
         let n = first.unwrap_or_else(|| header_prefix(name)).min(obj.size());
         let prefix = obj.get_range_blocking(0..n).unwrap().to_vec();
         let mut fetch = HeaderFetch::new(&obj, prefix);
-        let header = fetch.parse(Path::new(obj.url()));
+        let header = fetch.parse(&crate::location::Location::Object(
+            crate::location::ObjectUrl::parse(obj.url()).unwrap(),
+        ));
         (header, fetch.requests)
     }
 
@@ -231,14 +210,14 @@ mod headers {
         let file = with_extensions(1000);
         let (h, requests) = open("e.nii", &file, None);
         let h = h.unwrap();
-        assert_eq!((h.offset, h.header_bytes, requests), (3376, 3376, 1));
+        assert_eq!((h.layout.offset, h.header_bytes, requests), (3376, 3376, 1));
         // Gzip: the first 4 KiB hold it all.
         let (h, requests) = open("e.nii.gz", &gz(&[&file]), None);
-        assert_eq!((h.unwrap().offset, requests), (3376, 0));
+        assert_eq!((h.unwrap().layout.offset, requests), (3376, 0));
         // A long gzip header: the compressed prefix grows, never re-read per extension.
         let big = with_extensions(300_000);
         let (h, requests) = open("big.nii.gz", &gz(&[&big]), Some(64));
-        assert_eq!(h.unwrap().offset, 352 + 3 * 300_016);
+        assert_eq!(h.unwrap().layout.offset, 352 + 3 * 300_016);
         assert!(requests <= 4, "{requests}");
     }
 
@@ -309,7 +288,7 @@ mod headers {
         assert_eq!((r.out, r.head.len(), r.tail.len()), (10 << 20, 1000, 100));
         // Fetched whole, the length check stops at the claimed 400 bytes.
         let (h, requests) = open("bomb.nii.gz", &bomb, Some(bomb.len() as u64));
-        assert_eq!((h.unwrap().offset, requests), (352, 0));
+        assert_eq!((h.unwrap().layout.offset, requests), (352, 0));
         // A claim beyond what the stream holds is truncated, after decompressing no more than it holds.
         let claims = HeaderBuilder::nifti1(ByteOrder::Little, &[1024, 1024, 1024], 4, true)
             .single_file(&[], &[]);

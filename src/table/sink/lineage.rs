@@ -92,10 +92,7 @@ pub fn grid_source(
     }
     let spec = scan.spec();
     match spec.files.as_slice() {
-        [file] => Ok((
-            file.data_path.to_string_lossy().into_owned(),
-            file.store.clone(),
-        )),
+        [file] => Ok((file.data.display(), file.store.clone())),
         files => Err(format!(
             "table {} has {} files (the grid must come from one)",
             spec.table,
