@@ -276,7 +276,10 @@ struct DenseState {
     groups: usize,
     raw_input: bool,
     final_output: bool,
-    args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// The distinct argument expressions of all aggregates (`avg(x)` and `stddev(x)` share the cast of `x`), and
+    /// for each aggregate the indices of its arguments among them.
+    unique_args: Vec<Arc<dyn PhysicalExpr>>,
+    args: Vec<Vec<usize>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     seen: Vec<bool>,
@@ -308,6 +311,11 @@ impl DenseState {
             ))
         })?;
         seen.resize(exec.groups, false);
+        let (unique_args, args) = shared_arguments(aggregate_expressions(
+            agg.aggr_expr(),
+            agg.mode(),
+            group_by.num_group_exprs(),
+        )?);
         Ok(DenseState {
             schema: agg.schema(),
             keys: group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
@@ -316,7 +324,8 @@ impl DenseState {
             groups: exec.groups,
             raw_input,
             final_output: agg.mode().output_mode() == AggregateOutputMode::Final,
-            args: aggregate_expressions(agg.aggr_expr(), agg.mode(), group_by.num_group_exprs())?,
+            unique_args,
+            args,
             filters,
             accumulators,
             seen,
@@ -349,11 +358,16 @@ impl DenseState {
             self.seen[g] = true;
         }
         self.any_rows = true;
+        let evaluated = self
+            .unique_args
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<DfResult<Vec<_>>>()?;
         for (k, acc) in self.accumulators.iter_mut().enumerate() {
-            let values = self.args[k]
+            let values: Vec<ArrayRef> = self.args[k]
                 .iter()
-                .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-                .collect::<DfResult<Vec<_>>>()?;
+                .map(|&a| Arc::clone(&evaluated[a]))
+                .collect();
             if self.raw_input {
                 let filter = match &self.filters[k] {
                     Some(f) => Some(f.evaluate(batch)?.into_array(batch.num_rows())?),
@@ -431,6 +445,31 @@ impl DenseState {
             .collect::<DfResult<Vec<ArrayRef>>>()?;
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
+}
+
+/// Each aggregate's argument expressions as indices into one list of distinct expressions.
+fn shared_arguments(
+    per_aggregate: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+) -> (Vec<Arc<dyn PhysicalExpr>>, Vec<Vec<usize>>) {
+    let mut unique: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    let ids = per_aggregate
+        .into_iter()
+        .map(|exprs| {
+            exprs
+                .into_iter()
+                .map(
+                    |e| match unique.iter().position(|u| u.as_ref() == e.as_ref()) {
+                        Some(p) => p,
+                        None => {
+                            unique.push(e);
+                            unique.len() - 1
+                        }
+                    },
+                )
+                .collect()
+        })
+        .collect();
+    (unique, ids)
 }
 
 /// Add `stride × slot(value)` to each row's index; a value outside `range` is an error (the plan's ranges were
