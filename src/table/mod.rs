@@ -22,6 +22,8 @@
 //! coordinates are `Inexact`; filters on values are `Unsupported`. Statistics (rows, coordinate min/max) are exact.
 
 pub mod aggregate;
+#[cfg(feature = "ballista")]
+pub mod aggregate_engine;
 pub mod aggregate_rule;
 pub mod config;
 pub mod files;
