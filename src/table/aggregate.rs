@@ -11,7 +11,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, PrimitiveArray, RecordBatch, UInt64Array,
+};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::common::{DataFusionError, Result as DfResult};
@@ -476,7 +478,7 @@ fn shared_arguments(
 /// wrong), never a wrong group.
 fn add_digits(
     indices: &mut [usize],
-    values: &datafusion::arrow::array::PrimitiveArray<Int64Type>,
+    values: &PrimitiveArray<Int64Type>,
     range: KeyRange,
     stride: u64,
 ) -> DfResult<()> {
@@ -519,4 +521,43 @@ fn add_digits(
         *slot += d * stride;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: i64, max: i64, nullable: bool) -> KeyRange {
+        KeyRange { min, max, nullable }
+    }
+
+    #[test]
+    fn slots_and_group_counts() {
+        assert_eq!(range(0, 95, false).slots(), Some(96));
+        assert_eq!(range(-3, 3, true).slots(), Some(8));
+        assert_eq!(range(i64::MIN, i64::MAX, false).slots(), None);
+        let tsnr = [
+            range(0, 95, false),
+            range(0, 95, false),
+            range(0, 59, false),
+        ];
+        assert_eq!(group_count(&tsnr), Some(96 * 96 * 60));
+        let huge = [range(0, i64::MAX - 1, false), range(0, 3, false)];
+        assert_eq!(group_count(&huge), None);
+    }
+
+    #[test]
+    fn digits_follow_the_strides_and_refuse_what_the_plan_did_not_expect() {
+        let mut idx = vec![0usize; 3];
+        let k = PrimitiveArray::<Int64Type>::from(vec![5, 6, 7]);
+        add_digits(&mut idx, &k, range(5, 7, false), 10).unwrap();
+        assert_eq!(idx, [0, 10, 20]);
+        let nulls = PrimitiveArray::<Int64Type>::from(vec![Some(1), None, Some(0)]);
+        add_digits(&mut idx, &nulls, range(0, 1, true), 1).unwrap();
+        assert_eq!(idx, [1, 12, 20]);
+        let e = add_digits(&mut idx, &k, range(5, 6, false), 1).unwrap_err();
+        assert!(e.to_string().contains("key value 7 outside"), "{e}");
+        let e = add_digits(&mut idx, &nulls, range(0, 1, false), 1).unwrap_err();
+        assert!(e.to_string().contains("NULL"), "{e}");
+    }
 }
