@@ -417,7 +417,7 @@ impl DenseState {
             let slots = range.slots().unwrap_or(1);
             let values = Int64Array::from_iter(chosen.iter().map(|&g| {
                 let digit = (g / self.strides[k]) % slots;
-                (!range.nullable || digit + 1 < slots).then(|| range.min + digit as i64)
+                (!range.nullable || digit + 1 < slots).then_some(range.min + digit as i64)
             }));
             let ty = self.schema.field(k).data_type();
             columns.push(cast(&values, ty)?);
