@@ -35,6 +35,7 @@ use voxelscan::cluster::{
     executor_config, remote_context, run_executor, scheduler_config, standalone_context,
     start_scheduler_with, with_client_security, with_token,
 };
+use voxelscan::table::aggregate_engine::DenseAggregateEngine;
 use voxelscan::table::{VoxelSource, session_context};
 
 /// Three runs of 8, 3.75 and 5 MiB: with 4 partitions the scan has 17 slabs in 4 groups.
@@ -148,6 +149,8 @@ struct TaskSeen {
     job: String,
     /// Voxel-scan partitions in the task's plan (0 for stages that read shuffles only).
     scan_partitions: usize,
+    /// Dense aggregate nodes in the task's plan.
+    dense_aggregates: usize,
 }
 
 /// Ballista's execution engine, noting every task it is given.
@@ -170,6 +173,15 @@ fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .sum::<usize>()
 }
 
+fn dense_aggregates(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let here = usize::from(plan.name() == "DenseAggregateExec");
+    here + plan
+        .children()
+        .into_iter()
+        .map(dense_aggregates)
+        .sum::<usize>()
+}
+
 impl ExecutionEngine for Recorder {
     fn create_query_stage_exec(
         &self,
@@ -186,6 +198,7 @@ impl ExecutionEngine for Recorder {
                 executor: self.executor.clone(),
                 job: format!("{job_id:?}"),
                 scan_partitions: scan_partitions(&plan),
+                dense_aggregates: dense_aggregates(&plan),
             });
         }
         self.inner.create_query_stage_exec(
@@ -285,11 +298,13 @@ async fn start_cluster(work: &Path, executors: usize, slots: usize) -> Cluster {
         let work_dir = work.join(format!("executor-{n}"));
         let mut config = in_process_executor(port, work_dir, slots, Some(token()));
         config.executor_id = format!("executor-{n}");
-        config.override_execution_engine = Some(Arc::new(Recorder {
-            executor: config.executor_id.clone(),
-            seen: Arc::clone(&seen),
-            inner: DefaultExecutionEngine::new(),
-        }));
+        // As `executor_config`'s engine (dense aggregates put into each stage plan), recording each task.
+        config.override_execution_engine =
+            Some(Arc::new(DenseAggregateEngine::new(Arc::new(Recorder {
+                executor: config.executor_id.clone(),
+                seen: Arc::clone(&seen),
+                inner: DefaultExecutionEngine::new(),
+            }))));
         tokio::spawn(run_executor(config));
     }
     let ids = wait_for_executors(&scheduler, executors).await;
@@ -493,6 +508,50 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     // A file the executors cannot read (it is gone after registration): the error names the path.
     let msg = query_a_gone_file(&ctx, dir.path()).await;
     eprintln!("unreadable file: {msg}");
+    cluster.scheduler.abort();
+}
+
+/// Dense group-bys (`DenseAggregateExec`, partial on the scan's executors, final after the shuffle) on two
+/// executors with one partition per task: the exact answers of DataFusion's hash aggregate run locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dense_group_bys_on_two_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    // Values are multiples of 0.5: sums, and so averages, are exact in any order.
+    let queries = [
+        "SELECT t, count(*) AS n, sum(value) AS s, avg(value) AS a, min(value) AS lo, max(value) AS hi \
+         FROM big GROUP BY t ORDER BY t",
+        "SELECT i, j, k, count(*) AS n, sum(value) AS s, avg(value) AS a FROM big WHERE j < 40 \
+         GROUP BY i, j, k ORDER BY i, j, k",
+    ];
+    let local = session_context(SessionConfig::new().with_target_partitions(4));
+    register_big(&local, &runs).await;
+    must(&local, "SET voxelscan.dense_aggregates = false").await;
+    let mut want = Vec::new();
+    for q in queries {
+        want.push(must(&local, q).await);
+    }
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = client(&cluster.url, config).await;
+    register_big(&ctx, &runs).await;
+    for (q, want) in queries.iter().zip(&want) {
+        cluster.take_seen();
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+        let seen = cluster.take_seen();
+        let dense_on = |e: &str| {
+            seen.iter()
+                .filter(|t| t.executor == e)
+                .map(|t| t.dense_aggregates)
+                .sum::<usize>()
+        };
+        assert!(
+            dense_on("executor-0") > 0 && dense_on("executor-1") > 0,
+            "{q}: dense aggregates on both executors: {seen:?}"
+        );
+    }
     cluster.scheduler.abort();
 }
 

@@ -33,6 +33,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::FileScanExecConf;
 use prost::Message;
 
+use crate::table::aggregate::DenseAggregateExec;
 use crate::table::scan::object_path;
 use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
@@ -224,6 +225,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(sink) = nifti_wire::decode_sink(buf, inputs) {
             return sink;
         }
+        if let Some(dense) = dense_wire::decode(buf, inputs, ctx, self, converter) {
+            return dense;
+        }
         match ScanWire::decode(buf) {
             Some(decoded) => {
                 let (wire, rest) = decoded?;
@@ -241,6 +245,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
     ) -> DfResult<()> {
         if let Some(sink) = nifti_wire::nifti_sink(node.as_ref()) {
             return nifti_wire::encode_sink(sink, buf);
+        }
+        if let Some(dense) = node.downcast_ref::<DenseAggregateExec>() {
+            return dense_wire::encode(dense, buf, self, converter);
         }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
@@ -393,6 +400,89 @@ mod nifti_wire {
     }
 }
 
+/// A [`DenseAggregateExec`]: its key ranges as JSON, then the `AggregateExec` it computes as DataFusion's own
+/// protobuf (over an empty input of the same schema: the real input is the node's child, encoded on its own).
+mod dense_wire {
+    use super::*;
+    use crate::table::aggregate::KeyRange;
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    const MAGIC: &[u8] = b"voxelscan.dense-aggregate:";
+
+    fn recompute() -> ReplaceChildrenOptions {
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+    }
+
+    fn error(what: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Internal(format!("decoding a dense aggregate: {what}"))
+    }
+
+    pub fn encode(
+        dense: &DenseAggregateExec,
+        buf: &mut Vec<u8>,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let agg = dense.aggregate();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
+        let node = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
+        let proto = converter.execution_plan_to_proto(&node, codec)?;
+        let ranges = serde_json::to_vec(dense.ranges())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let len = u32::try_from(ranges.len()).map_err(|_| error("key ranges too long"))?;
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&ranges);
+        buf.extend_from_slice(&proto.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn decode(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
+        let rest = buf.strip_prefix(MAGIC)?;
+        Some(decode_node(rest, inputs, ctx, codec, converter))
+    }
+
+    fn decode_node(
+        rest: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = inputs else {
+            return Err(error(format!("one input expected, got {}", inputs.len())));
+        };
+        let (len, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| error("truncated"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(error("truncated key ranges"));
+        }
+        let (json, proto) = rest.split_at(len);
+        let ranges: Vec<KeyRange> = serde_json::from_slice(json).map_err(error)?;
+        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
+        let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
+        let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
+        let agg = node
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| error("not an aggregate"))?;
+        Ok(Arc::new(DenseAggregateExec::try_new(agg.clone(), ranges)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -539,6 +629,39 @@ mod tests {
         );
         assert_eq!(rows(decoded, ctx).await, want, "{sql}");
         assert_eq!(rows(from_decoded, ctx).await, want, "{sql}");
+    }
+
+    #[tokio::test]
+    async fn dense_aggregates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            // Integer values: sums are exact whatever order partial states merge in, so rows compare exactly.
+            "SELECT t, avg(value), max(value), count(*) FROM a_raw GROUP BY t ORDER BY t",
+            "SELECT i, j, k, avg(value), min(value) FROM a_raw GROUP BY i, j, k ORDER BY i, j, k",
+            "SELECT CAST(k AS INT) AS k, sum(value) FILTER (WHERE t > 2) FROM a_raw GROUP BY CAST(k AS INT) ORDER BY k",
+        ] {
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(shown(&plan).contains("DenseAggregateExec"), "{sql}");
+            round_trip(&ctx, sql).await;
+        }
+        let pcodec = VoxelPhysicalCodec::default();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let e = pcodec
+            .try_decode(
+                b"voxelscan.dense-aggregate:\x05",
+                &[],
+                &ctx.task_ctx(),
+                &converter,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("dense aggregate"), "{e}");
     }
 
     #[tokio::test]

@@ -21,6 +21,10 @@
 //! are `Exact`; filters on `file` alone are `Exact` (evaluated per file before any I/O); other filters on
 //! coordinates are `Inexact`; filters on values are `Unsupported`. Statistics (rows, coordinate min/max) are exact.
 
+pub mod aggregate;
+#[cfg(feature = "ballista")]
+pub mod aggregate_engine;
+pub mod aggregate_rule;
 pub mod config;
 pub mod files;
 pub mod index_set;

@@ -156,6 +156,7 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
         .get_or_insert_with(Vec::new)
         .extend(super::sink::format_factories());
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
+        .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
 }
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
