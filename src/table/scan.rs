@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
@@ -20,9 +21,11 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::DynamicFilterTracking;
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_plan::DisplayFormatType;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder};
+use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 
@@ -31,9 +34,10 @@ use crate::error::VoxelError;
 use crate::io::local::MmapMode;
 
 use super::files::VoxelFile;
+use super::join_filter::implied_axis_sets;
 use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
-use super::schema::ValueMode;
+use super::schema::{AXIS_NAMES, ValueMode};
 
 /// Everything a scan needs to know about its table, shared by the source and its openers.
 #[derive(Debug)]
@@ -115,6 +119,9 @@ pub struct VoxelSource {
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
     batch_size: Option<usize>,
+    /// Dynamic filters pushed by joins and TopK (filled in while the query runs): snapshotted when a slab is
+    /// opened, their coordinate parts narrow it before it is read. Not sent to cluster executors (they only prune).
+    dynamic: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 impl VoxelSource {
@@ -125,6 +132,7 @@ impl VoxelSource {
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
             batch_size: None,
+            dynamic: Vec::new(),
         }
     }
 
@@ -167,6 +175,11 @@ impl FileSource for VoxelSource {
             spec: Arc::clone(&self.spec),
             out: Arc::new(out),
             metrics,
+            dynamic: Arc::new(self.dynamic.clone()),
+            pruned: DynamicPruning {
+                bytes: m("dynamic_filter_bytes_skipped"),
+                slabs: m("dynamic_filter_slabs_skipped"),
+            },
             budget: base
                 .limit
                 .map_or(PIECE_ELEMENTS, |l| (l as u64).clamp(1, PIECE_ELEMENTS)),
@@ -217,7 +230,38 @@ impl FileSource for VoxelSource {
         if total > EXPLAIN_FILES {
             write!(f, ", … {} more", total - EXPLAIN_FILES)?;
         }
-        f.write_str("]")
+        f.write_str("]")?;
+        for (k, d) in self.dynamic.iter().enumerate() {
+            f.write_str(if k == 0 { ", dynamic_filter=" } else { " AND " })?;
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+
+    /// Dynamic filters (hash-join build sides, TopK) are kept to narrow slabs at open; none is applied exactly
+    /// (the join or TopK still filters), so every filter is reported as not pushed. Static filters were already
+    /// turned into selections at planning.
+    fn try_pushdown_filters(
+        &self,
+        filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn FileSource>>> {
+        let verdicts = vec![PushedDown::No; filters.len()];
+        let dynamic: Vec<_> = filters
+            .into_iter()
+            .filter(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter())
+            .collect();
+        if dynamic.is_empty() {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                verdicts,
+            ));
+        }
+        let mut source = self.clone();
+        source.dynamic.extend(dynamic);
+        Ok(
+            FilterPushdownPropagation::with_parent_pushdown_result(verdicts)
+                .with_updated_node(Arc::new(source)),
+        )
     }
 
     /// Partitions are whole slabs chosen at planning time; byte-range splitting would cut them.
@@ -245,8 +289,20 @@ impl FileSource for VoxelSource {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)
+        // The dynamic filters are listed too: a hash join only fills its filter in when a consumer below it holds it.
+        use datafusion::physical_plan::apply_expression_roots;
+        if apply_expression_roots(self.projection.source.iter(), f)? == TreeNodeRecursion::Stop {
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        apply_expression_roots(self.dynamic.iter(), f)
     }
+}
+
+/// What dynamic filters saved: bytes of selected voxels not read, slabs not opened at all.
+#[derive(Clone)]
+struct DynamicPruning {
+    bytes: Count,
+    slabs: Count,
 }
 
 /// Opens slabs for one partition.
@@ -255,10 +311,55 @@ struct VoxelOpener {
     out: Arc<Output>,
     metrics: ScanMetrics,
     budget: u64,
+    dynamic: Arc<Vec<Arc<dyn PhysicalExpr>>>,
+    pruned: DynamicPruning,
+}
+
+/// One slab to read: its file, selection and run of slow-axis indices.
+struct SlabPlan {
+    file: Arc<VoxelFile>,
+    sel: Selection,
+    slow: Option<std::ops::Range<u64>>,
+}
+
+impl SlabPlan {
+    /// Narrowed to what the dynamic filters (as they stand now) let through; `None` when nothing is left.
+    fn narrowed(
+        mut self,
+        dynamic: &[Arc<dyn PhysicalExpr>],
+        pruned: &DynamicPruning,
+    ) -> Option<SlabPlan> {
+        if dynamic.is_empty() {
+            return Some(self);
+        }
+        let ndim = self.file.ndim();
+        let names = AXIS_NAMES.get(..ndim).unwrap_or(&AXIS_NAMES);
+        let before = self.sel.rows();
+        for (axis, set) in implied_axis_sets(dynamic, names).into_iter().enumerate() {
+            if let (Some(set), Some(have)) = (set, self.sel.axes.get_mut(axis)) {
+                *have = have.intersect(&set);
+            }
+        }
+        let skipped = before - self.sel.rows();
+        pruned.bytes.add(
+            usize::try_from(skipped.saturating_mul(self.file.itemsize())).unwrap_or(usize::MAX),
+        );
+        if self.sel.is_empty() {
+            pruned.slabs.add(1);
+            return None;
+        }
+        // Map and read only the slow-axis run still selected.
+        if let (Some(slow), Some(a)) = (&mut self.slow, slow_axis(ndim, self.file.order))
+            && let (Some(lo), Some(hi)) = (self.sel.axes[a].min(), self.sel.axes[a].max())
+        {
+            *slow = lo..hi + 1;
+        }
+        Some(self)
+    }
 }
 
 impl VoxelOpener {
-    fn reader(&self, pf: &PartitionedFile) -> Result<SlabReader, DataFusionError> {
+    fn slab(&self, pf: &PartitionedFile) -> Result<SlabPlan, DataFusionError> {
         let spec = &self.spec;
         let location = pf.object_meta.location.to_string();
         let idx = *spec
@@ -283,22 +384,41 @@ impl VoxelOpener {
             }
         };
         let slab = slab_selection(sel, slow_axis(file.ndim(), file.order), slow.as_ref());
-        Ok(SlabReader::new(
-            Arc::clone(file),
-            &slab,
-            Arc::clone(&self.out),
-            self.metrics.clone(),
-            self.budget,
-            spec.mmap,
+        Ok(SlabPlan {
+            file: Arc::clone(file),
+            sel: slab,
             slow,
-        ))
+        })
     }
 }
 
 impl FileOpener for VoxelOpener {
     fn open(&self, pf: PartitionedFile) -> DfResult<FileOpenFuture> {
-        let reader = self.reader(&pf)?;
+        let plan = self.slab(&pf)?;
+        let (dynamic, pruned) = (Arc::clone(&self.dynamic), self.pruned.clone());
+        let (out, metrics, budget) = (Arc::clone(&self.out), self.metrics.clone(), self.budget);
         let spec = Arc::clone(&self.spec);
+        Ok(Box::pin(async move {
+            // Snapshotted when the stream is first polled: a hash join polls its probe side only after its build
+            // side is collected and its filter updated (CollectLeft; Partitioned once every partition has
+            // reported), so by then the filter is complete wherever the plan lets it be.
+            let Some(plan) = plan.narrowed(&dynamic, &pruned) else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let reader = SlabReader::new(
+                plan.file, &plan.sel, out, metrics, budget, spec.mmap, plan.slow,
+            );
+            Ok(slab_stream(reader, spec).boxed())
+        }))
+    }
+}
+
+/// The batches of one slab, each piece read on a blocking thread.
+fn slab_stream(
+    reader: SlabReader,
+    spec: Arc<ScanSpec>,
+) -> impl futures::Stream<Item = DfResult<datafusion::arrow::array::RecordBatch>> {
+    {
         let stream = futures::stream::try_unfold(reader, move |mut reader| {
             let spec = Arc::clone(&spec);
             async move {
@@ -317,7 +437,7 @@ impl FileOpener for VoxelOpener {
         })
         .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
         .try_flatten();
-        Ok(Box::pin(async move { Ok(stream.boxed()) }))
+        stream
     }
 }
 
