@@ -5,7 +5,9 @@
 //!
 //! Fixtures (made in a temporary directory that is the working directory of the queries): `bold.nii`, an
 //! 8×8×4×6 int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t) mod 101, and
-//! `runs/run-0{1,2,3}.nii`, the same pattern in shapes 8×8×4×6, 6×6×4×3 and 8×8×4×2.
+//! `runs/run-0{1,2,3}.nii`, the same pattern in shapes 8×8×4×6, 6×6×4×3 and 8×8×4×2; on bold's grid `atlas.nii`
+//! (int16 labels `i / 3 + 3 * (j / 4)`, 0 the background) and `mask.nii` (1 where `(i + 2j + k) % 3 == 0`); and
+//! `peaks.csv`, three named coordinates.
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
@@ -24,7 +26,33 @@ fn fixtures() -> tempfile::TempDir {
     pattern_image(&dir.path().join("runs/run-01.nii"), [8, 8, 4, 6], 0);
     pattern_image(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3], 0);
     pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+    label_image(&dir.path().join("atlas.nii"), |i, j, _| {
+        (i / 3 + 3 * (j / 4)) as i16
+    });
+    label_image(&dir.path().join("mask.nii"), |i, j, k| {
+        i16::from((i + 2 * j + k) % 3 == 0)
+    });
+    std::fs::write(
+        dir.path().join("peaks.csv"),
+        "name,i,j,k\nmotor,6,2,1\nvisual,1,7,3\nprecuneus,4,4,2\n",
+    )
+    .unwrap();
     dir
+}
+
+/// An 8×8×4 int16 NIfTI on `bold.nii`'s grid whose voxel (i, j, k) is `label(i, j, k)`: the atlas and the mask.
+fn label_image(path: &Path, label: impl Fn(usize, usize, usize) -> i16) {
+    use voxelscan::dtype::{DType, Scalar};
+    let mut data = Vec::new();
+    for k in 0..4 {
+        for j in 0..8 {
+            for i in 0..8 {
+                data.extend_from_slice(&label(i, j, k).to_le_bytes());
+            }
+        }
+    }
+    let dtype = DType::native(Scalar::I16);
+    voxelscan::synth::write_nifti1(path, &[8, 8, 4], dtype, 1.0, 0.0, &data, false).unwrap();
 }
 
 /// `queries/*.sql`, sorted.
