@@ -31,14 +31,19 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::Value;
 use voxelscan::table::session_context;
 
-/// Settings a query's answer must not depend on: voxelscan's dense paths off, and no dynamic filter at all.
-const SETTINGS: [&[&str]; 3] = [
+/// Settings a query's answer must not depend on: voxelscan's dense paths off, no dynamic filter at all, and
+/// partitioned joins (both sides hashed) where DataFusion would collect the small side.
+const SETTINGS: [&[&str]; 4] = [
     &[],
     &[
         "SET voxelscan.dense_joins = false",
         "SET voxelscan.dense_aggregates = false",
     ],
     &["SET datafusion.optimizer.enable_dynamic_filter_pushdown = false"],
+    &[
+        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+    ],
 ];
 
 /// nilearn's strategies and the SQL aggregate giving each. Values are cast to DOUBLE as nilearn reads them
@@ -353,6 +358,11 @@ async fn one_region_reads_only_its_bounding_box() {
     assert!(
         explained.contains("dynamic_filter=DynamicFilter"),
         "the scan shows no dynamic filter: {explained}"
+    );
+    // The dense join: one linear key, no equalities left to filter (both sides are voxel scans).
+    assert!(
+        explained.contains("on=[(CAST(i@") && !explained.contains("filter=i_0_l"),
+        "no dense join: {explained}"
     );
     let out = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
     assert_eq!(to_rows(&out).len(), 5);

@@ -29,15 +29,21 @@ use super::predicate::UNIVERSE;
 /// What a filter implies about each axis: `None` means nothing is implied (every index may pass).
 type Implied = Vec<Option<IndexSet>>;
 
-/// Per axis (named `axes`, in axis order): the indices a row passing all of `filters` (as they stand now) can have.
-/// `None` for an axis about which nothing is known. A filter that cannot be snapshotted implies nothing.
-pub fn implied_axis_sets(filters: &[Arc<dyn PhysicalExpr>], axes: &[&str]) -> Implied {
-    let mut out: Implied = vec![None; axes.len()];
+/// The scan's columns: coordinate names in axis order, and the file's shape (to decode linear voxel keys).
+pub struct Cx<'a> {
+    pub axes: &'a [&'a str],
+    pub shape: &'a [u64],
+}
+
+/// Per axis: the indices a row of a file passing all of `filters` (as they stand now) can have. `None` for an axis
+/// about which nothing is known. A filter that cannot be snapshotted implies nothing.
+pub fn implied_axis_sets(filters: &[Arc<dyn PhysicalExpr>], cx: &Cx) -> Implied {
+    let mut out: Implied = vec![None; cx.axes.len()];
     for f in filters {
         let Ok(now) = snapshot_physical_expr(Arc::clone(f)) else {
             continue;
         };
-        out = and(out, implied(&now, axes));
+        out = and(out, implied(&now, cx));
     }
     out
 }
@@ -86,13 +92,13 @@ fn only(axis: usize, set: IndexSet, n: usize) -> Implied {
     out
 }
 
-fn implied(expr: &Arc<dyn PhysicalExpr>, axes: &[&str]) -> Implied {
-    let n = axes.len();
+fn implied(expr: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Implied {
+    let n = cx.axes.len();
     if let Some(b) = expr.downcast_ref::<BinaryExpr>() {
         return match b.op() {
-            Operator::And => and(implied(b.left(), axes), implied(b.right(), axes)),
-            Operator::Or => or(implied(b.left(), axes), implied(b.right(), axes)),
-            op => comparison(b.left(), *op, b.right(), axes).unwrap_or_else(|| nothing(n)),
+            Operator::And => and(implied(b.left(), cx), implied(b.right(), cx)),
+            Operator::Or => or(implied(b.left(), cx), implied(b.right(), cx)),
+            op => comparison(b.left(), *op, b.right(), cx).unwrap_or_else(|| nothing(n)),
         };
     }
     if let Some(l) = expr.downcast_ref::<Literal>() {
@@ -109,13 +115,13 @@ fn implied(expr: &Arc<dyn PhysicalExpr>, axes: &[&str]) -> Implied {
             .map(|(_, then)| then)
             .chain(c.else_expr());
         // No ELSE: unmatched rows get NULL, which filters them out.
-        return branches.fold(none_pass(n), |acc, e| or(acc, implied(e, axes)));
+        return branches.fold(none_pass(n), |acc, e| or(acc, implied(e, cx)));
     }
     if let Some(list) = expr.downcast_ref::<InListExpr>() {
-        return in_list(list, axes).unwrap_or_else(|| nothing(n));
+        return in_list(list, cx).unwrap_or_else(|| nothing(n));
     }
     if let Some(is_null) = expr.downcast_ref::<IsNullExpr>()
-        && axis_of(is_null.arg(), axes).is_some()
+        && axis_of(is_null.arg(), cx).is_some()
     {
         return none_pass(n);
     }
@@ -124,9 +130,9 @@ fn implied(expr: &Arc<dyn PhysicalExpr>, axes: &[&str]) -> Implied {
 
 /// The axis a (possibly cast) column expression names. Casts are kept only to integer or float types, which hold
 /// every coordinate value exactly enough for the bounds below (a coordinate is below 2^62).
-fn axis_of(expr: &Arc<dyn PhysicalExpr>, axes: &[&str]) -> Option<usize> {
+fn axis_of(expr: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Option<usize> {
     if let Some(c) = expr.downcast_ref::<Column>() {
-        return axes.iter().position(|a| *a == c.name());
+        return cx.axes.iter().position(|a| *a == c.name());
     }
     let (inner, ty) = if let Some(c) = expr.downcast_ref::<CastExpr>() {
         (c.expr(), c.cast_type())
@@ -142,7 +148,7 @@ fn axis_of(expr: &Arc<dyn PhysicalExpr>, axes: &[&str]) -> Option<usize> {
             | datafusion::arrow::datatypes::DataType::Float64
             | datafusion::arrow::datatypes::DataType::Decimal128(..)
     );
-    if keeps { axis_of(inner, axes) } else { None }
+    if keeps { axis_of(inner, cx) } else { None }
 }
 
 /// A literal as a real number, when it is one.
@@ -170,16 +176,16 @@ fn comparison(
     left: &Arc<dyn PhysicalExpr>,
     op: Operator,
     right: &Arc<dyn PhysicalExpr>,
-    axes: &[&str],
+    cx: &Cx,
 ) -> Option<Implied> {
-    let n = axes.len();
-    let (axis, value, op) = match (axis_of(left, axes), right.downcast_ref::<Literal>()) {
-        (Some(a), Some(l)) => (a, l.value(), op),
-        _ => {
-            let a = axis_of(right, axes)?;
-            let l = left.downcast_ref::<Literal>()?;
-            (a, l.value(), op.swap()?)
-        }
+    let n = cx.axes.len();
+    let (key, value, op) = match right.downcast_ref::<Literal>() {
+        Some(l) => (left, l.value(), op),
+        None => (right, left.downcast_ref::<Literal>()?.value(), op.swap()?),
+    };
+    let axis = match axis_of(key, cx) {
+        Some(a) => a,
+        None => return linear_bound(&Linear::of(key, cx)?, value, op, cx),
     };
     // Comparing with NULL passes no row.
     if value.is_null() {
@@ -231,18 +237,21 @@ fn points(values: impl Iterator<Item = Option<f64>>) -> IndexSet {
 }
 
 /// `col IN (…)` or `struct(c1, c2, …) IN (struct literals)`, not negated.
-fn in_list(list: &InListExpr, axes: &[&str]) -> Option<Implied> {
+fn in_list(list: &InListExpr, cx: &Cx) -> Option<Implied> {
     if list.negated() {
         return None;
     }
-    let n = axes.len();
+    let n = cx.axes.len();
     let literals: Vec<&ScalarValue> = list
         .list()
         .iter()
         .map(|e| e.downcast_ref::<Literal>().map(Literal::value))
         .collect::<Option<_>>()?;
-    if let Some(axis) = axis_of(list.expr(), axes) {
+    if let Some(axis) = axis_of(list.expr(), cx) {
         return Some(only(axis, points(literals.iter().map(|v| number(v))), n));
+    }
+    if let Some(key) = Linear::of(list.expr(), cx) {
+        return key.decode_all(&literals, cx);
     }
     let func = list.expr().downcast_ref::<ScalarFunctionExpr>()?;
     if func.name() != "struct" {
@@ -250,7 +259,7 @@ fn in_list(list: &InListExpr, axes: &[&str]) -> Option<Implied> {
     }
     let mut out = nothing(n);
     for (field, arg) in func.args().iter().enumerate() {
-        let Some(axis) = axis_of(arg, axes) else {
+        let Some(axis) = axis_of(arg, cx) else {
             continue;
         };
         let values = literals.iter().map(|v| struct_field(v, field));
@@ -272,6 +281,123 @@ fn struct_field(v: &ScalarValue, k: usize) -> Option<f64> {
     number(&ScalarValue::try_from_array(col.as_ref(), 0).ok()?)
 }
 
+/// A linear voxel key `Σ stride·axis` (as [`super::join_dense`] writes it), decodable on a file whose shape fits its
+/// strides: sorted by stride, the first is 1 and each next one is a multiple of the previous, at least the previous
+/// axis's length apart. Then every voxel of the file has its own key and a key names at most one voxel.
+struct Linear {
+    /// (axis, stride), strides ascending.
+    terms: Vec<(usize, i64)>,
+}
+
+impl Linear {
+    fn of(expr: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Option<Linear> {
+        let (mut terms, constant) = linear_terms(expr, cx)?;
+        if constant != 0 || terms.is_empty() {
+            return None;
+        }
+        terms.sort_by_key(|&(_, s)| s);
+        let mut expect = 1i64;
+        for (n, &(axis, s)) in terms.iter().enumerate() {
+            if s != expect && !(n > 0 && s >= expect && s % terms[n - 1].1 == 0) {
+                return None;
+            }
+            let len = i64::try_from(*cx.shape.get(axis)?).ok()?;
+            expect = s.checked_mul(len)?;
+        }
+        let distinct = terms
+            .iter()
+            .enumerate()
+            .all(|(n, x)| terms[n + 1..].iter().all(|y| y.0 != x.0));
+        distinct.then_some(Linear { terms })
+    }
+
+    /// The voxel a key names, if any.
+    fn decode(&self, key: i64, cx: &Cx) -> Option<Vec<(usize, u64)>> {
+        if key < 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.terms.len());
+        for (n, &(axis, s)) in self.terms.iter().enumerate() {
+            let digit = match self.terms.get(n + 1) {
+                Some(&(_, next)) => (key / s) % (next / s),
+                None => key / s,
+            };
+            let digit = u64::try_from(digit).ok()?;
+            if digit >= *cx.shape.get(axis)? {
+                return None;
+            }
+            out.push((axis, digit));
+        }
+        Some(out)
+    }
+
+    /// Per axis: the coordinates of the voxels the listed keys name.
+    fn decode_all(&self, keys: &[&ScalarValue], cx: &Cx) -> Option<Implied> {
+        let mut per_axis: Vec<Vec<std::ops::Range<u64>>> = vec![Vec::new(); cx.axes.len()];
+        for v in keys {
+            let Some(key) = number(v).filter(|k| k.fract() == 0.0) else {
+                continue;
+            };
+            if let Some(voxel) = self.decode(key as i64, cx) {
+                for (axis, x) in voxel {
+                    per_axis[axis].push(x..x + 1);
+                }
+            }
+        }
+        let mut out = nothing(cx.axes.len());
+        for &(axis, _) in &self.terms {
+            out[axis] = Some(IndexSet::from_ranges(std::mem::take(&mut per_axis[axis])));
+        }
+        Some(out)
+    }
+}
+
+/// `key op value` on a linear key: a bound on the key bounds its slowest axis (the others stay within their strides).
+fn linear_bound(key: &Linear, value: &ScalarValue, op: Operator, cx: &Cx) -> Option<Implied> {
+    let n = cx.axes.len();
+    if value.is_null() {
+        return Some(none_pass(n));
+    }
+    let &(axis, s) = key.terms.last()?;
+    let keys = bound(number(value)?, op)?;
+    let slow = match (op, keys.min(), keys.max()) {
+        (_, None, _) => IndexSet::empty(),
+        (Operator::Gt | Operator::GtEq, Some(lo), _) => IndexSet::range(lo / s as u64..UNIVERSE),
+        (Operator::Lt | Operator::LtEq | Operator::Eq, Some(lo), Some(hi)) => {
+            IndexSet::range(lo / s as u64..hi / s as u64 + 1)
+        }
+        _ => return None,
+    };
+    Some(only(axis, slow, n))
+}
+
+/// `expr` as `Σ stride·axis + constant`, over axis columns (possibly cast), integer literals, `+`, `-` and `*` by a
+/// literal.
+fn linear_terms(expr: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Option<(Vec<(usize, i64)>, i64)> {
+    if let Some(axis) = axis_of(expr, cx) {
+        return Some((vec![(axis, 1)], 0));
+    }
+    if let Some(l) = expr.downcast_ref::<Literal>() {
+        let v = number(l.value())?;
+        return (v.fract() == 0.0 && v.abs() < 9e15).then_some((Vec::new(), v as i64));
+    }
+    let b = expr.downcast_ref::<BinaryExpr>()?;
+    let (l, r) = (linear_terms(b.left(), cx)?, linear_terms(b.right(), cx)?);
+    match b.op() {
+        Operator::Plus => Some(([l.0, r.0].concat(), l.1.checked_add(r.1)?)),
+        Operator::Minus if r.0.is_empty() => Some((l.0, l.1.checked_sub(r.1)?)),
+        Operator::Multiply if r.0.is_empty() || l.0.is_empty() => {
+            let ((terms, c), m) = if r.0.is_empty() { (l, r.1) } else { (r, l.1) };
+            let terms = terms
+                .into_iter()
+                .map(|(a, s)| Some((a, s.checked_mul(m)?)))
+                .collect::<Option<Vec<_>>>()?;
+            Some((terms, c.checked_mul(m)?))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +405,55 @@ mod tests {
     use datafusion::physical_expr::expressions::{DynamicFilterPhysicalExpr, lit};
 
     const AXES: [&str; 4] = ["i", "j", "k", "t"];
+    const SHAPE: [u64; 4] = [10, 8, 6, 5];
+
+    fn cx() -> Cx<'static> {
+        Cx {
+            axes: &AXES,
+            shape: &SHAPE,
+        }
+    }
+
+    /// `i + 10 j + 80 k`, the key join_dense writes for a 10×8×6 grid.
+    fn key() -> Arc<dyn PhysicalExpr> {
+        let j = bin(col("j"), Operator::Multiply, lit(10i64));
+        let k = bin(col("k"), Operator::Multiply, lit(80i64));
+        bin(bin(col("i"), Operator::Plus, j), Operator::Plus, k)
+    }
+
+    #[test]
+    fn linear_keys_decode_to_voxels() {
+        let schema = datafusion::arrow::datatypes::Schema::new(
+            AXES.iter()
+                .map(|a| datafusion::arrow::datatypes::Field::new(*a, DataType::Int64, false))
+                .collect::<Vec<_>>(),
+        );
+        // (3, 2, 1) = 103 and (9, 7, 5) = 479; -4 and 480 name no voxel.
+        let keys = vec![lit(103i64), lit(479i64), lit(-4i64), lit(480i64)];
+        let e = InListExpr::try_new(key(), keys, false, &schema).unwrap();
+        let s = sets(Arc::new(e));
+        assert_eq!(s[0], Some(IndexSet::from_ranges(vec![3..4, 9..10])));
+        assert_eq!(s[1], Some(IndexSet::from_ranges(vec![2..3, 7..8])));
+        assert_eq!(s[2], Some(IndexSet::from_ranges(vec![1..2, 5..6])));
+        assert_eq!(s[3], None);
+        // Bounds on the key bound k.
+        let e = bin(
+            bin(key(), Operator::GtEq, lit(103i64)),
+            Operator::And,
+            bin(key(), Operator::LtEq, lit(250i64)),
+        );
+        let s = sets(e);
+        assert_eq!(s[2], Some(IndexSet::range(1..4)));
+        assert_eq!(s[0], None);
+        // A key whose strides do not fit the file (j's stride below i's length) is not decoded.
+        let narrow = bin(
+            col("i"),
+            Operator::Plus,
+            bin(col("j"), Operator::Multiply, lit(5i64)),
+        );
+        let e = InListExpr::try_new(narrow, vec![lit(7i64)], false, &schema).unwrap();
+        assert_eq!(sets(Arc::new(e)), nothing(4));
+    }
 
     fn col(name: &str) -> Arc<dyn PhysicalExpr> {
         let idx = AXES.iter().position(|a| *a == name).unwrap_or(9);
@@ -302,7 +477,7 @@ mod tests {
     }
 
     fn sets(e: Arc<dyn PhysicalExpr>) -> Implied {
-        implied_axis_sets(&[e], &AXES)
+        implied_axis_sets(&[e], &cx())
     }
 
     #[test]
@@ -373,15 +548,15 @@ mod tests {
         let dynamic = Arc::new(DynamicFilterPhysicalExpr::new(vec![col("i")], lit(true)));
         let as_expr: Arc<dyn PhysicalExpr> = dynamic.clone();
         assert_eq!(
-            implied_axis_sets(&[Arc::clone(&as_expr)], &AXES),
+            implied_axis_sets(&[Arc::clone(&as_expr)], &cx()),
             nothing(4)
         );
         dynamic.update(between("i", 10, 12)).unwrap();
         assert_eq!(
-            implied_axis_sets(&[as_expr], &AXES)[0],
+            implied_axis_sets(&[as_expr], &cx())[0],
             Some(IndexSet::range(10..13))
         );
-        let none = implied_axis_sets(&[lit(false)], &AXES);
+        let none = implied_axis_sets(&[lit(false)], &cx());
         assert!(
             none.iter()
                 .all(|s| s.as_ref().is_some_and(IndexSet::is_empty))

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod files;
 pub mod index_set;
+pub mod join_dense;
 pub mod join_filter;
 pub mod layout;
 pub mod predicate;

@@ -34,7 +34,7 @@ use crate::error::VoxelError;
 use crate::io::local::MmapMode;
 
 use super::files::VoxelFile;
-use super::join_filter::implied_axis_sets;
+use super::join_filter::{Cx, implied_axis_sets};
 use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
 use super::schema::{AXIS_NAMES, ValueMode};
@@ -141,6 +141,9 @@ impl VoxelSource {
     }
 }
 
+/// Characters of a dynamic filter `EXPLAIN` shows.
+const EXPLAIN_FILTER_CHARS: usize = 600;
+
 /// Files listed by `EXPLAIN` before the rest is summarised.
 const EXPLAIN_FILES: usize = 16;
 
@@ -233,7 +236,12 @@ impl FileSource for VoxelSource {
         f.write_str("]")?;
         for (k, d) in self.dynamic.iter().enumerate() {
             f.write_str(if k == 0 { ", dynamic_filter=" } else { " AND " })?;
-            write!(f, "{d}")?;
+            // A build side's key list can hold thousands of keys: show its start.
+            let text = d.to_string();
+            match text.char_indices().nth(EXPLAIN_FILTER_CHARS) {
+                Some((cut, _)) => write!(f, "{} … ({} characters)", &text[..cut], text.len())?,
+                None => f.write_str(&text)?,
+            }
         }
         Ok(())
     }
@@ -335,7 +343,12 @@ impl SlabPlan {
         let ndim = self.file.ndim();
         let names = AXIS_NAMES.get(..ndim).unwrap_or(&AXIS_NAMES);
         let before = self.sel.rows();
-        for (axis, set) in implied_axis_sets(dynamic, names).into_iter().enumerate() {
+        let shape: Vec<u64> = self.file.shape.iter().map(|&n| n as u64).collect();
+        let cx = Cx {
+            axes: names,
+            shape: &shape,
+        };
+        for (axis, set) in implied_axis_sets(dynamic, &cx).into_iter().enumerate() {
             if let (Some(set), Some(have)) = (set, self.sel.axes.get_mut(axis)) {
                 *have = have.intersect(&set);
             }
