@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{pattern_image, run_python};
+use common::{atlas_fixtures, pattern_image, run_python};
 use serde_json::Value;
 
 /// The fixtures the queries run against (see the module comment).
@@ -26,33 +26,8 @@ fn fixtures() -> tempfile::TempDir {
     pattern_image(&dir.path().join("runs/run-01.nii"), [8, 8, 4, 6], 0);
     pattern_image(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3], 0);
     pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
-    label_image(&dir.path().join("atlas.nii"), |i, j, _| {
-        (i / 3 + 3 * (j / 4)) as i16
-    });
-    label_image(&dir.path().join("mask.nii"), |i, j, k| {
-        i16::from((i + 2 * j + k) % 3 == 0)
-    });
-    std::fs::write(
-        dir.path().join("peaks.csv"),
-        "name,i,j,k\nmotor,6,2,1\nvisual,1,7,3\nprecuneus,4,4,2\n",
-    )
-    .unwrap();
+    atlas_fixtures(dir.path());
     dir
-}
-
-/// An 8×8×4 int16 NIfTI on `bold.nii`'s grid whose voxel (i, j, k) is `label(i, j, k)`: the atlas and the mask.
-fn label_image(path: &Path, label: impl Fn(usize, usize, usize) -> i16) {
-    use voxelscan::dtype::{DType, Scalar};
-    let mut data = Vec::new();
-    for k in 0..4 {
-        for j in 0..8 {
-            for i in 0..8 {
-                data.extend_from_slice(&label(i, j, k).to_le_bytes());
-            }
-        }
-    }
-    let dtype = DType::native(Scalar::I16);
-    voxelscan::synth::write_nifti1(path, &[8, 8, 4], dtype, 1.0, 0.0, &data, false).unwrap();
 }
 
 /// `queries/*.sql`, sorted.
