@@ -377,6 +377,26 @@ async fn one_region_reads_only_its_bounding_box() {
         6 * 5 * 4 * 5 * 2,
         "read + skipped = the run"
     );
+    // A scattered region (label 1 of a random atlas): the join lists its keys, the scan reads exactly its voxels.
+    let voxels = query(&ctx, "SELECT count(*) FROM atlas WHERE value = 1").await;
+    let Cell::Num(voxels) = voxels[0][0] else {
+        panic!("{voxels:?}")
+    };
+    let scattered = "SELECT b.t, sum(b.value) FROM bold b JOIN atlas a ON b.i = a.i AND b.j = a.j AND b.k = a.k \
+                     WHERE a.value = 1 GROUP BY b.t";
+    let plan = ctx
+        .sql(scattered)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+    assert_eq!(
+        scan_metric(&plan, "bold", "bytes_read"),
+        voxels as usize * 5 * 2,
+        "exactly the region's voxels"
+    );
     // Without dynamic filters the whole run is read (the check above means something).
     let ctx = session(
         &setup,

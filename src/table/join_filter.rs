@@ -281,6 +281,72 @@ fn struct_field(v: &ScalarValue, k: usize) -> Option<f64> {
     number(&ScalarValue::try_from_array(col.as_ref(), 0).ok()?)
 }
 
+/// The voxels a key list among `filters` names: a conjunct `key IN (…)` on a linear voxel key (a small hash-join
+/// build side), as the key's axes (fastest first) and each voxel's coordinates on them. `None` when no filter lists
+/// keys that way.
+pub fn listed_voxels(
+    filters: &[Arc<dyn PhysicalExpr>],
+    cx: &Cx,
+) -> Option<(Vec<usize>, Vec<Vec<u64>>)> {
+    filters
+        .iter()
+        .find_map(|f| listed(&snapshot_physical_expr(Arc::clone(f)).ok()?, cx))
+}
+
+/// The voxels `e` lists: from an `IN` list on a linear key, either side of an `AND`, or every branch of a `CASE`
+/// (a partitioned join's per-partition lists; a `false` branch lists none).
+fn listed(e: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Option<(Vec<usize>, Vec<Vec<u64>>)> {
+    if let Some(b) = e.downcast_ref::<BinaryExpr>() {
+        return match b.op() {
+            Operator::And => listed(b.left(), cx).or_else(|| listed(b.right(), cx)),
+            _ => None,
+        };
+    }
+    if let Some(c) = e.downcast_ref::<CaseExpr>() {
+        let branches = c
+            .when_then_expr()
+            .iter()
+            .map(|(_, then)| then)
+            .chain(c.else_expr());
+        let mut all: Option<(Vec<usize>, Vec<Vec<u64>>)> = None;
+        for branch in branches {
+            let none = branch.downcast_ref::<Literal>().is_some_and(|l| {
+                matches!(
+                    l.value(),
+                    ScalarValue::Boolean(Some(false)) | ScalarValue::Boolean(None)
+                )
+            });
+            if none {
+                continue;
+            }
+            let (axes, voxels) = listed(branch, cx)?;
+            match &mut all {
+                Some((a, v)) if *a == axes => v.extend(voxels),
+                Some(_) => return None,
+                None => all = Some((axes, voxels)),
+            }
+        }
+        return all;
+    }
+    let list = e.downcast_ref::<InListExpr>()?;
+    if list.negated() {
+        return None;
+    }
+    let key = Linear::of(list.expr(), cx)?;
+    let mut voxels = Vec::with_capacity(list.len());
+    for item in list.list() {
+        let Some(k) = number(item.downcast_ref::<Literal>()?.value()) else {
+            continue;
+        };
+        if k.fract() == 0.0
+            && let Some(v) = key.decode(k as i64, cx)
+        {
+            voxels.push(v.into_iter().map(|(_, x)| x).collect());
+        }
+    }
+    Some((key.terms.iter().map(|&(a, _)| a).collect(), voxels))
+}
+
 /// A linear voxel key `Σ stride·axis` (as [`super::join_dense`] writes it), decodable on a file whose shape fits its
 /// strides: sorted by stride, the first is 1 and each next one is a multiple of the previous, at least the previous
 /// axis's length apart. Then every voxel of the file has its own key and a key names at most one voxel.
@@ -445,6 +511,18 @@ mod tests {
         let s = sets(e);
         assert_eq!(s[2], Some(IndexSet::range(1..4)));
         assert_eq!(s[0], None);
+        let listed = InListExpr::try_new(
+            key(),
+            vec![lit(103i64), lit(479i64), lit(-4i64)],
+            false,
+            &schema,
+        )
+        .unwrap();
+        let bounds = bin(key(), Operator::GtEq, lit(0i64));
+        let both = bin(bounds, Operator::And, Arc::new(listed));
+        let (axes, voxels) = listed_voxels(&[both], &cx()).unwrap();
+        assert_eq!(axes, vec![0, 1, 2]);
+        assert_eq!(voxels, vec![vec![3, 2, 1], vec![9, 7, 5]]);
         // A key whose strides do not fit the file (j's stride below i's length) is not decoded.
         let narrow = bin(
             col("i"),

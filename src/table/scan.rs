@@ -34,7 +34,8 @@ use crate::error::VoxelError;
 use crate::io::local::MmapMode;
 
 use super::files::VoxelFile;
-use super::join_filter::{Cx, implied_axis_sets};
+use super::index_set::IndexSet;
+use super::join_filter::{Cx, implied_axis_sets, listed_voxels};
 use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
 use super::schema::{AXIS_NAMES, ValueMode};
@@ -328,6 +329,8 @@ struct SlabPlan {
     file: Arc<VoxelFile>,
     sel: Selection,
     slow: Option<std::ops::Range<u64>>,
+    /// When a join listed its keys: the exact voxels, as disjoint parts of `sel` read one after the other.
+    parts: Option<Vec<Selection>>,
 }
 
 impl SlabPlan {
@@ -353,11 +356,17 @@ impl SlabPlan {
                 *have = have.intersect(&set);
             }
         }
-        let skipped = before - self.sel.rows();
+        self.parts = listed_voxels(dynamic, &cx)
+            .map(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));
+        let after = match &self.parts {
+            Some(parts) => parts.iter().map(Selection::rows).sum(),
+            None => self.sel.rows(),
+        };
+        let skipped = before - after.min(before);
         pruned.bytes.add(
             usize::try_from(skipped.saturating_mul(self.file.itemsize())).unwrap_or(usize::MAX),
         );
-        if self.sel.is_empty() {
+        if after == 0 {
             pruned.slabs.add(1);
             return None;
         }
@@ -369,6 +378,31 @@ impl SlabPlan {
         }
         Some(self)
     }
+}
+
+/// `sel` cut to `voxels` (coordinates on `axes`, fastest first): one part per run of the other key axes, holding the
+/// fast-axis indices listed there.
+fn exact_parts(sel: &Selection, axes: &[usize], voxels: &[Vec<u64>]) -> Vec<Selection> {
+    let Some((&fast, rest)) = axes.split_first() else {
+        return vec![sel.clone()];
+    };
+    // Keyed slowest axis first, so parts follow the file order.
+    let mut rows: std::collections::BTreeMap<Vec<u64>, Vec<std::ops::Range<u64>>> =
+        Default::default();
+    for v in voxels {
+        let key = v[1..].iter().rev().copied().collect();
+        rows.entry(key).or_default().push(v[0]..v[0] + 1);
+    }
+    rows.into_iter()
+        .filter_map(|(key, fast_points)| {
+            let mut part = sel.clone();
+            part.axes[fast] = part.axes[fast].intersect(&IndexSet::from_ranges(fast_points));
+            for (&axis, &x) in rest.iter().rev().zip(&key) {
+                part.axes[axis] = part.axes[axis].intersect(&IndexSet::range(x..x + 1));
+            }
+            (!part.is_empty()).then_some(part)
+        })
+        .collect()
 }
 
 impl VoxelOpener {
@@ -401,6 +435,7 @@ impl VoxelOpener {
             file: Arc::clone(file),
             sel: slab,
             slow,
+            parts: None,
         })
     }
 }
@@ -418,10 +453,21 @@ impl FileOpener for VoxelOpener {
             let Some(plan) = plan.narrowed(&dynamic, &pruned) else {
                 return Ok(futures::stream::empty().boxed());
             };
-            let reader = SlabReader::new(
-                plan.file, &plan.sel, out, metrics, budget, spec.mmap, plan.slow,
-            );
-            Ok(slab_stream(reader, spec).boxed())
+            let parts = plan.parts.unwrap_or_else(|| vec![plan.sel]);
+            let (file, slow) = (plan.file, plan.slow);
+            let readers = parts.into_iter().map(move |part| {
+                let reader = SlabReader::new(
+                    Arc::clone(&file),
+                    &part,
+                    Arc::clone(&out),
+                    metrics.clone(),
+                    budget,
+                    spec.mmap,
+                    slow.clone(),
+                );
+                slab_stream(reader, Arc::clone(&spec))
+            });
+            Ok(futures::stream::iter(readers).flatten().boxed())
         }))
     }
 }
