@@ -599,6 +599,8 @@ mod tests {
                 "{}",
                 shown(&physical)
             );
+            let rehashed = shown(&physical).contains("partitioning=Hash([CAST(i@");
+            assert_eq!(rehashed, rows_threshold == "0", "{}", shown(&physical));
             let pcodec = VoxelPhysicalCodec::default();
             let bytes =
                 physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
