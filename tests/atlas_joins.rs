@@ -265,10 +265,12 @@ async fn coordinate_joins_equal_datafusions_own() {
          OPTIONS ('format.has_header' 'true')",
         peaks.display()
     );
-    let setup = [create("bold", &run), peaks_table];
-    // The same voxels as a table in memory: DataFusion's join, no voxel scan below it.
+    let atlas = answers["multi"]["atlas"].as_str().unwrap();
+    let setup = [create("bold", &run), peaks_table, create("atlas", atlas)];
+    // The same voxels as tables in memory: DataFusion's join, no voxel scan below it.
     let mut own_setup = setup.to_vec();
     own_setup.push("CREATE TABLE copy AS SELECT * FROM bold".to_string());
+    own_setup.push("CREATE TABLE atlas_copy AS SELECT * FROM atlas".to_string());
     let on = "b.i = p.i AND b.j = p.j AND b.k = p.k";
     let queries = [
         format!(
@@ -293,9 +295,37 @@ async fn coordinate_joins_equal_datafusions_own() {
             "SELECT count(*) FROM {{T}} b RIGHT JOIN peaks p ON {on} AND b.t = 0 WHERE b.i IS NULL"
         ),
     ];
-    for q in queries {
-        let ours = answer(&setup, &q.replace("{T}", "bold")).await;
-        let own = answer(&own_setup, &q.replace("{T}", "copy")).await;
+    // Voxel tables on both sides (the dense join) in every join type, and TopK's dynamic filter.
+    let on = "b.i = a.i AND b.j = a.j AND b.k = a.k";
+    let voxel_queries = [
+        format!(
+            "SELECT count(*), count(a.value), sum(b.value) FROM {{T}} b LEFT JOIN {{A}} a ON {on} AND a.value = 2"
+        ),
+        format!(
+            "SELECT count(*), count(b.value) FROM {{T}} b RIGHT JOIN {{A}} a ON {on} AND b.t = 9"
+        ),
+        format!(
+            "SELECT count(*), sum(b.value) FROM {{T}} b FULL JOIN {{A}} a ON {on} AND b.t = 1 AND a.value = 3"
+        ),
+        format!(
+            "SELECT b.t, count(*) FROM {{T}} b WHERE EXISTS (SELECT 1 FROM {{A}} a WHERE {on} AND a.value = 3) \
+             GROUP BY b.t ORDER BY b.t"
+        ),
+        format!(
+            "SELECT count(*), sum(b.value) FROM {{T}} b WHERE NOT EXISTS (SELECT 1 FROM {{A}} a WHERE {on} AND a.value > 1)"
+        ),
+        format!("SELECT count(*) FROM {{A}} a LEFT SEMI JOIN {{T}} b ON {on} AND b.value > 40"),
+        "SELECT i, j, k, t, value FROM {T} ORDER BY k DESC, j, i, t LIMIT 7".to_string(),
+        "SELECT t, value FROM {T} WHERE value > 30 ORDER BY value DESC, i, j, k, t LIMIT 5"
+            .to_string(),
+    ];
+    for q in queries.iter().chain(&voxel_queries) {
+        let ours = answer(&setup, &q.replace("{T}", "bold").replace("{A}", "atlas")).await;
+        let own = answer(
+            &own_setup,
+            &q.replace("{T}", "copy").replace("{A}", "atlas_copy"),
+        )
+        .await;
         assert_close_rows(&ours, &own, &q);
         assert!(!ours.is_empty(), "{q}: no rows at all");
     }
