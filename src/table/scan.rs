@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
@@ -357,7 +358,7 @@ impl SlabPlan {
             }
         }
         self.parts = listed_voxels(dynamic, &cx)
-            .map(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));
+            .and_then(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));
         let after = match &self.parts {
             Some(parts) => parts.iter().map(Selection::rows).sum(),
             None => self.sel.rows(),
@@ -380,24 +381,50 @@ impl SlabPlan {
     }
 }
 
-/// `sel` cut to `voxels` (coordinates on `axes`, fastest first): one part per run of the other key axes, holding the
-/// fast-axis indices listed there.
-fn exact_parts(sel: &Selection, axes: &[usize], voxels: &[Vec<u64>]) -> Vec<Selection> {
-    let Some((&fast, rest)) = axes.split_first() else {
-        return vec![sel.clone()];
-    };
-    // Keyed slowest axis first, so parts follow the file order.
-    let mut rows: std::collections::BTreeMap<Vec<u64>, Vec<std::ops::Range<u64>>> =
-        Default::default();
-    for v in voxels {
-        let key = v[1..].iter().rev().copied().collect();
-        rows.entry(key).or_default().push(v[0]..v[0] + 1);
+/// Parts a slab is read in at most: each part is a reader of its own (its own map of the slab, its own pieces).
+const MAX_PARTS: usize = 32;
+
+/// `sel` cut to `voxels` (coordinates on `axes`, fastest first), as disjoint parts in file order: exactly the voxels
+/// (one part per row of the fast axis) when they lie on at most [`MAX_PARTS`] rows, else plane by plane of the
+/// slowest key axis (the rows and columns each plane has), else `None` (the slab's selection as it is).
+fn exact_parts(sel: &Selection, axes: &[usize], voxels: &[Vec<u64>]) -> Option<Vec<Selection>> {
+    let rows = group(voxels, axes.len().saturating_sub(1));
+    if rows.len() <= MAX_PARTS {
+        return Some(parts(sel, axes, rows));
     }
-    rows.into_iter()
-        .filter_map(|(key, fast_points)| {
+    let planes = group(voxels, 1);
+    (planes.len() <= MAX_PARTS).then(|| parts(sel, axes, planes))
+}
+
+/// Key (slow coordinates, slowest first) → per fast axis, the coordinates there.
+type Groups = std::collections::BTreeMap<Vec<u64>, Vec<Vec<Range<u64>>>>;
+
+/// Voxels grouped on their last `slow` coordinates (slowest first, so groups follow the file order); each group
+/// holds, per remaining axis, the coordinates its voxels have.
+fn group(voxels: &[Vec<u64>], slow: usize) -> Groups {
+    let mut out = Groups::new();
+    for v in voxels {
+        let fast = v.len().saturating_sub(slow);
+        let key = v[fast..].iter().rev().copied().collect();
+        let entry = out.entry(key).or_insert_with(|| vec![Vec::new(); fast]);
+        for (axis, &x) in v[..fast].iter().enumerate() {
+            entry[axis].push(x..x + 1);
+        }
+    }
+    out
+}
+
+/// One part of `sel` per group: the group's coordinates on the fast axes, its key on the slow ones.
+fn parts(sel: &Selection, axes: &[usize], groups: Groups) -> Vec<Selection> {
+    groups
+        .into_iter()
+        .filter_map(|(key, fast)| {
             let mut part = sel.clone();
-            part.axes[fast] = part.axes[fast].intersect(&IndexSet::from_ranges(fast_points));
-            for (&axis, &x) in rest.iter().rev().zip(&key) {
+            let n_fast = fast.len();
+            for (&axis, ranges) in axes.iter().zip(fast) {
+                part.axes[axis] = part.axes[axis].intersect(&IndexSet::from_ranges(ranges));
+            }
+            for (&axis, &x) in axes[n_fast..].iter().rev().zip(&key) {
                 part.axes[axis] = part.axes[axis].intersect(&IndexSet::range(x..x + 1));
             }
             (!part.is_empty()).then_some(part)
@@ -502,4 +529,47 @@ fn slab_stream(
 
 fn reader_name(r: &SlabReader) -> String {
     r.file_name().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_voxels_are_read_by_rows_or_by_planes() {
+        let sel = Selection {
+            axes: vec![
+                IndexSet::range(0..10),
+                IndexSet::range(0..8),
+                IndexSet::range(0..6),
+                IndexSet::range(0..5),
+            ],
+        };
+        let axes = [0, 1, 2];
+        // Few rows: exactly the voxels, one part per (j, k) row, in file order.
+        let few = vec![vec![9, 7, 5], vec![3, 2, 1], vec![4, 2, 1]];
+        let parts = exact_parts(&sel, &axes, &few).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].axes[0], IndexSet::range(3..5));
+        assert_eq!(parts[0].axes[2], IndexSet::range(1..2));
+        assert_eq!(parts.iter().map(Selection::rows).sum::<u64>(), 3 * 5);
+        // 40 rows: plane by plane (k), each plane the rows and columns it has.
+        let many: Vec<Vec<u64>> = (0..8u64)
+            .flat_map(|j| (0..5u64).map(move |k| vec![j % 3, j, k]))
+            .collect();
+        let parts = exact_parts(&sel, &axes, &many).unwrap();
+        assert_eq!(parts.len(), 5);
+        assert!(parts.iter().all(|p| p.rows() == 3 * 8 * 5));
+        // More planes than parts allowed: the selection as it is.
+        let planes: Vec<Vec<u64>> = (0..40u64).map(|k| vec![0, 0, k]).collect();
+        let wide = Selection {
+            axes: vec![
+                IndexSet::range(0..10),
+                IndexSet::range(0..8),
+                IndexSet::range(0..60),
+                IndexSet::range(0..5),
+            ],
+        };
+        assert!(exact_parts(&wide, &axes, &planes).is_none());
+    }
 }
