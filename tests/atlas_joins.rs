@@ -315,6 +315,11 @@ async fn coordinate_joins_equal_datafusions_own() {
             "SELECT count(*), sum(b.value) FROM {{T}} b WHERE NOT EXISTS (SELECT 1 FROM {{A}} a WHERE {on} AND a.value > 1)"
         ),
         format!("SELECT count(*) FROM {{A}} a LEFT SEMI JOIN {{T}} b ON {on} AND b.value > 40"),
+        // Two joins on the same keys: partitioned, they share one hash partitioning.
+        format!(
+            "SELECT count(*), sum(b.value) FROM {{T}} b JOIN {{A}} a ON {on} \
+             JOIN {{A}} a2 ON a2.i = b.i AND a2.j = b.j AND a2.k = b.k WHERE a.value = 2 AND a2.value < 5"
+        ),
         "SELECT i, j, k, t, value FROM {T} ORDER BY k DESC, j, i, t LIMIT 7".to_string(),
         "SELECT t, value FROM {T} WHERE value > 30 ORDER BY value DESC, i, j, k, t LIMIT 5"
             .to_string(),

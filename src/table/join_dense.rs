@@ -29,6 +29,7 @@ use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, lit};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::InvariantLevel;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::utils::{ColumnIndex, JoinFilter};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
@@ -81,14 +82,22 @@ impl PhysicalOptimizerRule for DenseVoxelJoin {
         if !VoxelscanOptions::from_config(config).dense_joins {
             return Ok(plan);
         }
-        plan.transform_up(|p| match p.downcast_ref::<HashJoinExec>() {
-            Some(join) => Ok(match dense(join)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(p),
-            }),
-            None => Ok(Transformed::no(p)),
+        let rewritten = Arc::clone(&plan)
+            .transform_up(|p| match p.downcast_ref::<HashJoinExec>() {
+                Some(join) => Ok(match dense(join)? {
+                    Some(new) => Transformed::yes(new),
+                    None => Transformed::no(p),
+                }),
+                None => Ok(Transformed::no(p)),
+            })
+            .data()?;
+        // A join above a rehashed one may have relied on its output being hashed on the original keys (two joins
+        // on the same keys share one partitioning): then keep DataFusion's plan.
+        Ok(if executable(&rewritten) {
+            rewritten
+        } else {
+            plan
         })
-        .data()
     }
 
     fn name(&self) -> &str {
@@ -98,6 +107,12 @@ impl PhysicalOptimizerRule for DenseVoxelJoin {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// Every node's invariants hold for execution (children co-partitioned where a node needs them to be).
+fn executable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.check_invariants(InvariantLevel::Executable).is_ok()
+        && plan.children().into_iter().all(executable)
 }
 
 /// One key pair: the columns, and the range `lo..=hi` the linear key gives room to: the build side's range, widened
