@@ -35,6 +35,7 @@ use datafusion::physical_plan::joins::utils::{ColumnIndex, JoinFilter};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::union::InterleaveExec;
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use datafusion::prelude::SessionConfig;
 
@@ -109,9 +110,11 @@ impl PhysicalOptimizerRule for DenseVoxelJoin {
     }
 }
 
-/// Every node's invariants hold for execution (children co-partitioned where a node needs them to be).
+/// Every node's invariants hold for execution (children co-partitioned where a node needs them to be), and no
+/// union interleaves partitions by their hashing (which a rehashed side would no longer share).
 fn executable(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.check_invariants(InvariantLevel::Executable).is_ok()
+    plan.downcast_ref::<InterleaveExec>().is_none()
+        && plan.check_invariants(InvariantLevel::Executable).is_ok()
         && plan.children().into_iter().all(executable)
 }
 
