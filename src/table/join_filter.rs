@@ -218,7 +218,7 @@ fn bound(v: f64, op: Operator) -> Option<IndexSet> {
         Operator::Gt => from(v.floor() + 1.0),
         Operator::LtEq => upto(v.floor()),
         Operator::Lt => upto(v.ceil() - 1.0),
-        Operator::Eq if v.fract() == 0.0 && v >= 0.0 && v < UNIVERSE as f64 => {
+        Operator::Eq if v.fract() == 0.0 && (0.0..UNIVERSE as f64).contains(&v) => {
             IndexSet::range(v as u64..v as u64 + 1)
         }
         Operator::Eq => IndexSet::empty(),
@@ -230,7 +230,7 @@ fn bound(v: f64, op: Operator) -> Option<IndexSet> {
 fn points(values: impl Iterator<Item = Option<f64>>) -> IndexSet {
     let ranges = values
         .flatten()
-        .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v < UNIVERSE as f64)
+        .filter(|v| v.fract() == 0.0 && (0.0..UNIVERSE as f64).contains(v))
         .map(|v| v as u64..v as u64 + 1)
         .collect();
     IndexSet::from_ranges(ranges)
