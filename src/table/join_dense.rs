@@ -45,11 +45,19 @@ use super::scan::VoxelSource;
 /// Largest product of the key extents turned into one key (beyond it the build keys are too sparse for a direct map).
 const MAX_KEY_SPACE: i64 = 1 << 32;
 
-/// DataFusion pushes a hash join's build keys to the probe scan as a list (from which the voxel scan reads exactly
-/// those voxels) only up to 150 keys by default: a voxel session raises that to an atlas region's size, unless it
-/// was set already.
+/// Join settings of a voxel session, each changed only while it is at DataFusion's default:
+/// - a hash join's build keys reach the probe scan as a list (from which the voxel scan reads exactly those voxels)
+///   up to 65 536 keys (DataFusion: 150), an atlas region's size;
+/// - build sides up to 32 MiB or 4 Mi rows (DataFusion: 1 MiB, 128 Ki rows) are collected once and shared by every
+///   probe partition: an atlas (a few MiB) is then joined to a run without repartitioning the run's voxels.
 pub fn tune(config: &mut SessionConfig) {
     let o = &mut config.options_mut().optimizer;
+    if o.hash_join_single_partition_threshold == 1024 * 1024 {
+        o.hash_join_single_partition_threshold = 32 << 20;
+    }
+    if o.hash_join_single_partition_threshold_rows == 128 * 1024 {
+        o.hash_join_single_partition_threshold_rows = 4 << 20;
+    }
     if o.hash_join_inlist_pushdown_max_distinct_values == 150 {
         o.hash_join_inlist_pushdown_max_distinct_values = 1 << 16;
     }
