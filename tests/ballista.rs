@@ -22,8 +22,8 @@ use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use common::certs::make_certificates;
-use common::pattern_image;
 use common::servers::{Garage, Nginx};
+use common::{atlas_fixtures, label_image, pattern_image};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -347,6 +347,7 @@ impl QueryData {
         pattern_image(&dir.join("runs/run-01.nii"), [8, 8, 4, 6], 0);
         pattern_image(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
         pattern_image(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+        atlas_fixtures(dir);
         QueryData {
             dir: dir.to_path_buf(),
             prefix: None,
@@ -550,6 +551,72 @@ async fn dense_group_bys_on_two_executors() {
         assert!(
             dense_on("executor-0") > 0 && dense_on("executor-1") > 0,
             "{q}: dense aggregates on both executors: {seen:?}"
+        );
+    }
+    cluster.scheduler.abort();
+}
+
+/// The atlas queries: every region's mean per volume, one region's, and a mask's voxels.
+const ATLAS_QUERIES: [&str; 3] = [
+    "SELECT a.value AS label, b.t, avg(b.value) AS mean, count(*) AS n FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value > 0 GROUP BY a.value, b.t ORDER BY label, b.t",
+    "SELECT b.t, avg(b.value) AS mean, count(*) AS n FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value = 7 GROUP BY b.t ORDER BY b.t",
+    "SELECT count(*) AS n, sum(b.value) AS s FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value % 2 = 1",
+];
+
+async fn register_atlas(ctx: &SessionContext, dir: &Path) {
+    for (name, file) in [("bold", "bold.nii"), ("atlas", "atlas.nii")] {
+        let location = dir.join(file).display().to_string();
+        must(
+            ctx,
+            &format!("CREATE EXTERNAL TABLE {name} STORED AS NIFTI LOCATION '{location}'"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn atlas_joins_on_two_executors_one_partition_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB of int16 in 48×40×16×160, and 12 box regions on its grid.
+    pattern_image(&dir.path().join("bold.nii"), [48, 40, 16, 160], 3);
+    label_image(&dir.path().join("atlas.nii"), [48, 40, 16], |i, j, k| {
+        (1 + i / 16 + 3 * (j / 20) + 6 * (k / 8)) as i16
+    });
+    let mut want = Vec::new();
+    for dense in ["true", "false"] {
+        let ctx = session_context(SessionConfig::new().with_target_partitions(4));
+        must(&ctx, &format!("SET voxelscan.dense_joins = {dense}")).await;
+        register_atlas(&ctx, dir.path()).await;
+        let mut answers = Vec::new();
+        for q in ATLAS_QUERIES {
+            answers.push(must(&ctx, q).await);
+        }
+        if want.is_empty() {
+            want = answers;
+        } else {
+            assert_eq!(answers, want, "dense_joins = false");
+        }
+    }
+    assert!(want[0].contains("| 12    | 159 |"), "{}", want[0]);
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = client(&cluster.url, config).await;
+    register_atlas(&ctx, dir.path()).await;
+    cluster.take_seen();
+    for (q, want) in ATLAS_QUERIES.iter().zip(&want) {
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+    }
+    let seen = cluster.take_seen();
+    for e in ["executor-0", "executor-1"] {
+        assert!(
+            seen.iter()
+                .any(|t| t.executor == e && t.scan_partitions > 0),
+            "{seen:?}"
         );
     }
     cluster.scheduler.abort();

@@ -685,6 +685,55 @@ mod tests {
         }
     }
 
+    /// A dense join (one linear key, both sides rehashed on it when partitioned) ships to executors: the decoded plan
+    /// is the same but for the scans' dynamic filters, which stay with the process that planned them.
+    #[tokio::test]
+    async fn dense_joins_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        let sql = "SELECT b.t, sum(b.value), count(*) FROM a b JOIN a_raw r \
+                   ON b.i = r.i AND b.j = r.j AND b.k = r.k AND b.t = r.t WHERE r.value > 40 GROUP BY b.t ORDER BY b.t";
+        let no_dynamic = |p: &Arc<dyn ExecutionPlan>| {
+            shown(p).replace(", dynamic_filter=DynamicFilter [ empty ]", "")
+        };
+        for rows_threshold in ["1000000", "0"] {
+            ctx.sql(&format!(
+                "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = {rows_threshold}"
+            ))
+            .await
+            .unwrap();
+            ctx.sql(&format!(
+                "SET datafusion.optimizer.hash_join_single_partition_threshold = {rows_threshold}"
+            ))
+            .await
+            .unwrap();
+            let physical = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(
+                shown(&physical).contains("on=[(CAST(i@"),
+                "{}",
+                shown(&physical)
+            );
+            let rehashed = shown(&physical).contains("partitioning=Hash([CAST(i@");
+            assert_eq!(rehashed, rows_threshold == "0", "{}", shown(&physical));
+            let pcodec = VoxelPhysicalCodec::default();
+            let bytes =
+                physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                    .unwrap();
+            assert_eq!(no_dynamic(&decoded), no_dynamic(&physical));
+            let want = rows(physical, &ctx).await;
+            assert!(want.lines().count() > 4, "{want}");
+            assert_eq!(rows(decoded, &ctx).await, want);
+        }
+    }
+
     /// Object-store options of every kind: each `remote.*` key and credentials (which must reach the executors).
     const STORE_OPTIONS: &str = "'remote.gap' '4096', 'remote.overread' '0.5', 'remote.concurrency' '3', \
          'remote.retries' '2', 'remote.timeout' '7', 'aws.region' 'garage', 'aws.endpoint' 'http://127.0.0.1:1', \

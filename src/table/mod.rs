@@ -28,6 +28,8 @@ pub mod aggregate_rule;
 pub mod config;
 pub mod files;
 pub mod index_set;
+pub mod join_dense;
+pub mod join_filter;
 pub mod layout;
 pub mod predicate;
 pub mod provider;

@@ -147,14 +147,16 @@ fn string_arg(e: &Expr) -> DfResult<String> {
 /// `voxels` table function added.
 pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     let mut b = builder;
-    let config = b.config().take().unwrap_or_default();
-    *b.config() = Some(super::config::with_voxelscan_options(config));
+    let mut config = super::config::with_voxelscan_options(b.config().take().unwrap_or_default());
+    super::join_dense::tune(&mut config);
+    *b.config() = Some(config);
     for (name, kind) in FormatKind::ALL {
         b = b.with_table_factory(name.to_string(), Arc::new(VoxelTableFactory { kind }));
     }
     b.file_formats()
         .get_or_insert_with(Vec::new)
         .extend(super::sink::format_factories());
+    super::join_dense::add_rule(&mut b);
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
         .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
 }
