@@ -331,7 +331,7 @@ async fn coordinate_joins_equal_datafusions_own() {
             &q.replace("{T}", "copy").replace("{A}", "atlas_copy"),
         )
         .await;
-        assert_close_rows(&ours, &own, &q);
+        assert_close_rows(&ours, &own, q);
         assert!(!ours.is_empty(), "{q}: no rows at all");
     }
 }

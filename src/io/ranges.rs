@@ -141,7 +141,7 @@ mod tests {
         // A range inside an earlier, longer one does not reset where the run reaches.
         assert_eq!(
             hulls(&merge_ranges(&[0..100, 10..20, 50..60], Coalesce::TOUCHING)),
-            [0..100]
+            vec![0..100]
         );
         assert_eq!(
             merge_ranges(

@@ -510,27 +510,24 @@ fn slab_stream(
     reader: SlabReader,
     spec: Arc<ScanSpec>,
 ) -> impl futures::Stream<Item = DfResult<datafusion::arrow::array::RecordBatch>> {
-    {
-        let stream = futures::stream::try_unfold(reader, move |mut reader| {
-            let spec = Arc::clone(&spec);
-            async move {
-                let (reader, next) = tokio::task::spawn_blocking(move || {
-                    let next = reader.next_piece();
-                    (reader, next)
-                })
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
-                match next {
-                    Ok(Some(batches)) => Ok(Some((batches, reader))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
-                }
+    futures::stream::try_unfold(reader, move |mut reader| {
+        let spec = Arc::clone(&spec);
+        async move {
+            let (reader, next) = tokio::task::spawn_blocking(move || {
+                let next = reader.next_piece();
+                (reader, next)
+            })
+            .await
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+            match next {
+                Ok(Some(batches)) => Ok(Some((batches, reader))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
             }
-        })
-        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-        .try_flatten();
-        stream
-    }
+        }
+    })
+    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+    .try_flatten()
 }
 
 fn reader_name(r: &SlabReader) -> String {

@@ -253,8 +253,10 @@ mod tests {
             .collect()
     }
 
-    /// (start point's out, [(offset, len, out_at)]) of each run.
-    fn shape(runs: &[Run]) -> Vec<(u64, Vec<(u64, u64, usize)>)> {
+    /// A run as (start point's out, [(offset, len, out_at)]).
+    type RunShape = (u64, Vec<(u64, u64, usize)>);
+
+    fn shape(runs: &[Run]) -> Vec<RunShape> {
         runs.iter()
             .map(|r| {
                 let pieces = r
