@@ -82,6 +82,9 @@ pub struct FileWire {
     /// Row-major 4×4.
     pub affine: Vec<Float>,
     pub zooms: Vec<Float>,
+    /// The affine's space and time unit (absent from older plans: none).
+    #[serde(default)]
+    pub world: crate::formats::WorldMeta,
     pub size: u64,
     #[serde(default)]
     pub modified: Option<SystemTime>,
@@ -240,6 +243,7 @@ impl FileWire {
             compression: f.compression,
             affine: f.affine.iter().flatten().map(|&v| Float(v)).collect(),
             zooms: f.zooms.iter().map(|&v| Float(v)).collect(),
+            world: f.world,
             size: f.size,
             modified: f.modified,
             etag: f.etag.clone(),
@@ -289,6 +293,7 @@ impl FileWire {
             compression: self.compression,
             affine,
             zooms: self.zooms.iter().map(|v| v.0).collect(),
+            world: self.world,
             size: self.size,
             modified: self.modified,
             proxy: None,
@@ -525,6 +530,7 @@ mod tests {
             order: Order::F,
             compression: Compression::None,
             affine,
+            world: crate::formats::WorldMeta::nifti(4, 1, 2 | 16),
             size: 1000,
             modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123)),
             proxy: None,

@@ -35,7 +35,7 @@ pub mod npy;
 pub mod raw;
 mod source;
 
-pub use affine::Affine;
+pub use affine::{Affine, WorldMeta};
 pub use raw::parse_raw_spec;
 
 use source::{PartsSource, SliceSource, Source, StreamSource};
@@ -145,6 +145,8 @@ pub struct ImageHeader {
     pub order: Order,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    /// The affine's space and the time unit (see [`WorldMeta`]).
+    pub world: WorldMeta,
     pub header_path: PathBuf,
     /// Same as `header_path` except for `.hdr`/`.img` pairs.
     pub data_path: PathBuf,
@@ -177,6 +179,7 @@ pub(crate) struct Parsed {
     pub order: Order,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    pub world: WorldMeta,
     pub header_bytes: u64,
 }
 
@@ -422,6 +425,7 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
         order: p.order,
         affine: p.affine,
         zooms: p.zooms,
+        world: p.world,
         header_path: header_path.to_path_buf(),
         data_path,
         compression,

@@ -104,6 +104,7 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         inter: NO_SCALING.1,
         order: if h.fortran_order { Order::F } else { Order::C },
         affine: IDENTITY,
+        world: super::WorldMeta::default(),
         header_bytes: offset,
     })
 }

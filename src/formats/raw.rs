@@ -76,6 +76,7 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<ImageHeader> {
         order,
         affine: IDENTITY,
         zooms: vec![1.0; ndim],
+        world: super::WorldMeta::default(),
         header_path: path.to_path_buf(),
         data_path: path.to_path_buf(),
         compression: if super::detect::has_suffix(path, ".gz") {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use crate::dtype::{DType, Scalar};
 use crate::error::{Result, VoxelError};
 use crate::formats::detect::{NameKind, header_path_for, name_kind};
-use crate::formats::{self, Affine, Compression, Factor, Format, ImageHeader, Order};
+use crate::formats::{self, Affine, Compression, Factor, Format, ImageHeader, Order, WorldMeta};
 use crate::io::local::MmapMode;
 use crate::io::remote::{self, RemoteImage, RemoteObject, StoreOptions};
 use crate::proxy::{ArrayProxy, ArraySpec, DataFile, ProxyOptions};
@@ -71,8 +71,10 @@ impl FormatKind {
 /// The keys of a raw spec, given as table options.
 const RAW_KEYS: [&str; 6] = ["shape", "dtype", "offset", "slope", "inter", "order"];
 /// Every option a table understands.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 11] = [
     "scaling",
+    "world",
+    "affine",
     "value_type",
     "mmap",
     "shape",
@@ -94,6 +96,10 @@ pub struct TableOptions {
     pub mmap: MmapMode,
     /// Object-store settings (`aws.*`, `gcp.*`, `azure.*`, `http.*`, `remote.*`) for URL locations.
     pub store: StoreOptions,
+    /// `world 'true'`: the millimetre columns `x, y, z` (and `world_space`, `tr`); see [`super::world`].
+    pub world: bool,
+    /// `affine '…'`: the affine of npy/raw files (12 or 16 numbers, row-major); implies `world`.
+    pub affine: Option<Affine>,
 }
 
 impl TableOptions {
@@ -104,6 +110,8 @@ impl TableOptions {
             raw: None,
             mmap: MmapMode::default(),
             store: StoreOptions::default(),
+            world: false,
+            affine: None,
         }
     }
 
@@ -137,6 +145,8 @@ impl TableOptions {
                 "scaling" => scaling = parse_bool(&key, value)?,
                 "value_type" => value_type = Some(DType::parse(value)?.scalar),
                 "mmap" => opts.mmap = value.parse()?,
+                "world" => opts.world = parse_bool(&key, value)?,
+                "affine" => opts.affine = Some(super::world::parse_affine(value)?),
                 _ => raw.push((key, value.to_string())),
             }
         }
@@ -151,6 +161,7 @@ impl TableOptions {
             }
         };
         opts.raw = raw_spec(kind, &raw)?;
+        opts.world |= opts.affine.is_some();
         Ok(opts)
     }
 }
@@ -209,6 +220,8 @@ pub struct VoxelFile {
     pub compression: Compression,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    /// The affine's space and the time unit.
+    pub world: WorldMeta,
     /// Size and modification time of the data file at registration, to notice a file replaced since.
     pub size: u64,
     pub modified: Option<SystemTime>,
@@ -236,6 +249,7 @@ impl VoxelFile {
             compression: h.compression,
             affine: h.affine,
             zooms: h.zooms.clone(),
+            world: h.world,
             size,
             modified,
             proxy: None,
@@ -260,6 +274,7 @@ impl VoxelFile {
             compression: h.compression,
             affine: h.affine,
             zooms: h.zooms.clone(),
+            world: h.world,
             size: image.data.size(),
             modified: None,
             proxy: None,
@@ -295,6 +310,7 @@ impl VoxelFile {
             compression: proxy.compression(),
             affine: formats::affine::IDENTITY,
             zooms: vec![1.0; ndim],
+            world: WorldMeta::default(),
             size,
             modified,
             proxy: Some(Arc::new(proxy)),

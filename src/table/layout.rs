@@ -404,6 +404,7 @@ mod tests {
             compression,
             affine: crate::formats::affine::IDENTITY,
             zooms: vec![1.0; shape.len()],
+            world: Default::default(),
             size: 0,
             modified: None,
             proxy: None,

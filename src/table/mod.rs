@@ -21,6 +21,7 @@
 //! are `Exact`; filters on `file` alone are `Exact` (evaluated per file before any I/O); other filters on
 //! coordinates are `Inexact`; filters on values are `Unsupported`. Statistics (rows, coordinate min/max) are exact.
 
+pub mod bids;
 pub mod files;
 pub mod index_set;
 pub mod layout;
@@ -32,6 +33,7 @@ pub mod scan;
 pub mod schema;
 pub mod sink;
 pub mod stores;
+pub mod world;
 
 pub use files::{FormatKind, TableOptions, VoxelFile};
 pub use index_set::IndexSet;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array,
 };
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -41,6 +41,7 @@ use super::layout::{Selection, Slab, byte_span, group_slabs, slabs_of};
 use super::predicate::{FilterColumns, FilterKind, UNIVERSE};
 use super::scan::{ScanSpec, VoxelSource, object_path};
 use super::schema::{AXIS_NAMES, FILE_COLUMN, common_scalar, file_column_type, file_schema};
+use super::{bids, world};
 
 /// Selected bytes per slab are aimed at this range (more slabs than partitions, so groups balance).
 const SLAB_MIN_BYTES: u64 = 1 << 20;
@@ -59,6 +60,8 @@ pub struct VoxelTable {
     scalar: Scalar,
     table_schema: TableSchema,
     columns: FilterColumns,
+    /// Per file: the values of the per-file columns (`file`, BIDS entities, `world_space`, `tr`), in schema order.
+    per_file: Vec<Vec<ScalarValue>>,
 }
 
 impl VoxelTable {
@@ -77,10 +80,11 @@ impl VoxelTable {
 
     pub fn from_files(
         name: &str,
-        files: Vec<VoxelFile>,
+        mut files: Vec<VoxelFile>,
         multi: bool,
         opts: TableOptions,
     ) -> Result<VoxelTable> {
+        apply_world_options(&mut files, &opts).map_err(|e| table_error(name, e))?;
         let scalars = files
             .iter()
             .map(|f| file_value_scalar(f, opts.mode))
@@ -89,12 +93,19 @@ impl VoxelTable {
         let scalar = common_scalar(&scalars).map_err(|e| table_error(name, e))?;
         check_axes(&files).map_err(|e| table_error(name, e))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
-        let fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
-        let partition_cols = if multi {
-            vec![Arc::new(Field::new(FILE_COLUMN, file_column_type(), false))]
-        } else {
-            Vec::new()
-        };
+        let mut fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
+        if opts.world {
+            let mut fields: Vec<Field> = fs.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(world::world_fields());
+            fs = Arc::new(Schema::new(fields));
+        }
+        let (partition_cols, per_file) = per_file_columns(&files, multi, opts.world);
+        let per_file_names: Vec<String> = partition_cols
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != FILE_COLUMN)
+            .collect();
+        let world = opts.world;
         let axes = (0..ndim)
             .map(|a| {
                 let longest = files.iter().map(|f| f.shape[a] as u64).max().unwrap_or(0);
@@ -113,7 +124,10 @@ impl VoxelTable {
             columns: FilterColumns {
                 axes,
                 file: multi.then(|| FILE_COLUMN.to_string()),
+                per_file: per_file_names,
+                world,
             },
+            per_file,
         })
     }
 
@@ -163,14 +177,8 @@ impl VoxelTable {
         if file_filters.is_empty() {
             return Ok(keep);
         }
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            FILE_COLUMN,
-            file_column_type(),
-            false,
-        )]));
-        let column = StringArray::from_iter_values(self.files.iter().map(|f| f.name.as_str()));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)])?;
-        let df_schema = DFSchema::try_from(schema)?;
+        let batch = self.per_file_batch()?;
+        let df_schema = DFSchema::try_from(batch.schema())?;
         for f in file_filters {
             let phys = state.create_physical_expr(unnormalize_col(f.clone()), &df_schema)?;
             let result = phys.evaluate(&batch)?.into_array(batch.num_rows())?;
@@ -185,22 +193,72 @@ impl VoxelTable {
         Ok(keep)
     }
 
-    /// Per file: the selection to read, or `None` when nothing of it is selected.
-    fn selections(&self, sets: &[IndexSet], keep: &[bool]) -> Vec<Option<Selection>> {
+    /// One row per file: the per-file columns, for evaluating filters on them.
+    fn per_file_batch(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(
+            self.table_schema
+                .table_partition_cols()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        let columns = (0..schema.fields().len())
+            .map(|c| ScalarValue::iter_to_array(self.per_file.iter().map(|row| row[c].clone())))
+            .collect::<DfResult<Vec<_>>>()?;
+        let opts = RecordBatchOptions::new().with_row_count(Some(self.files.len()));
+        Ok(RecordBatch::try_new_with_options(schema, columns, &opts)?)
+    }
+
+    /// Per file: the selection to read, or `None` when nothing of it is selected. `world` holds the filters on
+    /// `x, y, z`, turned into a box per file.
+    fn selections(
+        &self,
+        sets: &[IndexSet],
+        keep: &[bool],
+        world: &[world::WorldFilter],
+    ) -> Vec<Option<Selection>> {
         self.files
             .iter()
             .zip(keep)
             .map(|(f, &keep)| {
-                let sel = Selection {
-                    axes: sets
-                        .iter()
-                        .zip(&f.shape)
-                        .map(|(s, &n)| s.clamp(n as u64))
-                        .collect(),
-                };
+                let mut axes: Vec<IndexSet> = sets
+                    .iter()
+                    .zip(&f.shape)
+                    .map(|(s, &n)| s.clamp(n as u64))
+                    .collect();
+                if !world.is_empty() {
+                    let boxes = world::file_sets(world, f)?;
+                    for (a, b) in axes.iter_mut().zip(boxes) {
+                        *a = a.intersect(&b);
+                    }
+                }
+                let sel = Selection { axes };
                 (keep && !sel.is_empty()).then_some(sel)
             })
             .collect()
+    }
+
+    /// The filters on `x, y, z` analysed.
+    fn world_filters(&self, filters: &[Expr]) -> Vec<world::WorldFilter> {
+        filters
+            .iter()
+            .filter(|f| self.columns.classify(f) == FilterKind::World)
+            .map(world::analyse)
+            .collect()
+    }
+
+    /// A filter on `x, y, z` is exact when it is a plain comparison and every file's affine is axis-aligned.
+    fn world_pushdown(&self, f: &Expr) -> TableProviderFilterPushDown {
+        let exact = world::analyse(f).exact
+            && self
+                .files
+                .iter()
+                .all(|file| world::axis_permutation(&file.affine).is_some());
+        if exact {
+            TableProviderFilterPushDown::Exact
+        } else {
+            TableProviderFilterPushDown::Inexact
+        }
     }
 
     fn partitioned_file(&self, slab: &Slab, sel: &Selection) -> DfResult<PartitionedFile> {
@@ -217,8 +275,8 @@ impl VoxelTable {
             };
             pf = pf.with_range(s, e);
         }
-        if self.multi {
-            pf = pf.with_partition_values(vec![ScalarValue::Utf8(Some(f.name.clone()))]);
+        if !self.per_file[slab.file].is_empty() {
+            pf = pf.with_partition_values(self.per_file[slab.file].clone());
         }
         let slab_sel = super::layout::slab_selection(
             sel,
@@ -459,6 +517,65 @@ fn check_row_count(table: &str, sels: &[Option<Selection>]) -> DfResult<()> {
     Ok(())
 }
 
+/// The `affine` option sets the affine of npy/raw files; `world` needs every file to have one.
+fn apply_world_options(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()> {
+    if !opts.world {
+        return Ok(());
+    }
+    for f in files.iter_mut() {
+        match (opts.affine, world::has_own_affine(f)) {
+            (Some(_), true) => {
+                return Err(VoxelError::Invalid(format!(
+                    "{}: option 'affine' is for npy and raw files; this {} file has its own affine",
+                    f.name,
+                    f.format.name()
+                )));
+            }
+            (Some(a), false) => f.affine = a,
+            (None, true) => {}
+            (None, false) => {
+                return Err(VoxelError::Invalid(format!(
+                    "{}: a {} file has no affine; give one with option 'affine' (12 or 16 numbers, row-major) \
+                     for the x, y, z columns",
+                    f.name,
+                    f.format.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The per-file columns and each file's values: `file` (multi-file tables), the BIDS entities (multi-file tables
+/// of BIDS-named files), `world_space` and `tr` (with `world`).
+fn per_file_columns(
+    files: &[VoxelFile],
+    multi: bool,
+    world: bool,
+) -> (Vec<Arc<Field>>, Vec<Vec<ScalarValue>>) {
+    let mut fields = Vec::new();
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); files.len()];
+    if multi {
+        fields.push(Field::new(FILE_COLUMN, file_column_type(), false));
+        for (row, f) in values.iter_mut().zip(files) {
+            row.push(ScalarValue::Utf8(Some(f.name.clone())));
+        }
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let (bids_fields, bids_values) = bids::columns(&names);
+        fields.extend(bids_fields);
+        for (row, v) in values.iter_mut().zip(bids_values) {
+            row.extend(v);
+        }
+    }
+    if world {
+        fields.extend(world::per_file_fields());
+        for (row, f) in values.iter_mut().zip(files) {
+            row.extend(world::per_file_values(f));
+        }
+    }
+    (fields.into_iter().map(Arc::new).collect(), values)
+}
+
 fn table_error(name: &str, e: VoxelError) -> VoxelError {
     VoxelError::Invalid(format!("table {name}: {e}"))
 }
@@ -479,7 +596,10 @@ impl TableProvider for VoxelTable {
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| self.columns.classify(f).pushdown())
+            .map(|f| match self.columns.classify(f) {
+                FilterKind::World => self.world_pushdown(f),
+                kind => kind.pushdown(),
+            })
             .collect())
     }
 
@@ -492,7 +612,7 @@ impl TableProvider for VoxelTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let sets = self.axis_sets(filters);
         let keep = self.file_mask(state, filters)?;
-        let sels = self.selections(&sets, &keep);
+        let sels = self.selections(&sets, &keep, &self.world_filters(filters));
         let partitions = state.config().target_partitions().max(1);
         let pruning = self.pruning_predicate(state, filters);
         let groups = self.file_groups(&sels, partitions, pruning.as_ref())?;
