@@ -63,6 +63,11 @@ pub struct OptionsWire {
     /// better left to each executor's environment.
     #[serde(default)]
     pub store: StoreOptions,
+    /// The millimetre columns (`world`) and the `affine` option of npy/raw files (row-major 4×4).
+    #[serde(default)]
+    pub world: bool,
+    #[serde(default)]
+    pub affine: Option<Vec<Float>>,
 }
 
 /// One file's header facts, as read at registration (see [`VoxelFile`]).
@@ -272,15 +277,7 @@ impl FileWire {
         if bytes.is_none() {
             return Err(bad("array size overflows 64 bits"));
         }
-        let cells: &[Float; 16] = self
-            .affine
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("affine must have 16 entries"))?;
-        let mut affine = [[0.0; 4]; 4];
-        for (k, v) in cells.iter().enumerate() {
-            affine[k / 4][k % 4] = v.0;
-        }
+        let affine = affine_from_wire(&self.affine).map_err(|e| bad(e))?;
         Ok(VoxelFile {
             data_path: PathBuf::from(&self.data_path),
             format: self.format,
@@ -305,6 +302,18 @@ impl FileWire {
 }
 
 /// The files of one table must agree on their number of axes (the scan and the schema rely on it).
+/// A row-major 4×4 affine from its 16 cells.
+fn affine_from_wire(cells: &[Float]) -> std::result::Result<crate::formats::Affine, &'static str> {
+    let cells: &[Float; 16] = cells
+        .try_into()
+        .map_err(|_| "affine must have 16 entries")?;
+    let mut affine = [[0.0; 4]; 4];
+    for (k, v) in cells.iter().enumerate() {
+        affine[k / 4][k % 4] = v.0;
+    }
+    Ok(affine)
+}
+
 fn check_same_ndim(files: &[VoxelFile]) -> Result<()> {
     let ndim = files.first().map_or(0, VoxelFile::ndim);
     match files.iter().find(|f| f.ndim() != ndim) {
@@ -335,6 +344,10 @@ impl TableWire {
                 raw: opts.raw.clone(),
                 mmap: opts.mmap,
                 store: opts.store.clone(),
+                world: opts.world,
+                affine: opts
+                    .affine
+                    .map(|a| a.iter().flatten().map(|&v| Float(v)).collect()),
             },
             files,
         })
@@ -356,6 +369,13 @@ impl TableWire {
         opts.raw = self.options.raw;
         opts.mmap = self.options.mmap;
         opts.store = self.options.store;
+        opts.world = self.options.world;
+        opts.affine = match self.options.affine {
+            Some(cells) => {
+                Some(affine_from_wire(&cells).map_err(|e| invalid(format!("table options: {e}")))?)
+            }
+            None => None,
+        };
         let files = self
             .files
             .into_iter()
