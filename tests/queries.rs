@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{pattern_image, run_python};
+use common::{bids_fixture, pattern_image, run_python};
 use serde_json::Value;
 
 /// The fixtures the queries run against (see the module comment).
@@ -26,35 +26,6 @@ fn fixtures() -> tempfile::TempDir {
     pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
     bids_fixture(dir.path());
     dir
-}
-
-/// `bids/`: three subjects' `func/sub-0N_task-faces_bold.nii` (the pattern with seeds 0, 1, 2; TR 2000 ms), their
-/// `participants.tsv` (one age `n/a`) and sub-01's `events.tsv`.
-fn bids_fixture(root: &Path) {
-    for (n, shape) in [[8, 8, 4, 10], [8, 8, 4, 10], [6, 6, 4, 10]]
-        .iter()
-        .enumerate()
-    {
-        let func = root.join(format!("bids/sub-0{}/func", n + 1));
-        std::fs::create_dir_all(&func).unwrap();
-        let path = func.join(format!("sub-0{}_task-faces_bold.nii", n + 1));
-        pattern_image(&path, *shape, n);
-        // pixdim[4] = 2000 with xyzt_units = mm + msec: a TR of 2 s.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[92..96].copy_from_slice(&2000f32.to_le_bytes());
-        bytes[123] = 2 | 16;
-        std::fs::write(&path, bytes).unwrap();
-    }
-    std::fs::write(
-        root.join("bids/participants.tsv"),
-        "participant_id\tage\tsex\nsub-01\t34\tF\nsub-02\tn/a\tM\nsub-03\t27\tn/a\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("bids/sub-01/func/sub-01_task-faces_events.tsv"),
-        "onset\tduration\ttrial_type\n0.0\t4.0\tface\n5.0\t2.0\thouse\n10.5\t4.0\tface\n",
-    )
-    .unwrap();
 }
 
 /// `queries/*.sql`, sorted.
