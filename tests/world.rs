@@ -192,10 +192,10 @@ async fn multi_file_tables_use_each_files_affine() {
             .position(|f| f.as_deref().is_some_and(|f| f.ends_with(name)))
             .unwrap_or_else(|| panic!("{name} not in {files:?}"));
         let want = img["xyz"].as_array().unwrap();
-        for c in 0..3 {
+        for (c, sum) in sums.iter().enumerate() {
             let w: f64 = want.iter().map(|p| p[c].as_f64().unwrap()).sum();
             assert!(
-                (sums[c][row] - w).abs() <= 1e-6 * want.len() as f64,
+                (sum[row] - w).abs() <= 1e-6 * want.len() as f64,
                 "{name} axis {c}"
             );
         }
@@ -229,10 +229,10 @@ async fn npy_takes_an_affine_option() {
     let (i, j, k) = (column(&b, 0), column(&b, 1), column(&b, 2));
     let (x, y, z) = (column(&b, 3), column(&b, 4), column(&b, 5));
     assert_eq!(x.len(), 24);
-    for n in 0..24 {
-        assert_eq!(x[n], 2.0 * i[n] - 10.0);
-        assert_eq!(y[n], 3.0 * j[n] + 5.0);
-        assert_eq!(z[n], 7.0 - k[n]);
+    for (n, ((i, j), k)) in i.iter().zip(&j).zip(&k).enumerate() {
+        assert_eq!(x[n], 2.0 * i - 10.0);
+        assert_eq!(y[n], 3.0 * j + 5.0);
+        assert_eq!(z[n], 7.0 - k);
     }
     let (b, _, plan) = run(&ctx, &format!("SELECT count(*) FROM voxels('{p}', 'affine', '2 0 0 -10, 0 3 0 5, 0 0 -1 7') WHERE x >= -8 AND z < 7")).await;
     assert_eq!(column(&b, 0)[0], 2.0 * 4.0 * 1.0, "{plan}");

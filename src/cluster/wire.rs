@@ -277,7 +277,7 @@ impl FileWire {
         if bytes.is_none() {
             return Err(bad("array size overflows 64 bits"));
         }
-        let affine = affine_from_wire(&self.affine).map_err(|e| bad(e))?;
+        let affine = affine_from_wire(&self.affine).map_err(bad)?;
         Ok(VoxelFile {
             data_path: PathBuf::from(&self.data_path),
             format: self.format,

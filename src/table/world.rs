@@ -475,6 +475,28 @@ fn partition_point(n: u64, pred: impl Fn(u64) -> bool) -> u64 {
     lo
 }
 
+/// Corner `c` (0..8) of the box `lo..hi`: bit `d` of `c` picks the high side on axis `d`.
+fn corner(lo: [f64; 3], hi: [f64; 3], c: usize) -> [f64; 3] {
+    std::array::from_fn(|d| if (c >> d) & 1 == 0 { lo[d] } else { hi[d] })
+}
+
+/// The bounding box of the box `lo..hi`'s corners mapped by `f`.
+fn mapped_box(
+    lo: [f64; 3],
+    hi: [f64; 3],
+    f: impl Fn([f64; 3]) -> [f64; 3],
+) -> ([f64; 3], [f64; 3]) {
+    let mut out = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+    for c in 0..8 {
+        let p = f(corner(lo, hi, c));
+        for ((l, h), v) in out.0.iter_mut().zip(out.1.iter_mut()).zip(p) {
+            *l = l.min(v);
+            *h = h.max(v);
+        }
+    }
+    out
+}
+
 /// Any affine: the box is clipped to the grid's millimetre extent, its corners taken back to voxel space, and the
 /// voxel box around them (padded) kept.
 fn oblique_ranges(a: &Affine, bounds: &[Interval; 3], shape: &[usize]) -> Option<Vec<Range<u64>>> {
@@ -486,60 +508,41 @@ fn oblique_ranges(a: &Affine, bounds: &[Interval; 3], shape: &[usize]) -> Option
         Some(&n) => (-0.5, n as f64 - 0.5),
         None => (0.0, 0.0),
     };
-    let corners = |lo: [f64; 3], hi: [f64; 3]| {
-        (0..8).map(move |c| {
-            std::array::from_fn::<f64, 3, _>(|d| if c >> d & 1 == 0 { lo[d] } else { hi[d] })
-        })
-    };
-    // The grid's millimetre bounding box.
-    let (glo, ghi): ([f64; 3], [f64; 3]) = (
+    // The grid's millimetre bounding box, cut down to the filters' box.
+    let (mut mm_lo, mut mm_hi) = mapped_box(
         std::array::from_fn(|d| extent(d).0),
         std::array::from_fn(|d| extent(d).1),
+        |v| std::array::from_fn(|r| row_apply(&a[r], v)),
     );
-    let mut mm_lo = [f64::INFINITY; 3];
-    let mut mm_hi = [f64::NEG_INFINITY; 3];
-    for v in corners(glo, ghi) {
-        for r in 0..3 {
-            let w = row_apply(&a[r], v);
-            mm_lo[r] = mm_lo[r].min(w);
-            mm_hi[r] = mm_hi[r].max(w);
-        }
-    }
-    for r in 0..3 {
-        mm_lo[r] = mm_lo[r].max(bounds[r].lo);
-        mm_hi[r] = mm_hi[r].min(bounds[r].hi);
-        if mm_lo[r] > mm_hi[r] {
+    for ((lo, hi), b) in mm_lo.iter_mut().zip(mm_hi.iter_mut()).zip(bounds) {
+        *lo = lo.max(b.lo);
+        *hi = hi.min(b.hi);
+        if *lo > *hi {
             return None;
         }
-        if !mm_lo[r].is_finite() || !mm_hi[r].is_finite() {
+        if !lo.is_finite() || !hi.is_finite() {
             return Some(full);
         }
     }
-    let mut vlo = [f64::INFINITY; 3];
-    let mut vhi = [f64::NEG_INFINITY; 3];
-    for p in corners(mm_lo, mm_hi) {
+    let (vlo, vhi) = mapped_box(mm_lo, mm_hi, |p| {
         let d: [f64; 3] = std::array::from_fn(|r| p[r] - a[r][3]);
-        for (axis, row) in inv.iter().enumerate() {
-            let v = row[0] * d[0] + row[1] * d[1] + row[2] * d[2];
-            vlo[axis] = vlo[axis].min(v);
-            vhi[axis] = vhi[axis].max(v);
-        }
-    }
+        inv.map(|row| row[0] * d[0] + row[1] * d[1] + row[2] * d[2])
+    });
     let mut out = full;
-    for axis in 0..3 {
-        let pad = 1e-6 * (1.0 + vlo[axis].abs().max(vhi[axis].abs()));
-        let (lo, hi) = ((vlo[axis] - pad).ceil(), (vhi[axis] + pad).floor());
-        match shape.get(axis) {
-            Some(&n) => {
+    for (axis, (lo, hi)) in vlo.into_iter().zip(vhi).enumerate() {
+        let pad = 1e-6 * (1.0 + lo.abs().max(hi.abs()));
+        let (lo, hi) = ((lo - pad).ceil(), (hi + pad).floor());
+        match (shape.get(axis), out.get_mut(axis)) {
+            (Some(&n), Some(range)) => {
                 let start = lo.max(0.0);
                 let end = (hi + 1.0).min(n as f64);
                 if start >= end {
                     return None;
                 }
-                out[axis] = start as u64..end as u64;
+                *range = start as u64..end as u64;
             }
-            None if lo > 0.0 || hi < 0.0 => return None,
-            None => {}
+            _ if lo > 0.0 || hi < 0.0 => return None,
+            _ => {}
         }
     }
     Some(out)
