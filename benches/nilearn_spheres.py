@@ -2,7 +2,8 @@
 
 Usage: nilearn_spheres.py PATH X Y Z RADIUS
   → prints JSON {"seconds": best of 3 runs, "median": ..., "series": [...], "versions": {...}}. Each run is what a
-    user writes: nib.load(PATH), NiftiSpheresMasker(seeds=[(X, Y, Z)], radius=RADIUS).fit_transform(img).
+    user writes: nib.load(PATH), NiftiSpheresMasker(seeds=[(X, Y, Z)], radius=RADIUS, dtype="float64").fit_transform(img)
+    (float64: with the default the means of int16 data come out truncated to integers).
 """
 import json
 import statistics
@@ -20,7 +21,7 @@ warnings.filterwarnings("ignore")
 
 def run(path, seed, radius):
     img = nib.load(path)
-    masker = NiftiSpheresMasker(seeds=[seed], radius=radius)
+    masker = NiftiSpheresMasker(seeds=[seed], radius=radius, dtype="float64")
     return masker.fit_transform(img)[:, 0]
 
 

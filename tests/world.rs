@@ -263,3 +263,65 @@ async fn npy_takes_an_affine_option() {
         .map(|e| e.to_string());
     assert!(e.is_some_and(|e| e.contains('x')));
 }
+
+/// An atlas at 2 mm and a run at 3 mm joined through the run's nearest atlas voxels (`grid_i, grid_j, grid_k` of
+/// the option `grid`) equal nilearn's `NiftiLabelsMasker(atlas, resampling_target="data")`, the atlas covering
+/// less than the run; filters on the grid columns keep the run's scan inside the atlas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_grid_join_equals_nilearn_labels_masker() {
+    let dir = tempfile::tempdir().unwrap();
+    let want: Value = serde_json::from_str(&common::run_python(
+        "tests/py/grid_oracle.py",
+        &[dir.path()],
+    ))
+    .expect("JSON");
+    let labels: Vec<i64> = want["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let signals = want["signals"].as_array().unwrap();
+    let ctx = ctx();
+    let d = dir.path().display();
+    for ddl in [
+        format!("CREATE EXTERNAL TABLE atlas STORED AS NIFTI LOCATION '{d}/atlas_2mm.nii'"),
+        format!(
+            "CREATE EXTERNAL TABLE run STORED AS NIFTI LOCATION '{d}/run_3mm.nii' OPTIONS ('grid' '{d}/atlas_2mm.nii')"
+        ),
+    ] {
+        run(&ctx, &ddl).await;
+    }
+    let join = "SELECT r.t, a.value AS label, avg(r.value) FROM run r JOIN atlas a \
+                ON a.i = r.grid_i AND a.j = r.grid_j AND a.k = r.grid_k WHERE a.value <> 0";
+    let full_bytes = 22 * 20 * 14 * 5 * 2;
+    for (extra, bounded) in [
+        ("", false),
+        (
+            " AND r.grid_i IS NOT NULL AND r.grid_j IS NOT NULL AND r.grid_k BETWEEN 2 AND 13",
+            true,
+        ),
+    ] {
+        let sql = format!("{join}{extra} GROUP BY r.t, a.value ORDER BY r.t, label");
+        let (b, bytes, _) = run(&ctx, &sql).await;
+        let (t, label, mean) = (column(&b, 0), column(&b, 1), column(&b, 2));
+        assert_eq!(t.len(), signals.len() * labels.len(), "{sql}");
+        for ((t, label), mean) in t.iter().zip(&label).zip(&mean) {
+            let col = labels
+                .iter()
+                .position(|&l| l as f64 == *label)
+                .expect("a label nilearn has");
+            let w = signals[*t as usize][col].as_f64().unwrap();
+            assert!(
+                (mean - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "t={t} label {label}: {mean} vs nilearn {w}"
+            );
+        }
+        if bounded {
+            assert!(
+                bytes < full_bytes / 2 + 22 * 20 * 14 * 2,
+                "read {bytes} of the run's {full_bytes} bytes"
+            );
+        }
+    }
+}

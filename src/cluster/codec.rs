@@ -580,13 +580,16 @@ mod tests {
                 "CREATE EXTERNAL TABLE wruns STORED AS NIFTI LOCATION '{d}/runs/' OPTIONS ('world' 'true')"
             ),
             format!(
+                "CREATE EXTERNAL TABLE wgrid STORED AS NIFTI LOCATION '{d}/runs/' OPTIONS ('grid' '{d}/a.nii')"
+            ),
+            format!(
                 "CREATE EXTERNAL TABLE wcube STORED AS RAW LOCATION '{d}/cube.bin' OPTIONS ('shape' '3,4,5', \
                  'dtype' '<u2', 'offset' '16', 'order' 'C', 'affine' '0 2 0 -3, -1 0 0 4, 0.5 0 1 0.25')"
             ),
         ] {
             ctx.sql(&ddl).await.unwrap().collect().await.unwrap();
         }
-        for name in ["w", "wruns", "wcube"] {
+        for name in ["w", "wruns", "wcube", "wgrid"] {
             let (sent, got) = provider_round_trip(&ctx, name).await;
             assert_eq!(got.schema(), sent.schema(), "{name}");
             assert_eq!(
@@ -601,6 +604,8 @@ mod tests {
             "SELECT count(*), sum(value) FROM w WHERE (x - 1)*(x - 1) + (y + 1)*(y + 1) + power(z, 2) <= 4",
             "SELECT file, avg(x), sum(value) FROM wruns WHERE y BETWEEN -1 AND 1 GROUP BY file ORDER BY file",
             "SELECT i, j, k, x, y, z, value FROM wcube WHERE z > 1 ORDER BY i, j, k",
+            "SELECT file, grid_i, count(*), sum(value) FROM wgrid WHERE grid_k IS NOT NULL AND grid_j < 3 \
+             GROUP BY file, grid_i ORDER BY file, grid_i",
         ] {
             round_trip(&ctx, sql).await;
         }

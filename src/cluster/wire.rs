@@ -68,6 +68,8 @@ pub struct OptionsWire {
     pub world: bool,
     #[serde(default)]
     pub affine: Option<Vec<Float>>,
+    #[serde(default)]
+    pub grid: Option<String>,
 }
 
 /// One file's header facts, as read at registration (see [`VoxelFile`]).
@@ -90,6 +92,9 @@ pub struct FileWire {
     /// The affine's space and time unit (absent from older plans: none).
     #[serde(default)]
     pub world: crate::formats::WorldMeta,
+    /// The map to another image's grid (table option `grid`).
+    #[serde(default)]
+    pub grid: Option<crate::table::world::GridMap>,
     pub size: u64,
     #[serde(default)]
     pub modified: Option<SystemTime>,
@@ -249,6 +254,7 @@ impl FileWire {
             affine: f.affine.iter().flatten().map(|&v| Float(v)).collect(),
             zooms: f.zooms.iter().map(|&v| Float(v)).collect(),
             world: f.world,
+            grid: f.grid,
             size: f.size,
             modified: f.modified,
             etag: f.etag.clone(),
@@ -291,6 +297,7 @@ impl FileWire {
             affine,
             zooms: self.zooms.iter().map(|v| v.0).collect(),
             world: self.world,
+            grid: self.grid,
             size: self.size,
             modified: self.modified,
             proxy: None,
@@ -348,6 +355,7 @@ impl TableWire {
                 affine: opts
                     .affine
                     .map(|a| a.iter().flatten().map(|&v| Float(v)).collect()),
+                grid: opts.grid.clone(),
             },
             files,
         })
@@ -370,6 +378,7 @@ impl TableWire {
         opts.mmap = self.options.mmap;
         opts.store = self.options.store;
         opts.world = self.options.world;
+        opts.grid = self.options.grid;
         opts.affine = match self.options.affine {
             Some(cells) => {
                 Some(affine_from_wire(&cells).map_err(|e| invalid(format!("table options: {e}")))?)
@@ -551,6 +560,7 @@ mod tests {
             compression: Compression::None,
             affine,
             world: crate::formats::WorldMeta::nifti(4, 1, 2 | 16),
+            grid: None,
             size: 1000,
             modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123)),
             proxy: None,

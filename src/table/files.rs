@@ -71,10 +71,11 @@ impl FormatKind {
 /// The keys of a raw spec, given as table options.
 const RAW_KEYS: [&str; 6] = ["shape", "dtype", "offset", "slope", "inter", "order"];
 /// Every option a table understands.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "scaling",
     "world",
     "affine",
+    "grid",
     "value_type",
     "mmap",
     "shape",
@@ -100,6 +101,9 @@ pub struct TableOptions {
     pub world: bool,
     /// `affine '…'`: the affine of npy/raw files (12 or 16 numbers, row-major); implies `world`.
     pub affine: Option<Affine>,
+    /// `grid 'atlas.nii'`: the columns `grid_i, grid_j, grid_k`, each voxel's nearest voxel in that image's grid;
+    /// implies `world`.
+    pub grid: Option<String>,
 }
 
 impl TableOptions {
@@ -112,6 +116,7 @@ impl TableOptions {
             store: StoreOptions::default(),
             world: false,
             affine: None,
+            grid: None,
         }
     }
 
@@ -147,6 +152,7 @@ impl TableOptions {
                 "mmap" => opts.mmap = value.parse()?,
                 "world" => opts.world = parse_bool(&key, value)?,
                 "affine" => opts.affine = Some(super::world::parse_affine(value)?),
+                "grid" => opts.grid = Some(value.to_string()),
                 _ => raw.push((key, value.to_string())),
             }
         }
@@ -161,7 +167,7 @@ impl TableOptions {
             }
         };
         opts.raw = raw_spec(kind, &raw)?;
-        opts.world |= opts.affine.is_some();
+        opts.world |= opts.affine.is_some() || opts.grid.is_some();
         Ok(opts)
     }
 }
@@ -222,6 +228,8 @@ pub struct VoxelFile {
     pub zooms: Vec<f64>,
     /// The affine's space and the time unit.
     pub world: WorldMeta,
+    /// The map to another image's grid (table option `grid`), set when the table is made.
+    pub grid: Option<super::world::GridMap>,
     /// Size and modification time of the data file at registration, to notice a file replaced since.
     pub size: u64,
     pub modified: Option<SystemTime>,
@@ -250,6 +258,7 @@ impl VoxelFile {
             affine: h.affine,
             zooms: h.zooms.clone(),
             world: h.world,
+            grid: None,
             size,
             modified,
             proxy: None,
@@ -275,6 +284,7 @@ impl VoxelFile {
             affine: h.affine,
             zooms: h.zooms.clone(),
             world: h.world,
+            grid: None,
             size: image.data.size(),
             modified: None,
             proxy: None,
@@ -311,6 +321,7 @@ impl VoxelFile {
             affine: formats::affine::IDENTITY,
             zooms: vec![1.0; ndim],
             world: WorldMeta::default(),
+            grid: None,
             size,
             modified,
             proxy: Some(Arc::new(proxy)),

@@ -405,6 +405,7 @@ mod tests {
             affine: crate::formats::affine::IDENTITY,
             zooms: vec![1.0; shape.len()],
             world: Default::default(),
+            grid: None,
             size: 0,
             modified: None,
             proxy: None,

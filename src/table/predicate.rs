@@ -74,7 +74,11 @@ impl FilterColumns {
             .collect();
         let is_file =
             |n: &str| self.file.as_deref() == Some(n) || self.per_file.iter().any(|p| p == n);
-        let is_world = |n: &str| self.world && super::world::WORLD_COLUMNS.contains(&n);
+        let is_world = |n: &str| {
+            self.world
+                && (super::world::WORLD_COLUMNS.contains(&n)
+                    || super::world::GRID_COLUMNS.contains(&n))
+        };
         let known = |n: &str| self.axis(n).is_some() || is_file(n) || is_world(n);
         if names.is_empty() || names.iter().any(|n| !known(n)) {
             return FilterKind::Unsupported;

@@ -85,6 +85,7 @@ impl VoxelTable {
         opts: TableOptions,
     ) -> Result<VoxelTable> {
         apply_world_options(&mut files, &opts).map_err(|e| table_error(name, e))?;
+        apply_grid_option(&mut files, &opts).map_err(|e| table_error(name, e))?;
         let scalars = files
             .iter()
             .map(|f| file_value_scalar(f, opts.mode))
@@ -97,6 +98,9 @@ impl VoxelTable {
         if opts.world {
             let mut fields: Vec<Field> = fs.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.extend(world::world_fields());
+            if opts.grid.is_some() {
+                fields.extend(world::grid_fields());
+            }
             fs = Arc::new(Schema::new(fields));
         }
         let (partition_cols, per_file) = per_file_columns(&files, multi, opts.world);
@@ -542,6 +546,38 @@ fn apply_world_options(files: &mut [VoxelFile], opts: &TableOptions) -> Result<(
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// The `grid` option: each file's map to that image's grid, read from its header once (a table rebuilt from a
+/// plan already has the maps).
+fn apply_grid_option(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()> {
+    let Some(location) = &opts.grid else {
+        return Ok(());
+    };
+    if files.iter().all(|f| f.grid.is_some()) {
+        return Ok(());
+    }
+    let mut grid_opts = TableOptions::new(super::FormatKind::Any);
+    grid_opts.store = opts.store.clone();
+    let grid = TableFiles::open(std::slice::from_ref(location), &grid_opts)?;
+    let g = match grid.files.as_slice() {
+        [g] if !grid.multi && world::has_own_affine(g) => g,
+        _ => {
+            return Err(VoxelError::Invalid(format!(
+                "option 'grid' '{location}': name one image with an affine (NIfTI, Analyze, MGH)"
+            )));
+        }
+    };
+    for f in files.iter_mut() {
+        f.grid = Some(
+            world::GridMap::new(&f.affine, &g.affine, &g.shape).ok_or_else(|| {
+                VoxelError::Invalid(format!(
+                    "option 'grid' '{location}': its affine is singular"
+                ))
+            })?,
+        );
     }
     Ok(())
 }

@@ -243,14 +243,9 @@ impl SlabReader {
                     len,
                 ))));
             } else if let Some(row) = c.checked_sub(o.ndim + o.value_columns()) {
-                cols.push(super::world::world_array(
-                    &self.file.affine,
-                    row,
-                    piece,
-                    self.file.order,
-                    from,
-                    len,
-                ));
+                cols.push(super::world::derived_array(
+                    &self.file, row, piece, from, len,
+                )?);
             } else {
                 let v = values
                     .and_then(|v| v.get(c - o.ndim))

@@ -16,7 +16,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array};
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
 use datafusion::scalar::ScalarValue;
@@ -31,6 +31,8 @@ use super::layout::coordinates;
 
 /// The millimetre columns, in affine row order.
 pub const WORLD_COLUMNS: [&str; 3] = ["x", "y", "z"];
+/// The nearest voxel of another image's grid (option `grid`), in affine row order.
+pub const GRID_COLUMNS: [&str; 3] = ["grid_i", "grid_j", "grid_k"];
 /// The per-file space name column.
 pub const SPACE_COLUMN: &str = "world_space";
 /// The per-file repetition time column (seconds).
@@ -42,6 +44,61 @@ pub fn world_fields() -> Vec<Field> {
         .iter()
         .map(|n| Field::new(*n, DataType::Float64, false))
         .collect()
+}
+
+/// `grid_i, grid_j, grid_k`: Int64, null outside the other grid.
+pub fn grid_fields() -> Vec<Field> {
+    GRID_COLUMNS
+        .iter()
+        .map(|n| Field::new(*n, DataType::Int64, true))
+        .collect()
+}
+
+/// From one file's voxels to the nearest voxel of another image's grid (table option `grid`): `round(G⁻¹ · A ·
+/// (i, j, k, 1))`, rounding halves up (scipy's order-0 `affine_transform`, which nilearn's nearest resampling
+/// uses), null outside `0..shape` on any axis.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GridMap {
+    /// Voxel of this file → continuous voxel coordinates of the grid (three rows of a 4×4).
+    pub matrix: [[f64; 4]; 3],
+    pub shape: [u64; 3],
+}
+
+impl GridMap {
+    /// `None` when the grid's affine is singular.
+    pub fn new(affine: &Affine, grid_affine: &Affine, grid_shape: &[usize]) -> Option<GridMap> {
+        let inv = inverse3(grid_affine)?;
+        let mut matrix = [[0.0; 4]; 3];
+        for (m, row) in matrix.iter_mut().zip(inv) {
+            for (c, cell) in m.iter_mut().enumerate() {
+                let shift = if c == 3 { 1.0 } else { 0.0 };
+                *cell = (0..3)
+                    .map(|k| row[k] * (affine[k][c] - shift * grid_affine[k][3]))
+                    .sum();
+            }
+        }
+        let shape = std::array::from_fn(|a| grid_shape.get(a).map_or(1, |&n| n as u64));
+        Some(GridMap { matrix, shape })
+    }
+
+    /// The grid voxel nearest to voxel `ijk`, or `None` outside the grid.
+    pub fn nearest(&self, ijk: [f64; 3]) -> Option<[i64; 3]> {
+        let mut out = [0i64; 3];
+        for ((o, row), n) in out.iter_mut().zip(&self.matrix).zip(self.shape) {
+            let g = (row_apply(row, ijk) + 0.5).floor();
+            if !(g >= 0.0 && g < n as f64) {
+                return None;
+            }
+            *o = g as i64;
+        }
+        Some(out)
+    }
+
+    fn as_affine(&self) -> Affine {
+        let mut a = IDENTITY;
+        a[..3].copy_from_slice(&self.matrix);
+        a
+    }
 }
 
 /// `world_space` and `tr`: per file, nullable.
@@ -122,6 +179,36 @@ pub fn world_array(
     ))
 }
 
+/// Derived column `row` of a file: 0..3 are `x, y, z`, 3..6 `grid_i, grid_j, grid_k`.
+pub fn derived_array(
+    f: &VoxelFile,
+    row: usize,
+    piece: &[Range<u64>],
+    from: u64,
+    len: usize,
+) -> Result<ArrayRef> {
+    if row < 3 {
+        return Ok(world_array(&f.affine, row, piece, f.order, from, len));
+    }
+    let grid = f.grid.as_ref().ok_or_else(|| {
+        VoxelError::Invalid(format!("{}: no grid to map to (option 'grid')", f.name))
+    })?;
+    let axis = row - 3;
+    let coords: Vec<Option<Vec<i64>>> = (0..3)
+        .map(|a| (a < piece.len()).then(|| coordinates(piece, f.order, a, from, len)))
+        .collect();
+    let at = |a: usize, n: usize| {
+        coords[a]
+            .as_ref()
+            .and_then(|c| c.get(n))
+            .map_or(0.0, |&v| v as f64)
+    };
+    Ok(Arc::new(Int64Array::from_iter((0..len).map(|n| {
+        grid.nearest([at(0, n), at(1, n), at(2, n)])
+            .and_then(|g| g.get(axis).copied())
+    }))))
+}
+
 /// Bounds on one millimetre column.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Interval {
@@ -181,6 +268,10 @@ impl Interval {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorldFilter {
     pub bounds: [Interval; 3],
+    /// Bounds on the continuous grid coordinates behind `grid_i, grid_j, grid_k` (option `grid`).
+    pub grid: [Interval; 3],
+    /// A filter on a grid column: rows outside the grid (nulls) cannot pass.
+    pub grid_used: bool,
     /// Comparisons/BETWEEN (and ANDs of them) only: passing rows are exactly those inside the box.
     pub exact: bool,
 }
@@ -188,18 +279,36 @@ pub struct WorldFilter {
 impl WorldFilter {
     const NONE: WorldFilter = WorldFilter {
         bounds: [Interval::FULL; 3],
+        grid: [Interval::FULL; 3],
+        grid_used: false,
         exact: false,
     };
 
     fn on(axis: usize, iv: Interval, exact: bool) -> WorldFilter {
         let mut bounds = [Interval::FULL; 3];
         bounds[axis] = iv;
-        WorldFilter { bounds, exact }
+        WorldFilter {
+            bounds,
+            exact,
+            ..WorldFilter::NONE
+        }
+    }
+
+    fn on_grid(axis: usize, iv: Interval) -> WorldFilter {
+        let mut grid = [Interval::FULL; 3];
+        grid[axis] = iv;
+        WorldFilter {
+            grid,
+            grid_used: true,
+            ..WorldFilter::NONE
+        }
     }
 
     fn and(self, o: WorldFilter) -> WorldFilter {
         WorldFilter {
             bounds: std::array::from_fn(|a| self.bounds[a].intersect(o.bounds[a])),
+            grid: std::array::from_fn(|a| self.grid[a].intersect(o.grid[a])),
+            grid_used: self.grid_used || o.grid_used,
             exact: self.exact && o.exact,
         }
     }
@@ -215,8 +324,26 @@ pub fn analyse(expr: &Expr) -> WorldFilter {
             if let Some(f) = comparison(left, *op, right) {
                 return f;
             }
+            if let Some(f) = grid_comparison(left, *op, right) {
+                return f;
+            }
             sphere(left, *op, right).unwrap_or(WorldFilter::NONE)
         }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if grid_axis(expr).is_some() => match (grid_axis(expr), number(low), number(high)) {
+            (Some(a), Some(lo), Some(hi)) => {
+                WorldFilter::on_grid(a, rounded(lo.ceil(), hi.floor()))
+            }
+            _ => WorldFilter::NONE,
+        },
+        Expr::IsNotNull(inner) => match grid_axis(inner) {
+            Some(a) => WorldFilter::on_grid(a, Interval::FULL),
+            None => WorldFilter::NONE,
+        },
         Expr::Between(Between {
             expr,
             negated: false,
@@ -237,6 +364,42 @@ pub fn analyse(expr: &Expr) -> WorldFilter {
         },
         _ => WorldFilter::NONE,
     }
+}
+
+fn grid_axis(e: &Expr) -> Option<usize> {
+    match e {
+        Expr::Column(c) => GRID_COLUMNS.iter().position(|n| *n == c.name),
+        _ => None,
+    }
+}
+
+/// The continuous grid coordinates whose nearest index lies in `lo..=hi` (closed: a conservative box).
+fn rounded(lo: f64, hi: f64) -> Interval {
+    Interval {
+        lo: lo - 0.5,
+        lo_open: false,
+        hi: hi + 0.5,
+        hi_open: false,
+    }
+}
+
+/// `grid_col op number` or mirrored, as bounds on the continuous grid coordinate.
+fn grid_comparison(left: &Expr, op: Operator, right: &Expr) -> Option<WorldFilter> {
+    let (axis, v, op) = match (grid_axis(left), grid_axis(right)) {
+        (Some(a), None) => (a, number(right)?, op),
+        (None, Some(a)) => (a, number(left)?, op.swap()?),
+        _ => return None,
+    };
+    let inf = f64::INFINITY;
+    let iv = match op {
+        Operator::Lt => rounded(-inf, v.ceil() - 1.0),
+        Operator::LtEq => rounded(-inf, v.floor()),
+        Operator::Gt => rounded(v.floor() + 1.0, inf),
+        Operator::GtEq => rounded(v.ceil(), inf),
+        Operator::Eq => rounded(v.ceil(), v.floor()),
+        _ => return None,
+    };
+    Some(WorldFilter::on_grid(axis, iv))
 }
 
 fn world_axis(e: &Expr) -> Option<usize> {
@@ -404,15 +567,31 @@ pub fn file_sets(filters: &[WorldFilter], f: &VoxelFile) -> Option<Vec<IndexSet>
     if bounds.iter().any(Interval::is_empty) {
         return None;
     }
-    if bounds.iter().all(|b| *b == Interval::FULL) {
-        return Some(full);
+    if bounds.iter().any(|b| *b != Interval::FULL) {
+        let ranges = match axis_permutation(&f.affine) {
+            Some(perm) => aligned_ranges(&f.affine, perm, &bounds, &f.shape)?,
+            None => oblique_ranges(&f.affine, &bounds, &f.shape)?,
+        };
+        for (set, r) in full.iter_mut().zip(ranges) {
+            *set = set.intersect(&IndexSet::range(r));
+        }
     }
-    let ranges = match axis_permutation(&f.affine) {
-        Some(perm) => aligned_ranges(&f.affine, perm, &bounds, &f.shape)?,
-        None => oblique_ranges(&f.affine, &bounds, &f.shape)?,
-    };
-    for (set, r) in full.iter_mut().zip(ranges) {
-        *set = set.intersect(&IndexSet::range(r));
+    if let (Some(grid), true) = (&f.grid, filters.iter().any(|w| w.grid_used)) {
+        // Rows outside the grid are null there and pass no filter on it.
+        let bounds: [Interval; 3] = std::array::from_fn(|a| {
+            filters
+                .iter()
+                .fold(rounded(0.0, grid.shape[a] as f64 - 1.0), |acc, w| {
+                    acc.intersect(w.grid[a])
+                })
+        });
+        if bounds.iter().any(Interval::is_empty) {
+            return None;
+        }
+        let ranges = oblique_ranges(&grid.as_affine(), &bounds, &f.shape)?;
+        for (set, r) in full.iter_mut().zip(ranges) {
+            *set = set.intersect(&IndexSet::range(r));
+        }
     }
     Some(full)
 }
