@@ -86,7 +86,8 @@ impl GridMap {
         let mut out = [0i64; 3];
         for ((o, row), n) in out.iter_mut().zip(&self.matrix).zip(self.shape) {
             let g = (row_apply(row, ijk) + 0.5).floor();
-            if !(g >= 0.0 && g < n as f64) {
+            // NaN is outside too.
+            if !(0.0..n as f64).contains(&g) {
                 return None;
             }
             *o = g as i64;
@@ -816,5 +817,34 @@ mod tests {
             }
         }
         assert!(r[2] == (1..5));
+    }
+
+    #[test]
+    fn grid_maps_round_halves_up_and_null_outside() {
+        // This file: 3 mm voxels from -3; the grid: 2 mm voxels from 0, 5 along each axis.
+        let a = [
+            [3.0, 0.0, 0.0, -3.0],
+            [0.0, 3.0, 0.0, -3.0],
+            [0.0, 0.0, 3.0, -3.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let g = [
+            [2.0, 0.0, 0.0, 0.0],
+            [0.0, 2.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let m = GridMap::new(&a, &g, &[5, 5, 5]).unwrap();
+        // Voxel 1 is at 0 mm (grid 0.0); voxel 2 at 3 mm (grid 1.5, a half: up to 2); voxel 0 at -3 mm (grid -1.5).
+        assert_eq!(m.nearest([1.0, 2.0, 3.0]), Some([0, 2, 3]));
+        assert_eq!(m.nearest([0.0, 1.0, 1.0]), None);
+        assert_eq!(m.nearest([4.0, 1.0, 1.0]), None); // 9 mm: grid 4.5 rounds to 5, outside
+        let mut singular = IDENTITY;
+        singular[1][1] = 0.0;
+        assert!(GridMap::new(&a, &singular, &[5, 5, 5]).is_none());
+        // Filters on grid columns are bounds on the continuous coordinate.
+        let f = analyse(&col("grid_i").between(lit(1), lit(3)));
+        assert!(f.grid_used && !f.exact);
+        assert_eq!((f.grid[0].lo, f.grid[0].hi), (0.5, 3.5));
     }
 }
