@@ -17,8 +17,9 @@ use criterion::{Criterion, SamplingMode};
 
 use std::hint::black_box;
 use voxelscan::io::ByteSource;
-use voxelscan::io::gzindex::{GzCursor, GzIndex, ReadAt};
 use voxelscan::io::gzip::cache::DEFAULT_BUDGET;
+use voxelscan::io::gzip::cursor::GzCursor;
+use voxelscan::io::gzip::index::{GzIndex, ReadAt};
 use voxelscan::io::gzip::{DataCache, GzipOptions, GzipSource, SpanCache};
 use voxelscan::plan::Segment;
 use voxelscan::synth;

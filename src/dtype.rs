@@ -5,6 +5,28 @@ use std::fmt;
 
 use crate::error::{Result, VoxelError};
 
+/// NIfTI-1/2 datatype codes and the element types they store (`nifti1.h`; float128 and complex256, codes 1536
+/// and 2048, are not read). Analyze 7.5 knows the first [`ANALYZE_CODES`] of them.
+pub const NIFTI_CODES: [(i16, Scalar); 14] = [
+    (2, Scalar::U8),
+    (4, Scalar::I16),
+    (8, Scalar::I32),
+    (16, Scalar::F32),
+    (32, Scalar::C64),
+    (64, Scalar::F64),
+    (128, Scalar::Rgb24),
+    (256, Scalar::I8),
+    (512, Scalar::U16),
+    (768, Scalar::U32),
+    (1024, Scalar::I64),
+    (1280, Scalar::U64),
+    (1792, Scalar::C128),
+    (2304, Scalar::Rgba32),
+];
+
+/// How many of [`NIFTI_CODES`] Analyze 7.5 has (uint8 … RGB24).
+pub const ANALYZE_CODES: usize = 7;
+
 /// The element types an image can store.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -103,6 +125,30 @@ impl Scalar {
 
     pub fn is_complex(self) -> bool {
         self.kind() == Kind::Complex
+    }
+
+    /// The NIfTI datatype code (`nifti1.h`); None for float16, which NIfTI has no code for.
+    pub fn nifti_code(self) -> Option<i16> {
+        NIFTI_CODES
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|&(code, _)| code)
+    }
+
+    /// The element type of a NIfTI datatype code, if it is one this crate reads.
+    pub fn from_nifti_code(code: i64) -> Option<Scalar> {
+        NIFTI_CODES
+            .iter()
+            .find(|&&(c, _)| i64::from(c) == code)
+            .map(|&(_, s)| s)
+    }
+
+    /// The element type of an Analyze 7.5 datatype code (the first seven NIfTI codes).
+    pub fn from_analyze_code(code: i64) -> Option<Scalar> {
+        NIFTI_CODES[..ANALYZE_CODES]
+            .iter()
+            .find(|&&(c, _)| i64::from(c) == code)
+            .map(|&(_, s)| s)
     }
 
     /// numpy's type character without byte order (`i2`, `f4`, `V3`).

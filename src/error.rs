@@ -16,9 +16,13 @@ pub enum VoxelError {
         #[source]
         source: std::io::Error,
     },
-    /// A header is malformed (wrong magic, absurd dims, unknown datatype, ...).
-    #[error("{path}: {msg}")]
-    Header { path: String, msg: String },
+    /// A header is malformed (wrong magic, absurd dims, unknown datatype, ...): the field and value at fault when
+    /// one is, and what is wrong.
+    #[error("{path}: {fault}")]
+    Header {
+        path: String,
+        fault: crate::formats::HeaderFault,
+    },
     /// The file holds fewer bytes than the header promises.
     #[error("{path}: file is truncated: expected {expected} bytes, found {actual}")]
     Truncated {
@@ -59,6 +63,16 @@ pub enum VoxelError {
         #[source]
         source: Box<VoxelError>,
     },
+    /// An error while opening or planning a SQL table, with the table's name attached.
+    #[error("table {table}: {source}")]
+    InTable {
+        table: String,
+        #[source]
+        source: Box<VoxelError>,
+    },
+    /// A broken invariant of this crate (a bug), not a problem with the input.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl VoxelError {
@@ -69,10 +83,25 @@ impl VoxelError {
         }
     }
 
+    /// A header problem of the file as a whole (empty, corrupt, no magic, ...).
     pub fn header(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         VoxelError::Header {
             path: path.as_ref().display().to_string(),
-            msg: msg.into(),
+            fault: crate::formats::HeaderFault::file(msg),
+        }
+    }
+
+    /// A header field holding a value the format does not allow: `problem` says what is wrong (and is what the
+    /// message shows after the file name).
+    pub fn header_field(
+        path: impl AsRef<Path>,
+        field: &'static str,
+        value: impl std::fmt::Display,
+        problem: impl Into<String>,
+    ) -> Self {
+        VoxelError::Header {
+            path: path.as_ref().display().to_string(),
+            fault: crate::formats::HeaderFault::field(field, value, problem),
         }
     }
 
@@ -82,11 +111,105 @@ impl VoxelError {
             VoxelError::Slice(_)
             | VoxelError::DType(_)
             | VoxelError::Overflow(_)
-            | VoxelError::Invalid(_) => VoxelError::InFile {
+            | VoxelError::Invalid(_)
+            | VoxelError::Internal(_) => VoxelError::InFile {
                 path: path.as_ref().display().to_string(),
                 source: Box::new(self),
             },
             other => other,
+        }
+    }
+
+    /// Attach the SQL table an error happened in.
+    pub fn in_table(self, table: &str) -> Self {
+        VoxelError::InTable {
+            table: table.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// What kind of failure this is, looking through the file and table an error was attached to.
+    #[cfg(feature = "sql")]
+    fn kind(&self) -> ErrorKind {
+        match self {
+            VoxelError::InFile { source, .. } | VoxelError::InTable { source, .. } => source.kind(),
+            VoxelError::Internal(_) => ErrorKind::Bug,
+            VoxelError::Invalid(_) | VoxelError::Slice(_) => ErrorKind::Request,
+            _ => ErrorKind::Data,
+        }
+    }
+}
+
+/// Who is at fault, which decides the error's class where another error type must carry it.
+#[cfg(feature = "sql")]
+enum ErrorKind {
+    /// The caller asked for something invalid: an option, a spec, an argument.
+    Request,
+    /// A file, the storage or the data cannot serve what was asked (bad header, I/O, too large, ...).
+    Data,
+    /// A broken invariant of this crate.
+    Bug,
+}
+
+/// The one bridge into DataFusion: the caller's mistakes are planning errors, what the files or the storage did is an
+/// execution error, a broken invariant is internal. The message is the error's own, naming the file or URL.
+#[cfg(feature = "sql")]
+impl From<VoxelError> for datafusion::error::DataFusionError {
+    fn from(e: VoxelError) -> Self {
+        use datafusion::error::DataFusionError;
+        match e.kind() {
+            ErrorKind::Request => DataFusionError::Plan(e.to_string()),
+            ErrorKind::Data => DataFusionError::Execution(e.to_string()),
+            ErrorKind::Bug => DataFusionError::Internal(format!("voxelscan: {e}")),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "sql"))]
+mod tests {
+    use datafusion::error::DataFusionError;
+
+    use super::VoxelError;
+
+    #[test]
+    fn bad_options_are_planning_errors_naming_the_table() {
+        let e = VoxelError::Invalid("unknown option 'x'".into()).in_table("t");
+        match DataFusionError::from(e) {
+            DataFusionError::Plan(msg) => assert_eq!(msg, "table t: unknown option 'x'"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_problems_are_execution_errors_naming_the_file() {
+        let e = VoxelError::Truncated {
+            path: "a.nii".into(),
+            expected: 400,
+            actual: 352,
+        };
+        match DataFusionError::from(e.in_table("t")) {
+            DataFusionError::Execution(msg) => assert_eq!(
+                msg,
+                "table t: a.nii: file is truncated: expected 400 bytes, found 352"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let io = VoxelError::io("b.nii", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(
+            matches!(DataFusionError::from(io), DataFusionError::Execution(m) if m.starts_with("b.nii: "))
+        );
+    }
+
+    #[test]
+    fn broken_invariants_are_internal_errors() {
+        let e =
+            VoxelError::Internal("gather stepped outside the read buffer".into()).in_file("c.nii");
+        match DataFusionError::from(e) {
+            DataFusionError::Internal(msg) => assert_eq!(
+                msg,
+                "voxelscan: c.nii: internal error: gather stepped outside the read buffer"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

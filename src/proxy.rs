@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::array::VoxelArray;
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
-use crate::formats::{self, Compression, Factor, ImageHeader};
+use crate::formats::{self, Compression, ImageHeader};
+use crate::io::gzip::stream::GzipStreamSource;
 use crate::io::local::{Handle, LocalSource, MmapMode};
 use crate::io::mapped::MappedArray;
-use crate::io::stream::GzipStreamSource;
 use crate::io::{ByteSource, ReadStats};
+use crate::layout::{ArrayLayout, Factor};
 use crate::memory;
 use crate::plan::{Order, ReadPlan, SKIP_THRESHOLD, Segment};
 use crate::scaling;
@@ -47,84 +48,8 @@ impl Default for ProxyOptions {
     }
 }
 
-/// What a proxy needs from a header (nibabel's `get_data_shape`, `get_data_dtype`, `get_data_offset`,
-/// `get_slope_inter`). The values are copied at construction.
-pub trait HeaderSpec {
-    fn data_shape(&self) -> Vec<usize>;
-    fn data_dtype(&self) -> DType;
-    fn data_offset(&self) -> u64;
-    /// The factors to apply: (1.0, 0.0) where the header means "no scaling".
-    fn slope_inter(&self) -> (Factor, Factor);
-    fn default_order(&self) -> Order {
-        Order::F
-    }
-}
-
-impl HeaderSpec for ImageHeader {
-    fn data_shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-    fn data_dtype(&self) -> DType {
-        self.dtype
-    }
-    fn data_offset(&self) -> u64 {
-        self.offset
-    }
-    fn slope_inter(&self) -> (Factor, Factor) {
-        (self.slope, self.inter)
-    }
-    fn default_order(&self) -> Order {
-        self.order
-    }
-}
-
-/// nibabel's tuple spec `(shape, dtype, offset=0, slope=1.0, inter=0.0)`; factors are applied literally.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArraySpec {
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub offset: u64,
-    pub slope: Factor,
-    pub inter: Factor,
-}
-
-impl ArraySpec {
-    pub fn new(shape: Vec<usize>, dtype: DType) -> ArraySpec {
-        ArraySpec {
-            shape,
-            dtype,
-            offset: 0,
-            slope: Factor::F64(1.0),
-            inter: Factor::F64(0.0),
-        }
-    }
-
-    pub fn with_offset(mut self, offset: u64) -> ArraySpec {
-        self.offset = offset;
-        self
-    }
-
-    pub fn with_scaling(mut self, slope: Factor, inter: Factor) -> ArraySpec {
-        self.slope = slope;
-        self.inter = inter;
-        self
-    }
-}
-
-impl HeaderSpec for ArraySpec {
-    fn data_shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-    fn data_dtype(&self) -> DType {
-        self.dtype
-    }
-    fn data_offset(&self) -> u64 {
-        self.offset
-    }
-    fn slope_inter(&self) -> (Factor, Factor) {
-        (self.slope, self.inter)
-    }
-}
+/// nibabel's tuple spec `(shape, dtype, offset=0, slope=1.0, inter=0.0)`, F order; factors are applied literally.
+pub type ArraySpec = ArrayLayout;
 
 /// Where the data bytes live.
 #[derive(Debug, Clone)]
@@ -177,12 +102,8 @@ impl DataFile {
 pub struct ArrayProxy {
     file: DataFile,
     compression: Compression,
-    shape: Vec<usize>,
-    dtype: DType,
-    offset: u64,
-    slope: Factor,
-    inter: Factor,
-    order: Order,
+    /// The layout as given, with `opts.order` applied.
+    layout: ArrayLayout,
     opts: ProxyOptions,
     /// Shared by copies over the same open handle (nibabel's RLock); a path-based proxy has its own.
     lock: Arc<Mutex<()>>,
@@ -191,30 +112,26 @@ pub struct ArrayProxy {
 }
 
 impl ArrayProxy {
-    /// A proxy over `file` described by `spec` (a header or an [`ArraySpec`]).
+    /// A proxy over `file` described by `layout` (a header's, or an [`ArraySpec`]).
     pub fn new(
         file: impl Into<DataFile>,
-        spec: &dyn HeaderSpec,
+        layout: &ArrayLayout,
         opts: ProxyOptions,
     ) -> Result<ArrayProxy> {
-        Self::with_compression(file.into(), Compression::None, spec, opts)
+        Self::with_compression(file.into(), Compression::None, layout, opts)
     }
 
     pub fn with_compression(
         file: DataFile,
         compression: Compression,
-        spec: &dyn HeaderSpec,
+        layout: &ArrayLayout,
         opts: ProxyOptions,
     ) -> Result<ArrayProxy> {
-        let (slope, inter) = spec.slope_inter();
         let proxy = ArrayProxy {
             compression,
-            shape: spec.data_shape(),
-            dtype: spec.data_dtype(),
-            offset: spec.data_offset(),
-            slope,
-            inter,
-            order: opts.order.unwrap_or_else(|| spec.default_order()),
+            layout: layout
+                .clone()
+                .with_order(opts.order.unwrap_or(layout.order)),
             opts,
             lock: Arc::default(),
             source: OnceLock::new(),
@@ -236,45 +153,23 @@ impl ArrayProxy {
     /// A proxy over the data file a parsed header points at.
     pub fn from_header(header: &ImageHeader, opts: ProxyOptions) -> Result<ArrayProxy> {
         Self::with_compression(
-            DataFile::Path(header.data_path.clone()),
+            DataFile::Path(header.data_path()?.to_path_buf()),
             header.compression,
-            header,
+            &header.layout,
             opts,
         )
     }
 
     /// Open an image at a path or URL (`s3://`, `gs://`, `az://`, `http(s)://`, `file://`): remote headers are read
     /// with one small ranged GET, data with ranged GETs of the planned segments. `store` configures object stores.
-    #[cfg(feature = "remote")]
     pub fn open_location(
         location: &str,
         raw: Option<&str>,
         opts: ProxyOptions,
-        store: &crate::io::remote::StoreOptions,
+        store: &crate::location::StoreOptions,
     ) -> Result<ArrayProxy> {
-        use crate::io::remote;
-        if !remote::is_url(location) {
-            let path = local_path(location);
-            return match raw {
-                Some(spec) => Self::open_raw(&path, spec, opts),
-                None => Self::open(&path, opts),
-            };
-        }
-        let image = match raw {
-            Some(spec) => remote::open_raw(location, spec, store)?,
-            None => remote::open_image(location, store)?,
-        };
-        // Planned segments are exactly the needed bytes: the remote source decides what gaps are worth a GET.
-        let opts = ProxyOptions {
-            skip_threshold: 0,
-            ..opts
-        };
-        Self::with_compression(
-            DataFile::Remote(image.data),
-            image.header.compression,
-            &image.header,
-            opts,
-        )
+        let location = crate::location::Location::parse(location)?;
+        crate::location::open_image(&location, raw, store)?.into_proxy(opts)
     }
 
     /// A headerless raw file described by a spec string (`shape=2,3,4;dtype=<i2;offset=16;order=C`).
@@ -283,27 +178,31 @@ impl ArrayProxy {
         Self::from_header(&header, opts)
     }
 
+    /// Shape, dtype, offset, order and scale factors.
+    pub fn layout(&self) -> &ArrayLayout {
+        &self.layout
+    }
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        &self.layout.shape
     }
     pub fn ndim(&self) -> usize {
-        self.shape.len()
+        self.layout.ndim()
     }
     /// Storage dtype, with its byte order.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.layout.dtype
     }
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.layout.offset
     }
     pub fn slope(&self) -> Factor {
-        self.slope
+        self.layout.slope
     }
     pub fn inter(&self) -> Factor {
-        self.inter
+        self.layout.inter
     }
     pub fn order(&self) -> Order {
-        self.order
+        self.layout.order
     }
     pub fn options(&self) -> ProxyOptions {
         self.opts
@@ -317,6 +216,20 @@ impl ArrayProxy {
     pub fn location(&self) -> String {
         self.file.location()
     }
+    /// Where the data are read from.
+    pub fn data_location(&self) -> Result<crate::location::Location> {
+        use crate::location::Location;
+        Ok(match &self.file {
+            DataFile::Path(p) => Location::Path(p.clone()),
+            DataFile::Handle { file, name } => Location::Handle {
+                file: Arc::clone(file),
+                name: name.clone(),
+            },
+            #[cfg(feature = "remote")]
+            DataFile::Remote(o) => Location::Object(crate::location::ObjectUrl::parse(o.url())?),
+        })
+    }
+
     /// The data file's path, when the proxy reads from a path.
     pub fn path(&self) -> Option<&Path> {
         match &self.file {
@@ -327,23 +240,17 @@ impl ArrayProxy {
 
     /// The dtype `to_array()` and `slice()` return.
     pub fn scaled_dtype(&self) -> Result<DType> {
-        scaling::scaled_dtype(self.dtype, self.slope, self.inter, None)
+        scaling::scaled_dtype(
+            self.layout.dtype,
+            self.layout.slope,
+            self.layout.inter,
+            None,
+        )
     }
 
     /// Total bytes the array occupies; an error if the shape is absurd.
     pub fn byte_len(&self) -> Result<u64> {
-        self.shape
-            .iter()
-            .try_fold(self.dtype.size() as u64, |acc, &d| {
-                acc.checked_mul(d as u64)
-            })
-            .filter(|&n| self.offset.checked_add(n).is_some() && usize::try_from(n).is_ok())
-            .ok_or_else(|| {
-                VoxelError::Invalid(format!(
-                    "array of shape {:?} and dtype {} is too large",
-                    self.shape, self.dtype
-                ))
-            })
+        self.layout.byte_len()
     }
 
     /// Everything read through this proxy so far.
@@ -393,13 +300,24 @@ impl ArrayProxy {
         })
     }
 
-    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<()> {
-        let st = self.source()?.read_segments(segments, out)?;
+    fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+        self.read_through(&*self.source()?, segments, out)
+    }
+
+    /// Read through `source`; what the read cost is returned by the read itself (partitions sharing this proxy
+    /// each get their own), and also added to the proxy's and the process's totals.
+    fn read_through(
+        &self,
+        source: &dyn ByteSource,
+        segments: &[Segment],
+        out: &mut [u8],
+    ) -> Result<ReadStats> {
+        let st = source.read_segments(segments, out)?;
         if let Ok(mut s) = self.stats.lock() {
             s.add(st);
         }
         crate::io::record(st);
-        Ok(())
+        Ok(st)
     }
 
     /// The stored elements selected by `slice` (storage byte order untouched, no scaling), laid out in `out_order`
@@ -409,19 +327,67 @@ impl ArrayProxy {
         slice: &CanonicalSlice,
         out_order: Order,
     ) -> Result<(Vec<u8>, ReadStats)> {
-        let before = self.stats();
         self.check_memory(slice_elements(slice), 0)?;
         let plan = self.plan(slice)?;
-        let copy = !(slice.is_full(&self.shape) && out_order == self.order);
+        let copy = !(slice.is_full(&self.layout.shape) && out_order == self.layout.order);
         self.check_plan_memory(&plan, copy, 0)?;
         let mut buf = self.buffer(plan.read_bytes())?;
-        self.read_segments(plan.segments(), &mut buf)?;
+        let stats = self.read_segments(plan.segments(), &mut buf)?;
         let out = if copy {
             plan.gather(&buf, out_order)?
         } else {
             buf
         };
-        Ok((out, diff(self.stats(), before)))
+        Ok((out, stats))
+    }
+
+    /// The stored elements selected by `slice` decoded to native byte order (no scaling), laid out in `out_order`
+    /// over `slice.out_shape()`, and what reading them cost. Read through `source` when given (a source over this
+    /// proxy's data that the caller keeps, as the SQL scan keeps a slab mapped), else through the proxy's own.
+    pub fn read_stored(
+        &self,
+        source: Option<&dyn ByteSource>,
+        slice: &CanonicalSlice,
+        out_order: Order,
+    ) -> Result<(Values, ReadStats)> {
+        self.check_memory(slice_elements(slice), 0)?;
+        let plan = self.plan(slice)?;
+        self.read_planned(source, &plan, out_order, 0)
+    }
+
+    /// Read `plan` through `source` (the proxy's own when `None`) into typed values in native byte order, laid out
+    /// in `out_order`. `out_item`: bytes per element of what the caller makes of the values, for the memory check.
+    fn read_planned(
+        &self,
+        source: Option<&dyn ByteSource>,
+        plan: &ReadPlan,
+        out_order: Order,
+        out_item: usize,
+    ) -> Result<(Values, ReadStats)> {
+        let own;
+        let source = match source {
+            Some(s) => s,
+            None => {
+                own = self.source()?;
+                &*own
+            }
+        };
+        if plan.is_identity(out_order) {
+            // One copy only: the bytes land straight in the typed result.
+            self.check_plan_memory(plan, false, out_item)?;
+            let n = plan.out_shape().iter().product();
+            let mut values = Values::try_zeroed(self.layout.dtype.scalar, n, &self.location())?;
+            let stats = self.read_through(source, plan.segments(), values.bytes_mut())?;
+            if self.layout.dtype.needs_swap() {
+                values.swap_bytes();
+            }
+            return Ok((values, stats));
+        }
+        self.check_plan_memory(plan, true, out_item)?;
+        let mut buf = self.buffer(plan.read_bytes())?;
+        let stats = self.read_through(source, plan.segments(), &mut buf)?;
+        let out = plan.gather(&buf, out_order)?;
+        Ok((Values::from_bytes(&out, self.layout.dtype)?, stats))
     }
 
     /// Stored elements of `slice` decoded to native order, with their shape and layout.
@@ -430,42 +396,25 @@ impl ArrayProxy {
     fn read_values(&self, slice: &CanonicalSlice, out_item: usize) -> Result<(Values, Vec<usize>)> {
         // Checked before planning: a plan for a huge slice holds many segments.
         self.check_memory(slice_elements(slice), out_item)?;
-        if slice.is_full(&self.shape) {
-            return Ok((self.read_full()?, self.shape.clone()));
+        if slice.is_full(&self.layout.shape) {
+            return Ok((self.read_full()?, self.layout.shape.clone()));
         }
         let plan = self.plan(slice)?;
-        if plan.is_identity(self.order) {
-            // One copy only: the bytes land straight in the typed result.
-            self.check_plan_memory(&plan, false, out_item)?;
-            let n = plan.out_shape().iter().product();
-            let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
-            self.read_segments(plan.segments(), values.bytes_mut())?;
-            if self.dtype.needs_swap() {
-                values.swap_bytes();
-            }
-            return Ok((values, plan.out_shape().to_vec()));
-        }
-        self.check_plan_memory(&plan, true, out_item)?;
-        let mut buf = self.buffer(plan.read_bytes())?;
-        self.read_segments(plan.segments(), &mut buf)?;
-        let out = plan.gather(&buf, self.order)?;
-        Ok((
-            Values::from_bytes(&out, self.dtype)?,
-            plan.out_shape().to_vec(),
-        ))
+        let (values, _) = self.read_planned(None, &plan, self.layout.order, out_item)?;
+        Ok((values, plan.out_shape().to_vec()))
     }
 
     /// The whole array in one read straight into a typed buffer (nibabel's `array_from_file` path).
     fn read_full(&self) -> Result<Values> {
-        let n: usize = self.shape.iter().product();
-        let mut values = Values::try_zeroed(self.dtype.scalar, n, &self.location())?;
+        let n: usize = self.layout.shape.iter().product();
+        let mut values = Values::try_zeroed(self.layout.dtype.scalar, n, &self.location())?;
         if n > 0 {
             let seg = [Segment {
-                offset: self.offset,
+                offset: self.layout.offset,
                 len: self.byte_len()?,
             }];
             self.read_segments(&seg, values.bytes_mut())?;
-            if self.dtype.needs_swap() {
+            if self.layout.dtype.needs_swap() {
                 values.swap_bytes();
             }
         }
@@ -475,10 +424,10 @@ impl ArrayProxy {
     fn plan(&self, slice: &CanonicalSlice) -> Result<ReadPlan> {
         ReadPlan::new(
             slice,
-            &self.shape,
-            self.dtype.size(),
-            self.offset,
-            self.order,
+            &self.layout.shape,
+            self.layout.dtype.size(),
+            self.layout.offset,
+            self.layout.order,
             self.opts.skip_threshold,
         )
     }
@@ -486,7 +435,7 @@ impl ArrayProxy {
     /// Refuse a read of `elements` whose stored values plus a converted copy (`out_item` bytes per element, 0 for
     /// none) would not fit the memory budget, before anything is allocated.
     fn check_memory(&self, elements: u64, out_item: usize) -> Result<()> {
-        let per_element = (self.dtype.size() + out_item) as u64;
+        let per_element = (self.layout.dtype.size() + out_item) as u64;
         memory::check(
             &self.location(),
             "the result",
@@ -502,7 +451,7 @@ impl ArrayProxy {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .unwrap_or(u64::MAX);
-        let copies = u64::from(gathered) * self.dtype.size() as u64 + out_item as u64;
+        let copies = u64::from(gathered) * self.layout.dtype.size() as u64 + out_item as u64;
         let needed = plan
             .read_bytes()
             .saturating_add(memory::bytes_of(elements, copies));
@@ -517,10 +466,15 @@ impl ArrayProxy {
     /// Bytes per element of the array a read returns when that is a new copy (scaled or cast), else 0.
     fn converted_itemsize(&self, requested: Option<DType>, scale: bool) -> Result<usize> {
         // Factors 1 and 0 hand the stored values back as they are.
-        let identity = self.slope.value() == 1.0 && self.inter.value() == 0.0;
+        let identity = self.layout.is_unscaled();
         let out = match (scale, requested) {
             (true, None) if identity => return Ok(0),
-            (true, _) => scaling::scaled_dtype(self.dtype, self.slope, self.inter, requested)?,
+            (true, _) => scaling::scaled_dtype(
+                self.layout.dtype,
+                self.layout.slope,
+                self.layout.inter,
+                requested,
+            )?,
             (false, Some(r)) => r,
             (false, None) => return Ok(0),
         };
@@ -528,7 +482,7 @@ impl ArrayProxy {
     }
 
     fn canonical(&self, spec: &SliceSpec) -> Result<CanonicalSlice> {
-        canonical_slice(spec, &self.shape)
+        canonical_slice(spec, &self.layout.shape)
     }
 
     fn finish(
@@ -539,14 +493,20 @@ impl ArrayProxy {
         scale: bool,
     ) -> Result<VoxelArray> {
         let (values, dtype) = if scale {
-            scaling::scale_values(values, self.dtype, self.slope, self.inter, requested)?
+            scaling::scale_values(
+                values,
+                self.layout.dtype,
+                self.layout.slope,
+                self.layout.inter,
+                requested,
+            )?
         } else {
             match requested {
-                None => (values, self.dtype),
+                None => (values, self.layout.dtype),
                 Some(r) => (values.cast_via_promotion(r.scalar)?, r),
             }
         };
-        VoxelArray::new(dtype, shape, self.order, values)
+        VoxelArray::new(dtype, shape, self.layout.order, values)
     }
 
     fn read(&self, spec: &SliceSpec, requested: Option<DType>, scale: bool) -> Result<VoxelArray> {
@@ -617,7 +577,7 @@ impl ArrayProxy {
             DataFile::Remote(_) => return Ok(None),
         };
         let len = file.metadata().map_err(|e| VoxelError::io(&path, e))?.len();
-        let need = self.offset + self.byte_len()?;
+        let need = self.layout.offset + self.byte_len()?;
         if len < need {
             return Err(VoxelError::Truncated {
                 path: path.display().to_string(),
@@ -628,10 +588,10 @@ impl ArrayProxy {
         match MappedArray::map(
             &file,
             &path,
-            self.offset,
-            self.shape.clone(),
-            self.dtype,
-            self.order,
+            self.layout.offset,
+            self.layout.shape.clone(),
+            self.layout.dtype,
+            self.layout.order,
             self.opts.mmap,
         ) {
             Ok(m) => Ok(Some(m)),
@@ -644,14 +604,12 @@ impl ArrayProxy {
         ArrayProxy {
             file: self.file.clone(),
             compression: self.compression,
-            shape,
-            dtype: self.dtype,
-            offset: self.offset,
-            slope: self.slope,
-            inter: self.inter,
-            order: self.order,
+            layout: ArrayLayout {
+                shape,
+                ..self.layout.clone()
+            },
             opts: ProxyOptions {
-                order: Some(self.order),
+                order: Some(self.layout.order),
                 ..self.opts
             },
             lock,
@@ -670,12 +628,12 @@ impl ArrayProxy {
     /// A new proxy over the same bytes with the same options (order included, unlike nibabel's Q5 bug). Over an open
     /// handle the copy shares the original's lock; over a path it has its own.
     pub fn copy(&self) -> ArrayProxy {
-        self.respec(self.shape.clone(), self.lock_for_copy())
+        self.respec(self.layout.shape.clone(), self.lock_for_copy())
     }
 
     /// The same bytes seen with another shape (at most one `-1`, inferred). Keeps order and `keep_file_open`.
     pub fn reshape(&self, shape: &[i64]) -> Result<ArrayProxy> {
-        let size: usize = self.shape.iter().product();
+        let size: usize = self.layout.shape.iter().product();
         let new_shape = resolve_shape(size, shape)?;
         Ok(self.respec(new_shape, self.lock_for_copy()))
     }
@@ -708,15 +666,6 @@ fn slice_elements(slice: &CanonicalSlice) -> u64 {
 
 fn to_usize(n: u64) -> Result<usize> {
     usize::try_from(n).map_err(|_| VoxelError::Invalid(format!("{n} bytes do not fit in memory")))
-}
-
-fn diff(after: ReadStats, before: ReadStats) -> ReadStats {
-    ReadStats {
-        bytes_read: after.bytes_read - before.bytes_read,
-        bytes_delivered: after.bytes_delivered - before.bytes_delivered,
-        segments: after.segments - before.segments,
-        requests: after.requests - before.requests,
-    }
 }
 
 /// numpy's reshape rule: at most one `-1`, sizes must match.
@@ -810,37 +759,6 @@ impl Reshape for VoxelArray {
 /// nibabel's `reshape_dataobj(obj, shape)`: leaves `obj` unchanged.
 pub fn reshape_dataobj<T: Reshape>(obj: &T, shape: &[i64]) -> Result<T> {
     obj.reshape_to(shape)
-}
-
-/// A local path from a path or a `file://` URL (percent-decoded).
-pub fn local_path(location: &str) -> PathBuf {
-    match location.strip_prefix("file://") {
-        Some(rest) => PathBuf::from(percent_decode(rest)),
-        None => PathBuf::from(location),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! integers count from the end and must land inside the axis, slice bounds are clamped like CPython's
 //! `slice.indices()`, `...` expands to as many full slices as needed, and `None` inserts a length-1 axis.
 //! The result, [`CanonicalSlice`], lists for every real axis the first element, the step and the count, which is
-//! all the read planner (`plan.rs`) needs.
+//! all the read planner (`plan`) needs.
 
 use std::fmt;
 use std::str::FromStr;

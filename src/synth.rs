@@ -8,25 +8,9 @@ use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 
 /// NIfTI-1 datatype code of a scalar.
+/// 0 for float16, which has no NIfTI code (callers use npy or raw for it).
 pub fn nifti_code(s: Scalar) -> i16 {
-    match s {
-        Scalar::U8 => 2,
-        Scalar::I16 => 4,
-        Scalar::I32 => 8,
-        Scalar::F32 => 16,
-        Scalar::C64 => 32,
-        Scalar::F64 => 64,
-        Scalar::Rgb24 => 128,
-        Scalar::I8 => 256,
-        Scalar::U16 => 512,
-        Scalar::U32 => 768,
-        Scalar::I64 => 1024,
-        Scalar::U64 => 1280,
-        Scalar::C128 => 1792,
-        Scalar::Rgba32 => 2304,
-        // float16 has no NIfTI code; callers use npy or raw for it.
-        Scalar::F16 => 0,
-    }
+    s.nifti_code().unwrap_or(0)
 }
 
 /// The 352 bytes (header + empty extension flag) of a single-file NIfTI-1 image with unit zooms and an identity

@@ -22,8 +22,8 @@ use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use common::certs::make_certificates;
-use common::pattern_image;
 use common::servers::{Garage, Nginx};
+use common::{atlas_fixtures, label_image, pattern_image};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -35,6 +35,7 @@ use voxelscan::cluster::{
     executor_config, remote_context, run_executor, scheduler_config, standalone_context,
     start_scheduler_with, with_client_security, with_token,
 };
+use voxelscan::table::aggregate_engine::DenseAggregateEngine;
 use voxelscan::table::{VoxelSource, session_context};
 
 /// Three runs of 8, 3.75 and 5 MiB: with 4 partitions the scan has 17 slabs in 4 groups.
@@ -148,6 +149,8 @@ struct TaskSeen {
     job: String,
     /// Voxel-scan partitions in the task's plan (0 for stages that read shuffles only).
     scan_partitions: usize,
+    /// Dense aggregate nodes in the task's plan.
+    dense_aggregates: usize,
 }
 
 /// Ballista's execution engine, noting every task it is given.
@@ -170,6 +173,15 @@ fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .sum::<usize>()
 }
 
+fn dense_aggregates(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let here = usize::from(plan.name() == "DenseAggregateExec");
+    here + plan
+        .children()
+        .into_iter()
+        .map(dense_aggregates)
+        .sum::<usize>()
+}
+
 impl ExecutionEngine for Recorder {
     fn create_query_stage_exec(
         &self,
@@ -186,6 +198,7 @@ impl ExecutionEngine for Recorder {
                 executor: self.executor.clone(),
                 job: format!("{job_id:?}"),
                 scan_partitions: scan_partitions(&plan),
+                dense_aggregates: dense_aggregates(&plan),
             });
         }
         self.inner.create_query_stage_exec(
@@ -285,11 +298,13 @@ async fn start_cluster(work: &Path, executors: usize, slots: usize) -> Cluster {
         let work_dir = work.join(format!("executor-{n}"));
         let mut config = in_process_executor(port, work_dir, slots, Some(token()));
         config.executor_id = format!("executor-{n}");
-        config.override_execution_engine = Some(Arc::new(Recorder {
-            executor: config.executor_id.clone(),
-            seen: Arc::clone(&seen),
-            inner: DefaultExecutionEngine::new(),
-        }));
+        // As `executor_config`'s engine (dense aggregates put into each stage plan), recording each task.
+        config.override_execution_engine =
+            Some(Arc::new(DenseAggregateEngine::new(Arc::new(Recorder {
+                executor: config.executor_id.clone(),
+                seen: Arc::clone(&seen),
+                inner: DefaultExecutionEngine::new(),
+            }))));
         tokio::spawn(run_executor(config));
     }
     let ids = wait_for_executors(&scheduler, executors).await;
@@ -333,6 +348,7 @@ impl QueryData {
         pattern_image(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
         pattern_image(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
         common::bids_fixture(dir);
+        atlas_fixtures(dir);
         QueryData {
             dir: dir.to_path_buf(),
             prefix: None,
@@ -494,6 +510,116 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     // A file the executors cannot read (it is gone after registration): the error names the path.
     let msg = query_a_gone_file(&ctx, dir.path()).await;
     eprintln!("unreadable file: {msg}");
+    cluster.scheduler.abort();
+}
+
+/// Dense group-bys (`DenseAggregateExec`, partial on the scan's executors, final after the shuffle) on two
+/// executors with one partition per task: the exact answers of DataFusion's hash aggregate run locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dense_group_bys_on_two_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    // Values are multiples of 0.5: sums, and so averages, are exact in any order.
+    let queries = [
+        "SELECT t, count(*) AS n, sum(value) AS s, avg(value) AS a, min(value) AS lo, max(value) AS hi \
+         FROM big GROUP BY t ORDER BY t",
+        "SELECT i, j, k, count(*) AS n, sum(value) AS s, avg(value) AS a FROM big WHERE j < 40 \
+         GROUP BY i, j, k ORDER BY i, j, k",
+    ];
+    let local = session_context(SessionConfig::new().with_target_partitions(4));
+    register_big(&local, &runs).await;
+    must(&local, "SET voxelscan.dense_aggregates = false").await;
+    let mut want = Vec::new();
+    for q in queries {
+        want.push(must(&local, q).await);
+    }
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = client(&cluster.url, config).await;
+    register_big(&ctx, &runs).await;
+    for (q, want) in queries.iter().zip(&want) {
+        cluster.take_seen();
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+        let seen = cluster.take_seen();
+        let dense_on = |e: &str| {
+            seen.iter()
+                .filter(|t| t.executor == e)
+                .map(|t| t.dense_aggregates)
+                .sum::<usize>()
+        };
+        assert!(
+            dense_on("executor-0") > 0 && dense_on("executor-1") > 0,
+            "{q}: dense aggregates on both executors: {seen:?}"
+        );
+    }
+    cluster.scheduler.abort();
+}
+
+/// The atlas queries: every region's mean per volume, one region's, and a mask's voxels.
+const ATLAS_QUERIES: [&str; 3] = [
+    "SELECT a.value AS label, b.t, avg(b.value) AS mean, count(*) AS n FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value > 0 GROUP BY a.value, b.t ORDER BY label, b.t",
+    "SELECT b.t, avg(b.value) AS mean, count(*) AS n FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value = 7 GROUP BY b.t ORDER BY b.t",
+    "SELECT count(*) AS n, sum(b.value) AS s FROM bold b JOIN atlas a \
+     ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value % 2 = 1",
+];
+
+async fn register_atlas(ctx: &SessionContext, dir: &Path) {
+    for (name, file) in [("bold", "bold.nii"), ("atlas", "atlas.nii")] {
+        let location = dir.join(file).display().to_string();
+        must(
+            ctx,
+            &format!("CREATE EXTERNAL TABLE {name} STORED AS NIFTI LOCATION '{location}'"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn atlas_joins_on_two_executors_one_partition_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB of int16 in 48×40×16×160, and 12 box regions on its grid.
+    pattern_image(&dir.path().join("bold.nii"), [48, 40, 16, 160], 3);
+    label_image(&dir.path().join("atlas.nii"), [48, 40, 16], |i, j, k| {
+        (1 + i / 16 + 3 * (j / 20) + 6 * (k / 8)) as i16
+    });
+    let mut want = Vec::new();
+    for dense in ["true", "false"] {
+        let ctx = session_context(SessionConfig::new().with_target_partitions(4));
+        must(&ctx, &format!("SET voxelscan.dense_joins = {dense}")).await;
+        register_atlas(&ctx, dir.path()).await;
+        let mut answers = Vec::new();
+        for q in ATLAS_QUERIES {
+            answers.push(must(&ctx, q).await);
+        }
+        if want.is_empty() {
+            want = answers;
+        } else {
+            assert_eq!(answers, want, "dense_joins = false");
+        }
+    }
+    assert!(want[0].contains("| 12    | 159 |"), "{}", want[0]);
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = client(&cluster.url, config).await;
+    register_atlas(&ctx, dir.path()).await;
+    cluster.take_seen();
+    for (q, want) in ATLAS_QUERIES.iter().zip(&want) {
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+    }
+    let seen = cluster.take_seen();
+    for e in ["executor-0", "executor-1"] {
+        assert!(
+            seen.iter()
+                .any(|t| t.executor == e && t.scan_partitions > 0),
+            "{seen:?}"
+        );
+    }
     cluster.scheduler.abort();
 }
 

@@ -5,7 +5,9 @@
 //!
 //! Fixtures (made in a temporary directory that is the working directory of the queries): `bold.nii`, an
 //! 8×8×4×6 int16 NIfTI scaled by 0.5 and +10 whose stored voxel (i, j, k, t) is (7i + 3j + 5k + 11t) mod 101, and
-//! `runs/run-0{1,2,3}.nii`, the same pattern in shapes 8×8×4×6, 6×6×4×3 and 8×8×4×2.
+//! `runs/run-0{1,2,3}.nii`, the same pattern in shapes 8×8×4×6, 6×6×4×3 and 8×8×4×2; on bold's grid `atlas.nii`
+//! (int16 labels `i / 3 + 3 * (j / 4)`, 0 the background) and `mask.nii` (1 where `(i + 2j + k) % 3 == 0`); and
+//! `peaks.csv`, three named coordinates.
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{bids_fixture, pattern_image, run_python};
+use common::{atlas_fixtures, bids_fixture, pattern_image, run_python};
 use serde_json::Value;
 
 /// The fixtures the queries run against (see the module comment).
@@ -25,6 +27,7 @@ fn fixtures() -> tempfile::TempDir {
     pattern_image(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3], 0);
     pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
     bids_fixture(dir.path());
+    atlas_fixtures(dir.path());
     dir
 }
 

@@ -325,6 +325,34 @@ async fn glob_over_a_prefix_and_create_external_table() {
     assert!(e.contains("matches no image file"), "{e}");
 }
 
+/// Object keys are percent-decoded as URLs are (RFC 3986), not as form data: in `x+y%20z.nii` the `+` is a plus
+/// sign and `%20` a space, for one object and for a glob (a key `x y z.nii` beside it is not matched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plus_and_percent_escapes_in_object_keys() {
+    let g = Garage::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (plus, plus_bytes) = make_image(dir.path(), "plus.nii", &[4, 3, 2, 2], 31);
+    let (_, space_bytes) = make_image(dir.path(), "space.nii", &[4, 3, 2, 3], 32);
+    g.put("keys/x+y z.nii", &plus_bytes);
+    g.put("keys/x y z.nii", &space_bytes);
+    let opts = garage_options(g);
+    let url = g.url_of("keys/x+y%20z.nii");
+    let p = ArrayProxy::open_location(&url, None, ProxyOptions::default(), &opts)
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(p.shape(), &[4, 3, 2, 2]);
+    let local = ArrayProxy::open(&plus, ProxyOptions::default()).expect("local");
+    assert_eq!(slice_bytes(&p, ""), slice_bytes(&local, ""));
+    let c = ctx();
+    let glob = g.url_of("keys/x+y%20*.nii");
+    register_voxels(&c, "k", &glob, &option_map(&opts)).unwrap_or_else(|e| panic!("{glob}: {e}"));
+    let files = answer(&c, "SELECT file, count(*) AS n FROM k GROUP BY file").await;
+    assert!(
+        files.contains("x+y z.nii") && files.contains("| 48 "),
+        "{files}"
+    );
+    assert!(!files.contains("x y z.nii"), "{files}");
+}
+
 /// Selective reads: bytes fetched ≤ 1.25 × the bytes the answer needs (plus the header GET), GETs ≤ planned
 /// segments — counted by nginx itself.
 #[test]

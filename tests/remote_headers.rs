@@ -63,7 +63,7 @@ fn nifti_extensions_are_one_more_ranged_get() {
     n.put("hdr/ext.nii", &file);
     let before = n.log_of("hdr/ext.nii").len();
     let image = open_image(&n.url_of("hdr/ext.nii"), &StoreOptions::default()).expect("open");
-    assert_eq!(image.header.offset, vox_offset);
+    assert_eq!(image.header.layout.offset, vox_offset);
     let log = n.log_of("hdr/ext.nii")[before..].to_vec();
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(range_of(&log[0]), (0, 351));
@@ -142,7 +142,7 @@ fn a_gzip_bomb_is_decompressed_no_further_than_its_header_claims() {
     assert!(object.len() < 4096, "{}", object.len());
     n.put("hdr/bomb.nii.gz", &object);
     let image = open_image(&n.url_of("hdr/bomb.nii.gz"), &StoreOptions::default()).expect("open");
-    assert_eq!(image.header.shape, vec![2, 3, 4]);
+    assert_eq!(image.header.layout.shape, vec![2, 3, 4]);
     // A header claiming 2 GiB over the same bytes: truncated, said with the URL and both lengths.
     let huge = nifti1_header(&[1024, 1024, 1024], i16_le(), 1.0, 0.0).expect("header");
     let object = gz(&[&huge, &zeros]);

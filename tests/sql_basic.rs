@@ -9,8 +9,9 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{ByteOrder, DType, Scalar};
+use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::synth::write_nifti1;
-use voxelscan::table::{register_voxels, session_context};
+use voxelscan::table::{register_proxy, register_voxels, session_context};
 
 /// A 4×3×2×5 int16 NIfTI whose voxel (i,j,k,t) holds i + 10j + 100k + 1000t.
 fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
@@ -37,6 +38,14 @@ fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
     )
     .unwrap();
     path.display().to_string()
+}
+
+/// `small_nifti`'s a.nii registered as table `v` in a two-partition context.
+fn small_table(dir: &Path) -> SessionContext {
+    let p = small_nifti(dir, "a.nii", 0.0, 0.0);
+    let ctx = ctx(2);
+    register_voxels(&ctx, "v", &p, &HashMap::new()).unwrap();
+    ctx
 }
 
 fn ctx(partitions: usize) -> SessionContext {
@@ -131,9 +140,7 @@ async fn coordinates_and_values_line_up() {
 #[tokio::test]
 async fn explain_shows_slices_and_count_uses_statistics() {
     let dir = tempfile::tempdir().unwrap();
-    let p = small_nifti(dir.path(), "a.nii", 0.0, 0.0);
-    let ctx = ctx(2);
-    register_voxels(&ctx, "v", &p, &HashMap::new()).unwrap();
+    let ctx = small_table(dir.path());
     let plan = text(&ctx, "EXPLAIN SELECT value FROM v WHERE k = 1 AND t < 2").await;
     assert!(plan.contains("a.nii[0:4, 0:3, 1, 0:2]"), "{plan}");
     assert!(!plan.contains("FilterExec"), "{plan}");
@@ -144,6 +151,27 @@ async fn explain_shows_slices_and_count_uses_statistics() {
     );
     let plan = text(&ctx, "EXPLAIN ANALYZE SELECT sum(value) FROM v WHERE t = 3").await;
     assert!(plan.contains("bytes_read=48"), "{plan}");
+}
+
+/// Filters the slab statistics cannot decide are counted, never silently dropped: EXPLAIN ANALYZE shows
+/// `pruning_skipped`, and the rows are still exactly those that pass.
+#[tokio::test]
+async fn pruning_that_cannot_be_applied_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = small_table(dir.path());
+    let analyze = |filter: &str| format!("EXPLAIN ANALYZE SELECT sum(value) FROM v WHERE {filter}");
+    // Exact filters become the selection; an inexact one on coordinate bounds prunes slabs: nothing skipped.
+    for filter in ["t = 3", "t < 2 OR j > 100"] {
+        let plan = text(&ctx, &analyze(filter)).await;
+        assert!(plan.contains("pruning_skipped=0"), "{filter}: {plan}");
+    }
+    // Neither an index set nor a bound on any coordinate: one filter skipped, then two.
+    let plan = text(&ctx, &analyze("i % 2 = 0")).await;
+    assert!(plan.contains("pruning_skipped=1"), "{plan}");
+    let plan = text(&ctx, &analyze("i % 2 = 0 AND (i + j) % 3 = 1")).await;
+    assert!(plan.contains("pruning_skipped=2"), "{plan}");
+    let even = "SELECT count(*) FROM v WHERE i % 2 = 0";
+    assert_eq!(scalar_i64(&ctx, even).await, 60);
 }
 
 /// A file big enough for several slabs per partition: every row still carries its own voxel.
@@ -295,6 +323,57 @@ async fn options_table_function_and_record_layouts() {
     )
     .await;
     assert!(s.contains("| 3       | 13      | 23      |"), "{s}");
+}
+
+/// Partitions reading through one registered proxy: each reports what its own reads cost, so `EXPLAIN ANALYZE`'s
+/// `bytes_read` adds up to the array's bytes once, however many partitions share the proxy (and the mapped path of
+/// files opened by name reports the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_sharing_a_proxy_count_their_own_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [32usize, 24, 20, 16];
+    let data: Vec<u8> = (0..shape.iter().product::<usize>())
+        .flat_map(|n| ((n % 1000) as i16).to_le_bytes())
+        .collect();
+    let path = dir.path().join("shared.nii");
+    write_nifti1(
+        &path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.0,
+        0.0,
+        &data,
+        false,
+    )
+    .unwrap();
+    let want = data.len();
+    for (mmap, by_proxy) in [("off", true), ("on", true), ("on", false)] {
+        for parts in [1, 4] {
+            let ctx = session_context(SessionConfig::new().with_target_partitions(parts));
+            let opts = HashMap::from([("mmap".to_string(), mmap.to_string())]);
+            if by_proxy {
+                let proxy = ArrayProxy::open(&path, ProxyOptions::default()).unwrap();
+                register_proxy(&ctx, "v", proxy, &opts).unwrap();
+            } else {
+                register_voxels(&ctx, "v", &path.display().to_string(), &opts).unwrap();
+            }
+            let plan = ctx
+                .sql("SELECT sum(value) FROM v")
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
+                .await
+                .unwrap();
+            assert_eq!(
+                scan_bytes(&plan),
+                want,
+                "mmap {mmap}, proxy {by_proxy}, {parts} partitions"
+            );
+        }
+    }
 }
 
 /// `bytes_read` summed over the plan's scans.

@@ -324,4 +324,18 @@ async fn cross_grid_join_equals_nilearn_labels_masker() {
             );
         }
     }
+    // `count(grid_i)` alone is answered from the scan's statistics: the grid columns are NULL outside the atlas,
+    // so their null count must not be claimed to be 0.
+    let (counted, _, _) = run(&ctx, "SELECT count(grid_i) FROM run").await;
+    let (inside, _, _) = run(
+        &ctx,
+        "SELECT sum(CASE WHEN grid_i IS NULL THEN 0 ELSE 1 END) FROM run",
+    )
+    .await;
+    let (counted, inside) = (column(&counted, 0), column(&inside, 0));
+    assert_eq!(counted, inside);
+    assert!(
+        inside[0] > 0.0 && inside[0] < (22 * 20 * 14 * 5) as f64,
+        "{inside:?}"
+    );
 }

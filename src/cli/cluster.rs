@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{CliError, CliResult};
-use crate::cluster::{ClientTls, ClusterToken, ExecutorSettings, SchedulerSettings, ServerTls};
+use voxelscan::cluster::{ClientTls, ClusterToken, ExecutorSettings, SchedulerSettings, ServerTls};
 
 /// Start a Ballista scheduler that plans voxel queries.
 ///
@@ -146,7 +146,11 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
     settings.executor_timeout_seconds = args.executor_timeout.max(1);
     (settings.token, settings.server_tls, settings.client_tls) = args.security.resolve()?;
     let bind = settings.bind;
-    crate::cluster::auth::check_bind(&bind.ip().to_string(), bind.port(), settings.token.as_ref())?;
+    voxelscan::cluster::auth::check_bind(
+        &bind.ip().to_string(),
+        bind.port(),
+        settings.token.as_ref(),
+    )?;
     eprintln!(
         "voxelscan scheduler listening on {} (clients: voxelscan sql --cluster df://{}:{})",
         settings.bind,
@@ -156,7 +160,7 @@ pub fn run_scheduler(args: SchedulerArgs) -> CliResult {
             .unwrap_or(&settings.bind.ip().to_string()),
         settings.bind.port()
     );
-    runtime()?.block_on(crate::cluster::run_scheduler(&settings))?;
+    runtime()?.block_on(voxelscan::cluster::run_scheduler(&settings))?;
     Ok(())
 }
 
@@ -177,7 +181,7 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         }
         settings.concurrency = n;
     }
-    let config = crate::cluster::executor_config(&settings)?;
+    let config = voxelscan::cluster::executor_config(&settings)?;
     eprintln!(
         "voxelscan executor {} on {}:{} (gRPC {}), {} task slots, scheduler {}:{}, work dir {}",
         config.executor_id,
@@ -193,11 +197,11 @@ pub fn run_executor(args: ExecutorArgs) -> CliResult {
         .external_host
         .clone()
         .unwrap_or_else(|| settings.bind_host.clone());
-    crate::table::scan::set_executor_label(format!(
+    voxelscan::table::scan::set_executor_label(format!(
         "{} at {host}:{}",
         config.executor_id, config.grpc_port
     ));
-    runtime()?.block_on(crate::cluster::run_executor(config))?;
+    runtime()?.block_on(voxelscan::cluster::run_executor(config))?;
     Ok(())
 }
 

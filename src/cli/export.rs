@@ -12,15 +12,14 @@ use datafusion::common::stats::Precision;
 use datafusion::datasource::file_format::format_as_file_type;
 use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionConfig;
 
 use super::{CliError, CliResult};
-use crate::formats::Format;
-use crate::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
-use crate::table::{FormatKind, TableOptions, VoxelTable, session_context};
+use voxelscan::formats::Format;
+use voxelscan::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
+use voxelscan::table::{FormatKind, TableOptions, VoxelTable, session_context};
 
 /// The table name `--sql` queries use.
 pub const EXPORT_TABLE: &str = "t";
@@ -121,10 +120,6 @@ impl ExportArgs {
     }
 }
 
-fn df_err(e: DataFusionError) -> CliError {
-    CliError(e.to_string())
-}
-
 pub fn run(args: ExportArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -200,10 +195,9 @@ pub async fn export(
         TableOptions::new(FormatKind::Any),
     )?;
     let options = parquet_options(&table);
-    ctx.register_table(EXPORT_TABLE, Arc::new(table))
-        .map_err(df_err)?;
+    ctx.register_table(EXPORT_TABLE, Arc::new(table))?;
     let query = sql.unwrap_or("SELECT * FROM t");
-    let df = ctx.sql(query).await.map_err(df_err)?;
+    let df = ctx.sql(query).await?;
     let (state, plan) = df.into_parts();
     let file_type = format_as_file_type(Arc::new(ParquetFormatFactory::new_with_options(options)));
     let mut sink_options = HashMap::new();
@@ -221,8 +215,7 @@ pub async fn export(
         sink_options,
         partition_by.to_vec(),
     )
-    .and_then(|b| b.build())
-    .map_err(df_err)?;
+    .and_then(|b| b.build())?;
     run_copy(&state, &copy, progress).await
 }
 
@@ -250,13 +243,9 @@ pub async fn export_nifti(
             .entry("like".to_string())
             .or_insert_with(|| file.name.clone());
     }
-    ctx.register_table(EXPORT_TABLE, Arc::new(table))
-        .map_err(df_err)?;
+    ctx.register_table(EXPORT_TABLE, Arc::new(table))?;
     let opts = NiftiWriteOptions::parse(&options)?;
-    let df = ctx
-        .sql(sql.unwrap_or("SELECT * FROM t"))
-        .await
-        .map_err(df_err)?;
+    let df = ctx.sql(sql.unwrap_or("SELECT * FROM t")).await?;
     let (state, plan) = df.into_parts();
     let file_type = format_as_file_type(Arc::new(NiftiFormatFactory::with_options(opts)));
     let path = out
@@ -264,8 +253,7 @@ pub async fn export_nifti(
         .ok_or_else(|| CliError(format!("{}: not a UTF-8 path", out.display())))?;
     let copy =
         LogicalPlanBuilder::copy_to(plan, path.to_string(), file_type, HashMap::new(), vec![])
-            .and_then(|b| b.build())
-            .map_err(df_err)?;
+            .and_then(|b| b.build())?;
     run_copy(&state, &copy, progress).await
 }
 
@@ -275,14 +263,14 @@ async fn run_copy(
     copy: &datafusion::logical_expr::LogicalPlan,
     progress: bool,
 ) -> Result<u64, CliError> {
-    let physical = state.create_physical_plan(copy).await.map_err(df_err)?;
+    let physical = state.create_physical_plan(copy).await?;
     let bar = progress.then(|| progress_bar(&physical));
     let result = collect(Arc::clone(&physical), state.task_ctx()).await;
     if let Some((bar, ticker)) = bar {
         ticker.abort();
         bar.finish_and_clear();
     }
-    let batches = result.map_err(df_err)?;
+    let batches = result?;
     let count = batches
         .first()
         .and_then(|b| {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CliError, CliResult};
-use crate::formats::{Compression, read_header};
-use crate::io::gzip::{GzipOptions, GzipSource};
+use voxelscan::formats::{Compression, read_header};
+use voxelscan::io::gzip::{GzipOptions, GzipSource};
 
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
@@ -46,9 +46,9 @@ pub fn run(args: IndexArgs) -> CliResult {
             println!("{}: not gzip-compressed, nothing to index", path.display());
             continue;
         }
-        let data = &header.data_path;
+        let data = header.data_path()?;
         let size = std::fs::metadata(data)
-            .map_err(|e| crate::error::VoxelError::io(data, e))?
+            .map_err(|e| voxelscan::error::VoxelError::io(data, e))?
             .len();
         let bar = progress_bar(size, data.display().to_string());
         let source = GzipSource::with_options(data, opts.clone())?;
@@ -73,7 +73,7 @@ pub fn run(args: IndexArgs) -> CliResult {
 }
 
 fn not_written(data: &std::path::Path, opts: &GzipOptions) -> CliError {
-    let tried: Vec<String> = crate::io::gzip::index_locations(data, opts)
+    let tried: Vec<String> = voxelscan::io::gzip::sidecar::index_locations(data, opts)
         .iter()
         .map(|p| p.path.display().to_string())
         .collect();

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{CliResult, OpenArgs};
-use crate::formats::Format;
-use crate::proxy::ArrayProxy;
+use voxelscan::formats::Format;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -52,8 +51,9 @@ fn factor<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub fn run(args: InfoArgs) -> CliResult {
-    let header = args.open.header(&args.path)?;
-    let proxy = ArrayProxy::from_header(&header, Default::default())?;
+    let image = args.open.image(&args.path)?;
+    let header = image.header.clone();
+    let proxy = image.into_proxy(Default::default())?;
     let spatial = !matches!(header.format, Format::Npy | Format::Raw);
     let info = Info {
         format: header.format.name(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::VoxelError;
+use voxelscan::error::VoxelError;
 
 #[cfg(feature = "ballista")]
 pub mod cluster;
@@ -62,6 +62,14 @@ impl fmt::Display for CliError {
 
 impl From<VoxelError> for CliError {
     fn from(e: VoxelError) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Query errors print as DataFusion words them (`Error during planning: …`, `Execution error: …`).
+#[cfg(feature = "sql")]
+impl From<datafusion::error::DataFusionError> for CliError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
         CliError(e.to_string())
     }
 }
@@ -138,7 +146,7 @@ pub struct OpenArgs {
     pub raw: Option<String>,
     /// Memory-map uncompressed files: c (copy-on-write, default), r (read-only) or off.
     #[arg(long, value_name = "MODE", default_value = "c")]
-    pub mmap: crate::io::local::MmapMode,
+    pub mmap: voxelscan::io::local::MmapMode,
     /// Keep one file handle open for all reads instead of opening the file per read.
     #[arg(long)]
     pub keep_file_open: bool,
@@ -146,54 +154,30 @@ pub struct OpenArgs {
 
 impl OpenArgs {
     /// A proxy over a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
-    pub fn open(&self, path: &std::path::Path) -> Result<crate::proxy::ArrayProxy, VoxelError> {
-        let opts = crate::proxy::ProxyOptions {
+    pub fn open(&self, path: &std::path::Path) -> Result<voxelscan::proxy::ArrayProxy, VoxelError> {
+        let opts = voxelscan::proxy::ProxyOptions {
             mmap: self.mmap,
             keep_file_open: self.keep_file_open,
             ..Default::default()
         };
-        #[cfg(feature = "remote")]
-        {
-            let location = path.to_string_lossy();
-            let store = crate::io::remote::StoreOptions::default();
-            crate::proxy::ArrayProxy::open_location(&location, self.raw.as_deref(), opts, &store)
-        }
-        #[cfg(not(feature = "remote"))]
-        match &self.raw {
-            Some(spec) => crate::proxy::ArrayProxy::open_raw(path, spec, opts),
-            None => crate::proxy::ArrayProxy::open(path, opts),
-        }
+        self.image(path)?.into_proxy(opts)
     }
 
-    pub fn header(
+    /// The image at a path, a `file://` URL or (with the `remote` feature) an object-store or HTTP URL.
+    pub fn image(
         &self,
         path: &std::path::Path,
-    ) -> Result<crate::formats::ImageHeader, VoxelError> {
-        #[cfg(feature = "remote")]
-        {
-            use crate::io::remote;
-            let location = path.to_string_lossy();
-            if remote::is_url(&location) {
-                let store = remote::StoreOptions::default();
-                let image = match &self.raw {
-                    Some(spec) => remote::open_raw(&location, spec, &store)?,
-                    None => remote::open_image(&location, &store)?,
-                };
-                return Ok(image.header);
-            }
-        }
-        let path = crate::proxy::local_path(&path.to_string_lossy());
-        match &self.raw {
-            Some(spec) => crate::formats::parse_raw_spec(spec, &path),
-            None => crate::formats::read_header(&path),
-        }
+    ) -> Result<voxelscan::location::OpenImage, VoxelError> {
+        use voxelscan::location::{Location, StoreOptions, open_image};
+        let location = Location::parse(&path.to_string_lossy())?;
+        open_image(&location, self.raw.as_deref(), &StoreOptions::default())
     }
 }
 
 /// `--stats`: what this process read, on standard error (stdout stays the command's output). For object storage
 /// `requests` are GET/HEAD/LIST requests and `bytes_fetched` the bytes received; locally, reads and bytes read.
 pub fn print_stats() {
-    let t = crate::io::totals();
+    let t = voxelscan::io::totals();
     eprintln!(
         "stats: requests={} bytes_fetched={} bytes_used={} segments={}",
         t.requests, t.bytes_read, t.bytes_delivered, t.segments

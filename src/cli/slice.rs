@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use super::{CliResult, OpenArgs};
-use crate::dtype::DType;
-use crate::slicer::SliceSpec;
+use voxelscan::dtype::DType;
+use voxelscan::slicer::SliceSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct SliceArgs {

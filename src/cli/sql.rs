@@ -7,12 +7,11 @@ use std::path::PathBuf;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 
 use super::{CliError, CliResult};
-use crate::table::{register_voxels, session_context};
+use voxelscan::table::{register_voxels, session_context};
 
 /// Output formats of query results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,10 +64,6 @@ pub struct SqlArgs {
     pub statements: Option<String>,
 }
 
-fn df_err(e: DataFusionError) -> CliError {
-    CliError(e.to_string())
-}
-
 pub fn run(args: SqlArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,12 +105,12 @@ async fn context(args: &SqlArgs) -> Result<SessionContext, CliError> {
     let config = SessionConfig::new().with_information_schema(true);
     #[cfg(feature = "ballista")]
     if let Some(url) = &args.cluster {
-        let token = crate::cluster::ClusterToken::resolve(args.token_file.as_deref())?;
+        let token = voxelscan::cluster::ClusterToken::resolve(args.token_file.as_deref())?;
         let tls = super::cluster::client_tls(args.tls_ca.as_deref())?;
-        let config = crate::cluster::with_client_security(config, token.as_ref(), tls.as_ref());
-        return crate::cluster::remote_context(url, config)
+        let config = voxelscan::cluster::with_client_security(config, token.as_ref(), tls.as_ref());
+        return voxelscan::cluster::remote_context(url, config)
             .await
-            .map_err(df_err);
+            .map_err(CliError::from);
     }
     Ok(session_context(config))
 }
@@ -127,16 +122,16 @@ pub async fn run_statements(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> CliResult {
-    let statements = DFParser::parse_sql(sql).map_err(df_err)?;
+    let statements = DFParser::parse_sql(sql)?;
     for statement in statements {
         let state = ctx.state();
-        let plan = state.statement_to_plan(statement).await.map_err(df_err)?;
+        let plan = state.statement_to_plan(statement).await?;
         // COPY's target is written by the cluster's executors: relative paths are this process's.
         #[cfg(feature = "ballista")]
-        let plan = crate::cluster::absolute_copy_target(plan).map_err(df_err)?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(df_err)?;
+        let plan = voxelscan::cluster::absolute_copy_target(plan)?;
+        let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = df.schema().inner().clone();
-        let batches = df.collect().await.map_err(df_err)?;
+        let batches = df.collect().await?;
         if !schema.fields().is_empty() {
             write_results(&schema, &batches, format, out)?;
         }

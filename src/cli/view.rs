@@ -1,13 +1,13 @@
 //! `voxelscan view IMAGE [SPEC] -o slice.png`: a picture of a section (or of the three sections through a voxel),
-//! drawn by `crate::render`.
+//! drawn by `voxelscan::render`.
 
 use std::path::PathBuf;
 
 use super::{CliError, CliResult, OpenArgs};
-use crate::proxy::ProxyOptions;
-use crate::render::colour::{Colormap, Window};
-use crate::render::{Image, Overlay, Request, ViewOptions, render};
-use crate::slicer::SliceSpec;
+use voxelscan::proxy::ProxyOptions;
+use voxelscan::render::colour::{Colormap, Window};
+use voxelscan::render::{Image, Overlay, Request, ViewOptions, render};
+use voxelscan::slicer::SliceSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct ViewArgs {

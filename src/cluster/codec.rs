@@ -33,16 +33,12 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::FileScanExecConf;
 use prost::Message;
 
-use crate::error::VoxelError;
+use crate::table::aggregate::DenseAggregateExec;
 use crate::table::scan::object_path;
 use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
 
 use super::wire::{ScanWire, TableWire};
-
-fn df_error(e: VoxelError) -> DataFusionError {
-    DataFusionError::Plan(e.to_string())
-}
 
 /// Ballista's logical codec plus [`VoxelTable`] providers.
 #[derive(Debug, Default)]
@@ -76,7 +72,7 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
-        let table = wire.and_then(TableWire::into_table).map_err(df_error)?;
+        let table = wire.and_then(TableWire::into_table)?;
         // The plan carries the schema the client saw; a different one means client and scheduler disagree.
         if table.schema().fields() != schema.fields() {
             return Err(DataFusionError::Plan(format!(
@@ -96,9 +92,7 @@ impl LogicalExtensionCodec for VoxelLogicalCodec {
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
         match node.downcast_ref::<VoxelTable>() {
-            Some(table) => TableWire::from_table(table)
-                .and_then(|w| w.encode(buf))
-                .map_err(df_error),
+            Some(table) => Ok(TableWire::from_table(table).and_then(|w| w.encode(buf))?),
             None => self.inner.try_encode_table_provider(table_ref, node, buf),
         }
     }
@@ -196,9 +190,8 @@ impl VoxelPhysicalCodec {
             .flat_map(|g| g.iter())
             .map(|pf| pf.object_meta.location.to_string())
             .collect();
-        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))
-            .map_err(df_error)?;
-        wire.encode(&proto.encode_to_vec(), buf).map_err(df_error)
+        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))?;
+        Ok(wire.encode(&proto.encode_to_vec(), buf)?)
     }
 
     fn decode_scan(
@@ -211,7 +204,7 @@ impl VoxelPhysicalCodec {
         let proto = FileScanExecConf::decode(proto_bytes).map_err(|e| {
             DataFusionError::Internal(format!("decoding a voxel scan's file scan config: {e}"))
         })?;
-        let spec = wire.into_spec().map_err(df_error)?;
+        let spec = wire.into_spec()?;
         let table_schema = FileScanConfig::parse_table_schema_from_proto(&proto)?;
         let source = VoxelSource::new(Arc::new(spec), table_schema);
         let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
@@ -232,9 +225,12 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(sink) = nifti_wire::decode_sink(buf, inputs) {
             return sink;
         }
+        if let Some(dense) = dense_wire::decode(buf, inputs, ctx, self, converter) {
+            return dense;
+        }
         match ScanWire::decode(buf) {
             Some(decoded) => {
-                let (wire, rest) = decoded.map_err(df_error)?;
+                let (wire, rest) = decoded?;
                 self.decode_scan(wire, rest, ctx, converter)
             }
             None => self.inner.try_decode(buf, inputs, ctx, converter),
@@ -249,6 +245,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
     ) -> DfResult<()> {
         if let Some(sink) = nifti_wire::nifti_sink(node.as_ref()) {
             return nifti_wire::encode_sink(sink, buf);
+        }
+        if let Some(dense) = node.downcast_ref::<DenseAggregateExec>() {
+            return dense_wire::encode(dense, buf, self, converter);
         }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
@@ -331,6 +330,11 @@ mod nifti_wire {
         DataFusionError::Internal(format!("decoding a NIfTI {what}: {e}"))
     }
 
+    /// Serialising our own types into memory fails only if they break serde's rules: a bug.
+    fn encode_err(what: &str, e: serde_json::Error) -> DataFusionError {
+        DataFusionError::Internal(format!("encoding a NIfTI {what}: {e}"))
+    }
+
     #[derive(serde::Serialize, serde::Deserialize)]
     struct FormatWire {
         name: String,
@@ -343,7 +347,7 @@ mod nifti_wire {
             options: factory.options().clone(),
         };
         buf.extend_from_slice(FORMAT_MAGIC);
-        serde_json::to_writer(buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))
+        serde_json::to_writer(buf, &wire).map_err(|e| encode_err("file format", e))
     }
 
     pub fn decode_format(buf: &[u8]) -> Option<DfResult<Arc<dyn FileFormatFactory>>> {
@@ -365,7 +369,7 @@ mod nifti_wire {
 
     pub fn encode_sink(sink: &NiftiSink, buf: &mut Vec<u8>) -> DfResult<()> {
         buf.extend_from_slice(SINK_MAGIC);
-        serde_json::to_writer(buf, sink.spec()).map_err(|e| DataFusionError::External(Box::new(e)))
+        serde_json::to_writer(buf, sink.spec()).map_err(|e| encode_err("sink", e))
     }
 
     pub fn decode_sink(
@@ -393,6 +397,89 @@ mod nifti_wire {
             Arc::new(sink),
             None,
         )))
+    }
+}
+
+/// A [`DenseAggregateExec`]: its key ranges as JSON, then the `AggregateExec` it computes as DataFusion's own
+/// protobuf (over an empty input of the same schema: the real input is the node's child, encoded on its own).
+mod dense_wire {
+    use super::*;
+    use crate::table::aggregate::KeyRange;
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    const MAGIC: &[u8] = b"voxelscan.dense-aggregate:";
+
+    fn recompute() -> ReplaceChildrenOptions {
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+    }
+
+    fn error(what: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Internal(format!("decoding a dense aggregate: {what}"))
+    }
+
+    pub fn encode(
+        dense: &DenseAggregateExec,
+        buf: &mut Vec<u8>,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let agg = dense.aggregate();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
+        let node = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
+        let proto = converter.execution_plan_to_proto(&node, codec)?;
+        let ranges = serde_json::to_vec(dense.ranges())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let len = u32::try_from(ranges.len()).map_err(|_| error("key ranges too long"))?;
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&ranges);
+        buf.extend_from_slice(&proto.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn decode(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
+        let rest = buf.strip_prefix(MAGIC)?;
+        Some(decode_node(rest, inputs, ctx, codec, converter))
+    }
+
+    fn decode_node(
+        rest: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = inputs else {
+            return Err(error(format!("one input expected, got {}", inputs.len())));
+        };
+        let (len, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| error("truncated"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(error("truncated key ranges"));
+        }
+        let (json, proto) = rest.split_at(len);
+        let ranges: Vec<KeyRange> = serde_json::from_slice(json).map_err(error)?;
+        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
+        let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
+        let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
+        let agg = node
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| error("not an aggregate"))?;
+        Ok(Arc::new(DenseAggregateExec::try_new(agg.clone(), ranges)?))
     }
 }
 
@@ -545,6 +632,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dense_aggregates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            // Integer values: sums are exact whatever order partial states merge in, so rows compare exactly.
+            "SELECT t, avg(value), max(value), count(*) FROM a_raw GROUP BY t ORDER BY t",
+            "SELECT i, j, k, avg(value), min(value) FROM a_raw GROUP BY i, j, k ORDER BY i, j, k",
+            "SELECT CAST(k AS INT) AS k, sum(value) FILTER (WHERE t > 2) FROM a_raw GROUP BY CAST(k AS INT) ORDER BY k",
+        ] {
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(shown(&plan).contains("DenseAggregateExec"), "{sql}");
+            round_trip(&ctx, sql).await;
+        }
+        let pcodec = VoxelPhysicalCodec::default();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let e = pcodec
+            .try_decode(
+                b"voxelscan.dense-aggregate:\x05",
+                &[],
+                &ctx.task_ctx(),
+                &converter,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("dense aggregate"), "{e}");
+    }
+
+    #[tokio::test]
     async fn tables_and_scans_round_trip_with_every_option() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = tables(dir.path()).await;
@@ -608,6 +728,55 @@ mod tests {
              GROUP BY file, grid_i ORDER BY file, grid_i",
         ] {
             round_trip(&ctx, sql).await;
+        }
+    }
+
+    /// A dense join (one linear key, both sides rehashed on it when partitioned) ships to executors: the decoded plan
+    /// is the same but for the scans' dynamic filters, which stay with the process that planned them.
+    #[tokio::test]
+    async fn dense_joins_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        let sql = "SELECT b.t, sum(b.value), count(*) FROM a b JOIN a_raw r \
+                   ON b.i = r.i AND b.j = r.j AND b.k = r.k AND b.t = r.t WHERE r.value > 40 GROUP BY b.t ORDER BY b.t";
+        let no_dynamic = |p: &Arc<dyn ExecutionPlan>| {
+            shown(p).replace(", dynamic_filter=DynamicFilter [ empty ]", "")
+        };
+        for rows_threshold in ["1000000", "0"] {
+            ctx.sql(&format!(
+                "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = {rows_threshold}"
+            ))
+            .await
+            .unwrap();
+            ctx.sql(&format!(
+                "SET datafusion.optimizer.hash_join_single_partition_threshold = {rows_threshold}"
+            ))
+            .await
+            .unwrap();
+            let physical = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(
+                shown(&physical).contains("on=[(CAST(i@"),
+                "{}",
+                shown(&physical)
+            );
+            let rehashed = shown(&physical).contains("partitioning=Hash([CAST(i@");
+            assert_eq!(rehashed, rows_threshold == "0", "{}", shown(&physical));
+            let pcodec = VoxelPhysicalCodec::default();
+            let bytes =
+                physical_plan_to_bytes_with_extension_codec(physical.clone(), &pcodec).unwrap();
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                    .unwrap();
+            assert_eq!(no_dynamic(&decoded), no_dynamic(&physical));
+            let want = rows(physical, &ctx).await;
+            assert!(want.lines().count() > 4, "{want}");
+            assert_eq!(rows(decoded, &ctx).await, want);
         }
     }
 
@@ -838,7 +1007,8 @@ mod tests {
             file,
             name: "fd".into(),
         };
-        let proxy = crate::proxy::ArrayProxy::new(handle, &header, Default::default()).unwrap();
+        let proxy =
+            crate::proxy::ArrayProxy::new(handle, &header.layout, Default::default()).unwrap();
         let ctx = session_context(SessionConfig::new());
         crate::table::register_proxy(&ctx, "h", proxy, &Default::default()).unwrap();
         let logical = ctx

@@ -52,7 +52,8 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
 
 /// Ballista's session defaults with the voxel codecs.
 pub fn ballista_config() -> SessionConfig {
-    with_codecs(SessionConfig::new_with_ballista())
+    // With voxelscan's settings, so `SET voxelscan.…` reaches the executors' sessions.
+    crate::table::config::with_voxelscan_options(with_codecs(SessionConfig::new_with_ballista()))
 }
 
 /// `config` whose gRPC and Flight clients (to the scheduler, result fetches from executors) carry `token`;

@@ -512,6 +512,7 @@ pub fn executor_config(settings: &ExecutorSettings) -> Result<ExecutorProcessCon
             settings.client_tls.clone(),
         )),
         override_runtime_producer: Some(runtime_producer(work_dir)),
+        override_execution_engine: Some(dense_engine()),
         override_arrow_flight_service: Some(flight),
         override_create_grpc_client_endpoint: endpoint_override(
             settings.token.as_ref(),
@@ -519,6 +520,14 @@ pub fn executor_config(settings: &ExecutorSettings) -> Result<ExecutorProcessCon
         ),
         ..defaults
     })
+}
+
+/// DataFusion's engine with dense aggregates put into each stage plan ([`DenseAggregateEngine`]). (Ballista's
+/// own default adds a pool of Flight clients for shuffle reads, which it does not export: each read connects anew.)
+pub fn dense_engine() -> Arc<dyn ballista_executor::execution_engine::ExecutionEngine> {
+    Arc::new(crate::table::aggregate_engine::DenseAggregateEngine::new(
+        Arc::new(ballista_executor::execution_engine::DefaultExecutionEngine::new()),
+    ))
 }
 
 /// Ask the scheduler one harmless question (a job's status) through the endpoint the executor will use: a

@@ -10,19 +10,18 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::dtype::{DType, Scalar};
+use crate::dtype::Scalar;
 use crate::error::{Result, VoxelError};
-use crate::formats::{Compression, Factor, Format};
+use crate::formats::{Compression, Format};
 use crate::io::local::MmapMode;
 use crate::io::remote::StoreOptions;
-use crate::plan::Order;
+use crate::layout::{ArrayLayout, Float};
+use crate::location::Location;
+use crate::table::files::Fingerprint;
 use crate::table::layout::Selection;
 use crate::table::scan::ScanSpec;
 use crate::table::{FormatKind, IndexSet, TableOptions, ValueMode, VoxelFile, VoxelTable};
@@ -79,12 +78,8 @@ pub struct FileWire {
     /// Absolute path of the data file, or its URL: every node reads it there.
     pub data_path: String,
     pub format: Format,
-    pub shape: Vec<u64>,
-    pub dtype: DType,
-    pub offset: u64,
-    pub slope: FactorWire,
-    pub inter: FactorWire,
-    pub order: Order,
+    /// Shape, dtype, offset, order and scale factors (bit for bit).
+    pub layout: ArrayLayout,
     pub compression: Compression,
     /// Row-major 4×4.
     pub affine: Vec<Float>,
@@ -95,24 +90,11 @@ pub struct FileWire {
     /// The map to another image's grid (table option `grid`).
     #[serde(default)]
     pub grid: Option<crate::table::world::GridMap>,
-    pub size: u64,
-    #[serde(default)]
-    pub modified: Option<SystemTime>,
-    /// An object's ETag at registration (reads are pinned to it).
-    #[serde(default)]
-    pub etag: Option<String>,
+    /// Size and modification time or ETag at registration.
+    pub fingerprint: Fingerprint,
     /// The settings to reach the object (from the table's options).
     #[serde(default)]
     pub store: StoreOptions,
-}
-
-/// A scale factor with the float type it carries.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FactorWire {
-    F16(Float),
-    F32(Float),
-    F64(Float),
 }
 
 /// What one scan reads: the facts of its files and, per file, the selection (`None`: pruned).
@@ -129,90 +111,6 @@ pub struct ScanWire {
     pub selections: Vec<Option<Vec<Vec<[u64; 2]>>>>,
 }
 
-/// An `f64` that survives JSON exactly: finite values as numbers, the others as `"NaN"`, `"inf"`, `"-inf"`.
-#[derive(Debug, Clone, Copy)]
-pub struct Float(pub f64);
-
-impl PartialEq for Float {
-    /// Bitwise, so that a round-trip test can tell `-0.0` from `0.0` and NaN equals itself.
-    fn eq(&self, other: &Float) -> bool {
-        self.0.to_bits() == other.0.to_bits()
-    }
-}
-
-impl Serialize for Float {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let v = self.0;
-        if v.is_finite() {
-            s.serialize_f64(v)
-        } else if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if v > 0.0 {
-            s.serialize_str("inf")
-        } else {
-            s.serialize_str("-inf")
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Float {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Float, D::Error> {
-        d.deserialize_any(FloatVisitor)
-    }
-}
-
-struct FloatVisitor;
-
-impl Visitor<'_> for FloatVisitor {
-    type Value = Float;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a number, \"NaN\", \"inf\" or \"-inf\"")
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Float, E> {
-        Ok(Float(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Float, E> {
-        Ok(Float(v as f64))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Float, E> {
-        Ok(Float(v as f64))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Float, E> {
-        match v {
-            "NaN" => Ok(Float(f64::NAN)),
-            "inf" => Ok(Float(f64::INFINITY)),
-            "-inf" => Ok(Float(f64::NEG_INFINITY)),
-            _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-        }
-    }
-}
-
-impl From<Factor> for FactorWire {
-    fn from(f: Factor) -> FactorWire {
-        match f {
-            Factor::F16(v) => FactorWire::F16(Float(f64::from(v))),
-            Factor::F32(v) => FactorWire::F32(Float(f64::from(v))),
-            Factor::F64(v) => FactorWire::F64(Float(v)),
-        }
-    }
-}
-
-impl From<FactorWire> for Factor {
-    /// Exact for what [`From<Factor>`] wrote: an `f32` widened to `f64` narrows back to itself.
-    fn from(f: FactorWire) -> Factor {
-        match f {
-            FactorWire::F16(v) => Factor::F16(v.0 as f32),
-            FactorWire::F32(v) => Factor::F32(v.0 as f32),
-            FactorWire::F64(v) => Factor::F64(v.0),
-        }
-    }
-}
-
 fn invalid(what: impl fmt::Display) -> VoxelError {
     VoxelError::Invalid(what.to_string())
 }
@@ -221,94 +119,76 @@ impl FileWire {
     /// The facts of a table file. A file read through an open handle (a proxy registered without a path) has no
     /// path another node could open: an error.
     pub fn from_file(table: &str, f: &VoxelFile) -> Result<FileWire> {
-        if f.proxy.as_ref().is_some_and(|p| p.path().is_none()) {
-            return Err(invalid(format!(
-                "table {table}: {} is read through an open file handle (a proxy registered without a path); \
-                 such a table cannot run on a cluster: register the file by its path",
-                f.name
-            )));
-        }
-        // Relative paths are resolved here, on the registering node: the others have other working directories.
-        let abs = if f.is_remote() {
-            f.data_path.clone()
-        } else {
-            std::path::absolute(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?
+        let data_path = match &f.data {
+            Location::Handle { .. } => {
+                return Err(invalid(format!(
+                    "table {table}: {} is read through an open file handle (a proxy registered without a path); \
+                     such a table cannot run on a cluster: register the file by its path",
+                    f.name
+                )));
+            }
+            Location::Object(url) => url.as_str().to_string(),
+            // Relative paths are resolved here, on the registering node: the others have other working
+            // directories.
+            Location::Path(p) => {
+                let abs = std::path::absolute(p).map_err(|e| VoxelError::io(p, e))?;
+                abs.to_str()
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "table {table}: {}: a path that is not UTF-8 cannot be sent to a cluster",
+                            abs.display()
+                        ))
+                    })?
+                    .to_string()
+            }
         };
-        let data_path = abs.to_str().ok_or_else(|| {
-            invalid(format!(
-                "table {table}: {}: a path that is not UTF-8 cannot be sent to a cluster",
-                abs.display()
-            ))
-        })?;
         Ok(FileWire {
             name: f.name.clone(),
-            data_path: data_path.to_string(),
+            data_path,
             format: f.format,
-            shape: f.shape.iter().map(|&n| n as u64).collect(),
-            dtype: f.dtype,
-            offset: f.offset,
-            slope: f.slope.into(),
-            inter: f.inter.into(),
-            order: f.order,
+            layout: f.layout.clone(),
             compression: f.compression,
             affine: f.affine.iter().flatten().map(|&v| Float(v)).collect(),
             zooms: f.zooms.iter().map(|&v| Float(v)).collect(),
             world: f.world,
             grid: f.grid,
-            size: f.size,
-            modified: f.modified,
-            etag: f.etag.clone(),
+            fingerprint: f.fingerprint.clone(),
             store: f.store.clone(),
         })
     }
 
-    /// The table file again (opened by path when read). The facts are checked as far as the scan relies on them.
+    /// The table file again (opened by path or URL when read). The facts are checked as far as the scan relies
+    /// on them.
     pub fn into_file(self) -> Result<VoxelFile> {
         let bad = |what: &str| invalid(format!("{}: {what}", self.name));
-        if self.shape.len() > MAX_AXES {
+        if self.layout.ndim() > MAX_AXES {
             return Err(bad("more than 7 axes"));
         }
-        let shape = self
-            .shape
-            .iter()
-            .map(|&n| {
-                usize::try_from(n).map_err(|_| bad("axis length beyond this machine's usize"))
-            })
-            .collect::<Result<Vec<usize>>>()?;
-        let bytes = self
-            .shape
-            .iter()
-            .try_fold(self.dtype.size() as u64, |acc, &n| acc.checked_mul(n))
-            .and_then(|b| b.checked_add(self.offset));
-        if bytes.is_none() {
+        if self.layout.checked_end().is_none() {
             return Err(bad("array size overflows 64 bits"));
         }
         let affine = affine_from_wire(&self.affine).map_err(bad)?;
+        let data = match Location::parse(&self.data_path)? {
+            Location::Handle { .. } => return Err(bad("an open handle cannot be sent")),
+            other => other,
+        };
         Ok(VoxelFile {
-            data_path: PathBuf::from(&self.data_path),
+            data,
             format: self.format,
-            shape,
-            dtype: self.dtype,
-            offset: self.offset,
-            slope: self.slope.into(),
-            inter: self.inter.into(),
-            order: self.order,
+            layout: self.layout,
             compression: self.compression,
             affine,
             zooms: self.zooms.iter().map(|v| v.0).collect(),
             world: self.world,
             grid: self.grid,
-            size: self.size,
-            modified: self.modified,
+            fingerprint: self.fingerprint,
             proxy: None,
-            etag: self.etag,
             store: self.store,
             name: self.name,
         })
     }
 }
 
-/// The files of one table must agree on their number of axes (the scan and the schema rely on it).
 /// A row-major 4×4 affine from its 16 cells.
 fn affine_from_wire(cells: &[Float]) -> std::result::Result<crate::formats::Affine, &'static str> {
     let cells: &[Float; 16] = cells
@@ -319,18 +199,6 @@ fn affine_from_wire(cells: &[Float]) -> std::result::Result<crate::formats::Affi
         affine[k / 4][k % 4] = v.0;
     }
     Ok(affine)
-}
-
-fn check_same_ndim(files: &[VoxelFile]) -> Result<()> {
-    let ndim = files.first().map_or(0, VoxelFile::ndim);
-    match files.iter().find(|f| f.ndim() != ndim) {
-        Some(f) => Err(invalid(format!(
-            "{}: {} axes where the table's files have {ndim}",
-            f.name,
-            f.ndim()
-        ))),
-        None => Ok(()),
-    }
 }
 
 impl TableWire {
@@ -391,7 +259,7 @@ impl TableWire {
             .map(FileWire::into_file)
             .collect::<Result<Vec<_>>>()
             .map_err(in_table)?;
-        check_same_ndim(&files).map_err(in_table)?;
+        crate::table::files::check_same_ndim(&files).map_err(in_table)?;
         VoxelTable::from_files(&name, files, self.multi, opts)
     }
 
@@ -438,7 +306,7 @@ fn selection_from_wire(f: &VoxelFile, axes: Vec<Vec<[u64; 2]>>) -> Result<Select
     }
     let mut out = Vec::with_capacity(axes.len());
     for (a, ranges) in axes.into_iter().enumerate() {
-        let n = f.shape[a] as u64;
+        let n = f.layout.shape[a] as u64;
         if let Some([s, e]) = ranges.iter().find(|[s, e]| s > e || *e > n) {
             return Err(invalid(format!(
                 "{}: selected range {s}..{e} is outside axis {a} of length {n}",
@@ -539,6 +407,10 @@ impl ScanWire {
 mod tests {
     use super::*;
     use crate::dtype::ByteOrder;
+    use crate::dtype::DType;
+    use crate::layout::Factor;
+    use std::path::PathBuf;
+    use std::time::SystemTime;
 
     fn file(name: &str, shape: Vec<usize>) -> VoxelFile {
         let mut affine = crate::formats::affine::IDENTITY;
@@ -548,23 +420,24 @@ mod tests {
         affine[0][3] = f64::NEG_INFINITY;
         VoxelFile {
             name: name.to_string(),
-            data_path: PathBuf::from(format!("/data/{name}")),
+            data: Location::Path(PathBuf::from(format!("/data/{name}"))),
             format: Format::Nifti1Image,
             zooms: vec![1e-300, 2.5, f64::MIN_POSITIVE / 2.0][..shape.len().min(3)].to_vec(),
-            shape,
-            dtype: DType::new(Scalar::I16, ByteOrder::Big),
-            offset: 352,
-            slope: Factor::F32(0.1),
-            inter: Factor::F16(-1.5),
-            order: Order::F,
+            layout: ArrayLayout::new(shape, DType::new(Scalar::I16, ByteOrder::Big))
+                .with_offset(352)
+                .with_scaling(Factor::F32(0.1), Factor::F16(-1.5)),
             compression: Compression::None,
             affine,
             world: crate::formats::WorldMeta::nifti(4, 1, 2 | 16),
             grid: None,
-            size: 1000,
-            modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123)),
+            fingerprint: Fingerprint {
+                size: 1000,
+                modified: Some(
+                    SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123),
+                ),
+                etag: None,
+            },
             proxy: None,
-            etag: None,
             store: StoreOptions::default(),
         }
     }
@@ -577,25 +450,35 @@ mod tests {
         let back: FileWire = serde_json::from_str(&json).unwrap();
         assert_eq!(back, wire);
         let g = back.into_file().unwrap();
-        assert_eq!(g.slope, Factor::F32(0.1));
-        assert_eq!(g.inter, Factor::F16(-1.5));
+        assert_eq!(g.layout.slope, Factor::F32(0.1));
+        assert_eq!(g.layout.inter, Factor::F16(-1.5));
         assert_eq!((g.affine[0][0]).to_bits(), (0.1f64 + 0.2).to_bits());
         assert!(g.affine[1][3].is_nan());
         assert_eq!(g.affine[2][3].to_bits(), (-0.0f64).to_bits());
         assert_eq!(g.affine[0][3], f64::NEG_INFINITY);
         assert_eq!(g.zooms, f.zooms);
         assert_eq!(
-            (g.shape, g.dtype, g.offset, g.modified),
-            (f.shape, f.dtype, f.offset, f.modified)
+            (
+                g.layout.shape,
+                g.layout.dtype,
+                g.layout.offset,
+                g.fingerprint.modified
+            ),
+            (
+                f.layout.shape,
+                f.layout.dtype,
+                f.layout.offset,
+                f.fingerprint.modified
+            )
         );
     }
 
     #[test]
     fn remote_files_keep_their_url_etag_and_store_options() {
         let mut f = file("a.nii", vec![2, 3]);
-        f.data_path = PathBuf::from("s3://bucket/sub/a.nii");
-        f.modified = None;
-        f.etag = Some("\"abc\"".into());
+        f.data = Location::parse("s3://bucket/sub/a.nii").unwrap();
+        f.fingerprint.modified = None;
+        f.fingerprint.etag = Some("\"abc\"".into());
         f.store
             .insert("aws.endpoint", "http://127.0.0.1:9000")
             .unwrap();
@@ -607,7 +490,7 @@ mod tests {
             .into_file()
             .unwrap();
         assert!(g.is_remote());
-        assert_eq!((g.etag, g.store), (f.etag, f.store));
+        assert_eq!((g.fingerprint.etag, g.store), (f.fingerprint.etag, f.store));
     }
 
     #[test]
@@ -622,7 +505,7 @@ mod tests {
                 .contains("16 entries")
         );
         w.affine.push(Float(1.0));
-        w.shape = vec![u64::MAX, 4];
+        w.layout.shape = vec![usize::MAX, 4];
         assert!(w.into_file().unwrap_err().to_string().contains("overflows"));
         let f = file("a.nii", vec![4, 5]);
         let e = selection_from_wire(&f, vec![vec![[0, 4]], vec![[2, 6]]]).unwrap_err();
@@ -664,8 +547,8 @@ mod tests {
         )
         .unwrap();
         let mut w = TableWire::from_table(&t).unwrap();
-        w.files[1].shape.push(4);
+        w.files[1].layout.shape.push(4);
         let e = w.into_table().unwrap_err();
-        assert!(e.to_string().contains("b.nii: 3 axes"), "{e}");
+        assert!(e.to_string().contains("b.nii: has 3 axes"), "{e}");
     }
 }

@@ -13,7 +13,7 @@
 use super::affine::{Affine, IDENTITY, shape_zoom_affine};
 use super::fields::{Fields, guess_byte_order};
 use super::source::Source;
-use super::{Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
+use super::{ArrayLayout, Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
 use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 use std::path::Path;
@@ -47,32 +47,46 @@ pub(crate) fn short_header(path: &Path, needed: usize, got: usize) -> VoxelError
     }
 }
 
-/// Analyze datatype codes (`analyze.data_type_codes`).
-fn analyze_dtype(code: i64, order: ByteOrder, path: &Path) -> Result<DType> {
-    let scalar = match code {
-        2 => Scalar::U8,
-        4 => Scalar::I16,
-        8 => Scalar::I32,
-        16 => Scalar::F32,
-        32 => Scalar::C64,
-        64 => Scalar::F64,
-        128 => Scalar::Rgb24,
-        0 | 1 | 255 => {
-            return Err(VoxelError::header(
-                path,
-                format!(
-                    "data code {code} not supported (Analyze 'none'/'binary'/'all' have no dtype)"
-                ),
-            ));
-        }
-        _ => {
-            return Err(VoxelError::header(
-                path,
-                format!("data code {code} not recognized"),
-            ));
-        }
+/// Which datatype table a header's code is looked up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codes {
+    /// `analyze.data_type_codes`: the first seven NIfTI codes.
+    Analyze,
+    /// `nifti1.data_type_codes` (NIfTI-1 and -2).
+    Nifti,
+}
+
+/// The dtype of a header's `datatype` code in `order`, or the error nibabel gives for it.
+pub(crate) fn datatype(code: i64, codes: Codes, order: ByteOrder, path: &Path) -> Result<DType> {
+    let scalar = match codes {
+        Codes::Analyze => Scalar::from_analyze_code(code),
+        Codes::Nifti => Scalar::from_nifti_code(code),
     };
-    Ok(DType::new(scalar, order))
+    if let Some(s) = scalar {
+        return Ok(DType::new(s, order));
+    }
+    let family = match codes {
+        Codes::Analyze => "Analyze",
+        Codes::Nifti => "NIfTI",
+    };
+    let problem = match code {
+        1536 | 2048 if codes == Codes::Nifti => {
+            let name = if code == 1536 {
+                "float128"
+            } else {
+                "complex256"
+            };
+            return Err(VoxelError::Unsupported {
+                path: path.display().to_string(),
+                what: format!("NIfTI datatype {code} ({name}): no 128-bit floats on this platform"),
+            });
+        }
+        0 | 1 | 255 => {
+            format!("data code {code} not supported ({family} 'none'/'binary'/'all' have no dtype)")
+        }
+        _ => format!("data code {code} not recognized"),
+    };
+    Err(VoxelError::header_field(path, "datatype", code, problem))
 }
 
 /// `dim[1..=dim[0]]` (nibabel's `get_data_shape` before any format hack): `(0,)` when `dim[0] == 0`; `dim[0]`
@@ -81,8 +95,10 @@ pub(crate) fn shape_dims(dim: &[i64; 8], path: &Path) -> Result<Vec<i64>> {
     match dim[0] {
         0 => Ok(vec![0]),
         n @ 1..=7 => Ok(dim[1..=n as usize].to_vec()),
-        n => Err(VoxelError::header(
+        n => Err(VoxelError::header_field(
             path,
+            "dim",
+            n,
             format!("dim[0] = {n}: the number of dimensions must be 0..=7"),
         )),
     }
@@ -121,8 +137,10 @@ pub(crate) fn fix_pixdim(mut pixdim: [f64; 8]) -> [f64; 8] {
 pub(crate) fn float_offset(v: f32, path: &Path) -> Result<u64> {
     let t = f64::from(v).trunc();
     if !t.is_finite() || !(0.0..18_446_744_073_709_551_616.0).contains(&t) {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "vox_offset",
+            v,
             format!("vox_offset {v} is not a valid byte offset"),
         ));
     }
@@ -201,7 +219,7 @@ pub(crate) fn parse(src: &mut dyn Source, variant: Variant) -> Result<Parsed> {
     }
     let order = guess_byte_order(&block, 40, 2, HEADER_SIZE as i32);
     let f = Fields::new(&block, order);
-    let dtype = analyze_dtype(i64::from(f.i16(70)), order, &path)?;
+    let dtype = datatype(i64::from(f.i16(70)), Codes::Analyze, order, &path)?;
     let dim = read_dims(&f, 40);
     let pixdim = fix_pixdim(read_pixdim_f32(&f, 76));
     let dims = shape_dims(&dim, &path)?;
@@ -218,12 +236,14 @@ pub(crate) fn parse(src: &mut dyn Source, variant: Variant) -> Result<Parsed> {
     };
     Ok(Parsed {
         format: variant.format(),
-        shape,
-        dtype,
-        offset,
-        slope,
-        inter,
-        order: Order::F,
+        layout: ArrayLayout {
+            shape,
+            dtype,
+            offset,
+            order: Order::F,
+            slope,
+            inter,
+        },
         affine,
         zooms: zooms(&dim, &pixdim),
         world: super::WorldMeta::other(0, 1.0),
@@ -251,11 +271,11 @@ mod tests {
                 .build();
             let p = parse_as(&h, Variant::Analyze).unwrap();
             assert_eq!(p.format, Format::Analyze);
-            assert_eq!(p.shape, vec![3, 5, 7]);
-            assert_eq!(p.dtype, DType::new(Scalar::I16, order));
-            assert_eq!(p.offset, 16, "float vox_offset truncates");
-            assert_eq!((p.slope, p.inter), NO_SCALING);
-            assert_eq!(p.order, Order::F);
+            assert_eq!(p.layout.shape, vec![3, 5, 7]);
+            assert_eq!(p.layout.dtype, DType::new(Scalar::I16, order));
+            assert_eq!(p.layout.offset, 16, "float vox_offset truncates");
+            assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
+            assert_eq!(p.layout.order, Order::F);
             assert_eq!(p.zooms, vec![3.0, 2.0, 1.0]);
             // Reference §2.3 vector.
             assert_eq!(p.affine[0], [-3.0, 0.0, 0.0, 3.0]);
@@ -278,7 +298,7 @@ mod tests {
         for (code, scalar) in table {
             let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], code).build();
             assert_eq!(
-                parse_as(&h, Variant::Spm2).unwrap().dtype,
+                parse_as(&h, Variant::Spm2).unwrap().layout.dtype,
                 DType::new(scalar, ByteOrder::Big)
             );
         }
@@ -298,7 +318,7 @@ mod tests {
     fn zero_ndim_and_pixdim_fixes() {
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[], 2).build();
         let p = parse_as(&h, Variant::Analyze).unwrap();
-        assert_eq!(p.shape, vec![0]);
+        assert_eq!(p.layout.shape, vec![0]);
         assert_eq!(p.zooms, vec![1.0]);
         assert_eq!(p.affine[0][0], -1.0);
         // Zero → 1 and negative → abs on pixdim[1..=3] only; pixdim[4] kept.
@@ -345,7 +365,7 @@ mod tests {
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[2], 2)
             .vox_offset(-0.5)
             .build();
-        assert_eq!(parse_as(&h, Variant::Analyze).unwrap().offset, 0);
+        assert_eq!(parse_as(&h, Variant::Analyze).unwrap().layout.offset, 0);
         let h = HeaderBuilder::analyze(ByteOrder::Little, &[2], 2).build();
         assert!(matches!(
             parse_as(&h[..300], Variant::Analyze),
@@ -365,15 +385,18 @@ mod tests {
             .build();
         let p = parse_as(&h, Variant::Spm99).unwrap();
         assert_eq!(p.format, Format::Spm99Analyze);
-        assert_eq!((p.slope, p.inter), (Factor::F32(0.1), Factor::F64(0.0)));
+        assert_eq!(
+            (p.layout.slope, p.layout.inter),
+            (Factor::F32(0.1), Factor::F64(0.0))
+        );
         for none in [0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
                 .f32_at(112, none)
                 .build();
             assert_eq!(
                 (
-                    parse_as(&h, Variant::Spm99).unwrap().slope,
-                    parse_as(&h, Variant::Spm99).unwrap().inter
+                    parse_as(&h, Variant::Spm99).unwrap().layout.slope,
+                    parse_as(&h, Variant::Spm99).unwrap().layout.inter
                 ),
                 NO_SCALING
             );
@@ -388,7 +411,7 @@ mod tests {
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
         assert_eq!(
-            (p.slope, p.inter),
+            (p.layout.slope, p.layout.inter),
             (Factor::F64(f64::from(0.1f32)), Factor::F64(5.5))
         );
         // Non-finite intercept → 0.
@@ -397,7 +420,10 @@ mod tests {
             .f32_at(116, f32::NAN)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!((p.slope, p.inter), (Factor::F64(2.0), Factor::F64(0.0)));
+        assert_eq!(
+            (p.layout.slope, p.layout.inter),
+            (Factor::F64(2.0), Factor::F64(0.0))
+        );
         // Fallback from nibabel's doctest: glmax 110, glmin 10, cal 0.2..0.8.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, 0.0)
@@ -409,16 +435,22 @@ mod tests {
         let p = parse_as(&h, Variant::Spm2).unwrap();
         let range = f64::from(0.8f32 - 0.2f32);
         let slope = range / 100.0;
-        assert_eq!(p.slope, Factor::F64(slope));
-        assert_eq!(p.inter, Factor::F64(f64::from(0.2f32) - slope * 10.0));
-        assert!((p.slope.value() - 0.006).abs() < 1e-8 && (p.inter.value() - 0.14).abs() < 1e-7);
+        assert_eq!(p.layout.slope, Factor::F64(slope));
+        assert_eq!(
+            p.layout.inter,
+            Factor::F64(f64::from(0.2f32) - slope * 10.0)
+        );
+        assert!(
+            (p.layout.slope.value() - 0.006).abs() < 1e-8
+                && (p.layout.inter.value() - 0.14).abs() < 1e-7
+        );
         // Only one of the ranges set → no scaling.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, 0.0)
             .f32_at(124, 0.8)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!((p.slope, p.inter), NO_SCALING);
+        assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
         // int32 wrap-around of glmax - glmin, as numpy computes it.
         let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], 4)
             .f32_at(112, f32::NAN)
@@ -427,7 +459,7 @@ mod tests {
             .f32_at(124, 1.0)
             .build();
         let p = parse_as(&h, Variant::Spm2).unwrap();
-        assert_eq!(p.slope, Factor::F64(1.0 / f64::from(i32::MIN)));
+        assert_eq!(p.layout.slope, Factor::F64(1.0 / f64::from(i32::MIN)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::affine::{Affine, IDENTITY};
 use super::analyze::short_header;
 use super::fields::Fields;
 use super::source::Source;
-use super::{Format, NO_SCALING, Order, Parsed, checked_shape};
+use super::{ArrayLayout, Format, Parsed, checked_shape};
 use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 
@@ -83,15 +83,19 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     let f = Fields::new(&block, ByteOrder::Big);
     let dims: [i32; 4] = std::array::from_fn(|k| f.i32(4 + 4 * k));
     if dims.contains(&0) {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "dims",
+            format!("{dims:?}"),
             format!("MGH dimensions {dims:?} must be non-zero"),
         ));
     }
     let code = f.i32(20);
     let scalar = mgh_dtype(code).ok_or_else(|| {
-        VoxelError::header(
+        VoxelError::header_field(
             &path,
+            "type",
+            code,
             format!(
                 "MGH data type {code} not supported (0 uchar, 1 int, 3 float, 4 short, 10 ushort)"
             ),
@@ -99,8 +103,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     })?;
     let version = f.i32(0);
     if version != 1 {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "version",
+            version,
             format!("unknown MGH format version {version} (expected 1)"),
         ));
     }
@@ -117,12 +123,7 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     }
     Ok(Parsed {
         format: Format::Mgh,
-        shape,
-        dtype,
-        offset: DATA_OFFSET,
-        slope: NO_SCALING.0,
-        inter: NO_SCALING.1,
-        order: Order::F,
+        layout: ArrayLayout::new(shape, dtype).with_offset(DATA_OFFSET),
         affine: mgh_affine(&g, &dims),
         zooms,
         // vox2ras is scanner RAS; the fourth zoom is TR in milliseconds.
@@ -134,8 +135,9 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
 /// TR from the footer right after the data: zero-padded when short or absent (nibabel), an error when the
 /// file ends before the data do.
 fn read_tr(src: &mut dyn Source, shape: &[usize], dtype: DType) -> Result<f32> {
-    let data = super::data_len(shape, dtype).unwrap_or(u64::MAX);
-    let footer_at = DATA_OFFSET.saturating_add(data);
+    let footer_at = ArrayLayout::new(shape.to_vec(), dtype)
+        .with_offset(DATA_OFFSET)
+        .end();
     let footer = src.read(footer_at, FOOTER_SIZE)?;
     if footer.is_empty() && !src.reaches(footer_at)? {
         return Err(VoxelError::Truncated {
@@ -157,6 +159,7 @@ mod tests {
     use super::*;
     use crate::formats::source::SliceSource;
     use crate::formats::test_util::mgh_file;
+    use crate::formats::{NO_SCALING, Order};
     use std::path::Path;
 
     const MDC: [[f32; 3]; 3] = [[1.0, 2.0, 3.0], [2.0, 3.0, 1.0], [3.0, 1.0, 2.0]];
@@ -171,10 +174,13 @@ mod tests {
         let f = mgh_file([4, 5, 6, 1], 3, 0, [7.0; 3], MDC, [9.0; 3]);
         let p = parse_bytes(&f, true).unwrap();
         assert_eq!(p.format, Format::Mgh);
-        assert_eq!(p.shape, vec![4, 5, 6]);
-        assert_eq!(p.dtype.numpy_str(), ">f4");
-        assert_eq!((p.offset, p.order, p.header_bytes), (284, Order::F, 90));
-        assert_eq!((p.slope, p.inter), NO_SCALING);
+        assert_eq!(p.layout.shape, vec![4, 5, 6]);
+        assert_eq!(p.layout.dtype.numpy_str(), ">f4");
+        assert_eq!(
+            (p.layout.offset, p.layout.order, p.header_bytes),
+            (284, Order::F, 90)
+        );
+        assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
         // Reference §4.6 vector.
         assert_eq!(p.affine[0], [-1.0, 0.0, 0.0, 2.0]);
         assert_eq!(p.affine[1], [0.0, 0.0, -1.0, 3.0]);
@@ -194,7 +200,7 @@ mod tests {
                 [1.0, -2.0, 3.0],
             );
             let p = parse_bytes(&f, true).unwrap();
-            assert_eq!(p.dtype.numpy_str(), want);
+            assert_eq!(p.layout.dtype.numpy_str(), want);
             assert_eq!(p.zooms, vec![1.0, 2.0, 0.5]);
             // MdcD[i][j] = Mdc[j][i] * delta[j]; centre = MdcD · dims / 2.
             assert_eq!(p.affine[0][..3], [1.0, 4.0, 1.5]);
@@ -241,7 +247,7 @@ mod tests {
         ]
         .concat();
         let p = parse_bytes(&with_footer, true).unwrap();
-        assert_eq!(p.shape, vec![2, 3, 4, 5]);
+        assert_eq!(p.layout.shape, vec![2, 3, 4, 5]);
         assert_eq!(p.zooms, vec![1.0, 1.0, 1.0, 2000.0]);
         // No footer: TR 0; a short footer is zero-padded.
         assert_eq!(parse_bytes(&f, true).unwrap().zooms[3], 0.0);
@@ -263,7 +269,10 @@ mod tests {
         ));
         // 3-D needs only the 90 header bytes.
         let f3 = mgh_file([2, 3, 4, 1], 4, 1, [1.0; 3], MDC, [0.0; 3]);
-        assert_eq!(parse_bytes(&f3[..90], false).unwrap().shape, vec![2, 3, 4]);
+        assert_eq!(
+            parse_bytes(&f3[..90], false).unwrap().layout.shape,
+            vec![2, 3, 4]
+        );
     }
 
     #[test]

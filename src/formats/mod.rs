@@ -17,16 +17,19 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
+use crate::location::Location;
 
-pub use crate::plan::Order;
+pub(crate) use crate::layout::NO_SCALING;
+pub use crate::layout::{ArrayLayout, Factor, Order};
 
 pub mod affine;
 pub mod analyze;
 pub mod detect;
+mod fault;
 mod fields;
 pub mod mgh;
 pub mod nifti1;
@@ -36,6 +39,7 @@ pub mod raw;
 mod source;
 
 pub use affine::{Affine, WorldMeta};
+pub use fault::HeaderFault;
 pub use raw::parse_raw_spec;
 
 use source::{PartsSource, SliceSource, Source, StreamSource};
@@ -111,45 +115,20 @@ pub enum Compression {
     Gzip,
 }
 
-/// A scale factor with the float type it carries (nibabel: a Python float is `F64`, SPM99's 0-d float32 slope
-/// is `F32`; `F16` holds a value exactly representable in float16).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Factor {
-    F16(f32),
-    F32(f32),
-    F64(f64),
-}
-
-impl Factor {
-    pub fn value(&self) -> f64 {
-        match *self {
-            Factor::F16(v) | Factor::F32(v) => f64::from(v),
-            Factor::F64(v) => v,
-        }
-    }
-}
-
 /// Everything needed to read an image's array, and its geometry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageHeader {
     pub format: Format,
-    pub shape: Vec<usize>,
-    /// Storage dtype with its byte order (e.g. `>i2` for a big-endian NIfTI, `>f4` for MGH).
-    pub dtype: DType,
-    /// Data offset in the data file.
-    pub offset: u64,
-    /// The factors the proxy applies: `F64(1.0)` / `F64(0.0)` when the header means "no scaling".
-    pub slope: Factor,
-    pub inter: Factor,
-    /// F for NIfTI/Analyze/MGH; npy: from `fortran_order`; raw: from the spec.
-    pub order: Order,
+    /// Where the array is in the data file and how it reads.
+    pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
     /// The affine's space and the time unit (see [`WorldMeta`]).
     pub world: WorldMeta,
-    pub header_path: PathBuf,
-    /// Same as `header_path` except for `.hdr`/`.img` pairs.
-    pub data_path: PathBuf,
+    /// Where the header was read from: a local path or an object URL.
+    pub header_file: Location,
+    /// Same as `header_file` except for `.hdr`/`.img` pairs.
+    pub data_file: Location,
     /// Compression of the data file.
     pub compression: Compression,
     /// Bytes of the (decompressed) header file the parser consumed (diagnostics).
@@ -158,12 +137,17 @@ pub struct ImageHeader {
 
 impl ImageHeader {
     pub fn ndim(&self) -> usize {
-        self.shape.len()
+        self.layout.ndim()
     }
 
-    /// Bytes the array occupies (validated not to overflow when the header was parsed).
-    pub fn data_len(&self) -> u64 {
-        data_len(&self.shape, self.dtype).unwrap_or(u64::MAX)
+    /// The data file's path, or an error for data that are not in a local file (an object).
+    pub fn data_path(&self) -> Result<&Path> {
+        self.data_file.as_path().ok_or_else(|| {
+            VoxelError::Invalid(format!(
+                "{}: the data are not in a local file",
+                self.data_file
+            ))
+        })
     }
 }
 
@@ -171,25 +155,11 @@ impl ImageHeader {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Parsed {
     pub format: Format,
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub offset: u64,
-    pub slope: Factor,
-    pub inter: Factor,
-    pub order: Order,
+    pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
     pub world: WorldMeta,
     pub header_bytes: u64,
-}
-
-pub(crate) const NO_SCALING: (Factor, Factor) = (Factor::F64(1.0), Factor::F64(0.0));
-
-/// `prod(shape) * itemsize`, or None on overflow.
-pub(crate) fn data_len(shape: &[usize], dtype: DType) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
 }
 
 /// Convert dims to a shape: no negative entries, and an array size (with `offset`) that fits in 64 bits.
@@ -203,11 +173,23 @@ pub(crate) fn checked_shape(
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| VoxelError::header(path, format!("negative dimension in shape {dims:?}")))?;
-    let fits = data_len(&shape, dtype).and_then(|n| n.checked_add(offset));
-    if fits.is_none() {
-        return Err(VoxelError::header(
+        .map_err(|_| {
+            VoxelError::header_field(
+                path,
+                "dim",
+                format!("{dims:?}"),
+                format!("negative dimension in shape {dims:?}"),
+            )
+        })?;
+    if ArrayLayout::new(shape.clone(), dtype)
+        .with_offset(offset)
+        .checked_end()
+        .is_none()
+    {
+        return Err(VoxelError::header_field(
             path,
+            "dim",
+            format!("{dims:?}"),
             format!("shape {dims:?} of {dtype} at offset {offset} is too large (size overflows)"),
         ));
     }
@@ -266,7 +248,7 @@ fn read_header_impl(path: &Path, forced: Option<Format>) -> Result<ImageHeader> 
             parse_source(&mut src, &header_path, forced)?
         }
     };
-    let header = assemble(parsed, &header_path, compression)?;
+    let header = assemble(parsed, &Location::Path(header_path), compression)?;
     check_data_file(&header)?;
     Ok(header)
 }
@@ -293,21 +275,22 @@ pub fn parse_header_file(bytes: &[u8], path_hint: &Path) -> Result<ImageHeader> 
 /// Parse a header from parts of the header file's content (decompressed already), for readers that fetch byte
 /// ranges: `head` from byte 0, optionally `tail = (offset, bytes)` further on (an MGH footer), and the content's
 /// length when known. A read of bytes not given is `VoxelError::Truncated { expected, .. }`: fetch them and
-/// retry. `compression` is how the file is stored. Neither the data nor its length is checked.
+/// retry. `compression` is how the file is stored; `hint` names the image (a pair by either half). Neither the
+/// data nor its length is checked.
 pub fn parse_header_parts(
     head: &[u8],
     tail: Option<(u64, &[u8])>,
     content_len: Option<u64>,
-    path_hint: &Path,
+    hint: &Location,
     compression: Compression,
 ) -> Result<ImageHeader> {
-    let header_path = detect::header_path_for(path_hint);
+    let header_name = detect::header_path_for(&hint.name());
     if content_len == Some(0) {
-        return Err(VoxelError::header(&header_path, "empty file"));
+        return Err(VoxelError::header(&header_name, "empty file"));
     }
-    let mut src = PartsSource::new(head, tail, content_len, &header_path);
-    let parsed = parse_source(&mut src, &header_path, None)?;
-    assemble(parsed, &header_path, compression)
+    let mut src = PartsSource::new(head, tail, content_len, &header_name);
+    let parsed = parse_source(&mut src, &header_name, None)?;
+    assemble(parsed, &hint.renamed(&header_name)?, compression)
 }
 
 /// The header, and the length of the (decompressed) content it was parsed from.
@@ -327,7 +310,7 @@ fn parse_bytes(bytes: &[u8], path_hint: &Path, whole: bool) -> Result<(ImageHead
     let mut src = SliceSource::new(&content, complete, &header_path);
     let parsed = parse_source(&mut src, &header_path, None)?;
     Ok((
-        assemble(parsed, &header_path, compression)?,
+        assemble(parsed, &Location::Path(header_path), compression)?,
         content.len() as u64,
     ))
 }
@@ -398,8 +381,9 @@ fn parse_source(src: &mut dyn Source, path: &Path, forced: Option<Format>) -> Re
 
 /// Attach file names: a pair's data file is the `.img` beside the `.hdr` (nibabel's naming rules); a single
 /// file holds its own data, compressed like its header.
-fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> Result<ImageHeader> {
-    let (data_path, compression) = if p.format.is_pair() {
+fn assemble(p: Parsed, header: &Location, header_compression: Compression) -> Result<ImageHeader> {
+    let header_path = &header.name();
+    let (data_file, compression) = if p.format.is_pair() {
         let data = detect::pair_data_path(header_path).ok_or_else(|| {
             let msg = match p.format {
                 Format::Nifti1Pair | Format::Nifti2Pair => {
@@ -411,23 +395,18 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
             VoxelError::header(header_path, msg)
         })?;
         let c = detect::compression_by_name(&data);
-        (data, c)
+        (header.renamed(&data)?, c)
     } else {
-        (header_path.to_path_buf(), header_compression)
+        (header.clone(), header_compression)
     };
     Ok(ImageHeader {
         format: p.format,
-        shape: p.shape,
-        dtype: p.dtype,
-        offset: p.offset,
-        slope: p.slope,
-        inter: p.inter,
-        order: p.order,
+        layout: p.layout,
         affine: p.affine,
         zooms: p.zooms,
         world: p.world,
-        header_path: header_path.to_path_buf(),
-        data_path,
+        header_file: header.clone(),
+        data_file,
         compression,
         header_bytes: p.header_bytes,
     })
@@ -436,7 +415,10 @@ fn assemble(p: Parsed, header_path: &Path, header_compression: Compression) -> R
 /// The data file exists; uncompressed, it holds at least `offset + data bytes`; gzip-compressed, it is long enough
 /// to expand to that many bytes at all (deflate's densest code).
 pub(crate) fn check_data_file(h: &ImageHeader) -> Result<()> {
-    let meta = std::fs::metadata(&h.data_path).map_err(|e| VoxelError::io(&h.data_path, e))?;
+    let Some(path) = h.data_file.as_path() else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| VoxelError::io(path, e))?;
     match h.compression {
         Compression::None => check_data_len(h, meta.len()),
         Compression::Gzip => check_inflatable(h, meta.len()),
@@ -452,13 +434,13 @@ const DEFLATE_SLACK: u64 = 4096;
 /// claiming more describes data that is not there (a truncated file or a lying header). Refusing it here keeps
 /// every later step from sizing anything from the claim.
 fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
-    let expected = h.offset.saturating_add(h.data_len());
+    let expected = h.layout.end();
     let most = compressed
         .saturating_mul(MAX_DEFLATE_RATIO)
         .saturating_add(DEFLATE_SLACK);
     if expected > most {
         return Err(VoxelError::header(
-            &h.data_path,
+            h.data_file.name(),
             format!(
                 "file is truncated or the header is wrong: it claims {expected} bytes of data, but {compressed} \
                  gzip-compressed bytes expand to at most {most}"
@@ -469,10 +451,10 @@ fn check_inflatable(h: &ImageHeader, compressed: u64) -> Result<()> {
 }
 
 fn check_data_len(h: &ImageHeader, actual: u64) -> Result<()> {
-    let expected = h.offset.saturating_add(h.data_len());
+    let expected = h.layout.end();
     if actual < expected {
         return Err(VoxelError::Truncated {
-            path: h.data_path.display().to_string(),
+            path: h.data_file.display(),
             expected,
             actual,
         });
@@ -481,7 +463,8 @@ fn check_data_len(h: &ImageHeader, actual: u64) -> Result<()> {
 }
 
 /// Run every parser on arbitrary bytes (prefix and whole-file modes, every format forced, the raw spec and npy
-/// header grammars). For fuzzing: it must return, never panic.
+/// header grammars). For fuzzing: it must return, never panic. A test helper, not API (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub fn fuzz_parse(bytes: &[u8]) {
     for hint in [
         "f.nii", "f.hdr", "f.img.gz", "f.mgh", "f.mgz", "f.npy", "f.nii.gz", "f",
@@ -508,6 +491,7 @@ pub(crate) mod test_util;
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::path::PathBuf;
 
     use super::test_util::{HeaderBuilder, mgh_file};
     use super::*;
@@ -554,11 +538,19 @@ mod tests {
                 .iter()
                 .map(|d| d.as_u64().unwrap() as usize)
                 .collect();
-            assert_eq!(h.shape, shape, "{name}");
-            assert_eq!(h.dtype.numpy_str(), want["dtype"], "{name}");
-            assert_eq!(h.offset, want["offset"].as_u64().unwrap(), "{name}");
-            assert_eq!(h.slope.value(), want["slope"].as_f64().unwrap(), "{name}");
-            assert_eq!(h.inter.value(), want["inter"].as_f64().unwrap(), "{name}");
+            assert_eq!(h.layout.shape, shape, "{name}");
+            assert_eq!(h.layout.dtype.numpy_str(), want["dtype"], "{name}");
+            assert_eq!(h.layout.offset, want["offset"].as_u64().unwrap(), "{name}");
+            assert_eq!(
+                h.layout.slope.value(),
+                want["slope"].as_f64().unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                h.layout.inter.value(),
+                want["inter"].as_f64().unwrap(),
+                "{name}"
+            );
             for (r, row) in want["affine"].as_array().unwrap().iter().enumerate() {
                 for (c, v) in row.as_array().unwrap().iter().enumerate() {
                     let v = v.as_f64().unwrap();
@@ -570,10 +562,10 @@ mod tests {
                 }
             }
             assert_eq!(h.zooms, nibabel_zooms(name), "{name}");
-            assert_eq!(h.order, Order::F);
+            assert_eq!(h.layout.order, Order::F);
             assert_eq!(
-                (h.header_path.clone(), h.data_path.clone()),
-                (path.clone(), path.clone())
+                (h.header_file.as_path(), h.data_file.as_path()),
+                (Some(path.as_path()), Some(path.as_path()))
             );
             let gzipped = name.ends_with(".gz") || name.ends_with(".mgz");
             assert_eq!(
@@ -595,7 +587,7 @@ mod tests {
         assert_eq!(h.header_bytes, 416);
         // functional.nii is the scaled one: float64 factors widened from the float32 fields.
         let h = read_header(&fixture_dir().join("functional.nii")).unwrap();
-        for f in [h.slope, h.inter] {
+        for f in [h.layout.slope, h.layout.inter] {
             assert!(
                 matches!(f, Factor::F64(v) if v == f64::from(v as f32) && v != 0.0 && v != 1.0),
                 "{f:?}"
@@ -649,18 +641,21 @@ mod tests {
                 let got = read_header(open).unwrap();
                 assert_eq!(got.format, Format::Nifti1Pair);
                 assert_eq!(
-                    (got.header_path.clone(), got.data_path.clone()),
-                    (hp.clone(), ip.clone())
+                    (got.header_file.as_path(), got.data_file.as_path()),
+                    (Some(hp.as_path()), Some(ip.as_path()))
                 );
-                assert_eq!((got.offset, got.compression), (8, Compression::None));
-                assert_eq!(got.dtype.numpy_str(), ">i2");
+                assert_eq!((got.layout.offset, got.compression), (8, Compression::None));
+                assert_eq!(got.layout.dtype.numpy_str(), ">i2");
             }
         }
         // Gzipped pair, upper-case suffix: the .img.GZ is gzip by name.
         let hp = write(dir.path(), "c.hdr.GZ", &gz(&hdr));
         let ip = write(dir.path(), "c.img.GZ", &gz(&data));
         let got = read_header(&ip).unwrap();
-        assert_eq!((got.header_path.clone(), got.data_path.clone()), (hp, ip));
+        assert_eq!(
+            (got.header_file.as_path(), got.data_file.as_path()),
+            (Some(hp.as_path()), Some(ip.as_path()))
+        );
         assert_eq!(got.compression, Compression::Gzip);
         // A missing .img is an error naming it.
         write(dir.path(), "d.hdr", &hdr);
@@ -702,15 +697,18 @@ mod tests {
         let h = read_header(&hp).unwrap();
         assert_eq!(h.format, Format::Spm2Analyze);
         assert_eq!(h.format.name(), "Spm2AnalyzeImage");
-        assert_eq!((h.slope, h.inter), (Factor::F64(0.5), Factor::F64(3.0)));
+        assert_eq!(
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(0.5), Factor::F64(3.0))
+        );
         let h = read_header_as(&hp, Format::Spm99Analyze).unwrap();
         assert_eq!(
-            (h.format.name(), h.slope, h.inter),
+            (h.format.name(), h.layout.slope, h.layout.inter),
             ("Spm99AnalyzeImage", Factor::F32(0.5), Factor::F64(0.0))
         );
         let h = read_header_as(&hp, Format::Analyze).unwrap();
         assert_eq!(
-            (h.format.name(), h.slope, h.inter),
+            (h.format.name(), h.layout.slope, h.layout.inter),
             ("AnalyzeImage", Factor::F64(1.0), Factor::F64(0.0))
         );
         assert!(read_header_as(&hp, Format::Raw).is_err());
@@ -747,7 +745,7 @@ mod tests {
         let dense = e.finish().unwrap();
         assert!((dense.len() as u64) * MAX_DEFLATE_RATIO >= zeros.len() as u64);
         let h = read_header(&write(dir.path(), "zeros.nii.gz", &dense)).unwrap();
-        assert_eq!(h.shape, [1024, 1024, 4]);
+        assert_eq!(h.layout.shape, [1024, 1024, 4]);
     }
 
     #[test]
@@ -760,17 +758,20 @@ mod tests {
         let plain = write(dir.path(), "x.nii", &file);
         let h = read_header(&plain).unwrap();
         assert_eq!(
-            (h.format, h.offset, h.compression),
+            (h.format, h.layout.offset, h.compression),
             (Format::Nifti1Image, 352, Compression::None)
         );
-        assert_eq!((h.slope, h.inter), (Factor::F64(2.0), Factor::F64(1.0)));
+        assert_eq!(
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(2.0), Factor::F64(1.0))
+        );
         for name in ["x.nii.gz", "X.NII.GZ", "gz_without_suffix.nii"] {
             let p = write(dir.path(), name, &gz(&file));
             let g = read_header(&p).unwrap();
             assert_eq!(g.compression, Compression::Gzip, "{name}");
             assert_eq!(
-                (g.shape.clone(), g.offset, g.affine),
-                (h.shape.clone(), h.offset, h.affine)
+                (g.layout.shape.clone(), g.layout.offset, g.affine),
+                (h.layout.shape.clone(), h.layout.offset, h.affine)
             );
         }
         // Data section one byte short.
@@ -803,6 +804,7 @@ mod tests {
         assert_eq!(
             read_header(&write(dir.path(), "zero.nii", &zero))
                 .unwrap()
+                .layout
                 .offset,
             0
         );
@@ -894,8 +896,11 @@ mod tests {
         .unwrap();
         let p = write(dir.path(), "a.npy", &out);
         let h = read_header(&p).unwrap();
-        assert_eq!((h.format.name(), h.order, h.offset), ("npy", Order::F, 128));
-        assert_eq!(h.dtype.numpy_str(), ">f4");
+        assert_eq!(
+            (h.format.name(), h.layout.order, h.layout.offset),
+            ("npy", Order::F, 128)
+        );
+        assert_eq!(h.layout.dtype.numpy_str(), ">f4");
         let short = write(dir.path(), "b.npy", &out[..out.len() - 4]);
         assert!(matches!(
             read_header(&short),
@@ -928,7 +933,7 @@ mod tests {
                 Err(e) => panic!("{n}: {e}"),
             }
         }
-        assert_eq!(parse_header_file(&file, p).unwrap().offset, 368);
+        assert_eq!(parse_header_file(&file, p).unwrap().layout.offset, 368);
         assert!(parse_header_file(&file[..200], p).is_err());
         assert!(matches!(
             parse_header_file(&file[..369], p),
@@ -940,6 +945,43 @@ mod tests {
             .single_file(&[(6, b"hello")], &[0; 4]);
         let e = parse_header_file(&gap, p).unwrap_err().to_string();
         assert!(e.contains("invalid size 0"), "{e}");
+    }
+
+    #[test]
+    fn header_errors_name_the_field_and_value() {
+        let fault = |bytes: &[u8], name: &str| match parse_header_file(bytes, Path::new(name)) {
+            Err(VoxelError::Header { path, fault }) => (path, fault),
+            other => panic!("{other:?}"),
+        };
+        let bad_code =
+            HeaderBuilder::nifti1(ByteOrder::Little, &[2], 3, true).single_file(&[], &[0; 2]);
+        let (path, f) = fault(&bad_code, "d.nii");
+        assert_eq!(path, "d.nii");
+        assert_eq!((f.field, f.value.as_deref()), (Some("datatype"), Some("3")));
+        assert_eq!(f.to_string(), "data code 3 not recognized");
+        let analyze = HeaderBuilder::analyze(ByteOrder::Big, &[2], 255).build();
+        let (_, f) = fault(&analyze, "a.hdr");
+        assert_eq!(
+            (f.field, f.value.as_deref()),
+            (Some("datatype"), Some("255"))
+        );
+        assert!(f.problem.contains("Analyze 'none'"), "{f}");
+        let negative =
+            HeaderBuilder::nifti1(ByteOrder::Little, &[2, -3], 2, true).single_file(&[], &[]);
+        let (_, f) = fault(&negative, "n.nii");
+        assert_eq!(
+            (f.field, f.value.as_deref()),
+            (Some("dim"), Some("[2, -3]"))
+        );
+        assert_eq!(f.to_string(), "negative dimension in shape [2, -3]");
+        let e = parse_header_file(&[], Path::new("e.nii")).unwrap_err();
+        match &e {
+            VoxelError::Header { fault, .. } => {
+                assert_eq!((fault.field, fault.value.as_ref()), (None, None))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.to_string(), "e.nii: empty file");
     }
 
     #[test]

@@ -10,13 +10,13 @@ use super::affine::{
     Affine, IDENTITY, quaternion_rotation, rotation_zoom_affine, shape_zoom_affine,
 };
 use super::analyze::{
-    affine_dims, fix_pixdim, float_offset, read_dims, read_pixdim_f32, shape_dims, short_header,
-    zooms,
+    Codes, affine_dims, datatype, fix_pixdim, float_offset, read_dims, read_pixdim_f32, shape_dims,
+    short_header, zooms,
 };
 use super::fields::{Fields, guess_byte_order};
 use super::source::Source;
-use super::{Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
-use crate::dtype::{ByteOrder, DType, Scalar};
+use super::{ArrayLayout, Factor, Format, NO_SCALING, Order, Parsed, checked_shape};
+use crate::dtype::ByteOrder;
 use crate::error::{Result, VoxelError};
 
 pub const HEADER_SIZE: usize = 348;
@@ -100,7 +100,12 @@ impl VoxOffset {
         match self {
             VoxOffset::F32(v) => float_offset(v, path),
             VoxOffset::I64(v) => u64::try_from(v).map_err(|_| {
-                VoxelError::header(path, format!("vox_offset {v} is not a valid byte offset"))
+                VoxelError::header_field(
+                    path,
+                    "vox_offset",
+                    v,
+                    format!("vox_offset {v} is not a valid byte offset"),
+                )
             }),
         }
     }
@@ -138,52 +143,6 @@ pub(crate) struct Common {
     pub eol_check: Option<[u8; 4]>,
 }
 
-/// NIfTI datatype codes (shared by NIfTI-1 and -2).
-pub(crate) fn nifti_dtype(code: i64, order: ByteOrder, path: &Path) -> Result<DType> {
-    let scalar = match code {
-        2 => Scalar::U8,
-        4 => Scalar::I16,
-        8 => Scalar::I32,
-        16 => Scalar::F32,
-        32 => Scalar::C64,
-        64 => Scalar::F64,
-        128 => Scalar::Rgb24,
-        256 => Scalar::I8,
-        512 => Scalar::U16,
-        768 => Scalar::U32,
-        1024 => Scalar::I64,
-        1280 => Scalar::U64,
-        1792 => Scalar::C128,
-        2304 => Scalar::Rgba32,
-        1536 | 2048 => {
-            let name = if code == 1536 {
-                "float128"
-            } else {
-                "complex256"
-            };
-            return Err(VoxelError::Unsupported {
-                path: path.display().to_string(),
-                what: format!("NIfTI datatype {code} ({name}): no 128-bit floats on this platform"),
-            });
-        }
-        0 | 1 | 255 => {
-            return Err(VoxelError::header(
-                path,
-                format!(
-                    "data code {code} not supported (NIfTI 'none'/'binary'/'all' have no dtype)"
-                ),
-            ));
-        }
-        _ => {
-            return Err(VoxelError::header(
-                path,
-                format!("data code {code} not recognized"),
-            ));
-        }
-    };
-    Ok(DType::new(scalar, order))
-}
-
 /// The checks nibabel runs at load that raise (level ≥ 40), in its order after the datatype check.
 fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
     let (single_magic, pair_magic) = c.version.magics();
@@ -191,8 +150,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
         let shown = String::from_utf8_lossy(&c.magic)
             .trim_end_matches('\0')
             .to_string();
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "magic",
+            format!("{shown:?}"),
             format!(
                 "magic string {shown:?} is not valid for {}",
                 c.version.label()
@@ -205,8 +166,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
             VoxOffset::F32(v) => v.to_string(),
             VoxOffset::I64(v) => v.to_string(),
         };
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "vox_offset",
+            &shown,
             format!(
                 "vox_offset {shown} too low for a single-file {} (minimum {min})",
                 c.version.label()
@@ -217,8 +180,10 @@ fn check_magic_offset_eol(c: &Common, path: &Path) -> Result<()> {
         && eol != [13, 10, 26, 10]
         && eol != [0, 0, 0, 0]
     {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "eol_check",
+            format!("{eol:?}"),
             format!(
                 "eol_check bytes {eol:?} are not 0D 0A 1A 0A: data may be corrupted by EOL conversion"
             ),
@@ -258,8 +223,10 @@ fn read_extensions(src: &mut dyn Source, c: &Common, single: bool) -> Result<u64
         }
         let esize = Fields::new(&head, c.order).i32(0);
         if esize < 8 {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 src.path(),
+                "esize",
+                esize,
                 format!("NIfTI extension at byte {pos} has invalid size {esize} (< 8)"),
             ));
         }
@@ -285,8 +252,10 @@ pub(crate) fn slope_inter(slope: f64, inter: f64, path: &Path) -> Result<(Factor
         return Ok(NO_SCALING);
     }
     if !inter.is_finite() {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             path,
+            "scl_inter",
+            inter,
             format!("valid slope {slope} but invalid intercept {inter}"),
         ));
     }
@@ -299,8 +268,10 @@ fn freesurfer_shape(dims: Vec<i64>, glmin: i64, path: &Path) -> Result<Vec<i64>>
     match dims.get(..3) {
         Some([-1, 1, 1]) => {
             if glmin == 0 {
-                return Err(VoxelError::header(
+                return Err(VoxelError::header_field(
                     path,
+                    "glmin",
+                    0,
                     "-1 in dim[1] but 0 in glmin; inconsistent FreeSurfer-style header",
                 ));
             }
@@ -341,8 +312,10 @@ fn best_affine(c: &Common, pixdim: &[f64; 8], path: &Path) -> Result<Affine> {
     if valid_code(c.qform_code) != 0 {
         let [b, cq, d] = c.quatern;
         let r = quaternion_rotation(b, cq, d, c.version.quaternion_threshold()).map_err(|w2| {
-            VoxelError::header(
+            VoxelError::header_field(
                 path,
+                "quatern_bcd",
+                format!("({b}, {cq}, {d})"),
                 format!("qform quaternion (b, c, d) = ({b}, {cq}, {d}) is not a rotation: w² = {w2:e} < 0"),
             )
         })?;
@@ -355,7 +328,7 @@ fn best_affine(c: &Common, pixdim: &[f64; 8], path: &Path) -> Result<Affine> {
 /// Everything after field extraction, shared by NIfTI-1 and NIfTI-2.
 pub(crate) fn parse_common(src: &mut dyn Source, c: Common, single: bool) -> Result<Parsed> {
     let path = src.path().to_path_buf();
-    let dtype = nifti_dtype(c.datatype, c.order, &path)?;
+    let dtype = datatype(c.datatype, Codes::Nifti, c.order, &path)?;
     check_magic_offset_eol(&c, &path)?;
     let header_bytes = read_extensions(src, &c, single)?;
     let mut dims = shape_dims(&c.dim, &path)?;
@@ -369,12 +342,14 @@ pub(crate) fn parse_common(src: &mut dyn Source, c: Common, single: bool) -> Res
     let affine = best_affine(&c, &pixdim, &path)?;
     Ok(Parsed {
         format: c.version.format(single),
-        shape,
-        dtype,
-        offset,
-        slope,
-        inter,
-        order: Order::F,
+        layout: ArrayLayout {
+            shape,
+            dtype,
+            offset,
+            order: Order::F,
+            slope,
+            inter,
+        },
         affine,
         zooms: zooms(&c.dim, &pixdim),
         world: super::WorldMeta::nifti(
@@ -422,6 +397,7 @@ pub(crate) fn parse(src: &mut dyn Source, single: bool) -> Result<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::{DType, Scalar};
     use crate::formats::source::SliceSource;
     use crate::formats::test_util::{HeaderBuilder, extension_bytes};
 
@@ -444,19 +420,19 @@ mod tests {
             let bytes = [h, vec![0, 0, 0, 0]].concat();
             let p = parse_bytes(&bytes, true).unwrap();
             assert_eq!(p.format, Format::Nifti1Image);
-            assert_eq!(p.shape, vec![2, 3, 4]);
-            assert_eq!(p.dtype, DType::new(Scalar::I16, order));
+            assert_eq!(p.layout.shape, vec![2, 3, 4]);
+            assert_eq!(p.layout.dtype, DType::new(Scalar::I16, order));
             assert_eq!(
-                p.dtype.numpy_str(),
+                p.layout.dtype.numpy_str(),
                 if order == ByteOrder::Big {
                     ">i2"
                 } else {
                     "<i2"
                 }
             );
-            assert_eq!(p.offset, 352);
-            assert_eq!((p.slope, p.inter), NO_SCALING);
-            assert_eq!(p.order, Order::F);
+            assert_eq!(p.layout.offset, 352);
+            assert_eq!((p.layout.slope, p.layout.inter), NO_SCALING);
+            assert_eq!(p.layout.order, Order::F);
             assert_eq!(p.zooms, vec![2.0, 3.0, 4.0]);
             assert_eq!(p.header_bytes, 352);
             // No sform/qform: the Analyze fall-back.
@@ -487,14 +463,14 @@ mod tests {
         for (code, want) in table {
             let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], code, true));
             assert_eq!(
-                parse_bytes(&h, true).unwrap().dtype.numpy_str(),
+                parse_bytes(&h, true).unwrap().layout.dtype.numpy_str(),
                 want,
                 "code {code}"
             );
             let h = single(HeaderBuilder::nifti1(ByteOrder::Big, &[2], code, true));
             let big = want.replace('<', ">");
             assert_eq!(
-                parse_bytes(&h, true).unwrap().dtype.numpy_str(),
+                parse_bytes(&h, true).unwrap().layout.dtype.numpy_str(),
                 big,
                 "code {code}"
             );
@@ -530,7 +506,7 @@ mod tests {
         let h = HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true)
             .vox_offset(400.9)
             .single_file(&[], &[0; 2]);
-        assert_eq!(parse_bytes(&h, true).unwrap().offset, 400);
+        assert_eq!(parse_bytes(&h, true).unwrap().layout.offset, 400);
         // Too low for a single file (n+1 magic), even on a .hdr name: decided by magic like nibabel.
         for low in [100.0, 351.5, -5.0] {
             let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true).vox_offset(low));
@@ -545,14 +521,14 @@ mod tests {
         }
         // 0 reads from byte 0 (nibabel's behaviour, reference Q12).
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, true).vox_offset(0.0));
-        assert_eq!(parse_bytes(&h, true).unwrap().offset, 0);
+        assert_eq!(parse_bytes(&h, true).unwrap().layout.offset, 0);
         // The pair magic allows any non-negative offset.
         let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
             .vox_offset(7.0)
             .build();
         let p = parse_bytes(&h, false).unwrap();
         assert_eq!(
-            (p.format, p.offset, p.header_bytes),
+            (p.format, p.layout.offset, p.header_bytes),
             (Format::Nifti1Pair, 7, 348)
         );
         let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
@@ -602,7 +578,7 @@ mod tests {
         let b = HeaderBuilder::nifti1(ByteOrder::Big, &[2, 2], 2, true).vox_offset(352.0 + 32.0);
         let file = b.clone().single_file(&[(6, payload)], &[1, 2, 3, 4]);
         let p = parse_bytes(&file, true).unwrap();
-        assert_eq!((p.offset, p.header_bytes), (384, 384));
+        assert_eq!((p.layout.offset, p.header_bytes), (384, 384));
         // Cut inside the extension payload: an error naming the file.
         let cut = &file[..370];
         let e = parse_bytes(cut, true).unwrap_err().to_string();
@@ -662,7 +638,7 @@ mod tests {
             let h = single(
                 HeaderBuilder::nifti1(ByteOrder::Little, &[2], 4, true).scaling(slope, inter),
             );
-            parse_bytes(&h, true).map(|p| (p.slope, p.inter))
+            parse_bytes(&h, true).map(|p| (p.layout.slope, p.layout.inter))
         };
         assert_eq!(s(2.0, 10.0).unwrap(), (Factor::F64(2.0), Factor::F64(10.0)));
         assert_eq!(
@@ -686,7 +662,7 @@ mod tests {
             HeaderBuilder::nifti1(ByteOrder::Little, &[-1, 1, 1, 3], 16, true).i32_at(144, 200000),
         );
         let p = parse_bytes(&h, true).unwrap();
-        assert_eq!(p.shape, vec![200000, 1, 1, 3]);
+        assert_eq!(p.layout.shape, vec![200000, 1, 1, 3]);
         // The fall-back affine still sees the raw dims (-1 → centre -1).
         assert_eq!(p.affine[0][3], -1.0);
         let h = single(HeaderBuilder::nifti1(
@@ -707,14 +683,20 @@ mod tests {
             16,
             true,
         ));
-        assert_eq!(parse_bytes(&h, true).unwrap().shape, vec![163842, 1, 1]);
+        assert_eq!(
+            parse_bytes(&h, true).unwrap().layout.shape,
+            vec![163842, 1, 1]
+        );
         let h = single(HeaderBuilder::nifti1(
             ByteOrder::Big,
             &[27307, 1, 6, 2],
             16,
             true,
         ));
-        assert_eq!(parse_bytes(&h, true).unwrap().shape, vec![163842, 1, 1, 2]);
+        assert_eq!(
+            parse_bytes(&h, true).unwrap().layout.shape,
+            vec![163842, 1, 1, 2]
+        );
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[4, -2], 16, true));
         assert!(
             parse_bytes(&h, true)
@@ -812,7 +794,10 @@ mod tests {
         ));
         let h = single(HeaderBuilder::nifti1(ByteOrder::Little, &[], 2, true));
         let p = parse_bytes(&h, true).unwrap();
-        assert_eq!((p.shape.clone(), p.zooms.clone()), (vec![0], vec![1.0]));
+        assert_eq!(
+            (p.layout.shape.clone(), p.zooms.clone()),
+            (vec![0], vec![1.0])
+        );
         // dim[0] invalid in both byte orders (a pair header, so the swapped vox_offset is not checked).
         let h = HeaderBuilder::nifti1(ByteOrder::Little, &[2], 2, false)
             .i16_at(40, -300)

@@ -67,12 +67,12 @@ mod tests {
                 .zooms(&[1.5, 2.5, 3.5, 0.8]);
             let p = parse_bytes(&b.single_file(&[], &[]), true).unwrap();
             assert_eq!(p.format, Format::Nifti2Image);
-            assert_eq!(p.shape, vec![5, 6, 7, 2]);
-            assert_eq!(p.dtype, DType::new(Scalar::I64, order));
-            assert_eq!((p.offset, p.header_bytes), (544, 544));
+            assert_eq!(p.layout.shape, vec![5, 6, 7, 2]);
+            assert_eq!(p.layout.dtype, DType::new(Scalar::I64, order));
+            assert_eq!((p.layout.offset, p.header_bytes), (544, 544));
             assert_eq!(p.zooms, vec![1.5, 2.5, 3.5, 0.8]);
             assert_eq!(
-                (p.slope, p.inter, p.order),
+                (p.layout.slope, p.layout.inter, p.layout.order),
                 (NO_SCALING.0, NO_SCALING.1, Order::F)
             );
             assert_eq!(p.affine[0], [-1.5, 0.0, 0.0, 3.0]);
@@ -81,7 +81,7 @@ mod tests {
                 .build();
             let p = parse_bytes(&h, false).unwrap();
             assert_eq!(
-                (p.format, p.offset, p.header_bytes),
+                (p.format, p.layout.offset, p.header_bytes),
                 (Format::Nifti2Pair, 0, 540)
             );
         }
@@ -93,8 +93,11 @@ mod tests {
         let b = HeaderBuilder::nifti2(ByteOrder::Little, &[100_000, 70_000], 2, true)
             .scaling(0.1, -1e-7);
         let p = parse_bytes(&b.single_file(&[], &[]), true).unwrap();
-        assert_eq!(p.shape, vec![100_000, 70_000]);
-        assert_eq!((p.slope, p.inter), (Factor::F64(0.1), Factor::F64(-1e-7)));
+        assert_eq!(p.layout.shape, vec![100_000, 70_000]);
+        assert_eq!(
+            (p.layout.slope, p.layout.inter),
+            (Factor::F64(0.1), Factor::F64(-1e-7))
+        );
         let b = HeaderBuilder::nifti2(ByteOrder::Little, &[i64::MAX / 2, 4], 2, true);
         assert!(
             parse_bytes(&b.single_file(&[], &[]), true)
@@ -159,7 +162,7 @@ mod tests {
             48
         );
         let p = parse_bytes(&file, true).unwrap();
-        assert_eq!((p.offset, p.header_bytes), (592, 592));
+        assert_eq!((p.layout.offset, p.header_bytes), (592, 592));
         assert!(
             parse_bytes(&file[..570], true)
                 .unwrap_err()

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::affine::IDENTITY;
 use super::source::Source;
-use super::{Format, NO_SCALING, Order, Parsed, checked_shape};
+use super::{ArrayLayout, Format, Order, Parsed, checked_shape};
 use crate::dtype::{ByteOrder, DType, Scalar};
 use crate::error::{Result, VoxelError};
 
@@ -49,8 +49,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         (1, 0) => (2, false),
         (2, 0) | (3, 0) => (4, major == 3),
         _ => {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 &path,
+                "version",
+                format!("{major}.{minor}"),
                 format!("npy format version {major}.{minor} not supported"),
             ));
         }
@@ -68,8 +70,10 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         .rev()
         .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
     if header_len > MAX_HEADER_LEN {
-        return Err(VoxelError::header(
+        return Err(VoxelError::header_field(
             &path,
+            "header_len",
+            header_len,
             format!(
                 "npy header length {header_len} exceeds numpy's limit of {MAX_HEADER_LEN} bytes"
             ),
@@ -97,12 +101,9 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
     Ok(Parsed {
         format: Format::Npy,
         zooms: vec![1.0; shape.len()],
-        shape,
-        dtype: h.dtype,
-        offset,
-        slope: NO_SCALING.0,
-        inter: NO_SCALING.1,
-        order: if h.fortran_order { Order::F } else { Order::C },
+        layout: ArrayLayout::new(shape, h.dtype)
+            .with_offset(offset)
+            .with_order(if h.fortran_order { Order::F } else { Order::C }),
         affine: IDENTITY,
         world: super::WorldMeta::default(),
         header_bytes: offset,
@@ -178,8 +179,10 @@ fn descr_dtype(v: &Value, path: &Path) -> Result<DType> {
                 .ok_or_else(|| unsupported(format!("npy structured dtype {v:?}")));
         }
         other => {
-            return Err(VoxelError::header(
+            return Err(VoxelError::header_field(
                 path,
+                "descr",
+                format!("{other:?}"),
                 format!("npy descr {other:?} is not a dtype"),
             ));
         }
@@ -471,7 +474,7 @@ pub fn write_npy(
     fortran_order: bool,
     data: &[u8],
 ) -> io::Result<()> {
-    let expected = super::data_len(shape, dtype);
+    let expected = ArrayLayout::new(shape.to_vec(), dtype).checked_byte_len();
     if expected != Some(data.len() as u64) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -513,12 +516,12 @@ mod tests {
         for v in [1, 2, 3] {
             let p = parse_bytes(&file(v, h), false).unwrap();
             assert_eq!(p.format, Format::Npy);
-            assert_eq!(p.shape, vec![2, 3, 4]);
-            assert_eq!(p.dtype.numpy_str(), ">i2");
-            assert_eq!(p.order, Order::F);
+            assert_eq!(p.layout.shape, vec![2, 3, 4]);
+            assert_eq!(p.layout.dtype.numpy_str(), ">i2");
+            assert_eq!(p.layout.order, Order::F);
             let start = if v == 1 { 10 } else { 12 };
             assert_eq!(
-                (p.offset, p.header_bytes),
+                (p.layout.offset, p.header_bytes),
                 (start + h.len() as u64, start + h.len() as u64)
             );
             assert_eq!(p.zooms, vec![1.0; 3]);
@@ -533,7 +536,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.shape.len(), c.order, c.dtype.numpy_str()),
+            (
+                c.layout.shape.len(),
+                c.layout.order,
+                c.layout.dtype.numpy_str()
+            ),
             (0, Order::C, "<c16".to_string())
         );
         for (descr, want) in [
@@ -545,17 +552,28 @@ mod tests {
         ] {
             let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (5,), }}\n");
             assert_eq!(
-                parse_bytes(&file(1, &h), false).unwrap().dtype.numpy_str(),
+                parse_bytes(&file(1, &h), false)
+                    .unwrap()
+                    .layout
+                    .dtype
+                    .numpy_str(),
                 want
             );
         }
         let rgb = "{'descr': [('R', '|u1'), ('G', '|u1'), ('B', '|u1')], 'fortran_order': False, 'shape': (2,), }";
         assert_eq!(
-            parse_bytes(&file(1, rgb), false).unwrap().dtype.scalar,
+            parse_bytes(&file(1, rgb), false)
+                .unwrap()
+                .layout
+                .dtype
+                .scalar,
             Scalar::Rgb24
         );
         let py2 = "{'descr': '<i4', 'fortran_order': False, 'shape': (2L, 3L), }";
-        assert_eq!(parse_bytes(&file(1, py2), false).unwrap().shape, vec![2, 3]);
+        assert_eq!(
+            parse_bytes(&file(1, py2), false).unwrap().layout.shape,
+            vec![2, 3]
+        );
     }
 
     #[test]
@@ -665,7 +683,9 @@ mod tests {
             (DType::new(Scalar::C64, ByteOrder::Big), &[0, 5], false),
         ];
         for (dtype, shape, fortran) in cases {
-            let n = super::super::data_len(shape, dtype).unwrap() as usize;
+            let n = ArrayLayout::new(shape.to_vec(), dtype)
+                .checked_byte_len()
+                .unwrap() as usize;
             let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
             let mut out = Vec::new();
             write_npy(&mut out, dtype, shape, fortran, &data).unwrap();
@@ -674,13 +694,13 @@ mod tests {
             assert_eq!(out[header_len - 1], b'\n');
             let p = parse_bytes(&out, true).unwrap();
             assert_eq!(
-                (p.dtype, p.shape.as_slice(), p.offset),
+                (p.layout.dtype, p.layout.shape.as_slice(), p.layout.offset),
                 (dtype, shape, header_len as u64)
             );
             let trivially_both =
                 shape.contains(&0) || shape.iter().filter(|&&d| d > 1).count() <= 1;
             assert_eq!(
-                p.order,
+                p.layout.order,
                 if fortran && !trivially_both {
                     Order::F
                 } else {

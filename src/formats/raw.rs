@@ -16,9 +16,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::affine::IDENTITY;
-use super::{Compression, Factor, Format, ImageHeader, Order, checked_shape};
+use super::{ArrayLayout, Compression, Factor, Format, ImageHeader, Order, checked_shape};
 use crate::dtype::DType;
 use crate::error::{Result, VoxelError};
+use crate::location::Location;
 
 const KEYS: [&str; 6] = ["shape", "dtype", "offset", "slope", "inter", "order"];
 /// numpy's limit on the number of dimensions.
@@ -68,17 +69,19 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<ImageHeader> {
     let ndim = shape.len();
     Ok(ImageHeader {
         format: Format::Raw,
-        shape,
-        dtype,
-        offset,
-        slope,
-        inter,
-        order,
+        layout: ArrayLayout {
+            shape,
+            dtype,
+            offset,
+            order,
+            slope,
+            inter,
+        },
         affine: IDENTITY,
         zooms: vec![1.0; ndim],
         world: super::WorldMeta::default(),
-        header_path: path.to_path_buf(),
-        data_path: path.to_path_buf(),
+        header_file: Location::Path(path.to_path_buf()),
+        data_file: Location::Path(path.to_path_buf()),
         compression: if super::detect::has_suffix(path, ".gz") {
             Compression::Gzip
         } else {
@@ -186,33 +189,45 @@ mod tests {
         let h = spec("shape=2,3,4;dtype=<i2;offset=16;slope=2.0;inter=1.0;order=C").unwrap();
         assert_eq!(h.format, Format::Raw);
         assert_eq!(h.format.name(), "raw");
-        assert_eq!(h.shape, vec![2, 3, 4]);
-        assert_eq!(h.dtype, DType::new(Scalar::I16, ByteOrder::Little));
-        assert_eq!((h.offset, h.order), (16, Order::C));
-        assert_eq!((h.slope, h.inter), (Factor::F64(2.0), Factor::F64(1.0)));
+        assert_eq!(h.layout.shape, vec![2, 3, 4]);
+        assert_eq!(h.layout.dtype, DType::new(Scalar::I16, ByteOrder::Little));
+        assert_eq!((h.layout.offset, h.layout.order), (16, Order::C));
         assert_eq!(
-            (h.header_path.clone(), h.data_path.clone()),
-            ("/d/a.raw".into(), "/d/a.raw".into())
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(2.0), Factor::F64(1.0))
+        );
+        assert_eq!(
+            (h.header_file.as_path(), h.data_file.as_path()),
+            (Some(Path::new("/d/a.raw")), Some(Path::new("/d/a.raw")))
         );
         assert_eq!(h.compression, Compression::None);
         assert_eq!((h.zooms.clone(), h.affine), (vec![1.0; 3], IDENTITY));
         let h = spec(" dtype = >f4 ; shape = (5,) ; ").unwrap();
         assert_eq!(
-            (h.shape.clone(), h.offset, h.order),
+            (h.layout.shape.clone(), h.layout.offset, h.layout.order),
             (vec![5], 0, Order::F),
             "F by default, like nibabel"
         );
-        assert_eq!((h.slope, h.inter), (Factor::F64(1.0), Factor::F64(0.0)));
-        assert_eq!(h.dtype.numpy_str(), ">f4");
-        assert_eq!(spec("shape=;dtype=u1").unwrap().shape, Vec::<usize>::new());
-        assert_eq!(spec("shape=0,3;dtype=u1;order=c").unwrap().order, Order::C);
+        assert_eq!(
+            (h.layout.slope, h.layout.inter),
+            (Factor::F64(1.0), Factor::F64(0.0))
+        );
+        assert_eq!(h.layout.dtype.numpy_str(), ">f4");
+        assert_eq!(
+            spec("shape=;dtype=u1").unwrap().layout.shape,
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            spec("shape=0,3;dtype=u1;order=c").unwrap().layout.order,
+            Order::C
+        );
         let gz = parse_spec("shape=2;dtype=u1", Path::new("a.RAW.GZ")).unwrap();
         assert_eq!(gz.compression, Compression::Gzip);
     }
 
     #[test]
     fn factors_carry_their_float_type() {
-        let f = |t: &str| spec(&format!("shape=2;dtype=<i2;slope={t}")).map(|h| h.slope);
+        let f = |t: &str| spec(&format!("shape=2;dtype=<i2;slope={t}")).map(|h| h.layout.slope);
         assert_eq!(f("f4:2.5").unwrap(), Factor::F32(2.5));
         assert_eq!(f("f4:0.1").unwrap(), Factor::F32(0.1));
         assert_eq!(f("f8:0.1").unwrap(), Factor::F64(0.1));

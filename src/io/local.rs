@@ -1,6 +1,7 @@
 //! Local, uncompressed files: positional reads (`pread`) or a memory map. Reads never move a caller's file cursor.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,6 +59,37 @@ pub struct LocalSource {
     mmap: MmapMode,
     /// Serialises reads on a shared handle, like nibabel's per-proxy RLock (shared by copies over the same handle).
     lock: Arc<Mutex<()>>,
+    /// A span of the file mapped once and kept: reads inside it are copies out of the map.
+    kept: Option<KeptMap>,
+}
+
+/// The bytes `[start, start + map.len())` of the file, mapped read-only.
+#[derive(Debug)]
+struct KeptMap {
+    map: Mmap,
+    start: u64,
+}
+
+impl KeptMap {
+    /// Copy `segments` out of the map into `out` (concatenated); `false`, with nothing copied, when one of them
+    /// lies outside the mapped span.
+    fn copy(&self, segments: &[Segment], out: &mut [u8]) -> bool {
+        let end = self.start + self.map.len() as u64;
+        if segments
+            .iter()
+            .any(|s| s.offset < self.start || s.offset.saturating_add(s.len) > end)
+        {
+            return false;
+        }
+        let mut pos = 0usize;
+        for s in segments {
+            // Inside the map (checked above), so both fit in usize.
+            let (from, n) = ((s.offset - self.start) as usize, s.len as usize);
+            out[pos..pos + n].copy_from_slice(&self.map[from..from + n]);
+            pos += n;
+        }
+        true
+    }
 }
 
 impl LocalSource {
@@ -68,7 +100,45 @@ impl LocalSource {
             handle,
             mmap,
             lock,
+            kept: None,
         }
+    }
+
+    /// A source over `path` that maps the bytes `span` once and serves the reads inside it from the map, for as long
+    /// as it lives (the SQL scan's slabs: only the slab is mapped, and the map goes with the slab's reader, so mapped
+    /// pages never add up over a scan). Reads elsewhere are positional. `None` where the file cannot be mapped.
+    pub fn with_kept_map(path: &Path, span: Range<u64>) -> Result<Option<LocalSource>> {
+        let file = File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let len = file.metadata().map_err(|e| VoxelError::io(path, e))?.len();
+        if len < span.end {
+            return Err(VoxelError::Truncated {
+                path: path.display().to_string(),
+                expected: span.end,
+                actual: len,
+            });
+        }
+        let Ok(n) = usize::try_from(span.end.saturating_sub(span.start)) else {
+            return Ok(None);
+        };
+        // SAFETY: a private read-only mapping of bytes the file was just seen to hold, never written. Each read checks
+        // the file's length first ([`LocalSource::read_segments`]), so a truncation between reads is an error; one
+        // during a copy would fault, the documented hazard of memory-mapped reads (`MmapMode::Off` avoids it).
+        let map = match unsafe { MmapOptions::new().offset(span.start).len(n).map(&file) } {
+            Ok(m) => m,
+            // Not mappable (special files, some filesystems, an empty span): positional reads instead.
+            Err(_) => return Ok(None),
+        };
+        let mut source = LocalSource::new(
+            path,
+            Handle::Kept(Arc::new(OnceLock::from(Arc::new(file)))),
+            MmapMode::ReadOnly,
+            Arc::default(),
+        );
+        source.kept = Some(KeptMap {
+            map,
+            start: span.start,
+        });
+        Ok(Some(source))
     }
 
     fn file(&self) -> Result<Arc<File>> {
@@ -206,6 +276,13 @@ impl ByteSource for LocalSource {
         let file = self.file()?;
         let len = self.file_len(&file)?;
         self.check_bounds(segments, len)?;
+        if self.kept.as_ref().is_some_and(|k| k.copy(segments, out)) {
+            // Copies out of a map kept for the source's lifetime: no request at all.
+            return Ok(ReadStats {
+                requests: 0,
+                ..stats
+            });
+        }
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.mmap != MmapMode::Off
             && total >= MIN_MAP_BYTES
@@ -254,6 +331,41 @@ mod tests {
             assert_eq!(&out[..70_000], &data[3..70_003]);
             assert_eq!(&out[70_000..], &data[100_000..100_005]);
         }
+    }
+
+    #[test]
+    fn a_kept_map_serves_reads_inside_its_span_and_only_those() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let (f, _) = source(&data, MmapMode::Off);
+        let s = LocalSource::with_kept_map(f.path(), 1000..60_000)
+            .unwrap()
+            .unwrap();
+        let seg = |offset, len| Segment { offset, len };
+        // Inside the span: copies out of the map, no request.
+        let mut out = vec![0; 30];
+        let st = s
+            .read_segments(&[seg(1000, 10), seg(59_980, 20)], &mut out)
+            .unwrap();
+        assert_eq!(&out[..10], &data[1000..1010]);
+        assert_eq!(&out[10..], &data[59_980..60_000]);
+        assert_eq!((st.bytes_read, st.segments, st.requests), (30, 2, 0));
+        // Reaching outside it: positional reads, one request per segment.
+        let st = s
+            .read_segments(&[seg(990, 20), seg(70_000, 10)], &mut out)
+            .unwrap();
+        assert_eq!(&out[..20], &data[990..1010]);
+        assert_eq!(&out[20..], &data[70_000..70_010]);
+        assert_eq!(st.requests, 2);
+        // A span past the end of the file is refused; the file cut below a read is an error naming it.
+        assert!(LocalSource::with_kept_map(f.path(), 0..200_000).is_err());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_len(2000)
+            .unwrap();
+        let err = s.read_segments(&[seg(5000, 30)], &mut out).unwrap_err();
+        assert!(matches!(err, VoxelError::Truncated { .. }), "{err}");
     }
 
     #[test]

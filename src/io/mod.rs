@@ -9,15 +9,14 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::plan::Segment;
 
-pub mod gzindex;
 pub mod gzip;
 pub mod local;
 pub mod mapped;
+pub mod ranges;
 #[cfg(feature = "remote")]
 pub mod redact;
 #[cfg(feature = "remote")]
 pub mod remote;
-pub mod stream;
 
 /// What one read cost, for `EXPLAIN ANALYZE`, `--stats` and the bytes-read assertions in tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,7 +60,9 @@ static TOTALS: std::sync::Mutex<ReadStats> = std::sync::Mutex::new(ReadStats {
     requests: 0,
 });
 
-/// A readable, immutable run of bytes.
+/// A readable, immutable run of bytes. How segments are coalesced into requests is the source's own policy (none
+/// for local files; a gap and over-read budget for stores; runs between seek points for gzip), through the one
+/// range merger [`ranges::merge_ranges`] where ranges are merged; callers only say which bytes they need.
 pub trait ByteSource: Send + Sync + Debug {
     /// Path or URL, for error messages.
     fn location(&self) -> &str;
@@ -75,7 +76,7 @@ pub trait ByteSource: Send + Sync + Debug {
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats>;
 }
 
-/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip.rs`).
+/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip`).
 pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
     // Large reads decompress runs between index points on all cores.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

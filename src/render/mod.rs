@@ -51,35 +51,10 @@ impl Image {
     /// Open a path or URL (any location `ArrayProxy::open_location` takes; `raw` as for `--raw`), reading its
     /// header once.
     pub fn open(location: &str, raw: Option<&str>, opts: ProxyOptions) -> Result<Image> {
-        #[cfg(feature = "remote")]
-        {
-            use crate::io::remote;
-            if remote::is_url(location) {
-                let store = remote::StoreOptions::default();
-                let image = match raw {
-                    Some(spec) => remote::open_raw(location, spec, &store)?,
-                    None => remote::open_image(location, &store)?,
-                };
-                // As in `ArrayProxy::open_location`: the remote source decides which gaps are worth a GET.
-                let opts = ProxyOptions {
-                    skip_threshold: 0,
-                    ..opts
-                };
-                let proxy = ArrayProxy::with_compression(
-                    crate::proxy::DataFile::Remote(image.data),
-                    image.header.compression,
-                    &image.header,
-                    opts,
-                )?;
-                return Ok(Image::new(proxy, &image.header, location));
-            }
-        }
-        let path = crate::proxy::local_path(location);
-        let header = match raw {
-            Some(spec) => crate::formats::parse_raw_spec(spec, &path)?,
-            None => crate::formats::read_header(&path)?,
-        };
-        let proxy = ArrayProxy::from_header(&header, opts)?;
+        use crate::location::{Location, StoreOptions, open_image};
+        let image = open_image(&Location::parse(location)?, raw, &StoreOptions::default())?;
+        let header = image.header.clone();
+        let proxy = image.into_proxy(opts)?;
         Ok(Image::new(proxy, &header, location))
     }
 

@@ -2,17 +2,18 @@
 //! at registration; the scan opens the files again and checks they have not changed since).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::dtype::{DType, Scalar};
 use crate::error::{Result, VoxelError};
-use crate::formats::detect::{NameKind, header_path_for, name_kind};
-use crate::formats::{self, Affine, Compression, Factor, Format, ImageHeader, Order, WorldMeta};
+use crate::formats::{self, Affine, Compression, Format, ImageHeader, WorldMeta};
 use crate::io::local::MmapMode;
-use crate::io::remote::{self, RemoteImage, RemoteObject, StoreOptions};
-use crate::proxy::{ArrayProxy, ArraySpec, DataFile, ProxyOptions};
+use crate::io::remote::{RemoteImage, RemoteObject, StoreOptions};
+use crate::layout::{ArrayLayout, first_other_ndim};
+use crate::location::{self, Expanded, Location, ObjectUrl, OpenImage, open_image};
+use crate::proxy::{ArrayProxy, DataFile, ProxyOptions};
 
 use super::schema::ValueMode;
 
@@ -210,19 +211,39 @@ fn raw_spec(kind: FormatKind, raw: &[(String, String)]) -> Result<Option<String>
     Ok(Some(parts.join(";")))
 }
 
+/// What tells one version of a data file from another: size and modification time for a local file, the ETag
+/// (and size) for an object. Taken at registration; a scan checks the file still matches.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    #[serde(default)]
+    pub modified: Option<SystemTime>,
+    /// An object's ETag at registration (reads are pinned to it with If-Match).
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+impl Fingerprint {
+    /// A local file's size and modification time now.
+    pub fn of_path(path: &Path) -> Result<Fingerprint> {
+        let meta = std::fs::metadata(path).map_err(|e| VoxelError::io(path, e))?;
+        Ok(Fingerprint {
+            size: meta.len(),
+            modified: meta.modified().ok(),
+            etag: None,
+        })
+    }
+}
+
 /// One image file of a table: where its array lives and how to read it, as found at registration.
 #[derive(Debug, Clone)]
 pub struct VoxelFile {
     /// The name shown in the `file` column and in messages (the path as the location named or matched it).
     pub name: String,
-    pub data_path: PathBuf,
+    /// Where the data are: a local path, or an object URL (an open handle only behind `proxy`).
+    pub data: Location,
     pub format: Format,
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub offset: u64,
-    pub slope: Factor,
-    pub inter: Factor,
-    pub order: Order,
+    pub layout: ArrayLayout,
     pub compression: Compression,
     pub affine: Affine,
     pub zooms: Vec<f64>,
@@ -230,182 +251,197 @@ pub struct VoxelFile {
     pub world: WorldMeta,
     /// The map to another image's grid (table option `grid`), set when the table is made.
     pub grid: Option<super::world::GridMap>,
-    /// Size and modification time of the data file at registration, to notice a file replaced since.
-    pub size: u64,
-    pub modified: Option<SystemTime>,
-    /// A proxy registered directly (it may read from an open handle); otherwise the scan opens the path.
+    /// The data file's version at registration, to notice a file replaced since.
+    pub fingerprint: Fingerprint,
+    /// A proxy registered directly (it may read from an open handle); otherwise the scan opens the location.
     pub proxy: Option<Arc<ArrayProxy>>,
-    /// For a file in object storage: the object's ETag at registration (reads are pinned to it), and the store
-    /// settings to reach it.
-    pub etag: Option<String>,
+    /// For a file in object storage: the store settings to reach it.
     pub store: StoreOptions,
 }
 
 impl VoxelFile {
-    pub fn from_header(name: String, h: &ImageHeader) -> Result<VoxelFile> {
-        let (size, modified) = fingerprint(&h.data_path)?;
-        Ok(VoxelFile {
+    /// A table file from its header, found at `data` with `fingerprint` (the one constructor the others share).
+    pub fn new(
+        name: String,
+        h: &ImageHeader,
+        data: Location,
+        fingerprint: Fingerprint,
+    ) -> VoxelFile {
+        VoxelFile {
             name,
-            data_path: h.data_path.clone(),
+            data,
             format: h.format,
-            shape: h.shape.clone(),
-            dtype: h.dtype,
-            offset: h.offset,
-            slope: h.slope,
-            inter: h.inter,
-            order: h.order,
+            layout: h.layout.clone(),
             compression: h.compression,
             affine: h.affine,
             zooms: h.zooms.clone(),
             world: h.world,
             grid: None,
-            size,
-            modified,
+            fingerprint,
             proxy: None,
-            etag: None,
             store: StoreOptions::default(),
+        }
+    }
+
+    /// A local table file (its header read already).
+    pub fn from_header(name: String, h: &ImageHeader) -> Result<VoxelFile> {
+        let fingerprint = Fingerprint::of_path(h.data_path()?)?;
+        Ok(Self::new(name, h, h.data_file.clone(), fingerprint))
+    }
+
+    /// A table file from an image whose header was read (a local file, an object or a handle), named `name`.
+    pub fn from_image(name: String, image: OpenImage) -> Result<VoxelFile> {
+        Ok(match image.data {
+            DataFile::Path(_) => Self::from_header(name, &image.header)?,
+            DataFile::Remote(object) => Self::from_remote(
+                name,
+                &RemoteImage {
+                    header: image.header,
+                    data: object,
+                },
+            )?,
+            DataFile::Handle { file, name: handle } => {
+                let size = file
+                    .metadata()
+                    .map_err(|e| VoxelError::io(&handle, e))?
+                    .len();
+                let fingerprint = Fingerprint {
+                    size,
+                    ..Fingerprint::default()
+                };
+                Self::new(
+                    name,
+                    &image.header,
+                    Location::Handle { file, name: handle },
+                    fingerprint,
+                )
+            }
         })
     }
 
     /// A table file in object storage (header already read with ranged GETs).
     pub fn from_remote(name: String, image: &RemoteImage) -> Result<VoxelFile> {
-        let h = &image.header;
-        Ok(VoxelFile {
-            name,
-            data_path: PathBuf::from(image.data.url()),
-            format: h.format,
-            shape: h.shape.clone(),
-            dtype: h.dtype,
-            offset: h.offset,
-            slope: h.slope,
-            inter: h.inter,
-            order: h.order,
-            compression: h.compression,
-            affine: h.affine,
-            zooms: h.zooms.clone(),
-            world: h.world,
-            grid: None,
+        let data = Location::Object(ObjectUrl::parse(image.data.url())?);
+        let fingerprint = Fingerprint {
             size: image.data.size(),
             modified: None,
-            proxy: None,
             etag: image.data.etag().map(str::to_string),
+        };
+        Ok(VoxelFile {
             store: image.data.options().clone(),
+            ..Self::new(name, &image.header, data, fingerprint)
         })
     }
 
-    /// Whether the data lives in object storage or on an HTTP server.
+    /// Whether the data live in object storage or on an HTTP server.
     pub fn is_remote(&self) -> bool {
-        self.proxy.is_none() && remote::is_url(&self.data_path.to_string_lossy())
+        self.proxy.is_none() && self.data.is_remote()
+    }
+
+    /// The local data file, when the data are in one.
+    pub fn local_path(&self) -> Option<&Path> {
+        self.data.as_path()
     }
 
     /// A table file over an existing proxy (read through that proxy, so an open handle works too).
     pub fn from_proxy(name: String, proxy: ArrayProxy) -> Result<VoxelFile> {
-        let (size, modified) = match proxy.path() {
-            Some(p) => fingerprint(p)?,
-            None => (proxy.offset() + proxy.byte_len()?, None),
+        let fingerprint = match proxy.path() {
+            Some(p) => Fingerprint::of_path(p)?,
+            None => Fingerprint {
+                size: proxy.layout().end(),
+                ..Fingerprint::default()
+            },
         };
-        let ndim = proxy.ndim();
         Ok(VoxelFile {
             name,
-            data_path: proxy
-                .path()
-                .map_or_else(|| PathBuf::from(proxy.location()), Path::to_path_buf),
+            data: proxy.data_location()?,
             format: Format::Raw,
-            shape: proxy.shape().to_vec(),
-            dtype: proxy.dtype(),
-            offset: proxy.offset(),
-            slope: proxy.slope(),
-            inter: proxy.inter(),
-            order: proxy.order(),
+            layout: proxy.layout().clone(),
             compression: proxy.compression(),
             affine: formats::affine::IDENTITY,
-            zooms: vec![1.0; ndim],
+            zooms: vec![1.0; proxy.ndim()],
             world: WorldMeta::default(),
             grid: None,
-            size,
-            modified,
+            fingerprint,
             proxy: Some(Arc::new(proxy)),
-            etag: None,
             store: StoreOptions::default(),
         })
     }
 
     pub fn ndim(&self) -> usize {
-        self.shape.len()
+        self.layout.ndim()
     }
 
     /// Bytes of one element.
     pub fn itemsize(&self) -> u64 {
-        self.dtype.size() as u64
+        self.layout.itemsize()
     }
 
     /// Fail when the data file is not the one registered (size or modification time changed).
     pub fn check_unchanged(&self) -> Result<()> {
         // Remote reads carry the registered ETag (If-Match) and check sizes themselves.
-        if self.proxy.as_ref().is_some_and(|p| p.path().is_none()) || self.is_remote() {
+        let Some(path) = self.local_path() else {
             return Ok(());
-        }
-        let (size, modified) = fingerprint(&self.data_path)?;
-        if size != self.size || (modified.is_some() && modified != self.modified) {
+        };
+        let now = Fingerprint::of_path(path)?;
+        let was = &self.fingerprint;
+        if now.size != was.size || (now.modified.is_some() && now.modified != was.modified) {
             return Err(VoxelError::Invalid(format!(
-                "{}: the file changed since the table was registered (size {} → {size} bytes); register it again",
-                self.data_path.display(),
-                self.size
+                "{}: the file changed since the table was registered (size {} → {} bytes); register it again",
+                path.display(),
+                was.size,
+                now.size
             )));
         }
         Ok(())
     }
 
-    /// A proxy for reading: the registered one, or a new one over the path that keeps its file open.
+    /// A proxy for reading: the registered one, or a new one over the location that keeps its file open.
     pub fn open_proxy(&self, mmap: MmapMode) -> Result<Arc<ArrayProxy>> {
         if let Some(p) = &self.proxy {
             return Ok(Arc::clone(p));
         }
-        let spec = ArraySpec::new(self.shape.clone(), self.dtype)
-            .with_offset(self.offset)
-            .with_scaling(self.slope, self.inter);
         // A skip threshold of 0: the scan reads only the bytes a query needs (memory-mapped copies make the gaps
         // nibabel reads through to save seeks unnecessary).
         let opts = ProxyOptions {
             mmap,
             keep_file_open: true,
-            order: Some(self.order),
+            order: Some(self.layout.order),
             skip_threshold: 0,
         };
-        let file = if self.is_remote() {
-            DataFile::Remote(RemoteObject::known(
-                &self.data_path.to_string_lossy(),
+        let file = match &self.data {
+            Location::Object(url) => DataFile::Remote(RemoteObject::known(
+                url.as_str(),
                 &self.store,
-                self.size,
-                self.etag.clone(),
-            )?)
-        } else {
-            DataFile::Path(self.data_path.clone())
+                self.fingerprint.size,
+                self.fingerprint.etag.clone(),
+            )?),
+            Location::Path(p) => DataFile::Path(p.clone()),
+            Location::Handle { file, name } => DataFile::Handle {
+                file: Arc::clone(file),
+                name: name.clone(),
+            },
         };
-        let proxy = ArrayProxy::with_compression(file, self.compression, &spec, opts)?;
+        let proxy = ArrayProxy::with_compression(file, self.compression, &self.layout, opts)?;
         Ok(Arc::new(proxy))
     }
 
     /// Header facts for export metadata.
     pub fn header_json(&self) -> serde_json::Value {
+        let l = &self.layout;
         serde_json::json!({
             "file": self.name,
             "format": self.format.name(),
-            "shape": self.shape,
-            "dtype": self.dtype.numpy_str(),
-            "offset": self.offset,
-            "slope": self.slope.value(),
-            "inter": self.inter.value(),
-            "order": self.order.to_string(),
+            "shape": l.shape,
+            "dtype": l.dtype.numpy_str(),
+            "offset": l.offset,
+            "slope": l.slope.value(),
+            "inter": l.inter.value(),
+            "order": l.order.to_string(),
             "affine": self.affine,
             "zooms": self.zooms,
         })
     }
-}
-
-fn fingerprint(path: &Path) -> Result<(u64, Option<SystemTime>)> {
-    let meta = std::fs::metadata(path).map_err(|e| VoxelError::io(path, e))?;
-    Ok((meta.len(), meta.modified().ok()))
 }
 
 /// The files a table reads, and whether it is a multi-file table (with a `file` column).
@@ -418,30 +454,19 @@ pub struct TableFiles {
 impl TableFiles {
     /// Resolve `locations` (a file, a directory, a glob, or several of these) and read every header.
     pub fn open(locations: &[String], opts: &TableOptions) -> Result<TableFiles> {
-        let (paths, multi) = resolve_locations_with(locations, opts.kind, &opts.store)?;
-        let mut files = Vec::with_capacity(paths.len());
-        for path in paths {
-            let name = path.display().to_string();
-            if remote::is_url(&name) {
-                let image = read_remote_header(&name, opts)?;
-                files.push(VoxelFile::from_remote(name, &image)?);
-                continue;
-            }
-            let header = read_header(&path, opts)?;
-            files.push(VoxelFile::from_header(name, &header)?);
+        let found = resolve_locations(locations, opts)?;
+        let mut files = Vec::with_capacity(found.images.len());
+        for location in found.images {
+            let image = open_image(&location, opts.raw.as_deref(), &opts.store)?;
+            check_kind(&location.display(), image.header.format, opts.kind)?;
+            files.push(VoxelFile::from_image(location.display(), image)?);
         }
         check_same_ndim(&files)?;
-        Ok(TableFiles { files, multi })
+        Ok(TableFiles {
+            files,
+            multi: found.multi,
+        })
     }
-}
-
-fn read_remote_header(url: &str, opts: &TableOptions) -> Result<RemoteImage> {
-    let image = match &opts.raw {
-        Some(spec) => remote::open_raw(url, spec, &opts.store)?,
-        None => remote::open_image(url, &opts.store)?,
-    };
-    check_kind(url, image.header.format, opts.kind)?;
-    Ok(image)
 }
 
 fn check_kind(name: &str, format: Format, kind: FormatKind) -> Result<()> {
@@ -454,161 +479,24 @@ fn check_kind(name: &str, format: Format, kind: FormatKind) -> Result<()> {
     Ok(())
 }
 
-fn read_header(path: &Path, opts: &TableOptions) -> Result<ImageHeader> {
-    if let Some(spec) = &opts.raw {
-        return formats::parse_raw_spec(spec, path);
-    }
-    let header = formats::read_header(path)?;
-    check_kind(&path.display().to_string(), header.format, opts.kind)?;
-    Ok(header)
-}
-
-fn check_same_ndim(files: &[VoxelFile]) -> Result<()> {
-    let Some(first) = files.first() else {
+/// The files of one table must agree on their number of axes (the scan and the schema rely on it).
+pub(crate) fn check_same_ndim(files: &[VoxelFile]) -> Result<()> {
+    let Some((k, ndim, first_ndim)) = first_other_ndim(files.iter().map(|f| &f.layout)) else {
         return Ok(());
     };
-    for f in files {
-        if f.ndim() != first.ndim() {
-            return Err(VoxelError::Invalid(format!(
-                "{}: has {} axes (shape {:?}) but {} has {} (shape {:?}); the files of one table must have the same number of axes",
-                f.name,
-                f.ndim(),
-                f.shape,
-                first.name,
-                first.ndim(),
-                first.shape
-            )));
-        }
-    }
-    Ok(())
+    let (f, first) = (&files[k], &files[0]);
+    Err(VoxelError::Invalid(format!(
+        "{}: has {ndim} axes (shape {:?}) but {} has {first_ndim} (shape {:?}); the files of one table must have \
+         the same number of axes",
+        f.name, f.layout.shape, first.name, first.layout.shape
+    )))
 }
 
-/// Expand locations into image paths (sorted within each location, duplicates dropped). A single location naming
-/// one file gives a single-file table; a directory, a glob or several locations give a multi-file table.
-pub fn resolve_locations(locations: &[String], kind: FormatKind) -> Result<(Vec<PathBuf>, bool)> {
-    resolve_locations_with(locations, kind, &StoreOptions::default())
-}
-
-/// [`resolve_locations`] where locations may be object-store URLs (listed with `store`'s settings). URLs are
-/// returned as they are, in a `PathBuf`.
-pub fn resolve_locations_with(
-    locations: &[String],
-    kind: FormatKind,
-    store: &StoreOptions,
-) -> Result<(Vec<PathBuf>, bool)> {
-    if locations.is_empty() {
-        return Err(VoxelError::Invalid("no LOCATION given".into()));
-    }
-    let mut multi = locations.len() > 1;
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for loc in locations {
-        if remote::is_url(loc) {
-            let listed = loc.ends_with('/') || loc.contains(['*', '?', '[']);
-            multi |= listed;
-            let found = if listed {
-                keep_remote_images(remote::list_matching(loc, store)?, kind)
-            } else {
-                vec![loc.clone()]
-            };
-            if found.is_empty() {
-                return Err(VoxelError::Invalid(format!(
-                    "location '{loc}' matches no image file"
-                )));
-            }
-            for url in found {
-                if seen.insert(PathBuf::from(&url)) {
-                    out.push(PathBuf::from(url));
-                }
-            }
-            continue;
-        }
-        let path_buf = crate::proxy::local_path(loc);
-        let path = path_buf.to_str().unwrap_or(loc);
-        if path.contains("://") {
-            return Err(VoxelError::Invalid(format!(
-                "location '{loc}': unsupported URL scheme (s3, gs, az, abfss, http, https and file are read)"
-            )));
-        }
-        let found = if Path::new(path).is_dir() {
-            multi = true;
-            list_dir(Path::new(path), kind)?
-        } else if path.contains(['*', '?', '[']) {
-            multi = true;
-            expand_glob(path, kind)?
-        } else {
-            std::fs::metadata(path).map_err(|e| VoxelError::io(path, e))?;
-            vec![PathBuf::from(path)]
-        };
-        if found.is_empty() {
-            return Err(VoxelError::Invalid(format!(
-                "location '{loc}' matches no image file"
-            )));
-        }
-        for p in found {
-            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
-            if seen.insert(key) {
-                out.push(p);
-            }
-        }
-    }
-    Ok((out, multi))
-}
-
-/// Is `path` an image this table would read from a directory or glob? Pairs count once (by their `.hdr`).
-fn is_image(path: &Path, kind: FormatKind, all: &HashSet<PathBuf>) -> bool {
-    if !path.is_file() {
-        return false;
-    }
-    match name_kind(path) {
-        NameKind::Img => !all.contains(&header_path_for(path)) || header_path_for(path) == path,
-        NameKind::Other => kind == FormatKind::Raw,
-        _ => true,
-    }
-}
-
-/// Listed objects a table reads: images by name (pairs once, by their `.hdr`; anything for RAW).
-fn keep_remote_images(urls: Vec<String>, kind: FormatKind) -> Vec<String> {
-    let all: HashSet<PathBuf> = urls.iter().map(PathBuf::from).collect();
-    urls.into_iter()
-        .filter(|u| {
-            let p = Path::new(u);
-            match name_kind(p) {
-                NameKind::Img => !all.contains(&header_path_for(p)),
-                NameKind::Other => kind == FormatKind::Raw,
-                _ => true,
-            }
-        })
-        .collect()
-}
-
-fn list_dir(dir: &Path, kind: FormatKind) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| VoxelError::io(dir, e))?;
-    let mut paths = Vec::new();
-    for e in entries {
-        paths.push(e.map_err(|e| VoxelError::io(dir, e))?.path());
-    }
-    Ok(keep_images(paths, kind))
-}
-
-fn expand_glob(pattern: &str, kind: FormatKind) -> Result<Vec<PathBuf>> {
-    let matches = glob::glob(pattern).map_err(|e| {
-        VoxelError::Invalid(format!("location '{pattern}' is not a valid glob: {e}"))
-    })?;
-    let mut paths = Vec::new();
-    for m in matches {
-        paths.push(m.map_err(|e| VoxelError::io(e.path(), std::io::Error::other(e.to_string())))?);
-    }
-    Ok(keep_images(paths, kind))
-}
-
-fn keep_images(mut paths: Vec<PathBuf>, kind: FormatKind) -> Vec<PathBuf> {
-    paths.sort();
-    let all: HashSet<PathBuf> = paths.iter().cloned().collect();
-    paths
-        .into_iter()
-        .filter(|p| is_image(p, kind, &all))
-        .collect()
+/// Expand a table's locations into the images it reads (sorted within each location, duplicates dropped). A
+/// single location naming one file gives a single-file table; a directory, a glob or several locations give a
+/// multi-file table.
+pub fn resolve_locations(locations: &[String], opts: &TableOptions) -> Result<Expanded> {
+    location::expand(locations, opts.kind == FormatKind::Raw, &opts.store)
 }
 
 /// Options given as a map (e.g. DataFusion's `CreateExternalTable::options`).
@@ -620,7 +508,8 @@ pub fn options_from_map(kind: FormatKind, map: &HashMap<String, String>) -> Resu
 
 /// The element type the table's value column would have for one file.
 pub fn file_value_scalar(f: &VoxelFile, mode: ValueMode) -> Result<Scalar> {
-    super::schema::value_scalar(f.dtype, f.slope, f.inter, mode).map_err(|e| e.in_file(&f.name))
+    super::schema::value_scalar(f.layout.dtype, f.layout.slope, f.layout.inter, mode)
+        .map_err(|e| e.in_file(&f.name))
 }
 
 #[cfg(test)]
@@ -645,28 +534,5 @@ mod tests {
         .unwrap();
         assert_eq!(o.raw.as_deref(), Some("shape=2,3;dtype=<i2"));
         assert!(TableOptions::parse(FormatKind::Any, [("scaling", "maybe")]).is_err());
-    }
-
-    #[test]
-    fn locations_expand_to_sorted_images() {
-        let dir = tempfile::tempdir().unwrap();
-        for n in ["b.nii", "a.nii", "c.hdr", "c.img", "notes.txt"] {
-            std::fs::write(dir.path().join(n), b"x").unwrap();
-        }
-        let d = dir.path().display().to_string();
-        let (paths, multi) = resolve_locations(std::slice::from_ref(&d), FormatKind::Any).unwrap();
-        let names: Vec<String> = paths
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["a.nii", "b.nii", "c.hdr"]);
-        assert!(multi);
-        let (paths, _) = resolve_locations(&[format!("{d}/*.nii")], FormatKind::Any).unwrap();
-        assert_eq!(paths.len(), 2);
-        let (paths, multi) = resolve_locations(&[format!("{d}/a.nii")], FormatKind::Any).unwrap();
-        assert_eq!((paths.len(), multi), (1, false));
-        let e = resolve_locations(&[format!("{d}/*.mgz")], FormatKind::Any).unwrap_err();
-        assert!(e.to_string().contains("matches no image file"), "{e}");
-        assert!(resolve_locations(&[format!("{d}/missing.nii")], FormatKind::Any).is_err());
     }
 }

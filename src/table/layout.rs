@@ -65,6 +65,7 @@ pub fn slow_axis(ndim: usize, order: Order) -> Option<usize> {
 /// Bytes between consecutive indices of the slow axis.
 fn slow_stride(f: &VoxelFile, slow: usize) -> u64 {
     let inner: u64 = f
+        .layout
         .shape
         .iter()
         .enumerate()
@@ -95,7 +96,7 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
     if sel.is_empty() {
         return Vec::new();
     }
-    let slow = match slow_axis(f.ndim(), f.order) {
+    let slow = match slow_axis(f.ndim(), f.layout.order) {
         Some(a) if f.compression == Compression::None => a,
         _ => return vec![whole(sel.rows())],
     };
@@ -126,36 +127,37 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
 
 /// The file bytes a slab spans: whole slow-axis planes from `lo` to `hi` (the whole data for a `None` slab).
 pub fn byte_span(f: &VoxelFile, slow: Option<&Range<u64>>) -> Range<u64> {
-    match (slow, slow_axis(f.ndim(), f.order)) {
+    match (slow, slow_axis(f.ndim(), f.layout.order)) {
         // Registered files were checked to end within 64 bits; saturating keeps a hand-made one from wrapping.
         (Some(r), Some(a)) => {
             let stride = slow_stride(f, a);
-            let at = |i: u64| f.offset.saturating_add(i.saturating_mul(stride));
+            let at = |i: u64| f.layout.offset.saturating_add(i.saturating_mul(stride));
             at(r.start)..at(r.end)
         }
         _ => {
             let len = f
+                .layout
                 .shape
                 .iter()
                 .fold(f.itemsize(), |acc, &n| acc.saturating_mul(n as u64));
-            f.offset..f.offset.saturating_add(len)
+            f.layout.offset..f.layout.offset.saturating_add(len)
         }
     }
 }
 
 /// The slow-axis indices a byte span (made by [`byte_span`]) stands for; `None` when it is not such a span.
 pub fn slow_range_of(f: &VoxelFile, span: Range<u64>) -> Option<Range<u64>> {
-    let a = slow_axis(f.ndim(), f.order)?;
+    let a = slow_axis(f.ndim(), f.layout.order)?;
     let stride = slow_stride(f, a);
     let (s, e) = (
-        span.start.checked_sub(f.offset)?,
-        span.end.checked_sub(f.offset)?,
+        span.start.checked_sub(f.layout.offset)?,
+        span.end.checked_sub(f.layout.offset)?,
     );
     if stride == 0 || s % stride != 0 || e % stride != 0 || s > e {
         return None;
     }
     let r = s / stride..e / stride;
-    (r.end <= f.shape[a] as u64).then_some(r)
+    (r.end <= f.layout.shape[a] as u64).then_some(r)
 }
 
 /// Split slabs (in file order) into at most `n` runs of consecutive slabs with about equal selected bytes.
@@ -387,29 +389,23 @@ pub fn coordinates(
 mod tests {
     use super::*;
     use crate::dtype::{DType, Scalar};
-    use crate::formats::Factor;
     use proptest::prelude::*;
 
     fn file(shape: &[usize], order: Order, compression: Compression) -> VoxelFile {
         VoxelFile {
             name: "f.nii".into(),
-            data_path: "f.nii".into(),
+            data: crate::location::Location::Path("f.nii".into()),
             format: crate::formats::Format::Raw,
-            shape: shape.to_vec(),
-            dtype: DType::native(Scalar::I16),
-            offset: 352,
-            slope: Factor::F64(1.0),
-            inter: Factor::F64(0.0),
-            order,
+            layout: crate::layout::ArrayLayout::new(shape.to_vec(), DType::native(Scalar::I16))
+                .with_offset(352)
+                .with_order(order),
             compression,
             affine: crate::formats::affine::IDENTITY,
             zooms: vec![1.0; shape.len()],
             world: Default::default(),
             grid: None,
-            size: 0,
-            modified: None,
+            fingerprint: Default::default(),
             proxy: None,
-            etag: None,
             store: Default::default(),
         }
     }
@@ -417,7 +413,7 @@ mod tests {
     #[test]
     fn slabs_cover_the_slow_axis_with_real_spans() {
         let f = file(&[4, 5, 6], Order::F, Compression::None);
-        let mut sel = Selection::full(&f.shape);
+        let mut sel = Selection::full(&f.layout.shape);
         sel.axes[2] = IndexSet::from_ranges(vec![0..2, 3..6]);
         let slabs = slabs_of(0, &f, &sel, 2 * 4 * 5 * 2);
         let runs: Vec<_> = slabs.iter().map(|s| s.slow.clone().unwrap()).collect();

@@ -23,9 +23,16 @@
 //! are `Exact`; filters on `file` alone are `Exact` (evaluated per file before any I/O); other filters on
 //! coordinates are `Inexact`; filters on values are `Unsupported`. Statistics (rows, coordinate min/max) are exact.
 
+pub mod aggregate;
+#[cfg(feature = "ballista")]
+pub mod aggregate_engine;
+pub mod aggregate_rule;
 pub mod bids;
+pub mod config;
 pub mod files;
 pub mod index_set;
+pub mod join_dense;
+pub mod join_filter;
 pub mod layout;
 pub mod predicate;
 pub mod provider;
@@ -37,6 +44,7 @@ pub mod sink;
 pub mod stores;
 pub mod world;
 
+pub use config::VoxelscanOptions;
 pub use files::{FormatKind, TableOptions, VoxelFile};
 pub use index_set::IndexSet;
 pub use provider::VoxelTable;

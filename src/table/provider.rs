@@ -21,15 +21,15 @@ use datafusion::common::{
 };
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, FileSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::MetricBuilder;
 
 use crate::dtype::Scalar;
 use crate::error::{Result, VoxelError};
@@ -67,14 +67,14 @@ pub struct VoxelTable {
 impl VoxelTable {
     /// A table over `locations` (files, directories, globs), read as `opts` say. `name` is used in messages.
     pub fn open(name: &str, locations: &[String], opts: TableOptions) -> Result<VoxelTable> {
-        let tf = TableFiles::open(locations, &opts).map_err(|e| table_error(name, e))?;
+        let tf = TableFiles::open(locations, &opts).map_err(|e| e.in_table(name))?;
         VoxelTable::from_files(name, tf.files, tf.multi, opts)
     }
 
     /// A single-file table over an existing proxy (also one over an open handle).
     pub fn from_proxy(name: &str, proxy: ArrayProxy, opts: TableOptions) -> Result<VoxelTable> {
         let label = proxy.location();
-        let file = VoxelFile::from_proxy(label, proxy).map_err(|e| table_error(name, e))?;
+        let file = VoxelFile::from_proxy(label, proxy).map_err(|e| e.in_table(name))?;
         VoxelTable::from_files(name, vec![file], false, opts)
     }
 
@@ -84,17 +84,17 @@ impl VoxelTable {
         multi: bool,
         opts: TableOptions,
     ) -> Result<VoxelTable> {
-        apply_world_options(&mut files, &opts).map_err(|e| table_error(name, e))?;
-        apply_grid_option(&mut files, &opts).map_err(|e| table_error(name, e))?;
+        apply_world_options(&mut files, &opts).map_err(|e| e.in_table(name))?;
+        apply_grid_option(&mut files, &opts).map_err(|e| e.in_table(name))?;
         let scalars = files
             .iter()
             .map(|f| file_value_scalar(f, opts.mode))
             .collect::<Result<Vec<_>>>()
-            .map_err(|e| table_error(name, e))?;
-        let scalar = common_scalar(&scalars).map_err(|e| table_error(name, e))?;
-        check_axes(&files).map_err(|e| table_error(name, e))?;
+            .map_err(|e| e.in_table(name))?;
+        let scalar = common_scalar(&scalars).map_err(|e| e.in_table(name))?;
+        check_axes(&files).map_err(|e| e.in_table(name))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
-        let mut fs = file_schema(ndim, scalar).map_err(|e| table_error(name, e))?;
+        let mut fs = file_schema(ndim, scalar).map_err(|e| e.in_table(name))?;
         if opts.world {
             let mut fields: Vec<Field> = fs.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.extend(world::world_fields());
@@ -112,7 +112,11 @@ impl VoxelTable {
         let world = opts.world;
         let axes = (0..ndim)
             .map(|a| {
-                let longest = files.iter().map(|f| f.shape[a] as u64).max().unwrap_or(0);
+                let longest = files
+                    .iter()
+                    .map(|f| f.layout.shape[a] as u64)
+                    .max()
+                    .unwrap_or(0);
                 (AXIS_NAMES[a].to_string(), longest)
             })
             .collect();
@@ -227,7 +231,7 @@ impl VoxelTable {
             .map(|(f, &keep)| {
                 let mut axes: Vec<IndexSet> = sets
                     .iter()
-                    .zip(&f.shape)
+                    .zip(&f.layout.shape)
                     .map(|(s, &n)| s.clamp(n as u64))
                     .collect();
                 if !world.is_empty() {
@@ -267,7 +271,7 @@ impl VoxelTable {
 
     fn partitioned_file(&self, slab: &Slab, sel: &Selection) -> DfResult<PartitionedFile> {
         let f = &self.files[slab.file];
-        let mut pf = PartitionedFile::new(object_path(f), f.size);
+        let mut pf = PartitionedFile::new(object_path(f), f.fingerprint.size);
         if let Some(r) = &slab.slow {
             let span = byte_span(f, Some(r));
             let (s, e) = (i64::try_from(span.start), i64::try_from(span.end));
@@ -284,7 +288,7 @@ impl VoxelTable {
         }
         let slab_sel = super::layout::slab_selection(
             sel,
-            super::layout::slow_axis(f.ndim(), f.order),
+            super::layout::slow_axis(f.ndim(), f.layout.order),
             slab.slow.as_ref(),
         );
         Ok(pf.with_statistics(Arc::new(self.file_statistics(&slab_sel))))
@@ -310,8 +314,15 @@ impl VoxelTable {
                     .with_distinct_count(Precision::Exact(s.count() as usize))
             })
             .collect();
-        while cols.len() < fs.fields().len() {
-            cols.push(ColumnStatistics::new_unknown().with_null_count(Precision::Exact(0)));
+        // Value and x, y, z columns are never null; grid_i, grid_j, grid_k are outside the other grid, and an
+        // exact null count of 0 would let DataFusion answer `count(grid_i)` from statistics wrongly.
+        for field in fs.fields().iter().skip(cols.len()) {
+            let stats = ColumnStatistics::new_unknown();
+            cols.push(if field.is_nullable() {
+                stats
+            } else {
+                stats.with_null_count(Precision::Exact(0))
+            });
         }
         let width = self.ndim() * 8 + self.scalar.size();
         // `count(*)` answered from statistics is an Int64: beyond i64::MAX rows the count is not exact (and the
@@ -346,7 +357,8 @@ impl VoxelTable {
         &self,
         sels: &[Option<Selection>],
         partitions: usize,
-        pruning: Option<&PruningPredicate>,
+        pruning: &[PruningPredicate],
+        skipped: &mut usize,
     ) -> DfResult<Vec<FileGroup>> {
         check_row_count(&self.name, sels)?;
         let selected: u64 = self
@@ -362,8 +374,8 @@ impl VoxelTable {
                 slabs.extend(slabs_of(k, f, s, target));
             }
         }
-        if let Some(p) = pruning {
-            slabs = self.prune_slabs(slabs, sels, p);
+        if !pruning.is_empty() {
+            slabs = self.prune_slabs(slabs, sels, pruning, skipped);
         }
         let schema = self.table_schema.table_schema();
         let mut groups = Vec::new();
@@ -385,33 +397,70 @@ impl VoxelTable {
 }
 
 impl VoxelTable {
-    /// Inexact filters on coordinates as a predicate over slab statistics (exact coordinate min/max), so slabs that
-    /// cannot hold a passing row are not read. Best effort: `None` when there is nothing to prune with.
-    fn pruning_predicate(&self, state: &dyn Session, filters: &[Expr]) -> Option<PruningPredicate> {
-        let inexact: Vec<Expr> = filters
-            .iter()
-            .filter(|f| self.columns.classify(f) == FilterKind::Inexact)
-            .map(|f| unnormalize_col(f.clone()))
-            .collect();
-        let expr = conjunction(inexact)?;
-        let schema = Arc::clone(self.table_schema.table_schema());
-        let df_schema = DFSchema::try_from(Arc::clone(&schema)).ok()?;
-        let phys = state.create_physical_expr(expr, &df_schema).ok()?;
-        let p = PruningPredicateBuilder::new()
-            .with_file_schema(schema)
-            .try_build(phys)
-            .ok()?;
-        (!p.always_true()).then_some(p)
+    /// Inexact filters on coordinates as predicates over slab statistics (exact coordinate min/max), so slabs that
+    /// cannot hold a passing row are not read. One predicate per filter, so that a filter the statistics cannot
+    /// decide does not take the others with it; each such filter is counted in `skipped` and logged.
+    fn pruning_predicates(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        skipped: &mut usize,
+    ) -> Vec<PruningPredicate> {
+        let schema = self.table_schema.table_schema();
+        let mut predicates = Vec::new();
+        for f in filters {
+            if self.columns.classify(f) != FilterKind::Inexact {
+                continue;
+            }
+            match pruning_predicate(state, f, schema) {
+                Ok(p) => predicates.push(p),
+                Err(why) => {
+                    *skipped += 1;
+                    log::debug!("table {}: filter {f} prunes no slabs: {why}", self.name);
+                }
+            }
+        }
+        predicates
     }
 
-    /// Keep the slabs the predicate cannot rule out (all of them if it fails to evaluate).
+    /// Keep the slabs no predicate rules out. A predicate that fails to evaluate prunes nothing: counted in
+    /// `skipped` and logged.
     fn prune_slabs(
         &self,
         slabs: Vec<Slab>,
         sels: &[Option<Selection>],
-        p: &PruningPredicate,
+        predicates: &[PruningPredicate],
+        skipped: &mut usize,
     ) -> Vec<Slab> {
-        let bounds: Vec<Vec<(i64, i64)>> = slabs
+        let stats = self.slab_statistics(&slabs, sels);
+        let mut keep = vec![true; slabs.len()];
+        for p in predicates {
+            match p.prune(&stats) {
+                Ok(pass) => keep.iter_mut().zip(pass).for_each(|(k, pass)| *k &= pass),
+                Err(e) => {
+                    *skipped += 1;
+                    log::debug!(
+                        "table {}: pruning predicate {} prunes no slabs: {e}",
+                        self.name,
+                        p.predicate_expr()
+                    );
+                }
+            }
+        }
+        slabs
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(s, k)| k.then_some(s))
+            .collect()
+    }
+
+    /// The exact coordinate bounds and row count of every slab.
+    fn slab_statistics<'a>(
+        &'a self,
+        slabs: &[Slab],
+        sels: &[Option<Selection>],
+    ) -> SlabStatistics<'a> {
+        let bounds = slabs
             .iter()
             .map(|slab| {
                 let f = &self.files[slab.file];
@@ -420,7 +469,7 @@ impl VoxelTable {
                 };
                 let s = super::layout::slab_selection(
                     sel,
-                    super::layout::slow_axis(f.ndim(), f.order),
+                    super::layout::slow_axis(f.ndim(), f.layout.order),
                     slab.slow.as_ref(),
                 );
                 s.axes
@@ -429,26 +478,37 @@ impl VoxelTable {
                     .collect()
             })
             .collect();
-        let stats = SlabStatistics {
+        SlabStatistics {
             names: &self.columns.axes,
-            bounds: &bounds,
+            bounds,
             rows: slabs.iter().map(|s| s.rows).collect(),
-        };
-        match p.prune(&stats) {
-            Ok(keep) => slabs
-                .into_iter()
-                .zip(keep)
-                .filter_map(|(s, k)| k.then_some(s))
-                .collect(),
-            Err(_) => slabs,
         }
     }
+}
+
+/// One filter as a predicate over slab statistics, or why it cannot prune.
+fn pruning_predicate(
+    state: &dyn Session,
+    filter: &Expr,
+    schema: &SchemaRef,
+) -> DfResult<PruningPredicate> {
+    let df_schema = DFSchema::try_from(Arc::clone(schema))?;
+    let phys = state.create_physical_expr(unnormalize_col(filter.clone()), &df_schema)?;
+    let p = PruningPredicateBuilder::new()
+        .with_file_schema(Arc::clone(schema))
+        .try_build(phys)?;
+    if p.always_true() {
+        return Err(DataFusionError::Plan(
+            "coordinate bounds cannot decide it (DataFusion filters the rows)".into(),
+        ));
+    }
+    Ok(p)
 }
 
 /// Slabs as pruning containers: exact min/max of every coordinate, no nulls.
 struct SlabStatistics<'a> {
     names: &'a [(String, u64)],
-    bounds: &'a [Vec<(i64, i64)>],
+    bounds: Vec<Vec<(i64, i64)>>,
     rows: Vec<u64>,
 }
 
@@ -495,7 +555,7 @@ impl PruningStatistics for SlabStatistics<'_> {
 /// so it is refused (only a proxy over an endless handle can claim one; a file that long cannot exist).
 fn check_axes(files: &[VoxelFile]) -> Result<()> {
     for f in files {
-        if let Some(&n) = f.shape.iter().find(|&&n| n as u64 > UNIVERSE) {
+        if let Some(&n) = f.layout.shape.iter().find(|&&n| n as u64 > UNIVERSE) {
             return Err(VoxelError::Invalid(format!(
                 "{}: an axis of {n} elements is longer than a table can index ({UNIVERSE})",
                 f.name
@@ -572,7 +632,7 @@ fn apply_grid_option(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()>
     };
     for f in files.iter_mut() {
         f.grid = Some(
-            world::GridMap::new(&f.affine, &g.affine, &g.shape).ok_or_else(|| {
+            world::GridMap::new(&f.affine, &g.affine, &g.layout.shape).ok_or_else(|| {
                 VoxelError::Invalid(format!(
                     "option 'grid' '{location}': its affine is singular"
                 ))
@@ -612,10 +672,6 @@ fn per_file_columns(
     (fields.into_iter().map(Arc::new).collect(), values)
 }
 
-fn table_error(name: &str, e: VoxelError) -> VoxelError {
-    VoxelError::Invalid(format!("table {name}: {e}"))
-}
-
 #[async_trait]
 impl TableProvider for VoxelTable {
     fn schema(&self) -> SchemaRef {
@@ -650,8 +706,9 @@ impl TableProvider for VoxelTable {
         let keep = self.file_mask(state, filters)?;
         let sels = self.selections(&sets, &keep, &self.world_filters(filters));
         let partitions = state.config().target_partitions().max(1);
-        let pruning = self.pruning_predicate(state, filters);
-        let groups = self.file_groups(&sels, partitions, pruning.as_ref())?;
+        let mut pruning_skipped = 0;
+        let pruning = self.pruning_predicates(state, filters, &mut pruning_skipped);
+        let groups = self.file_groups(&sels, partitions, &pruning, &mut pruning_skipped)?;
         if groups.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema().project(p)?),
@@ -670,6 +727,10 @@ impl TableProvider for VoxelTable {
             self.opts.mmap,
         );
         let source = VoxelSource::new(Arc::new(spec), self.table_schema.clone());
+        // Filters that could not prune slabs, shown by EXPLAIN ANALYZE (the plan-time count, so a global counter).
+        MetricBuilder::new(source.metrics())
+            .global_counter("pruning_skipped")
+            .add(pruning_skipped);
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)

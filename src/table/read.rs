@@ -18,9 +18,8 @@ use super::layout::{
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
 use crate::formats::Compression;
-use crate::formats::Order;
-use crate::io::local::MmapMode;
-use crate::io::mapped::MappedArray;
+use crate::io::ByteSource;
+use crate::io::local::{LocalSource, MmapMode};
 use crate::values::Values;
 use std::ops::Range;
 
@@ -67,9 +66,10 @@ impl Output {
 pub struct SlabReader {
     file: Arc<VoxelFile>,
     proxy: Option<Arc<ArrayProxy>>,
-    /// The slab's bytes memory-mapped (uncompressed files by path): pieces are copied from it run by run. Only the
-    /// slab is mapped, and the map goes with the reader, so mapped pages never add up over a scan.
-    map: Option<Option<SlabMap>>,
+    /// A source over the file that keeps the slab's bytes memory-mapped (uncompressed files by path): pieces are
+    /// read through it. Only the slab is mapped, and the map goes with the reader, so mapped pages never add up over
+    /// a scan. Made on first use; `Some(None)` where the slab is not mapped.
+    slab_source: Option<Option<Arc<LocalSource>>>,
     /// The slab's run of slow-axis indices (`None`: the whole selection, e.g. a gzip file).
     slow: Option<Range<u64>>,
     /// Made one at a time (a header's claim may be huge).
@@ -93,10 +93,10 @@ impl SlabReader {
     ) -> SlabReader {
         SlabReader {
             slow,
-            pieces: pieces(sel, file.order, budget),
+            pieces: pieces(sel, file.layout.order, budget),
             file,
             proxy: None,
-            map: None,
+            slab_source: None,
             out,
             metrics,
             mmap,
@@ -127,52 +127,23 @@ impl SlabReader {
         Ok(p)
     }
 
-    /// The slab mapped, made on first use; `None` where it cannot or should not be mapped.
-    fn mapped(&mut self) -> Result<Option<&SlabMap>> {
-        if self.map.is_none() {
+    /// The slab's mapped source, made on first use; `None` where it cannot or should not be mapped.
+    fn slab_source(&mut self) -> Result<Option<Arc<LocalSource>>> {
+        if self.slab_source.is_none() {
             let made = match &self.slow {
-                Some(r) if self.mmap != MmapMode::Off => SlabMap::new(&self.file, r)?,
+                Some(r) if self.mmap != MmapMode::Off => map_slab(&self.file, r)?.map(Arc::new),
                 _ => None,
             };
-            self.map = Some(made);
+            self.slab_source = Some(made);
         }
-        Ok(self.map.as_ref().and_then(Option::as_ref))
+        Ok(self.slab_source.clone().flatten())
     }
 
-    /// The stored elements of `piece` in storage order, and what reading them cost.
+    /// The stored elements of `piece` in storage order: proxy → read plan → byte source (the slab's mapped source
+    /// or the proxy's own), with what that read cost.
     fn read_stored(&mut self, piece: &Piece) -> Result<Values> {
-        let (dtype, order) = (self.file.dtype, self.file.order);
-        let read_time = self.metrics.read_time.clone();
-        if let Some(m) = self.mapped()? {
-            m.check_length()?;
-            let timer = read_time.timer();
-            let mut local = piece.clone();
-            local[m.slow_axis] =
-                piece[m.slow_axis].start - m.slow_start..piece[m.slow_axis].end - m.slow_start;
-            let mut values = Values::zeroed(dtype.scalar, piece_len(piece) as usize);
-            let runs = gather_box(
-                m.map.bytes(),
-                &m.shape,
-                dtype.size(),
-                order,
-                &local,
-                values.bytes_mut(),
-            )?;
-            if dtype.needs_swap() {
-                values.swap_bytes();
-            }
-            timer.done();
-            self.metrics.bytes_read.add(values.bytes().len());
-            self.metrics.segments_read.add(runs);
-            crate::io::record(crate::io::ReadStats {
-                bytes_read: values.bytes().len() as u64,
-                bytes_delivered: values.bytes().len() as u64,
-                segments: runs as u64,
-                requests: 0,
-            });
-            return Ok(values);
-        }
         let proxy = self.proxy()?;
+        let source = self.slab_source()?;
         let ranges = piece
             .iter()
             .map(|r| Ok(usize::try_from(r.start)?..usize::try_from(r.end)?))
@@ -180,12 +151,13 @@ impl SlabReader {
             .map_err(|_| VoxelError::Invalid("index beyond the address space".into()))?;
         let slice = CanonicalSlice::from_ranges(&ranges);
         let timer = self.metrics.read_time.timer();
-        let (raw, stats) = proxy.read_raw(&slice, self.file.order)?;
+        let source = source.as_deref().map(|s| s as &dyn ByteSource);
+        let (values, stats) = proxy.read_stored(source, &slice, self.file.layout.order)?;
         timer.done();
         self.metrics.bytes_read.add(stats.bytes_read as usize);
         self.metrics.segments_read.add(stats.segments as usize);
         self.metrics.requests.add(stats.requests as usize);
-        Values::from_bytes(&raw, self.file.dtype)
+        Ok(values)
     }
 
     fn read_values(&mut self, piece: &Piece) -> Result<Vec<ArrayRef>> {
@@ -195,9 +167,9 @@ impl SlabReader {
         let _t = self.metrics.decode_time.timer();
         let values = decode_values(
             stored,
-            f.dtype,
-            f.slope,
-            f.inter,
+            f.layout.dtype,
+            f.layout.slope,
+            f.layout.inter,
             self.out.mode,
             self.out.scalar,
         )?;
@@ -237,7 +209,7 @@ impl SlabReader {
             if c < o.ndim {
                 cols.push(Arc::new(Int64Array::from(coordinates(
                     piece,
-                    self.file.order,
+                    self.file.layout.order,
                     c,
                     from,
                     len,
@@ -266,169 +238,21 @@ impl SlabReader {
     }
 }
 
-/// Copy the elements of box `piece` of an array of `shape` stored in `bytes` (from its first element, `order`) into
-/// `out` in storage order, one contiguous run at a time; returns the number of runs. Out-of-range boxes are errors.
-pub fn gather_box(
-    bytes: &[u8],
-    shape: &[usize],
-    itemsize: usize,
-    order: Order,
-    piece: &Piece,
-    out: &mut [u8],
-) -> Result<usize> {
-    let fast: Vec<usize> = match order {
-        Order::F => (0..shape.len()).collect(),
-        Order::C => (0..shape.len()).rev().collect(),
+/// A source over `f` keeping the bytes of its slab `slow` (a run of slow-axis indices) mapped; `None` for files the
+/// scan does not map itself (compressed, remote, or a registered proxy over an open handle) or that cannot be mapped.
+fn map_slab(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<LocalSource>> {
+    if slow_axis(f.ndim(), f.layout.order).is_none()
+        || f.compression != Compression::None
+        || f.is_remote()
+        || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
+    {
+        return Ok(None);
+    }
+    let Some(path) = f.local_path() else {
+        return Ok(None);
     };
-    // Element strides, fastest axis first.
-    let mut strides = Vec::with_capacity(fast.len());
-    let mut acc = 1u64;
-    for &a in &fast {
-        strides.push(acc);
-        acc *= shape[a] as u64;
-    }
-    // A run spans the leading whole axes and the first partial one.
-    let (mut run, mut k) = (1u64, 0);
-    while let Some(&a) = fast.get(k) {
-        let len = piece[a].end - piece[a].start;
-        run *= len;
-        k += 1;
-        if len != shape[a] as u64 {
-            break;
-        }
-    }
-    let run_bytes = run as usize * itemsize;
-    let start: u64 = fast
-        .iter()
-        .zip(&strides)
-        .map(|(&a, s)| piece[a].start * s)
-        .sum();
-    let outer = &fast[k..];
-    let mut idx: Vec<u64> = outer.iter().map(|&a| piece[a].start).collect();
-    let (mut pos, mut runs) = (0usize, 0usize);
-    let bad = || {
-        VoxelError::Invalid(format!(
-            "box {piece:?} lies outside the array of shape {shape:?}"
-        ))
-    };
-    loop {
-        let offset: u64 = start
-            + outer
-                .iter()
-                .zip(&idx)
-                .zip(&strides[k..])
-                .map(|((&a, &i), s)| (i - piece[a].start) * s)
-                .sum::<u64>();
-        let from = usize::try_from(offset).map_err(|_| bad())? * itemsize;
-        let src = bytes.get(from..from + run_bytes).ok_or_else(bad)?;
-        out.get_mut(pos..pos + run_bytes)
-            .ok_or_else(bad)?
-            .copy_from_slice(src);
-        pos += run_bytes;
-        runs += 1;
-        // Odometer over the outer axes, fastest first.
-        let mut d = 0;
-        loop {
-            let Some(&a) = outer.get(d) else {
-                return Ok(runs);
-            };
-            idx[d] += 1;
-            if idx[d] < piece[a].end {
-                break;
-            }
-            idx[d] = piece[a].start;
-            d += 1;
-        }
-    }
-}
-
-/// One slab of an uncompressed file, memory-mapped: its planes along the slow axis, from `slow_start`.
-struct SlabMap {
-    map: MappedArray,
-    /// The mapped file, to see that it still holds the slab before each piece is copied out of the map.
-    file: std::fs::File,
-    path: std::path::PathBuf,
-    /// The file offset the slab ends at.
-    end: u64,
-    /// The file's shape with the slow axis cut to the slab.
-    shape: Vec<usize>,
-    slow_axis: usize,
-    slow_start: u64,
-}
-
-impl SlabMap {
-    /// A file truncated since the slab was mapped would fault (SIGBUS) when a page past its new end is touched: each
-    /// piece is copied only after the file is seen to still hold the whole slab. (A truncation during the copy of
-    /// one piece, at most `PIECE_ELEMENTS` elements, still faults: `mmap off` reads with `pread` only.)
-    fn check_length(&self) -> Result<()> {
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| VoxelError::io(&self.path, e))?
-            .len();
-        if len < self.end {
-            return Err(VoxelError::Truncated {
-                path: self.path.display().to_string(),
-                expected: self.end,
-                actual: len,
-            });
-        }
-        Ok(())
-    }
-
-    /// `None` for files the scan does not map itself (compressed, or a registered proxy over an open handle).
-    fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
-        let Some(slow_axis) = slow_axis(f.ndim(), f.order) else {
-            return Ok(None);
-        };
-        if f.compression != Compression::None
-            || f.is_remote()
-            || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
-        {
-            return Ok(None);
-        }
-        f.check_unchanged()?;
-        let span = byte_span(f, Some(slow));
-        let file =
-            std::fs::File::open(&f.data_path).map_err(|e| VoxelError::io(&f.data_path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| VoxelError::io(&f.data_path, e))?
-            .len();
-        if len < span.end {
-            return Err(VoxelError::Truncated {
-                path: f.data_path.display().to_string(),
-                expected: span.end,
-                actual: len,
-            });
-        }
-        let mut shape = f.shape.clone();
-        shape[slow_axis] = usize::try_from(slow.end - slow.start)
-            .map_err(|_| VoxelError::Invalid("slab beyond the address space".into()))?;
-        let elements = vec![shape.iter().product::<usize>()];
-        match MappedArray::map(
-            &file,
-            &f.data_path,
-            span.start,
-            elements,
-            f.dtype,
-            f.order,
-            MmapMode::ReadOnly,
-        ) {
-            Ok(map) => Ok(Some(SlabMap {
-                map,
-                file,
-                path: f.data_path.clone(),
-                end: span.end,
-                shape,
-                slow_axis,
-                slow_start: slow.start,
-            })),
-            // Not mappable (special files, some filesystems): positional reads through the proxy instead.
-            Err(VoxelError::Io { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
+    f.check_unchanged()?;
+    LocalSource::with_kept_map(path, byte_span(f, Some(slow)))
 }
 
 #[cfg(test)]
@@ -466,7 +290,7 @@ mod tests {
             read_time: Time::new(),
             decode_time: Time::new(),
         };
-        let sel = Selection::full(&f.shape);
+        let sel = Selection::full(&f.layout.shape);
         // One plane (64 x 64 elements) per piece.
         let mut r = SlabReader::new(
             f,
@@ -493,5 +317,83 @@ mod tests {
         }
         let e = seen.expect("an error after the cut").to_string();
         assert!(e.contains("cut.nii") && e.contains("truncated"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod shared_proxy_tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::dtype::{ByteOrder, DType};
+    use crate::io::ReadStats;
+    use crate::plan::{Order, Segment};
+    use crate::proxy::{ArraySpec, DataFile, ProxyOptions};
+
+    /// A source that holds every read until two are in flight at once.
+    #[derive(Debug)]
+    struct Rendezvous {
+        inner: LocalSource,
+        both_in: Barrier,
+    }
+
+    impl ByteSource for Rendezvous {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+
+        fn size(&self) -> Result<Option<u64>> {
+            self.inner.size()
+        }
+
+        fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats> {
+            self.both_in.wait();
+            self.inner.read_segments(segments, out)
+        }
+    }
+
+    /// Two partitions reading through one proxy at the same time: each read reports its own cost, not the change in
+    /// the proxy's shared totals (which includes the other partition's read).
+    #[test]
+    fn two_reads_in_flight_on_one_proxy_each_report_their_own_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.raw");
+        std::fs::write(&path, vec![7u8; 8 * 8 * 2]).unwrap();
+        let spec = ArraySpec::new(vec![8, 8], DType::new(Scalar::I16, ByteOrder::Little));
+        let proxy = ArrayProxy::with_compression(
+            DataFile::Path(path.clone()),
+            Compression::None,
+            &spec,
+            ProxyOptions {
+                skip_threshold: 0,
+                ..ProxyOptions::default()
+            },
+        )
+        .unwrap();
+        let source = Rendezvous {
+            inner: LocalSource::new(
+                &path,
+                crate::io::local::Handle::PerRead,
+                MmapMode::Off,
+                Arc::default(),
+            ),
+            both_in: Barrier::new(2),
+        };
+        let read = |rows: std::ops::Range<usize>| {
+            let slice = CanonicalSlice::from_ranges(&[0..8, rows]);
+            proxy
+                .read_stored(Some(&source), &slice, Order::F)
+                .unwrap()
+                .1
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| read(0..2));
+            let b = s.spawn(|| read(2..8));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let mut got = [a.bytes_read, b.bytes_read];
+        got.sort_unstable();
+        assert_eq!(got, [2 * 8 * 2, 6 * 8 * 2]);
+        assert_eq!(proxy.stats().bytes_read, 8 * 8 * 2);
     }
 }

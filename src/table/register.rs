@@ -31,10 +31,6 @@ pub struct VoxelTableFactory {
     pub kind: FormatKind,
 }
 
-fn df_error(e: VoxelError) -> DataFusionError {
-    DataFusionError::Plan(e.to_string())
-}
-
 #[async_trait]
 impl TableProviderFactory for VoxelTableFactory {
     async fn create(
@@ -49,20 +45,14 @@ impl TableProviderFactory for VoxelTableFactory {
                 self.kind.name()
             )));
         }
-        let opts =
-            options_from_map(self.kind, &cmd.options).map_err(|e| df_error(table_err(&name, e)))?;
+        let opts = options_from_map(self.kind, &cmd.options).map_err(|e| e.in_table(&name))?;
         let locations = cmd.locations.clone();
         let table = tokio::task::spawn_blocking(move || VoxelTable::open(&name, &locations, opts))
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .map_err(df_error)?;
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
         check_declared_columns(&table, cmd)?;
         Ok(Arc::new(table))
     }
-}
-
-fn table_err(name: &str, e: VoxelError) -> VoxelError {
-    VoxelError::Invalid(format!("table {name}: {e}"))
 }
 
 /// Columns given in the DDL must be exactly the table's (names and types); none at all means "infer".
@@ -132,8 +122,8 @@ impl TableFunctionImpl for VoxelsFunction {
             }
         }
         let name = format!("voxels('{path}')");
-        let opts = TableOptions::parse(kind, pairs).map_err(|e| df_error(table_err(&name, e)))?;
-        let table = VoxelTable::open(&name, std::slice::from_ref(path), opts).map_err(df_error)?;
+        let opts = TableOptions::parse(kind, pairs).map_err(|e| e.in_table(&name))?;
+        let table = VoxelTable::open(&name, std::slice::from_ref(path), opts)?;
         Ok(Arc::new(table))
     }
 }
@@ -157,13 +147,18 @@ fn string_arg(e: &Expr) -> DfResult<String> {
 /// `voxels` table function added.
 pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     let mut b = builder;
+    let mut config = super::config::with_voxelscan_options(b.config().take().unwrap_or_default());
+    super::join_dense::tune(&mut config);
+    *b.config() = Some(config);
     for (name, kind) in FormatKind::ALL {
         b = b.with_table_factory(name.to_string(), Arc::new(VoxelTableFactory { kind }));
     }
     b.file_formats()
         .get_or_insert_with(Vec::new)
         .extend(super::sink::format_factories());
+    super::join_dense::add_rule(&mut b);
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
+        .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
 }
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
@@ -189,6 +184,16 @@ pub fn register_voxel_formats(ctx: &SessionContext) {
     {
         let state_ref = ctx.state_ref();
         let mut state = state_ref.write();
+        let options = state.config_mut().options_mut();
+        if options
+            .extensions
+            .get::<super::config::VoxelscanOptions>()
+            .is_none()
+        {
+            options
+                .extensions
+                .insert(super::config::VoxelscanOptions::default());
+        }
         for (name, kind) in FormatKind::ALL {
             state
                 .table_factories_mut()
@@ -211,7 +216,7 @@ pub fn register_voxels(
     location: &str,
     options: &HashMap<String, String>,
 ) -> Result<()> {
-    let opts = options_from_map(FormatKind::Any, options).map_err(|e| table_err(name, e))?;
+    let opts = options_from_map(FormatKind::Any, options).map_err(|e| e.in_table(name))?;
     let table = VoxelTable::open(name, &[location.to_string()], opts)?;
     register(ctx, name, table)
 }
@@ -223,12 +228,10 @@ pub fn register_proxy(
     proxy: ArrayProxy,
     options: &HashMap<String, String>,
 ) -> Result<()> {
-    let opts = options_from_map(FormatKind::Any, options).map_err(|e| table_err(name, e))?;
+    let opts = options_from_map(FormatKind::Any, options).map_err(|e| e.in_table(name))?;
     if opts.raw.is_some() {
-        return Err(table_err(
-            name,
-            VoxelError::Invalid("a proxy already has its spec; give no raw options".into()),
-        ));
+        let e = VoxelError::Invalid("a proxy already has its spec; give no raw options".into());
+        return Err(e.in_table(name));
     }
     let table = VoxelTable::from_proxy(name, proxy, opts)?;
     register(ctx, name, table)

@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
@@ -20,9 +22,11 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::DynamicFilterTracking;
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_plan::DisplayFormatType;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder};
+use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 
@@ -31,9 +35,11 @@ use crate::error::VoxelError;
 use crate::io::local::MmapMode;
 
 use super::files::VoxelFile;
+use super::index_set::IndexSet;
+use super::join_filter::{Cx, implied_axis_sets, listed_voxels};
 use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
-use super::schema::ValueMode;
+use super::schema::{AXIS_NAMES, ValueMode};
 
 /// Everything a scan needs to know about its table, shared by the source and its openers.
 #[derive(Debug)]
@@ -53,12 +59,14 @@ pub struct ScanSpec {
 /// The object-store path a local data file is known by in `PartitionedFile`s.
 /// (A URL `s3://bucket/key` is known as `s3/bucket/key`: the scan reads through its own stores, not DataFusion's.)
 pub fn object_path(f: &VoxelFile) -> String {
-    if f.is_remote() {
-        let url = f.data_path.to_string_lossy();
-        return object_store::path::Path::from(url.replacen("://", "/", 1).as_str()).to_string();
-    }
-    let abs = std::path::absolute(&f.data_path).unwrap_or_else(|_| f.data_path.clone());
-    object_store::path::Path::from(abs.to_string_lossy().as_ref()).to_string()
+    let name = match &f.data {
+        crate::location::Location::Path(p) => std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .to_string_lossy()
+            .into_owned(),
+        other => other.display().replacen("://", "/", 1),
+    };
+    object_store::path::Path::from(name.as_str()).to_string()
 }
 
 impl ScanSpec {
@@ -115,6 +123,9 @@ pub struct VoxelSource {
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
     batch_size: Option<usize>,
+    /// Dynamic filters pushed by joins and TopK (filled in while the query runs): snapshotted when a slab is
+    /// opened, their coordinate parts narrow it before it is read. Not sent to cluster executors (they only prune).
+    dynamic: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 impl VoxelSource {
@@ -125,6 +136,7 @@ impl VoxelSource {
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
             batch_size: None,
+            dynamic: Vec::new(),
         }
     }
 
@@ -132,6 +144,9 @@ impl VoxelSource {
         &self.spec
     }
 }
+
+/// Characters of a dynamic filter `EXPLAIN` shows.
+const EXPLAIN_FILTER_CHARS: usize = 600;
 
 /// Files listed by `EXPLAIN` before the rest is summarised.
 const EXPLAIN_FILES: usize = 16;
@@ -167,6 +182,11 @@ impl FileSource for VoxelSource {
             spec: Arc::clone(&self.spec),
             out: Arc::new(out),
             metrics,
+            dynamic: Arc::new(self.dynamic.clone()),
+            pruned: DynamicPruning {
+                bytes: m("dynamic_filter_bytes_skipped"),
+                slabs: m("dynamic_filter_slabs_skipped"),
+            },
             budget: base
                 .limit
                 .map_or(PIECE_ELEMENTS, |l| (l as u64).clamp(1, PIECE_ELEMENTS)),
@@ -217,7 +237,43 @@ impl FileSource for VoxelSource {
         if total > EXPLAIN_FILES {
             write!(f, ", … {} more", total - EXPLAIN_FILES)?;
         }
-        f.write_str("]")
+        f.write_str("]")?;
+        for (k, d) in self.dynamic.iter().enumerate() {
+            f.write_str(if k == 0 { ", dynamic_filter=" } else { " AND " })?;
+            // A build side's key list can hold thousands of keys: show its start.
+            let text = d.to_string();
+            match text.char_indices().nth(EXPLAIN_FILTER_CHARS) {
+                Some((cut, _)) => write!(f, "{} … ({} characters)", &text[..cut], text.len())?,
+                None => f.write_str(&text)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Dynamic filters (hash-join build sides, TopK) are kept to narrow slabs at open; none is applied exactly
+    /// (the join or TopK still filters), so every filter is reported as not pushed. Static filters were already
+    /// turned into selections at planning.
+    fn try_pushdown_filters(
+        &self,
+        filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn FileSource>>> {
+        let verdicts = vec![PushedDown::No; filters.len()];
+        let dynamic: Vec<_> = filters
+            .into_iter()
+            .filter(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter())
+            .collect();
+        if dynamic.is_empty() {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                verdicts,
+            ));
+        }
+        let mut source = self.clone();
+        source.dynamic.extend(dynamic);
+        Ok(
+            FilterPushdownPropagation::with_parent_pushdown_result(verdicts)
+                .with_updated_node(Arc::new(source)),
+        )
     }
 
     /// Partitions are whole slabs chosen at planning time; byte-range splitting would cut them.
@@ -245,8 +301,20 @@ impl FileSource for VoxelSource {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)
+        // The dynamic filters are listed too: a hash join only fills its filter in when a consumer below it holds it.
+        use datafusion::physical_plan::apply_expression_roots;
+        if apply_expression_roots(self.projection.source.iter(), f)? == TreeNodeRecursion::Stop {
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        apply_expression_roots(self.dynamic.iter(), f)
     }
+}
+
+/// What dynamic filters saved: bytes of selected voxels not read, slabs not opened at all.
+#[derive(Clone)]
+struct DynamicPruning {
+    bytes: Count,
+    slabs: Count,
 }
 
 /// Opens slabs for one partition.
@@ -255,10 +323,119 @@ struct VoxelOpener {
     out: Arc<Output>,
     metrics: ScanMetrics,
     budget: u64,
+    dynamic: Arc<Vec<Arc<dyn PhysicalExpr>>>,
+    pruned: DynamicPruning,
+}
+
+/// One slab to read: its file, selection and run of slow-axis indices.
+struct SlabPlan {
+    file: Arc<VoxelFile>,
+    sel: Selection,
+    slow: Option<std::ops::Range<u64>>,
+    /// When a join listed its keys: the exact voxels, as disjoint parts of `sel` read one after the other.
+    parts: Option<Vec<Selection>>,
+}
+
+impl SlabPlan {
+    /// Narrowed to what the dynamic filters (as they stand now) let through; `None` when nothing is left.
+    fn narrowed(
+        mut self,
+        dynamic: &[Arc<dyn PhysicalExpr>],
+        pruned: &DynamicPruning,
+    ) -> Option<SlabPlan> {
+        if dynamic.is_empty() {
+            return Some(self);
+        }
+        let ndim = self.file.ndim();
+        let names = AXIS_NAMES.get(..ndim).unwrap_or(&AXIS_NAMES);
+        let before = self.sel.rows();
+        let shape: Vec<u64> = self.file.layout.shape.iter().map(|&n| n as u64).collect();
+        let cx = Cx {
+            axes: names,
+            shape: &shape,
+        };
+        for (axis, set) in implied_axis_sets(dynamic, &cx).into_iter().enumerate() {
+            if let (Some(set), Some(have)) = (set, self.sel.axes.get_mut(axis)) {
+                *have = have.intersect(&set);
+            }
+        }
+        self.parts = listed_voxels(dynamic, &cx)
+            .and_then(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));
+        let after = match &self.parts {
+            Some(parts) => parts.iter().map(Selection::rows).sum(),
+            None => self.sel.rows(),
+        };
+        let skipped = before - after.min(before);
+        pruned.bytes.add(
+            usize::try_from(skipped.saturating_mul(self.file.itemsize())).unwrap_or(usize::MAX),
+        );
+        if after == 0 {
+            pruned.slabs.add(1);
+            return None;
+        }
+        // Map and read only the slow-axis run still selected.
+        if let (Some(slow), Some(a)) = (&mut self.slow, slow_axis(ndim, self.file.layout.order))
+            && let (Some(lo), Some(hi)) = (self.sel.axes[a].min(), self.sel.axes[a].max())
+        {
+            *slow = lo..hi + 1;
+        }
+        Some(self)
+    }
+}
+
+/// Parts a slab is read in at most: each part is a reader of its own (its own map of the slab, its own pieces).
+const MAX_PARTS: usize = 32;
+
+/// `sel` cut to `voxels` (coordinates on `axes`, fastest first), as disjoint parts in file order: exactly the voxels
+/// (one part per row of the fast axis) when they lie on at most [`MAX_PARTS`] rows, else plane by plane of the
+/// slowest key axis (the rows and columns each plane has), else `None` (the slab's selection as it is).
+fn exact_parts(sel: &Selection, axes: &[usize], voxels: &[Vec<u64>]) -> Option<Vec<Selection>> {
+    let rows = group(voxels, axes.len().saturating_sub(1));
+    if rows.len() <= MAX_PARTS {
+        return Some(parts(sel, axes, rows));
+    }
+    let planes = group(voxels, 1);
+    (planes.len() <= MAX_PARTS).then(|| parts(sel, axes, planes))
+}
+
+/// Key (slow coordinates, slowest first) → per fast axis, the coordinates there.
+type Groups = std::collections::BTreeMap<Vec<u64>, Vec<Vec<Range<u64>>>>;
+
+/// Voxels grouped on their last `slow` coordinates (slowest first, so groups follow the file order); each group
+/// holds, per remaining axis, the coordinates its voxels have.
+fn group(voxels: &[Vec<u64>], slow: usize) -> Groups {
+    let mut out = Groups::new();
+    for v in voxels {
+        let fast = v.len().saturating_sub(slow);
+        let key = v[fast..].iter().rev().copied().collect();
+        let entry = out.entry(key).or_insert_with(|| vec![Vec::new(); fast]);
+        for (axis, &x) in v[..fast].iter().enumerate() {
+            entry[axis].push(x..x + 1);
+        }
+    }
+    out
+}
+
+/// One part of `sel` per group: the group's coordinates on the fast axes, its key on the slow ones.
+fn parts(sel: &Selection, axes: &[usize], groups: Groups) -> Vec<Selection> {
+    groups
+        .into_iter()
+        .filter_map(|(key, fast)| {
+            let mut part = sel.clone();
+            let n_fast = fast.len();
+            for (&axis, ranges) in axes.iter().zip(fast) {
+                part.axes[axis] = part.axes[axis].intersect(&IndexSet::from_ranges(ranges));
+            }
+            for (&axis, &x) in axes[n_fast..].iter().rev().zip(&key) {
+                part.axes[axis] = part.axes[axis].intersect(&IndexSet::range(x..x + 1));
+            }
+            (!part.is_empty()).then_some(part)
+        })
+        .collect()
 }
 
 impl VoxelOpener {
-    fn reader(&self, pf: &PartitionedFile) -> Result<SlabReader, DataFusionError> {
+    fn slab(&self, pf: &PartitionedFile) -> Result<SlabPlan, DataFusionError> {
         let spec = &self.spec;
         let location = pf.object_meta.location.to_string();
         let idx = *spec
@@ -282,23 +459,58 @@ impl VoxelOpener {
                 })?)
             }
         };
-        let slab = slab_selection(sel, slow_axis(file.ndim(), file.order), slow.as_ref());
-        Ok(SlabReader::new(
-            Arc::clone(file),
-            &slab,
-            Arc::clone(&self.out),
-            self.metrics.clone(),
-            self.budget,
-            spec.mmap,
+        let slab = slab_selection(
+            sel,
+            slow_axis(file.ndim(), file.layout.order),
+            slow.as_ref(),
+        );
+        Ok(SlabPlan {
+            file: Arc::clone(file),
+            sel: slab,
             slow,
-        ))
+            parts: None,
+        })
     }
 }
 
 impl FileOpener for VoxelOpener {
     fn open(&self, pf: PartitionedFile) -> DfResult<FileOpenFuture> {
-        let reader = self.reader(&pf)?;
+        let plan = self.slab(&pf)?;
+        let (dynamic, pruned) = (Arc::clone(&self.dynamic), self.pruned.clone());
+        let (out, metrics, budget) = (Arc::clone(&self.out), self.metrics.clone(), self.budget);
         let spec = Arc::clone(&self.spec);
+        Ok(Box::pin(async move {
+            // Snapshotted when the stream is first polled: a hash join polls its probe side only after its build
+            // side is collected and its filter updated (CollectLeft; Partitioned once every partition has
+            // reported), so by then the filter is complete wherever the plan lets it be.
+            let Some(plan) = plan.narrowed(&dynamic, &pruned) else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let parts = plan.parts.unwrap_or_else(|| vec![plan.sel]);
+            let (file, slow) = (plan.file, plan.slow);
+            let readers = parts.into_iter().map(move |part| {
+                let reader = SlabReader::new(
+                    Arc::clone(&file),
+                    &part,
+                    Arc::clone(&out),
+                    metrics.clone(),
+                    budget,
+                    spec.mmap,
+                    slow.clone(),
+                );
+                slab_stream(reader, Arc::clone(&spec))
+            });
+            Ok(futures::stream::iter(readers).flatten().boxed())
+        }))
+    }
+}
+
+/// The batches of one slab, each piece read on a blocking thread.
+fn slab_stream(
+    reader: SlabReader,
+    spec: Arc<ScanSpec>,
+) -> impl futures::Stream<Item = DfResult<datafusion::arrow::array::RecordBatch>> {
+    {
         let stream = futures::stream::try_unfold(reader, move |mut reader| {
             let spec = Arc::clone(&spec);
             async move {
@@ -307,7 +519,7 @@ impl FileOpener for VoxelOpener {
                     (reader, next)
                 })
                 .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
                 match next {
                     Ok(Some(batches)) => Ok(Some((batches, reader))),
                     Ok(None) => Ok(None),
@@ -317,10 +529,53 @@ impl FileOpener for VoxelOpener {
         })
         .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
         .try_flatten();
-        Ok(Box::pin(async move { Ok(stream.boxed()) }))
+        stream
     }
 }
 
 fn reader_name(r: &SlabReader) -> String {
     r.file_name().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_voxels_are_read_by_rows_or_by_planes() {
+        let sel = Selection {
+            axes: vec![
+                IndexSet::range(0..10),
+                IndexSet::range(0..8),
+                IndexSet::range(0..6),
+                IndexSet::range(0..5),
+            ],
+        };
+        let axes = [0, 1, 2];
+        // Few rows: exactly the voxels, one part per (j, k) row, in file order.
+        let few = vec![vec![9, 7, 5], vec![3, 2, 1], vec![4, 2, 1]];
+        let parts = exact_parts(&sel, &axes, &few).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].axes[0], IndexSet::range(3..5));
+        assert_eq!(parts[0].axes[2], IndexSet::range(1..2));
+        assert_eq!(parts.iter().map(Selection::rows).sum::<u64>(), 3 * 5);
+        // 40 rows: plane by plane (k), each plane the rows and columns it has.
+        let many: Vec<Vec<u64>> = (0..8u64)
+            .flat_map(|j| (0..5u64).map(move |k| vec![j % 3, j, k]))
+            .collect();
+        let parts = exact_parts(&sel, &axes, &many).unwrap();
+        assert_eq!(parts.len(), 5);
+        assert!(parts.iter().all(|p| p.rows() == 3 * 8 * 5));
+        // More planes than parts allowed: the selection as it is.
+        let planes: Vec<Vec<u64>> = (0..40u64).map(|k| vec![0, 0, k]).collect();
+        let wide = Selection {
+            axes: vec![
+                IndexSet::range(0..10),
+                IndexSet::range(0..8),
+                IndexSet::range(0..60),
+                IndexSet::range(0..5),
+            ],
+        };
+        assert!(exact_parts(&wide, &axes, &planes).is_none());
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::common::Result as DfResult;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use object_store::ObjectStore;
 use url::Url;
@@ -39,11 +39,10 @@ impl ObjectStoreRegistry for LazyStoreRegistry {
         if let Ok(store) = self.inner.get_store(url) {
             return Ok(store);
         }
-        if !remote::is_url(url.as_str()) {
+        if !crate::location::is_url(url.as_str()) {
             return self.inner.get_store(url);
         }
-        let store = remote::store_for_url(url, &remote::StoreOptions::default())
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let store = remote::store_for_url(url, &remote::StoreOptions::default())?;
         self.inner.register_store(url, Arc::clone(&store));
         Ok(store)
     }

@@ -189,14 +189,21 @@ pub fn derived_array(
     len: usize,
 ) -> Result<ArrayRef> {
     if row < 3 {
-        return Ok(world_array(&f.affine, row, piece, f.order, from, len));
+        return Ok(world_array(
+            &f.affine,
+            row,
+            piece,
+            f.layout.order,
+            from,
+            len,
+        ));
     }
     let grid = f.grid.as_ref().ok_or_else(|| {
         VoxelError::Invalid(format!("{}: no grid to map to (option 'grid')", f.name))
     })?;
     let axis = row - 3;
     let coords: Vec<Option<Vec<i64>>> = (0..3)
-        .map(|a| (a < piece.len()).then(|| coordinates(piece, f.order, a, from, len)))
+        .map(|a| (a < piece.len()).then(|| coordinates(piece, f.layout.order, a, from, len)))
         .collect();
     let at = |a: usize, n: usize| {
         coords[a]
@@ -559,7 +566,12 @@ pub fn axis_permutation(a: &Affine) -> Option<[usize; 3]> {
 /// The index sets (one per axis of `f`) that hold every voxel passing all `filters`; `None` when none can pass.
 /// Exact for an axis-aligned affine and exact filters.
 pub fn file_sets(filters: &[WorldFilter], f: &VoxelFile) -> Option<Vec<IndexSet>> {
-    let mut full: Vec<IndexSet> = f.shape.iter().map(|&n| IndexSet::full(n as u64)).collect();
+    let mut full: Vec<IndexSet> = f
+        .layout
+        .shape
+        .iter()
+        .map(|&n| IndexSet::full(n as u64))
+        .collect();
     let bounds: [Interval; 3] = std::array::from_fn(|a| {
         filters
             .iter()
@@ -570,8 +582,8 @@ pub fn file_sets(filters: &[WorldFilter], f: &VoxelFile) -> Option<Vec<IndexSet>
     }
     if bounds.iter().any(|b| *b != Interval::FULL) {
         let ranges = match axis_permutation(&f.affine) {
-            Some(perm) => aligned_ranges(&f.affine, perm, &bounds, &f.shape)?,
-            None => oblique_ranges(&f.affine, &bounds, &f.shape)?,
+            Some(perm) => aligned_ranges(&f.affine, perm, &bounds, &f.layout.shape)?,
+            None => oblique_ranges(&f.affine, &bounds, &f.layout.shape)?,
         };
         for (set, r) in full.iter_mut().zip(ranges) {
             *set = set.intersect(&IndexSet::range(r));
@@ -589,7 +601,7 @@ pub fn file_sets(filters: &[WorldFilter], f: &VoxelFile) -> Option<Vec<IndexSet>
         if bounds.iter().any(Interval::is_empty) {
             return None;
         }
-        let ranges = oblique_ranges(&grid.as_affine(), &bounds, &f.shape)?;
+        let ranges = oblique_ranges(&grid.as_affine(), &bounds, &f.layout.shape)?;
         for (set, r) in full.iter_mut().zip(ranges) {
             *set = set.intersect(&IndexSet::range(r));
         }

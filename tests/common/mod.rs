@@ -605,6 +605,37 @@ pub fn bids_fixture(root: &Path) {
     .unwrap();
 }
 
+/// An int16 NIfTI of `shape` whose voxel (i, j, k) is `label(i, j, k)`: atlases and masks.
+pub fn label_image(path: &Path, shape: [usize; 3], label: impl Fn(usize, usize, usize) -> i16) {
+    use voxelscan::dtype::{DType, Scalar};
+    let mut data = Vec::with_capacity(shape.iter().product::<usize>() * 2);
+    for k in 0..shape[2] {
+        for j in 0..shape[1] {
+            for i in 0..shape[0] {
+                data.extend_from_slice(&label(i, j, k).to_le_bytes());
+            }
+        }
+    }
+    let dtype = DType::native(Scalar::I16);
+    voxelscan::synth::write_nifti1(path, &shape, dtype, 1.0, 0.0, &data, false).unwrap();
+}
+
+/// The join fixtures of `queries/`, on the 8×8×4 grid of its `bold.nii`: `atlas.nii` (labels `i / 3 + 3 (j / 4)`,
+/// 0 the background), `mask.nii` (1 where `(i + 2j + k) % 3 == 0`) and `peaks.csv` (three named coordinates).
+pub fn atlas_fixtures(dir: &Path) {
+    label_image(&dir.join("atlas.nii"), [8, 8, 4], |i, j, _| {
+        (i / 3 + 3 * (j / 4)) as i16
+    });
+    label_image(&dir.join("mask.nii"), [8, 8, 4], |i, j, k| {
+        i16::from((i + 2 * j + k) % 3 == 0)
+    });
+    std::fs::write(
+        dir.join("peaks.csv"),
+        "name,i,j,k\nmotor,6,2,1\nvisual,1,7,3\nprecuneus,4,4,2\n",
+    )
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

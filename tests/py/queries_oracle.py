@@ -116,9 +116,56 @@ def events_locked_average(d):
     return [section(["trial_type", "lag", "mean_signal", "voxels"], rows)]
 
 
+def atlas_time_series(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    atlas, _ = load(os.path.join(d, "atlas.nii"))
+    labels = [lab for lab in np.unique(atlas) if lab > 0]
+    rows = [[int(lab), t, a[..., t][atlas == lab].mean()] for lab in labels for t in range(a.shape[3])]
+    return [section(["label", "t", "mean"], rows)]
+
+
+def mask_extraction(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    mask, (i, j, k) = load(os.path.join(d, "mask.nii"))
+    inside = mask != 0
+    # Boolean indexing walks C order of (i, j, k), as NiftiMasker does.
+    rows = [[t, ii, jj, kk, v] for t in range(2) for ii, jj, kk, v in
+            zip(i[inside], j[inside], k[inside], a[..., t][inside])]
+    return [section(["t", "i", "j", "k", "value"], rows)]
+
+
+def one_region_time_series(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    atlas, _ = load(os.path.join(d, "atlas.nii"))
+    region = atlas == 4
+    rows = [[t, a[..., t][region].mean(), int(region.sum())] for t in range(a.shape[3])]
+    return [section(["t", "mean", "voxels"], rows)]
+
+
+def tsnr_map(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    s = a[:, :, 1, :]
+    tsnr = s.mean(-1) / s.std(-1, ddof=1)
+    rows = [[i, j, 1, tsnr[i, j]] for i in range(s.shape[0]) for j in range(s.shape[1])]
+    return [section(["i", "j", "k", "tsnr"], rows)]
+
+
+def peaks_from_csv(d):
+    a, _ = load(os.path.join(d, "bold.nii"))
+    with open(os.path.join(d, "peaks.csv")) as f:
+        peaks = [line.strip().split(",") for line in f.readlines()[1:] if line.strip()]
+    rows = [[name, t, a[int(i), int(j), int(k), t]] for name, i, j, k in sorted(peaks) for t in range(a.shape[3])]
+    return [section(["name", "t", "value"], rows)]
+
+
 ORACLES = {
     "bids_mean_per_subject": bids_mean_per_subject,
     "events_locked_average": events_locked_average,
+    "atlas_time_series": atlas_time_series,
+    "mask_extraction": mask_extraction,
+    "one_region_time_series": one_region_time_series,
+    "tsnr_map": tsnr_map,
+    "peaks_from_csv": peaks_from_csv,
     "mean_signal_per_volume": mean_signal_per_volume,
     "parquet_export": parquet_export,
     "per_file_statistics": per_file_statistics,

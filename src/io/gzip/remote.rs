@@ -24,12 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::{
-    DataCache, GzEngine, GzipOptions, IndexAccess, IndexPlace, RunSource, cache_file_name,
-    user_cache_dir,
-};
+use super::sidecar::{IndexAccess, IndexPlace, cache_file_name, user_cache_dir};
+use super::{DataCache, GzEngine, GzipOptions, RunSource};
 use crate::error::{Result, VoxelError};
-use crate::io::gzindex::{FileIdentity, GzIndex, ReadAt};
+use crate::io::gzip::index::{FileIdentity, GzIndex, ReadAt};
+use crate::io::ranges::{Coalesce, merge_ranges};
 use crate::io::remote::{RemoteObject, pull_chunks};
 use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;
@@ -183,22 +182,15 @@ impl RunSource for RemoteObject {
 
 /// Planned ranges sorted and merged where they touch or lie closer than [`MERGE_GAP`], clipped to the object.
 fn merged(plan: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
-    let mut ranges: Vec<Range<u64>> = plan
+    let clipped: Vec<Range<u64>> = plan
         .iter()
         .map(|r| r.start.min(size)..r.end.min(size))
         .filter(|r| r.start < r.end)
         .collect();
-    ranges.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end.saturating_add(MERGE_GAP) => {
-                last.end = last.end.max(r.end);
-            }
-            _ => out.push(r),
-        }
-    }
-    out
+    merge_ranges(&clipped, Coalesce::gap(MERGE_GAP))
+        .into_iter()
+        .map(|m| m.range)
+        .collect()
 }
 
 /// The compressed bytes of a group of runs: one streaming GET per stretch of planned ranges, consumed as

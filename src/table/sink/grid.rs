@@ -11,7 +11,6 @@
 //! parameters, which are left 0 here).
 
 use std::io::Read;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,23 +76,15 @@ pub struct Grid {
 impl Grid {
     /// Read the template at `location` (a path or URL of any readable image).
     pub fn from_location(location: &str, store: &StoreOptions) -> Result<Grid> {
-        let (header, raw) = if remote::is_url(location) {
-            let image = remote::open_image(location, store)?;
-            let raw = if is_nifti1(image.header.format) {
-                Some(remote_prefix(location, store, image.header.compression)?)
-            } else {
-                None
-            };
-            (image.header, raw)
+        let place = crate::location::Location::parse(location)?;
+        let header = crate::location::open_image(&place, None, store)?.header;
+        let raw = if !is_nifti1(header.format) {
+            None
+        } else if place.is_remote() {
+            let header_url = header.header_file.display();
+            Some(remote_prefix(&header_url, store, header.compression)?)
         } else {
-            let path = crate::proxy::local_path(location);
-            let header = crate::formats::read_header(&path)?;
-            let raw = if is_nifti1(header.format) {
-                Some(local_prefix(&header)?)
-            } else {
-                None
-            };
-            (header, raw)
+            Some(local_prefix(&header)?)
         };
         let block = match raw {
             Some(bytes) => nifti1_block(&bytes, location)?,
@@ -101,7 +92,7 @@ impl Grid {
         };
         Ok(Grid {
             source: location.to_string(),
-            shape: header.shape.clone(),
+            shape: header.layout.shape.clone(),
             block,
         })
     }
@@ -165,24 +156,19 @@ fn put(h: &mut [u8], off: usize, bytes: &[u8]) {
 
 /// The NIfTI-1 datatype code of a scalar (None: not writable as NIfTI-1 here).
 pub fn datatype_code(s: Scalar) -> Option<i16> {
-    Some(match s {
-        Scalar::U8 => 2,
-        Scalar::I16 => 4,
-        Scalar::I32 => 8,
-        Scalar::F32 => 16,
-        Scalar::F64 => 64,
-        Scalar::I8 => 256,
-        Scalar::U16 => 512,
-        Scalar::U32 => 768,
-        Scalar::I64 => 1024,
-        Scalar::U64 => 1280,
-        _ => return None,
-    })
+    // Complex and RGB elements are not one number: the writer has no value column for them.
+    if s.is_complex() || matches!(s, Scalar::Rgb24 | Scalar::Rgba32) {
+        return None;
+    }
+    s.nifti_code()
 }
 
 /// The first 348 header bytes of a local NIfTI-1 file (single file or pair header, plain or gzip).
 fn local_prefix(header: &ImageHeader) -> Result<Vec<u8>> {
-    let path = &header.header_path;
+    let path = header
+        .header_file
+        .as_path()
+        .ok_or_else(|| VoxelError::Invalid(format!("{}: not a local file", header.header_file)))?;
     let bytes = match header.compression {
         Compression::Gzip => crate::io::gzip::read_prefix(path, HEADER_LEN)?,
         Compression::None => {
@@ -195,16 +181,17 @@ fn local_prefix(header: &ImageHeader) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The first 348 header bytes of a NIfTI-1 object (one more small GET; gzip objects decompressed here).
-fn remote_prefix(url: &str, store: &StoreOptions, compression: Compression) -> Result<Vec<u8>> {
-    let header_url = crate::formats::detect::header_path_for(Path::new(url))
-        .to_string_lossy()
-        .into_owned();
+/// The first 348 header bytes of a NIfTI-1 header object (one more small GET; gzip objects decompressed here).
+fn remote_prefix(
+    header_url: &str,
+    store: &StoreOptions,
+    compression: Compression,
+) -> Result<Vec<u8>> {
     let want = match compression {
         Compression::Gzip => 64 * 1024,
         Compression::None => HEADER_LEN as u64,
     };
-    let (_, bytes) = remote::RemoteObject::open(&header_url, store, want)?;
+    let (_, bytes) = remote::RemoteObject::open(header_url, store, want)?;
     match compression {
         Compression::None => Ok(bytes.to_vec()),
         Compression::Gzip => {
@@ -212,7 +199,7 @@ fn remote_prefix(url: &str, store: &StoreOptions, compression: Compression) -> R
             flate2::read::MultiGzDecoder::new(&bytes[..])
                 .read_exact(&mut out)
                 .map_err(|e| {
-                    VoxelError::header(url, format!("cannot decompress the header: {e}"))
+                    VoxelError::header(header_url, format!("cannot decompress the header: {e}"))
                 })?;
             Ok(out)
         }
@@ -264,6 +251,7 @@ fn generic_block(h: &ImageHeader) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::dtype::DType;
+    use std::path::Path;
 
     fn template(dir: &Path, big: bool) -> String {
         let order = if big {

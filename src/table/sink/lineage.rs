@@ -46,7 +46,11 @@ fn origin(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> Option<String> {
         };
         return origin(f.input(), at);
     }
-    if let Some(a) = plan.downcast_ref::<AggregateExec>() {
+    let aggregate = plan.downcast_ref::<AggregateExec>().or_else(|| {
+        plan.downcast_ref::<crate::table::aggregate::DenseAggregateExec>()
+            .map(|d| d.aggregate())
+    });
+    if let Some(a) = aggregate {
         let groups = a.group_expr();
         if groups.has_grouping_set() {
             return None;
@@ -92,10 +96,7 @@ pub fn grid_source(
     }
     let spec = scan.spec();
     match spec.files.as_slice() {
-        [file] => Ok((
-            file.data_path.to_string_lossy().into_owned(),
-            file.store.clone(),
-        )),
+        [file] => Ok((file.data.display(), file.store.clone())),
         files => Err(format!(
             "table {} has {} files (the grid must come from one)",
             spec.table,

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, VoxelError};
-use crate::io::gzindex::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
-use crate::io::gzip::{GzipOptions, index_locations, save_index};
+use crate::io::gzip::GzipOptions;
+use crate::io::gzip::index::{FileIdentity, GzIndex, SeekPoint, WINDOW_SIZE};
+use crate::io::gzip::sidecar::{index_locations, save_index};
 
 /// The gzip level: zlib-rs's fastest with dynamic Huffman trees. Its level 1 ("quick", static trees only) grows
 /// noise-like voxel data by ~3 % (a 44 MB random int16 image became 45.4 MB); level 2 gives 37.9 MB in the same time,
@@ -259,7 +260,7 @@ fn save_local_index(target: &Path, index: &GzIndex, options: &GzipOptions) {
     // The new file's own permission bits (execute dropped), as for any index of it.
     let mode = file.metadata().map_or(0o600, |m| {
         use std::os::unix::fs::MetadataExt;
-        crate::io::gzip::index_mode(m.mode(), m.gid())
+        crate::io::gzip::sidecar::index_mode(m.mode(), m.gid())
     });
     let _ = save_index(index, &index_locations(target, options), &identity, mode);
 }
@@ -298,7 +299,7 @@ mod tests {
         assert_eq!(index.points().len(), 5);
         // Decompressing from the third point gives the data from there.
         let p = &index.points()[2];
-        let mut cursor = crate::io::gzindex::GzCursor::from_point(&file, "x", p).unwrap();
+        let mut cursor = crate::io::gzip::cursor::GzCursor::from_point(&file, "x", p).unwrap();
         let mut got = vec![0u8; 1000];
         cursor.read_exact(&mut got).unwrap();
         assert_eq!(&got[..], &data[p.out as usize..p.out as usize + 1000]);

@@ -1,6 +1,6 @@
 //! Sequential gzip streams without an index: every read is one forward decompression pass that skips to each segment
 //! in turn and stops after the last one. Used for gzip data behind an already-open handle (the path-based gzip source
-//! with a seek-point index lives in `gzip.rs`).
+//! with a seek-point index lives in `gzip/mod.rs`).
 
 use std::fs::File;
 use std::io::Read;
@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use flate2::read::MultiGzDecoder;
 
-use super::{ByteSource, ReadStats};
 use crate::error::{Result, VoxelError};
+use crate::io::{ByteSource, ReadStats};
 use crate::plan::Segment;
 
 /// Reads a shared file from byte 0 with positional reads, so the owner's cursor never moves.

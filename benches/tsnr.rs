@@ -1,0 +1,198 @@
+//! Dense group-bys (issue 12 item 3): the per-voxel tSNR map (`GROUP BY i, j, k`, 553 K groups over 166 M rows) and
+//! the mean of every volume (`GROUP BY t`) of the generated 96×96×60×300 int16 BOLD (`synth::bench_image`), by the
+//! whole `voxelscan sql` process against a whole Python process doing the same with numpy on
+//! `np.asarray(img.dataobj)` (`benches/tsnr_numpy.py`), in the same run: wall time (median and best) and peak RSS of
+//! each process (`wait4`), the answers compared through a checksum (the sum of the map). On `.nii`, with the dense
+//! aggregate and without it (`SET voxelscan.dense_aggregates = false`), and on `.nii.gz` with a warm index.
+//!
+//! `cargo bench --bench tsnr` (release). `VOXELSCAN_BENCH_RUNS` (default 3). Under `cargo test --all-targets` (no
+//! `--bench` argument) it runs once on a tiny image as a check of its own logic (answers must agree).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use voxelscan::synth;
+
+const SHAPE: [usize; 4] = [96, 96, 60, 300];
+const TINY: [usize; 4] = [6, 5, 4, 8];
+
+/// (name, numpy case, SQL over table `bold` returning `n, s`: the number of groups and the sum of the results).
+const CASES: [(&str, &str, &str); 2] = [
+    (
+        "tSNR map (GROUP BY i, j, k)",
+        "tsnr",
+        "SELECT count(*) AS n, sum(tsnr) AS s FROM \
+         (SELECT i, j, k, avg(value) / stddev(value) AS tsnr FROM bold GROUP BY i, j, k)",
+    ),
+    (
+        "mean per volume (GROUP BY t)",
+        "mean_t",
+        "SELECT count(*) AS n, sum(m) AS s FROM (SELECT t, avg(value) AS m FROM bold GROUP BY t)",
+    ),
+];
+
+/// Wall time and peak RSS (bytes) of one child process; its stdout.
+struct Measured {
+    wall: Duration,
+    peak_rss: u64,
+    stdout: String,
+}
+
+// The child is reaped by wait4 (which also gives its rusage), not Child::wait.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> Measured {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("piped stdout");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).expect("child stdout");
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `status` and `usage` are valid, writable out-parameters; wait4 reaps our own child `pid`.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+    let wall = start.elapsed();
+    assert_eq!(got, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed (status {status})"
+    );
+    // SAFETY: zero-initialised and filled by a successful wait4: every field is an integer.
+    let usage = unsafe { usage.assume_init() };
+    Measured {
+        wall,
+        // Linux reports ru_maxrss in KiB.
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        stdout: text,
+    }
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("VOXELSCAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+}
+
+fn voxelscan(image: &Path, sql: &str, dense: bool) -> (Measured, u64, f64) {
+    let statements = if dense {
+        sql.to_string()
+    } else {
+        format!("SET voxelscan.dense_aggregates = false; {sql}")
+    };
+    let m = measure(Command::new(env!("CARGO_BIN_EXE_voxelscan")).args([
+        "sql".to_string(),
+        "--format".to_string(),
+        "csv".to_string(),
+        "-t".to_string(),
+        format!("bold={}", image.display()),
+        statements,
+    ]));
+    // The last line is the answer `n,s` (a SET prints nothing in CSV but may print an empty result).
+    let line = m
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(',') && !l.starts_with('n'))
+        .unwrap_or_else(|| panic!("no answer in {:?}", m.stdout))
+        .to_string();
+    let (n, s) = line.split_once(',').expect("n,s");
+    let (n, s) = (n.parse().expect("n"), s.parse().expect("s"));
+    (m, n, s)
+}
+
+fn numpy(image: &Path, case: &str) -> (Measured, u64, f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/tsnr_numpy.py");
+    let m = measure(Command::new(python()).arg(script).arg(image).arg(case));
+    let v: serde_json::Value = serde_json::from_str(m.stdout.trim()).expect("numpy JSON");
+    let n = v["rows"].as_u64().expect("rows");
+    let s = v["checksum"].as_f64().expect("checksum");
+    (m, n, s)
+}
+
+fn agree(what: &str, a: (u64, f64), b: (u64, f64)) {
+    assert_eq!(a.0, b.0, "{what}: group counts differ");
+    assert!(
+        (a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(b.1.abs()).max(1.0),
+        "{what}: checksums differ: {} vs {}",
+        a.1,
+        b.1
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    (v[v.len() / 2].as_secs_f64(), v[0].as_secs_f64())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+/// One row of the table: voxelscan (dense or not) against numpy on `image`, `runs` times each.
+fn row(label: &str, image: &Path, case: (&str, &str, &str), dense: bool, runs: usize) {
+    let (name, np_case, sql) = case;
+    let (mut vt, mut nt) = (Vec::new(), Vec::new());
+    let (mut vr, mut nr) = (0, 0);
+    for _ in 0..runs {
+        let (m, n, s) = voxelscan(image, sql, dense);
+        let (p, pn, ps) = numpy(image, np_case);
+        agree(name, (n, s), (pn, ps));
+        vt.push(m.wall);
+        nt.push(p.wall);
+        vr = vr.max(m.peak_rss);
+        nr = nr.max(p.peak_rss);
+    }
+    let (v_med, v_best) = median(vt);
+    let (n_med, n_best) = median(nt);
+    let mode = if dense { "dense" } else { "hash (dense off)" };
+    println!(
+        "| {name} | {label} | {mode} | {v_med:.2} ({v_best:.2}) | {:.0} | {n_med:.2} ({n_best:.2}) | {:.0} | {:.2}× |",
+        mib(vr),
+        mib(nr),
+        v_med / n_med
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // A check of the bench's own logic on a tiny image: both sides must give the same answers.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tiny.nii");
+        synth::bench_image(&path, &TINY, 1.0, 0.0, false).expect("tiny image");
+        for (name, np_case, sql) in CASES {
+            let (_, n, s) = voxelscan(&path, sql, true);
+            let (_, pn, ps) = numpy(&path, np_case);
+            agree(name, (n, s), (pn, ps));
+        }
+        return;
+    }
+    let runs = std::env::var("VOXELSCAN_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3usize)
+        .max(1);
+    let dir = synth::bench_data_dir().expect("create target/bench-data");
+    let nii = dir.join("bold.nii");
+    let gz = dir.join("bold.nii.gz");
+    synth::bench_image(&nii, &SHAPE, 1.0, 0.0, false).expect("write bench image");
+    synth::bench_image(&gz, &SHAPE, 1.0, 0.0, true).expect("write bench image");
+    // Warm the gzip index (built once, then loaded by every later process).
+    measure(Command::new(env!("CARGO_BIN_EXE_voxelscan")).args(["index".as_ref(), gz.as_os_str()]));
+    println!(
+        "{SHAPE:?} int16, {runs} runs each, whole processes; times in s: median (best); peak RSS in MiB"
+    );
+    println!(
+        "| query | file | voxelscan path | voxelscan s | voxelscan RSS | numpy s | numpy RSS | voxelscan / numpy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in CASES {
+        row(".nii", &nii, case, true, runs);
+        row(".nii", &nii, case, false, runs);
+        row(".nii.gz, warm index", &gz, case, true, runs);
+    }
+}

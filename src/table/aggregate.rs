@@ -1,0 +1,563 @@
+//! Dense (perfect-hash) aggregation: GROUP BY on integer keys whose ranges are known at plan time aggregates into
+//! directly indexed groups. The group of a row is the linear index of its keys within their ranges (first key
+//! slowest), so no key is hashed or compared; each aggregate is DataFusion's own `GroupsAccumulator`, so answers are
+//! DataFusion's. DuckDB's perfect hash aggregate is the model.
+//!
+//! [`DenseAggregateExec`] stands in for one `AggregateExec` node (any mode but `PartialReduce`): same schema, same
+//! partitioning and input requirements, same answers. A `Partial` node emits the state of the groups it saw, a
+//! `Final` node merges such states, a `Single` node does both. The rule choosing it is in
+//! [`super::aggregate_rule`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, PrimitiveArray, RecordBatch, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::InputDistributionRequirements;
+use datafusion::physical_plan::aggregates::{
+    AggregateExec, AggregateInputMode, AggregateOutputMode, aggregate_expressions,
+};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+
+/// The values one group key can take: `min..=max`, plus NULL when the key is nullable (NULL is the last slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRange {
+    pub min: i64,
+    pub max: i64,
+    pub nullable: bool,
+}
+
+impl KeyRange {
+    /// Number of directly indexed slots: the values, plus one for NULL. `None` when it does not fit a `u64`.
+    pub fn slots(&self) -> Option<u64> {
+        let width = u64::try_from(i128::from(self.max) - i128::from(self.min)).ok()?;
+        width.checked_add(1 + u64::from(self.nullable))
+    }
+}
+
+/// The number of groups of `ranges` (product of slots), `None` on overflow or an empty range.
+pub fn group_count(ranges: &[KeyRange]) -> Option<u64> {
+    ranges
+        .iter()
+        .try_fold(1u64, |acc, r| acc.checked_mul(r.slots()?))
+}
+
+/// One `AggregateExec` computed into directly indexed groups.
+#[derive(Debug)]
+pub struct DenseAggregateExec {
+    /// The aggregate this replaces: mode, keys, aggregates, filters, schema and input.
+    inner: AggregateExec,
+    ranges: Vec<KeyRange>,
+    /// Row-major strides of the key slots (the last key fastest).
+    strides: Vec<u64>,
+    groups: usize,
+    /// Estimated bytes of one partition's dense state.
+    state_bytes: usize,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DenseAggregateExec {
+    /// `inner` over directly indexed groups of its keys' `ranges` (one per group key).
+    pub fn try_new(inner: AggregateExec, ranges: Vec<KeyRange>) -> DfResult<Self> {
+        let keys = inner.group_expr().expr().len();
+        if ranges.len() != keys || keys == 0 || !inner.group_expr().is_single() {
+            return Err(DataFusionError::Internal(format!(
+                "dense aggregate: {} key ranges for {keys} plain group keys",
+                ranges.len()
+            )));
+        }
+        let groups = group_count(&ranges)
+            .and_then(|g| usize::try_from(g).ok())
+            .ok_or_else(|| {
+                DataFusionError::Internal("dense aggregate: key ranges overflow".into())
+            })?;
+        let mut strides = vec![1u64; ranges.len()];
+        for k in (0..ranges.len().saturating_sub(1)).rev() {
+            // Cannot overflow: the product of all slots fits (checked above).
+            strides[k] = strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
+        }
+        let state_bytes = groups.saturating_mul(state_bytes_per_group(&inner));
+        Ok(DenseAggregateExec {
+            inner,
+            ranges,
+            strides,
+            groups,
+            state_bytes,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The aggregate node this one computes.
+    pub fn aggregate(&self) -> &AggregateExec {
+        &self.inner
+    }
+
+    pub fn ranges(&self) -> &[KeyRange] {
+        &self.ranges
+    }
+
+    /// Number of directly indexed groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+}
+
+/// Estimated bytes per group of `agg`'s accumulators (fixed-width state fields by width, others at 32 bytes),
+/// plus the group's "seen" flag.
+pub fn state_bytes_per_group(agg: &AggregateExec) -> usize {
+    let fields: usize = agg
+        .aggr_expr()
+        .iter()
+        .map(|a| {
+            a.state_fields().map_or(32, |fs| {
+                fs.iter()
+                    .map(|f| f.data_type().primitive_width().unwrap_or(32))
+                    .sum()
+            })
+        })
+        .sum();
+    fields + 1
+}
+
+impl DisplayAs for DenseAggregateExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<String> = self
+            .inner
+            .group_expr()
+            .expr()
+            .iter()
+            .zip(&self.ranges)
+            .map(|((_, name), r)| {
+                let null = if r.nullable { "+null" } else { "" };
+                format!("{name}@[{}, {}]{null}", r.min, r.max)
+            })
+            .collect();
+        let aggs: Vec<&str> = self.inner.aggr_expr().iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "DenseAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups={}",
+            self.inner.mode(),
+            keys.join(", "),
+            aggs.join(", "),
+            self.groups
+        )?;
+        if let DisplayFormatType::Verbose = t {
+            write!(f, ", state_bytes={}", self.state_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for DenseAggregateExec {
+    fn name(&self) -> &str {
+        "DenseAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        self.inner.input_distribution_requirements()
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        self.inner.benefits_from_input_partitioning()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.inner.input()]
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let inner = Arc::new(self.inner.clone()).replace_children(children, options)?;
+        let inner = inner
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| DataFusionError::Internal("dense aggregate lost its node".into()))?
+            .clone();
+        Ok(Arc::new(DenseAggregateExec::try_new(
+            inner,
+            self.ranges.clone(),
+        )?))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self
+            .inner
+            .input()
+            .execute(partition, Arc::clone(&context))?;
+        let reservation = MemoryConsumer::new(format!("DenseAggregateExec[{partition}]"))
+            .register(context.memory_pool());
+        reservation.try_grow(self.state_bytes)?;
+        let state = DenseState::new(self, reservation)?;
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let batch_size = context.session_config().batch_size().max(1);
+        let schema = self.schema();
+        let out = futures::stream::once(async move {
+            let timer = baseline.elapsed_compute().clone();
+            let batch = state.run(input, timer).await?;
+            baseline.record_output(batch.num_rows());
+            Ok::<_, DataFusionError>(batch)
+        })
+        .map(move |r| match r {
+            Ok(batch) => {
+                futures::stream::iter(slices(batch, batch_size).into_iter().map(Ok)).left_stream()
+            }
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        })
+        .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(
+            &Arc<dyn PhysicalExpr>,
+        ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion> {
+        self.inner.apply_expressions(f)
+    }
+}
+
+/// `batch` cut into zero-copy slices of at most `size` rows.
+fn slices(batch: RecordBatch, size: usize) -> Vec<RecordBatch> {
+    let n = batch.num_rows();
+    if n == 0 {
+        // As DataFusion's aggregate: no groups, no batch.
+        return Vec::new();
+    }
+    if n <= size {
+        return vec![batch];
+    }
+    (0..n)
+        .step_by(size)
+        .map(|s| batch.slice(s, size.min(n - s)))
+        .collect()
+}
+
+/// One partition's accumulators over all dense groups, and which groups had rows.
+struct DenseState {
+    schema: SchemaRef,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    ranges: Vec<KeyRange>,
+    strides: Vec<u64>,
+    groups: usize,
+    raw_input: bool,
+    final_output: bool,
+    /// The distinct argument expressions of all aggregates (`avg(x)` and `stddev(x)` share the cast of `x`), and
+    /// for each aggregate the indices of its arguments among them.
+    unique_args: Vec<Arc<dyn PhysicalExpr>>,
+    args: Vec<Vec<usize>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    seen: Vec<bool>,
+    indices: Vec<usize>,
+    any_rows: bool,
+    _reservation: MemoryReservation,
+}
+
+impl DenseState {
+    fn new(exec: &DenseAggregateExec, reservation: MemoryReservation) -> DfResult<Self> {
+        let agg = &exec.inner;
+        let group_by = agg.group_expr();
+        let raw_input = agg.mode().input_mode() == AggregateInputMode::Raw;
+        let accumulators = agg
+            .aggr_expr()
+            .iter()
+            .map(|a| a.create_groups_accumulator())
+            .collect::<DfResult<Vec<_>>>()?;
+        let filters = if raw_input {
+            agg.filter_expr().to_vec()
+        } else {
+            vec![None; agg.aggr_expr().len()]
+        };
+        let mut seen = Vec::new();
+        seen.try_reserve_exact(exec.groups).map_err(|e| {
+            DataFusionError::ResourcesExhausted(format!(
+                "dense aggregate: {} groups cannot be allocated ({e})",
+                exec.groups
+            ))
+        })?;
+        seen.resize(exec.groups, false);
+        let (unique_args, args) = shared_arguments(aggregate_expressions(
+            agg.aggr_expr(),
+            agg.mode(),
+            group_by.num_group_exprs(),
+        )?);
+        Ok(DenseState {
+            schema: agg.schema(),
+            keys: group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
+            ranges: exec.ranges.clone(),
+            strides: exec.strides.clone(),
+            groups: exec.groups,
+            raw_input,
+            final_output: agg.mode().output_mode() == AggregateOutputMode::Final,
+            unique_args,
+            args,
+            filters,
+            accumulators,
+            seen,
+            indices: Vec::new(),
+            any_rows: false,
+            _reservation: reservation,
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut input: SendableRecordBatchStream,
+        timer: datafusion::physical_plan::metrics::Time,
+    ) -> DfResult<RecordBatch> {
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            let _t = timer.timer();
+            self.update(&batch)?;
+        }
+        let _t = timer.timer();
+        self.emit()
+    }
+
+    fn update(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.group_indices(batch)?;
+        for &g in &self.indices {
+            self.seen[g] = true;
+        }
+        self.any_rows = true;
+        let evaluated = self
+            .unique_args
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<DfResult<Vec<_>>>()?;
+        for (k, acc) in self.accumulators.iter_mut().enumerate() {
+            let values: Vec<ArrayRef> = self.args[k]
+                .iter()
+                .map(|&a| Arc::clone(&evaluated[a]))
+                .collect();
+            if self.raw_input {
+                let filter = match &self.filters[k] {
+                    Some(f) => Some(f.evaluate(batch)?.into_array(batch.num_rows())?),
+                    None => None,
+                };
+                let filter = filter.as_ref().map(|f| f.as_boolean());
+                acc.update_batch(&values, &self.indices, filter, self.groups)?;
+            } else {
+                acc.merge_batch(&values, &self.indices, self.groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The linear group index of every row of `batch` into `self.indices`.
+    fn group_indices(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        let n = batch.num_rows();
+        self.indices.clear();
+        self.indices.resize(n, 0);
+        for (k, key) in self.keys.iter().enumerate() {
+            let array = key.evaluate(batch)?.into_array(n)?;
+            let array = match array.data_type() {
+                DataType::Int64 => array,
+                _ => cast(&array, &DataType::Int64)?,
+            };
+            let values = array.as_primitive::<Int64Type>();
+            add_digits(&mut self.indices, values, self.ranges[k], self.strides[k])?;
+        }
+        Ok(())
+    }
+
+    /// The groups that had rows: their keys, then each aggregate's value (or state, for a partial node).
+    fn emit(mut self) -> DfResult<RecordBatch> {
+        if !self.any_rows {
+            return Ok(RecordBatch::new_empty(self.schema));
+        }
+        let chosen: Vec<u64> = self
+            .seen
+            .iter()
+            .enumerate()
+            .filter_map(|(g, &s)| s.then_some(g as u64))
+            .collect();
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (k, range) in self.ranges.iter().enumerate() {
+            let slots = range.slots().unwrap_or(1);
+            let values = Int64Array::from_iter(chosen.iter().map(|&g| {
+                let digit = (g / self.strides[k]) % slots;
+                (!range.nullable || digit + 1 < slots).then_some(range.min + digit as i64)
+            }));
+            let ty = self.schema.field(k).data_type();
+            columns.push(cast(&values, ty)?);
+        }
+        let take_idx = UInt64Array::from(chosen);
+        for acc in &mut self.accumulators {
+            let arrays = if self.final_output {
+                vec![acc.evaluate(EmitTo::All)?]
+            } else {
+                acc.state(EmitTo::All)?
+            };
+            for a in arrays {
+                columns.push(take(&a, &take_idx, None)?);
+            }
+        }
+        // The schema's types (e.g. a key cast back from Int64, or an aggregate's declared nullability) rule.
+        let columns = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type()).map_err(DataFusionError::from)
+                }
+            })
+            .collect::<DfResult<Vec<ArrayRef>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// Each aggregate's argument expressions as indices into one list of distinct expressions.
+fn shared_arguments(
+    per_aggregate: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+) -> (Vec<Arc<dyn PhysicalExpr>>, Vec<Vec<usize>>) {
+    let mut unique: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    let ids = per_aggregate
+        .into_iter()
+        .map(|exprs| {
+            exprs
+                .into_iter()
+                .map(
+                    |e| match unique.iter().position(|u| u.as_ref() == e.as_ref()) {
+                        Some(p) => p,
+                        None => {
+                            unique.push(e);
+                            unique.len() - 1
+                        }
+                    },
+                )
+                .collect()
+        })
+        .collect();
+    (unique, ids)
+}
+
+/// Add `stride × slot(value)` to each row's index; a value outside `range` is an error (the plan's ranges were
+/// wrong), never a wrong group.
+fn add_digits(
+    indices: &mut [usize],
+    values: &PrimitiveArray<Int64Type>,
+    range: KeyRange,
+    stride: u64,
+) -> DfResult<()> {
+    let width = (range.max as i128 - range.min as i128) as u64;
+    let stride = stride as usize;
+    let out_of_range = |v: i64| {
+        DataFusionError::Execution(format!(
+            "dense aggregate: key value {v} outside its planned range [{}, {}] (SET voxelscan.dense_aggregates = false \
+             to work around, and report it)",
+            range.min, range.max
+        ))
+    };
+    if values.null_count() == 0 {
+        for (slot, &v) in indices.iter_mut().zip(values.values().iter()) {
+            let d = v.wrapping_sub(range.min) as u64;
+            if d > width {
+                return Err(out_of_range(v));
+            }
+            *slot += d as usize * stride;
+        }
+        return Ok(());
+    }
+    if !range.nullable {
+        return Err(DataFusionError::Execution(
+            "dense aggregate: NULL in a key planned as never null".into(),
+        ));
+    }
+    let null_digit = (width + 1) as usize;
+    for (slot, v) in indices.iter_mut().zip(values.iter()) {
+        let d = match v {
+            None => null_digit,
+            Some(v) => {
+                let d = v.wrapping_sub(range.min) as u64;
+                if d > width {
+                    return Err(out_of_range(v));
+                }
+                d as usize
+            }
+        };
+        *slot += d * stride;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: i64, max: i64, nullable: bool) -> KeyRange {
+        KeyRange { min, max, nullable }
+    }
+
+    #[test]
+    fn slots_and_group_counts() {
+        assert_eq!(range(0, 95, false).slots(), Some(96));
+        assert_eq!(range(-3, 3, true).slots(), Some(8));
+        assert_eq!(range(i64::MIN, i64::MAX, false).slots(), None);
+        let tsnr = [
+            range(0, 95, false),
+            range(0, 95, false),
+            range(0, 59, false),
+        ];
+        assert_eq!(group_count(&tsnr), Some(96 * 96 * 60));
+        let huge = [range(0, i64::MAX - 1, false), range(0, 3, false)];
+        assert_eq!(group_count(&huge), None);
+    }
+
+    #[test]
+    fn digits_follow_the_strides_and_refuse_what_the_plan_did_not_expect() {
+        let mut idx = vec![0usize; 3];
+        let k = PrimitiveArray::<Int64Type>::from(vec![5, 6, 7]);
+        add_digits(&mut idx, &k, range(5, 7, false), 10).unwrap();
+        assert_eq!(idx, [0, 10, 20]);
+        let nulls = PrimitiveArray::<Int64Type>::from(vec![Some(1), None, Some(0)]);
+        add_digits(&mut idx, &nulls, range(0, 1, true), 1).unwrap();
+        assert_eq!(idx, [1, 12, 20]);
+        let e = add_digits(&mut idx, &k, range(5, 6, false), 1).unwrap_err();
+        assert!(e.to_string().contains("key value 7 outside"), "{e}");
+        let e = add_digits(&mut idx, &nulls, range(0, 1, false), 1).unwrap_err();
+        assert!(e.to_string().contains("NULL"), "{e}");
+    }
+}
