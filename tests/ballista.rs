@@ -347,6 +347,7 @@ impl QueryData {
         pattern_image(&dir.join("runs/run-01.nii"), [8, 8, 4, 6], 0);
         pattern_image(&dir.join("runs/run-02.nii"), [6, 6, 4, 3], 0);
         pattern_image(&dir.join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+        common::bids_fixture(dir);
         atlas_fixtures(dir);
         QueryData {
             dir: dir.to_path_buf(),

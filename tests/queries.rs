@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{atlas_fixtures, pattern_image, run_python};
+use common::{atlas_fixtures, bids_fixture, pattern_image, run_python};
 use serde_json::Value;
 
 /// The fixtures the queries run against (see the module comment).
@@ -26,6 +26,7 @@ fn fixtures() -> tempfile::TempDir {
     pattern_image(&dir.path().join("runs/run-01.nii"), [8, 8, 4, 6], 0);
     pattern_image(&dir.path().join("runs/run-02.nii"), [6, 6, 4, 3], 0);
     pattern_image(&dir.path().join("runs/run-03.nii"), [8, 8, 4, 2], 0);
+    bids_fixture(dir.path());
     atlas_fixtures(dir.path());
     dir
 }

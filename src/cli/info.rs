@@ -32,6 +32,10 @@ struct Info {
     /// `null` for formats without spatial metadata (npy, raw).
     affine: Option<[[f64; 4]; 4]>,
     zooms: Option<Vec<f64>>,
+    /// The space the affine maps into: the NIfTI xform code's name of the transform nibabel's `img.affine` uses
+    /// (`unknown`, `scanner`, `aligned`, `talairach`, `mni`, `template`); `scanner` for MGH, `unknown` for
+    /// Analyze; `null` for npy and raw.
+    space: Option<&'static str>,
 }
 
 /// A scale factor as a JSON number, or — JSON has no NaN or infinity, and serde_json would print `null` for all
@@ -62,6 +66,7 @@ pub fn run(args: InfoArgs) -> CliResult {
         order: proxy.order().to_string(),
         affine: spatial.then_some(header.affine),
         zooms: spatial.then(|| header.zooms.clone()),
+        space: header.world.space().filter(|_| spatial),
     };
     let text = serde_json::to_string(&info).map_err(|e| super::CliError(e.to_string()))?;
     println!("{text}");

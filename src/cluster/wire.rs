@@ -62,6 +62,13 @@ pub struct OptionsWire {
     /// better left to each executor's environment.
     #[serde(default)]
     pub store: StoreOptions,
+    /// The millimetre columns (`world`) and the `affine` option of npy/raw files (row-major 4×4).
+    #[serde(default)]
+    pub world: bool,
+    #[serde(default)]
+    pub affine: Option<Vec<Float>>,
+    #[serde(default)]
+    pub grid: Option<String>,
 }
 
 /// One file's header facts, as read at registration (see [`VoxelFile`]).
@@ -77,6 +84,12 @@ pub struct FileWire {
     /// Row-major 4×4.
     pub affine: Vec<Float>,
     pub zooms: Vec<Float>,
+    /// The affine's space and time unit (absent from older plans: none).
+    #[serde(default)]
+    pub world: crate::formats::WorldMeta,
+    /// The map to another image's grid (table option `grid`).
+    #[serde(default)]
+    pub grid: Option<crate::table::world::GridMap>,
     /// Size and modification time or ETag at registration.
     pub fingerprint: Fingerprint,
     /// The settings to reach the object (from the table's options).
@@ -137,6 +150,8 @@ impl FileWire {
             compression: f.compression,
             affine: f.affine.iter().flatten().map(|&v| Float(v)).collect(),
             zooms: f.zooms.iter().map(|&v| Float(v)).collect(),
+            world: f.world,
+            grid: f.grid,
             fingerprint: f.fingerprint.clone(),
             store: f.store.clone(),
         })
@@ -152,15 +167,7 @@ impl FileWire {
         if self.layout.checked_end().is_none() {
             return Err(bad("array size overflows 64 bits"));
         }
-        let cells: &[Float; 16] = self
-            .affine
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("affine must have 16 entries"))?;
-        let mut affine = [[0.0; 4]; 4];
-        for (k, v) in cells.iter().enumerate() {
-            affine[k / 4][k % 4] = v.0;
-        }
+        let affine = affine_from_wire(&self.affine).map_err(bad)?;
         let data = match Location::parse(&self.data_path)? {
             Location::Handle { .. } => return Err(bad("an open handle cannot be sent")),
             other => other,
@@ -172,12 +179,26 @@ impl FileWire {
             compression: self.compression,
             affine,
             zooms: self.zooms.iter().map(|v| v.0).collect(),
+            world: self.world,
+            grid: self.grid,
             fingerprint: self.fingerprint,
             proxy: None,
             store: self.store,
             name: self.name,
         })
     }
+}
+
+/// A row-major 4×4 affine from its 16 cells.
+fn affine_from_wire(cells: &[Float]) -> std::result::Result<crate::formats::Affine, &'static str> {
+    let cells: &[Float; 16] = cells
+        .try_into()
+        .map_err(|_| "affine must have 16 entries")?;
+    let mut affine = [[0.0; 4]; 4];
+    for (k, v) in cells.iter().enumerate() {
+        affine[k / 4][k % 4] = v.0;
+    }
+    Ok(affine)
 }
 
 impl TableWire {
@@ -198,6 +219,11 @@ impl TableWire {
                 raw: opts.raw.clone(),
                 mmap: opts.mmap,
                 store: opts.store.clone(),
+                world: opts.world,
+                affine: opts
+                    .affine
+                    .map(|a| a.iter().flatten().map(|&v| Float(v)).collect()),
+                grid: opts.grid.clone(),
             },
             files,
         })
@@ -219,6 +245,14 @@ impl TableWire {
         opts.raw = self.options.raw;
         opts.mmap = self.options.mmap;
         opts.store = self.options.store;
+        opts.world = self.options.world;
+        opts.grid = self.options.grid;
+        opts.affine = match self.options.affine {
+            Some(cells) => {
+                Some(affine_from_wire(&cells).map_err(|e| invalid(format!("table options: {e}")))?)
+            }
+            None => None,
+        };
         let files = self
             .files
             .into_iter()
@@ -394,6 +428,8 @@ mod tests {
                 .with_scaling(Factor::F32(0.1), Factor::F16(-1.5)),
             compression: Compression::None,
             affine,
+            world: crate::formats::WorldMeta::nifti(4, 1, 2 | 16),
+            grid: None,
             fingerprint: Fingerprint {
                 size: 1000,
                 modified: Some(

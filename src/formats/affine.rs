@@ -94,6 +94,114 @@ pub fn rotation_zoom_affine(r: &[[f64; 3]; 3], zooms: [f64; 3], offset: [f64; 3]
     aff
 }
 
+/// What an image says about its world space and time axis, beyond the affine (NIfTI codes; see [`space_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct WorldMeta {
+    /// The xform code of the space `affine` maps into (0 unknown, 1 scanner, 2 aligned, 3 talairach, 4 mni,
+    /// 5 template); `None` for formats without spatial metadata (npy, raw).
+    pub space_code: Option<i64>,
+    /// Seconds per unit of the fourth zoom (the repetition time); `None` when that zoom is not a time.
+    pub time_scale: Option<f64>,
+}
+
+impl WorldMeta {
+    /// NIfTI: the code of the transform nibabel's `img.affine` uses (sform, else qform, else 0 for the fall-back),
+    /// and the time unit from `xyzt_units` (unset is taken as seconds, as BIDS requires; Hz, ppm and rad/s are not
+    /// times).
+    pub fn nifti(sform_code: i64, qform_code: i64, xyzt_units: i64) -> WorldMeta {
+        let space = if sform_code > 0 {
+            sform_code
+        } else if qform_code > 0 {
+            qform_code
+        } else {
+            0
+        };
+        let time_scale = match xyzt_units & 0x38 {
+            0 | 8 => Some(1.0),
+            16 => Some(1e-3),
+            24 => Some(1e-6),
+            _ => None,
+        };
+        WorldMeta {
+            space_code: Some(space),
+            time_scale,
+        }
+    }
+
+    /// A format with an affine but no space code: Analyze (unknown space, seconds) or MGH (scanner RAS, TR in
+    /// milliseconds as nibabel's `get_zooms` reports it).
+    pub fn other(space_code: i64, time_scale: f64) -> WorldMeta {
+        WorldMeta {
+            space_code: Some(space_code),
+            time_scale: Some(time_scale),
+        }
+    }
+
+    /// The space's name, `None` without spatial metadata.
+    pub fn space(&self) -> Option<&'static str> {
+        self.space_code.map(space_name)
+    }
+
+    /// The repetition time in seconds: the fourth zoom of a 4-d (or longer) image in time units.
+    pub fn repetition_time(&self, zooms: &[f64], ndim: usize) -> Option<f64> {
+        let tr = *zooms.get(3).filter(|_| ndim >= 4)?;
+        Some(tr * self.time_scale?)
+    }
+}
+
+/// nibabel's xform code names (`nibabel.nifti1.xform_codes`); codes nibabel resets at load count as unknown.
+pub fn space_name(code: i64) -> &'static str {
+    match code {
+        1 => "scanner",
+        2 => "aligned",
+        3 => "talairach",
+        4 => "mni",
+        5 => "template",
+        _ => "unknown",
+    }
+}
+
+/// `affine · (i, j, k, 1)`, the first three rows, evaluated in one fixed order so that pushdown can reproduce the
+/// column's values bit for bit.
+pub fn apply(a: &Affine, ijk: [f64; 3]) -> [f64; 3] {
+    std::array::from_fn(|r| row_apply(&a[r], ijk))
+}
+
+/// One row of [`apply`].
+pub fn row_apply(row: &[f64; 4], ijk: [f64; 3]) -> f64 {
+    row[0] * ijk[0] + row[1] * ijk[1] + row[2] * ijk[2] + row[3]
+}
+
+/// The inverse of the 3×3 part and the translation: `voxel = inv · (world - t)`; `None` when singular.
+pub fn inverse3(a: &Affine) -> Option<[[f64; 3]; 3]> {
+    let m = |r: usize, c: usize| a[r][c];
+    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
+        - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
+        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
+    if !det.is_finite() || det == 0.0 {
+        return None;
+    }
+    let cof =
+        |r0: usize, r1: usize, c0: usize, c1: usize| m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0);
+    Some([
+        [
+            cof(1, 2, 1, 2) / det,
+            -cof(0, 2, 1, 2) / det,
+            cof(0, 1, 1, 2) / det,
+        ],
+        [
+            -cof(1, 2, 0, 2) / det,
+            cof(0, 2, 0, 2) / det,
+            -cof(0, 1, 0, 2) / det,
+        ],
+        [
+            cof(1, 2, 0, 1) / det,
+            -cof(0, 2, 0, 1) / det,
+            cof(0, 1, 0, 1) / det,
+        ],
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +258,36 @@ mod tests {
         assert_eq!(a[1], [2.0, 0.0, 0.0, 20.0]);
         assert_eq!(a[2], [0.0, 0.0, -4.0, 30.0]);
         assert_eq!(a[3], [0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn inverse_undoes_the_affine() {
+        let r = [[0.0, -1.0, 0.2], [1.0, 0.1, 0.0], [0.0, 0.3, 1.0]];
+        let a = rotation_zoom_affine(&r, [2.0, 3.0, -4.0], [10.0, 20.0, 30.0]);
+        let inv = inverse3(&a).unwrap();
+        let w = apply(&a, [1.0, 2.0, 3.0]);
+        let d = [w[0] - a[0][3], w[1] - a[1][3], w[2] - a[2][3]];
+        for (r, want) in inv.iter().zip([1.0, 2.0, 3.0]) {
+            let v = r[0] * d[0] + r[1] * d[1] + r[2] * d[2];
+            assert!((v - want).abs() < 1e-12, "{v} vs {want}");
+        }
+        let mut singular = IDENTITY;
+        singular[2][2] = 0.0;
+        assert!(inverse3(&singular).is_none());
+    }
+
+    #[test]
+    fn space_and_repetition_time() {
+        let m = WorldMeta::nifti(0, 1, 2 | 16);
+        assert_eq!(m.space(), Some("scanner"));
+        assert_eq!(m.repetition_time(&[2.0, 2.0, 2.0, 2000.0], 4), Some(2.0));
+        assert_eq!(m.repetition_time(&[2.0, 2.0, 2.0], 3), None);
+        assert_eq!(WorldMeta::nifti(4, 1, 10).space(), Some("mni"));
+        assert_eq!(
+            WorldMeta::nifti(0, 0, 32).repetition_time(&[1.0; 4], 4),
+            None
+        );
+        assert_eq!(WorldMeta::default().space(), None);
+        assert_eq!(space_name(9), "unknown");
     }
 }

@@ -246,6 +246,7 @@ pub(crate) fn parse(src: &mut dyn Source, variant: Variant) -> Result<Parsed> {
         },
         affine,
         zooms: zooms(&dim, &pixdim),
+        world: super::WorldMeta::other(0, 1.0),
         header_bytes: HEADER_SIZE as u64,
     })
 }

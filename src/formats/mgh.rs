@@ -126,6 +126,8 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
         layout: ArrayLayout::new(shape, dtype).with_offset(DATA_OFFSET),
         affine: mgh_affine(&g, &dims),
         zooms,
+        // vox2ras is scanner RAS; the fourth zoom is TR in milliseconds.
+        world: super::WorldMeta::other(1, 1e-3),
         header_bytes: HEADER_SIZE as u64,
     })
 }

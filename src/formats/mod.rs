@@ -38,7 +38,7 @@ pub mod npy;
 pub mod raw;
 mod source;
 
-pub use affine::Affine;
+pub use affine::{Affine, WorldMeta};
 pub use fault::HeaderFault;
 pub use raw::parse_raw_spec;
 
@@ -123,6 +123,8 @@ pub struct ImageHeader {
     pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    /// The affine's space and the time unit (see [`WorldMeta`]).
+    pub world: WorldMeta,
     /// Where the header was read from: a local path or an object URL.
     pub header_file: Location,
     /// Same as `header_file` except for `.hdr`/`.img` pairs.
@@ -156,6 +158,7 @@ pub(crate) struct Parsed {
     pub layout: ArrayLayout,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    pub world: WorldMeta,
     pub header_bytes: u64,
 }
 
@@ -401,6 +404,7 @@ fn assemble(p: Parsed, header: &Location, header_compression: Compression) -> Re
         layout: p.layout,
         affine: p.affine,
         zooms: p.zooms,
+        world: p.world,
         header_file: header.clone(),
         data_file,
         compression,

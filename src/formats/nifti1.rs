@@ -132,6 +132,7 @@ pub(crate) struct Common {
     pub scl_inter: f64,
     pub qform_code: i64,
     pub sform_code: i64,
+    pub xyzt_units: i64,
     pub quatern: [f64; 3],
     pub qoffset: [f64; 3],
     pub srow: [[f64; 4]; 3],
@@ -351,6 +352,11 @@ pub(crate) fn parse_common(src: &mut dyn Source, c: Common, single: bool) -> Res
         },
         affine,
         zooms: zooms(&c.dim, &pixdim),
+        world: super::WorldMeta::nifti(
+            valid_code(c.sform_code),
+            valid_code(c.qform_code),
+            c.xyzt_units,
+        ),
         header_bytes,
     })
 }
@@ -377,6 +383,7 @@ pub(crate) fn parse(src: &mut dyn Source, single: bool) -> Result<Parsed> {
         scl_inter: f64::from(f.f32(116)),
         qform_code: i64::from(f.i16(252)),
         sform_code: i64::from(f.i16(254)),
+        xyzt_units: i64::from(f.raw(123, 1).first().copied().unwrap_or(0)),
         quatern: f3(256),
         qoffset: f3(268),
         srow: [row(280), row(296), row(312)],

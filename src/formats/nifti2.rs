@@ -33,6 +33,7 @@ pub(crate) fn parse(src: &mut dyn Source, single: bool) -> Result<Parsed> {
         scl_inter: f.f64(184),
         qform_code: i64::from(f.i32(344)),
         sform_code: i64::from(f.i32(348)),
+        xyzt_units: i64::from(f.i32(500)),
         quatern: f3(352),
         qoffset: f3(376),
         srow: [row(400), row(432), row(464)],

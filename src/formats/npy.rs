@@ -105,6 +105,7 @@ pub(crate) fn parse(src: &mut dyn Source) -> Result<Parsed> {
             .with_offset(offset)
             .with_order(if h.fortran_order { Order::F } else { Order::C }),
         affine: IDENTITY,
+        world: super::WorldMeta::default(),
         header_bytes: offset,
     })
 }

@@ -79,6 +79,7 @@ pub fn parse_spec(text: &str, path: &Path) -> Result<ImageHeader> {
         },
         affine: IDENTITY,
         zooms: vec![1.0; ndim],
+        world: super::WorldMeta::default(),
         header_file: Location::Path(path.to_path_buf()),
         data_file: Location::Path(path.to_path_buf()),
         compression: if super::detect::has_suffix(path, ".gz") {

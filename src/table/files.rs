@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::dtype::{DType, Scalar};
 use crate::error::{Result, VoxelError};
-use crate::formats::{self, Affine, Compression, Format, ImageHeader};
+use crate::formats::{self, Affine, Compression, Format, ImageHeader, WorldMeta};
 use crate::io::local::MmapMode;
 use crate::io::remote::{RemoteImage, RemoteObject, StoreOptions};
 use crate::layout::{ArrayLayout, first_other_ndim};
@@ -72,8 +72,11 @@ impl FormatKind {
 /// The keys of a raw spec, given as table options.
 const RAW_KEYS: [&str; 6] = ["shape", "dtype", "offset", "slope", "inter", "order"];
 /// Every option a table understands.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 12] = [
     "scaling",
+    "world",
+    "affine",
+    "grid",
     "value_type",
     "mmap",
     "shape",
@@ -95,6 +98,13 @@ pub struct TableOptions {
     pub mmap: MmapMode,
     /// Object-store settings (`aws.*`, `gcp.*`, `azure.*`, `http.*`, `remote.*`) for URL locations.
     pub store: StoreOptions,
+    /// `world 'true'`: the millimetre columns `x, y, z` (and `world_space`, `tr`); see [`super::world`].
+    pub world: bool,
+    /// `affine '…'`: the affine of npy/raw files (12 or 16 numbers, row-major); implies `world`.
+    pub affine: Option<Affine>,
+    /// `grid 'atlas.nii'`: the columns `grid_i, grid_j, grid_k`, each voxel's nearest voxel in that image's grid;
+    /// implies `world`.
+    pub grid: Option<String>,
 }
 
 impl TableOptions {
@@ -105,6 +115,9 @@ impl TableOptions {
             raw: None,
             mmap: MmapMode::default(),
             store: StoreOptions::default(),
+            world: false,
+            affine: None,
+            grid: None,
         }
     }
 
@@ -138,6 +151,9 @@ impl TableOptions {
                 "scaling" => scaling = parse_bool(&key, value)?,
                 "value_type" => value_type = Some(DType::parse(value)?.scalar),
                 "mmap" => opts.mmap = value.parse()?,
+                "world" => opts.world = parse_bool(&key, value)?,
+                "affine" => opts.affine = Some(super::world::parse_affine(value)?),
+                "grid" => opts.grid = Some(value.to_string()),
                 _ => raw.push((key, value.to_string())),
             }
         }
@@ -152,6 +168,7 @@ impl TableOptions {
             }
         };
         opts.raw = raw_spec(kind, &raw)?;
+        opts.world |= opts.affine.is_some() || opts.grid.is_some();
         Ok(opts)
     }
 }
@@ -230,6 +247,10 @@ pub struct VoxelFile {
     pub compression: Compression,
     pub affine: Affine,
     pub zooms: Vec<f64>,
+    /// The affine's space and the time unit.
+    pub world: WorldMeta,
+    /// The map to another image's grid (table option `grid`), set when the table is made.
+    pub grid: Option<super::world::GridMap>,
     /// The data file's version at registration, to notice a file replaced since.
     pub fingerprint: Fingerprint,
     /// A proxy registered directly (it may read from an open handle); otherwise the scan opens the location.
@@ -254,6 +275,8 @@ impl VoxelFile {
             compression: h.compression,
             affine: h.affine,
             zooms: h.zooms.clone(),
+            world: h.world,
+            grid: None,
             fingerprint,
             proxy: None,
             store: StoreOptions::default(),
@@ -337,6 +360,8 @@ impl VoxelFile {
             compression: proxy.compression(),
             affine: formats::affine::IDENTITY,
             zooms: vec![1.0; proxy.ndim()],
+            world: WorldMeta::default(),
+            grid: None,
             fingerprint,
             proxy: Some(Arc::new(proxy)),
             store: StoreOptions::default(),

@@ -402,6 +402,8 @@ mod tests {
             compression,
             affine: crate::formats::affine::IDENTITY,
             zooms: vec![1.0; shape.len()],
+            world: Default::default(),
+            grid: None,
             fingerprint: Default::default(),
             proxy: None,
             store: Default::default(),

@@ -15,6 +15,8 @@
 //! `value_r`/`value_g`/`value_b` (+`value_a`) `UInt8` for RGB(A). A table over a directory, a glob or several
 //! locations has a `file` column (`Utf8`, the path as matched); its files must have the same
 //! number of axes; when their value types differ the column is `float64` (`complex128` if any is complex).
+//! Options `world`/`affine` add the millimetre columns `x, y, z` and the per-file `world_space`, `tr`; `grid` adds
+//! `grid_i, grid_j, grid_k` ([`world`]); BIDS-named files add their entity columns ([`bids`]).
 //!
 //! # Pushdown
 //! Filters on one coordinate made of comparisons with literals, `BETWEEN`, `IN`, `NOT`, `AND`, `OR` and exact casts
@@ -25,6 +27,7 @@ pub mod aggregate;
 #[cfg(feature = "ballista")]
 pub mod aggregate_engine;
 pub mod aggregate_rule;
+pub mod bids;
 pub mod config;
 pub mod files;
 pub mod index_set;
@@ -39,6 +42,7 @@ pub mod scan;
 pub mod schema;
 pub mod sink;
 pub mod stores;
+pub mod world;
 
 pub use config::VoxelscanOptions;
 pub use files::{FormatKind, TableOptions, VoxelFile};

@@ -28,6 +28,10 @@ pub struct FilterColumns {
     pub axes: Vec<(String, u64)>,
     /// The name of the per-file column, when the table has one.
     pub file: Option<String>,
+    /// Other columns with one value per file (BIDS entities, `world_space`, `tr`): filtered like `file`.
+    pub per_file: Vec<String>,
+    /// Whether the table has the millimetre columns `x, y, z`.
+    pub world: bool,
 }
 
 /// What one pushed filter is, for the scan.
@@ -37,6 +41,9 @@ pub enum FilterKind {
     Axis { axis: usize, set: IndexSet },
     /// A condition on the `file` column only: evaluated per file.
     File,
+    /// A condition on `x, y, z` only: a per-file box through the inverse affine (exact or not: see
+    /// [`super::world`]; `Inexact` unless the table says otherwise).
+    World,
     /// Coordinates (and maybe `file`) only, but not convertible: DataFusion filters the rows.
     Inexact,
     /// Touches a value column, or nothing of this table.
@@ -47,7 +54,7 @@ impl FilterKind {
     pub fn pushdown(&self) -> TableProviderFilterPushDown {
         match self {
             FilterKind::Axis { .. } | FilterKind::File => TableProviderFilterPushDown::Exact,
-            FilterKind::Inexact => TableProviderFilterPushDown::Inexact,
+            FilterKind::Inexact | FilterKind::World => TableProviderFilterPushDown::Inexact,
             FilterKind::Unsupported => TableProviderFilterPushDown::Unsupported,
         }
     }
@@ -65,12 +72,22 @@ impl FilterColumns {
             .into_iter()
             .map(|c| c.name.as_str())
             .collect();
-        let is_file = |n: &str| self.file.as_deref() == Some(n);
-        if names.is_empty() || names.iter().any(|n| self.axis(n).is_none() && !is_file(n)) {
+        let is_file =
+            |n: &str| self.file.as_deref() == Some(n) || self.per_file.iter().any(|p| p == n);
+        let is_world = |n: &str| {
+            self.world
+                && (super::world::WORLD_COLUMNS.contains(&n)
+                    || super::world::GRID_COLUMNS.contains(&n))
+        };
+        let known = |n: &str| self.axis(n).is_some() || is_file(n) || is_world(n);
+        if names.is_empty() || names.iter().any(|n| !known(n)) {
             return FilterKind::Unsupported;
         }
         if names.iter().all(|n| is_file(n)) {
             return FilterKind::File;
+        }
+        if names.iter().all(|n| is_world(n)) {
+            return FilterKind::World;
         }
         if names.len() == 1
             && let Some(axis) = names.iter().next().and_then(|n| self.axis(n))
@@ -306,6 +323,8 @@ mod tests {
         FilterColumns {
             axes: vec![("i".into(), 10), ("j".into(), 10)],
             file: Some("file".into()),
+            per_file: Vec::new(),
+            world: false,
         }
     }
 

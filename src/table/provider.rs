@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array,
 };
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -41,6 +41,7 @@ use super::layout::{Selection, Slab, byte_span, group_slabs, slabs_of};
 use super::predicate::{FilterColumns, FilterKind, UNIVERSE};
 use super::scan::{ScanSpec, VoxelSource, object_path};
 use super::schema::{AXIS_NAMES, FILE_COLUMN, common_scalar, file_column_type, file_schema};
+use super::{bids, world};
 
 /// Selected bytes per slab are aimed at this range (more slabs than partitions, so groups balance).
 const SLAB_MIN_BYTES: u64 = 1 << 20;
@@ -59,6 +60,8 @@ pub struct VoxelTable {
     scalar: Scalar,
     table_schema: TableSchema,
     columns: FilterColumns,
+    /// Per file: the values of the per-file columns (`file`, BIDS entities, `world_space`, `tr`), in schema order.
+    per_file: Vec<Vec<ScalarValue>>,
 }
 
 impl VoxelTable {
@@ -77,10 +80,12 @@ impl VoxelTable {
 
     pub fn from_files(
         name: &str,
-        files: Vec<VoxelFile>,
+        mut files: Vec<VoxelFile>,
         multi: bool,
         opts: TableOptions,
     ) -> Result<VoxelTable> {
+        apply_world_options(&mut files, &opts).map_err(|e| e.in_table(name))?;
+        apply_grid_option(&mut files, &opts).map_err(|e| e.in_table(name))?;
         let scalars = files
             .iter()
             .map(|f| file_value_scalar(f, opts.mode))
@@ -89,12 +94,22 @@ impl VoxelTable {
         let scalar = common_scalar(&scalars).map_err(|e| e.in_table(name))?;
         check_axes(&files).map_err(|e| e.in_table(name))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
-        let fs = file_schema(ndim, scalar).map_err(|e| e.in_table(name))?;
-        let partition_cols = if multi {
-            vec![Arc::new(Field::new(FILE_COLUMN, file_column_type(), false))]
-        } else {
-            Vec::new()
-        };
+        let mut fs = file_schema(ndim, scalar).map_err(|e| e.in_table(name))?;
+        if opts.world {
+            let mut fields: Vec<Field> = fs.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(world::world_fields());
+            if opts.grid.is_some() {
+                fields.extend(world::grid_fields());
+            }
+            fs = Arc::new(Schema::new(fields));
+        }
+        let (partition_cols, per_file) = per_file_columns(&files, multi, opts.world);
+        let per_file_names: Vec<String> = partition_cols
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != FILE_COLUMN)
+            .collect();
+        let world = opts.world;
         let axes = (0..ndim)
             .map(|a| {
                 let longest = files
@@ -117,7 +132,10 @@ impl VoxelTable {
             columns: FilterColumns {
                 axes,
                 file: multi.then(|| FILE_COLUMN.to_string()),
+                per_file: per_file_names,
+                world,
             },
+            per_file,
         })
     }
 
@@ -167,14 +185,8 @@ impl VoxelTable {
         if file_filters.is_empty() {
             return Ok(keep);
         }
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            FILE_COLUMN,
-            file_column_type(),
-            false,
-        )]));
-        let column = StringArray::from_iter_values(self.files.iter().map(|f| f.name.as_str()));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)])?;
-        let df_schema = DFSchema::try_from(schema)?;
+        let batch = self.per_file_batch()?;
+        let df_schema = DFSchema::try_from(batch.schema())?;
         for f in file_filters {
             let phys = state.create_physical_expr(unnormalize_col(f.clone()), &df_schema)?;
             let result = phys.evaluate(&batch)?.into_array(batch.num_rows())?;
@@ -189,22 +201,72 @@ impl VoxelTable {
         Ok(keep)
     }
 
-    /// Per file: the selection to read, or `None` when nothing of it is selected.
-    fn selections(&self, sets: &[IndexSet], keep: &[bool]) -> Vec<Option<Selection>> {
+    /// One row per file: the per-file columns, for evaluating filters on them.
+    fn per_file_batch(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(
+            self.table_schema
+                .table_partition_cols()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        let columns = (0..schema.fields().len())
+            .map(|c| ScalarValue::iter_to_array(self.per_file.iter().map(|row| row[c].clone())))
+            .collect::<DfResult<Vec<_>>>()?;
+        let opts = RecordBatchOptions::new().with_row_count(Some(self.files.len()));
+        Ok(RecordBatch::try_new_with_options(schema, columns, &opts)?)
+    }
+
+    /// Per file: the selection to read, or `None` when nothing of it is selected. `world` holds the filters on
+    /// `x, y, z`, turned into a box per file.
+    fn selections(
+        &self,
+        sets: &[IndexSet],
+        keep: &[bool],
+        world: &[world::WorldFilter],
+    ) -> Vec<Option<Selection>> {
         self.files
             .iter()
             .zip(keep)
             .map(|(f, &keep)| {
-                let sel = Selection {
-                    axes: sets
-                        .iter()
-                        .zip(&f.layout.shape)
-                        .map(|(s, &n)| s.clamp(n as u64))
-                        .collect(),
-                };
+                let mut axes: Vec<IndexSet> = sets
+                    .iter()
+                    .zip(&f.layout.shape)
+                    .map(|(s, &n)| s.clamp(n as u64))
+                    .collect();
+                if !world.is_empty() {
+                    let boxes = world::file_sets(world, f)?;
+                    for (a, b) in axes.iter_mut().zip(boxes) {
+                        *a = a.intersect(&b);
+                    }
+                }
+                let sel = Selection { axes };
                 (keep && !sel.is_empty()).then_some(sel)
             })
             .collect()
+    }
+
+    /// The filters on `x, y, z` analysed.
+    fn world_filters(&self, filters: &[Expr]) -> Vec<world::WorldFilter> {
+        filters
+            .iter()
+            .filter(|f| self.columns.classify(f) == FilterKind::World)
+            .map(world::analyse)
+            .collect()
+    }
+
+    /// A filter on `x, y, z` is exact when it is a plain comparison and every file's affine is axis-aligned.
+    fn world_pushdown(&self, f: &Expr) -> TableProviderFilterPushDown {
+        let exact = world::analyse(f).exact
+            && self
+                .files
+                .iter()
+                .all(|file| world::axis_permutation(&file.affine).is_some());
+        if exact {
+            TableProviderFilterPushDown::Exact
+        } else {
+            TableProviderFilterPushDown::Inexact
+        }
     }
 
     fn partitioned_file(&self, slab: &Slab, sel: &Selection) -> DfResult<PartitionedFile> {
@@ -221,8 +283,8 @@ impl VoxelTable {
             };
             pf = pf.with_range(s, e);
         }
-        if self.multi {
-            pf = pf.with_partition_values(vec![ScalarValue::Utf8(Some(f.name.clone()))]);
+        if !self.per_file[slab.file].is_empty() {
+            pf = pf.with_partition_values(self.per_file[slab.file].clone());
         }
         let slab_sel = super::layout::slab_selection(
             sel,
@@ -252,8 +314,15 @@ impl VoxelTable {
                     .with_distinct_count(Precision::Exact(s.count() as usize))
             })
             .collect();
-        while cols.len() < fs.fields().len() {
-            cols.push(ColumnStatistics::new_unknown().with_null_count(Precision::Exact(0)));
+        // Value and x, y, z columns are never null; grid_i, grid_j, grid_k are outside the other grid, and an
+        // exact null count of 0 would let DataFusion answer `count(grid_i)` from statistics wrongly.
+        for field in fs.fields().iter().skip(cols.len()) {
+            let stats = ColumnStatistics::new_unknown();
+            cols.push(if field.is_nullable() {
+                stats
+            } else {
+                stats.with_null_count(Precision::Exact(0))
+            });
         }
         let width = self.ndim() * 8 + self.scalar.size();
         // `count(*)` answered from statistics is an Int64: beyond i64::MAX rows the count is not exact (and the
@@ -512,6 +581,97 @@ fn check_row_count(table: &str, sels: &[Option<Selection>]) -> DfResult<()> {
     Ok(())
 }
 
+/// The `affine` option sets the affine of npy/raw files; `world` needs every file to have one.
+fn apply_world_options(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()> {
+    if !opts.world {
+        return Ok(());
+    }
+    for f in files.iter_mut() {
+        match (opts.affine, world::has_own_affine(f)) {
+            (Some(_), true) => {
+                return Err(VoxelError::Invalid(format!(
+                    "{}: option 'affine' is for npy and raw files; this {} file has its own affine",
+                    f.name,
+                    f.format.name()
+                )));
+            }
+            (Some(a), false) => f.affine = a,
+            (None, true) => {}
+            (None, false) => {
+                return Err(VoxelError::Invalid(format!(
+                    "{}: a {} file has no affine; give one with option 'affine' (12 or 16 numbers, row-major) \
+                     for the x, y, z columns",
+                    f.name,
+                    f.format.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `grid` option: each file's map to that image's grid, read from its header once (a table rebuilt from a
+/// plan already has the maps).
+fn apply_grid_option(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()> {
+    let Some(location) = &opts.grid else {
+        return Ok(());
+    };
+    if files.iter().all(|f| f.grid.is_some()) {
+        return Ok(());
+    }
+    let mut grid_opts = TableOptions::new(super::FormatKind::Any);
+    grid_opts.store = opts.store.clone();
+    let grid = TableFiles::open(std::slice::from_ref(location), &grid_opts)?;
+    let g = match grid.files.as_slice() {
+        [g] if !grid.multi && world::has_own_affine(g) => g,
+        _ => {
+            return Err(VoxelError::Invalid(format!(
+                "option 'grid' '{location}': name one image with an affine (NIfTI, Analyze, MGH)"
+            )));
+        }
+    };
+    for f in files.iter_mut() {
+        f.grid = Some(
+            world::GridMap::new(&f.affine, &g.affine, &g.layout.shape).ok_or_else(|| {
+                VoxelError::Invalid(format!(
+                    "option 'grid' '{location}': its affine is singular"
+                ))
+            })?,
+        );
+    }
+    Ok(())
+}
+
+/// The per-file columns and each file's values: `file` (multi-file tables), the BIDS entities (multi-file tables
+/// of BIDS-named files), `world_space` and `tr` (with `world`).
+fn per_file_columns(
+    files: &[VoxelFile],
+    multi: bool,
+    world: bool,
+) -> (Vec<Arc<Field>>, Vec<Vec<ScalarValue>>) {
+    let mut fields = Vec::new();
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); files.len()];
+    if multi {
+        fields.push(Field::new(FILE_COLUMN, file_column_type(), false));
+        for (row, f) in values.iter_mut().zip(files) {
+            row.push(ScalarValue::Utf8(Some(f.name.clone())));
+        }
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let (bids_fields, bids_values) = bids::columns(&names);
+        fields.extend(bids_fields);
+        for (row, v) in values.iter_mut().zip(bids_values) {
+            row.extend(v);
+        }
+    }
+    if world {
+        fields.extend(world::per_file_fields());
+        for (row, f) in values.iter_mut().zip(files) {
+            row.extend(world::per_file_values(f));
+        }
+    }
+    (fields.into_iter().map(Arc::new).collect(), values)
+}
+
 #[async_trait]
 impl TableProvider for VoxelTable {
     fn schema(&self) -> SchemaRef {
@@ -528,7 +688,10 @@ impl TableProvider for VoxelTable {
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| self.columns.classify(f).pushdown())
+            .map(|f| match self.columns.classify(f) {
+                FilterKind::World => self.world_pushdown(f),
+                kind => kind.pushdown(),
+            })
             .collect())
     }
 
@@ -541,7 +704,7 @@ impl TableProvider for VoxelTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let sets = self.axis_sets(filters);
         let keep = self.file_mask(state, filters)?;
-        let sels = self.selections(&sets, &keep);
+        let sels = self.selections(&sets, &keep, &self.world_filters(filters));
         let partitions = state.config().target_partitions().max(1);
         let mut pruning_skipped = 0;
         let pruning = self.pruning_predicates(state, filters, &mut pruning_skipped);

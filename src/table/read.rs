@@ -52,7 +52,13 @@ pub struct Output {
 
 impl Output {
     fn wants_values(&self) -> bool {
-        self.columns.iter().any(|&c| c >= self.ndim)
+        let values = self.ndim..self.ndim + self.value_columns();
+        self.columns.iter().any(|c| values.contains(c))
+    }
+
+    /// Value columns in the file schema (the millimetre columns `x, y, z`, when present, follow them).
+    fn value_columns(&self) -> usize {
+        super::schema::value_fields(self.scalar).len()
     }
 }
 
@@ -208,6 +214,10 @@ impl SlabReader {
                     from,
                     len,
                 ))));
+            } else if let Some(row) = c.checked_sub(o.ndim + o.value_columns()) {
+                cols.push(super::world::derived_array(
+                    &self.file, row, piece, from, len,
+                )?);
             } else {
                 let v = values
                     .and_then(|v| v.get(c - o.ndim))

@@ -576,6 +576,35 @@ pub fn pattern_image(path: &Path, shape: [usize; 4], seed: usize) {
     .unwrap();
 }
 
+/// The `bids/` of `queries/` (tests/queries.rs, tests/ballista.rs): three subjects' `func/sub-0N_task-faces_bold.nii` (the pattern with seeds 0, 1, 2; TR 2000 ms), their
+/// `participants.tsv` (one age `n/a`) and sub-01's `events.tsv`.
+pub fn bids_fixture(root: &Path) {
+    for (n, shape) in [[8, 8, 4, 10], [8, 8, 4, 10], [6, 6, 4, 10]]
+        .iter()
+        .enumerate()
+    {
+        let func = root.join(format!("bids/sub-0{}/func", n + 1));
+        std::fs::create_dir_all(&func).unwrap();
+        let path = func.join(format!("sub-0{}_task-faces_bold.nii", n + 1));
+        pattern_image(&path, *shape, n);
+        // pixdim[4] = 2000 with xyzt_units = mm + msec: a TR of 2 s.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[92..96].copy_from_slice(&2000f32.to_le_bytes());
+        bytes[123] = 2 | 16;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    std::fs::write(
+        root.join("bids/participants.tsv"),
+        "participant_id\tage\tsex\nsub-01\t34\tF\nsub-02\tn/a\tM\nsub-03\t27\tn/a\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("bids/sub-01/func/sub-01_task-faces_events.tsv"),
+        "onset\tduration\ttrial_type\n0.0\t4.0\tface\n5.0\t2.0\thouse\n10.5\t4.0\tface\n",
+    )
+    .unwrap();
+}
+
 /// An int16 NIfTI of `shape` whose voxel (i, j, k) is `label(i, j, k)`: atlases and masks.
 pub fn label_image(path: &Path, shape: [usize; 3], label: impl Fn(usize, usize, usize) -> i16) {
     use voxelscan::dtype::{DType, Scalar};

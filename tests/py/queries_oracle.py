@@ -78,6 +78,44 @@ def voxel_time_series(d):
     return [section(["t", "value"], [[t, a[3, 4, 2, t]] for t in range(a.shape[3])])]
 
 
+def bids_bold(d, n):
+    path = os.path.join(d, "bids", f"sub-0{n}", "func", f"sub-0{n}_task-faces_bold.nii")
+    img = nib.load(path)
+    tr = float(img.header.get_zooms()[3]) * {"msec": 1e-3, "sec": 1.0}[img.header.get_xyzt_units()[1]]
+    return np.asarray(img.dataobj).astype(np.float64), tr
+
+
+def read_tsv(path):
+    with open(path) as f:
+        header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    return [dict(zip(header, (None if v == "n/a" else v for v in row))) for row in rows]
+
+
+def bids_mean_per_subject(d):
+    people = {p["participant_id"]: p for p in read_tsv(os.path.join(d, "bids", "participants.tsv"))}
+    rows = []
+    for n in (1, 2, 3):
+        a, _ = bids_bold(d, n)
+        p = people[f"sub-0{n}"]
+        age = None if p["age"] is None else float(p["age"])
+        rows.append([f"0{n}", "" if age is None else age, p["sex"] or "", a.mean(), a.size])
+    return [section(["sub", "age", "sex", "mean_signal", "voxels"], rows)]
+
+
+def events_locked_average(d):
+    a, tr = bids_bold(d, 1)
+    events = read_tsv(os.path.join(d, "bids", "sub-01", "func", "sub-01_task-faces_events.tsv"))
+    acc = {}
+    for e in events:
+        first = int(np.ceil(float(e["onset"]) / tr))
+        for lag in range(3):
+            t = first + lag
+            if t < a.shape[3]:
+                acc.setdefault((e["trial_type"], lag), []).append(a[..., t].ravel())
+    rows = [[tt, lag, np.concatenate(v).mean(), sum(x.size for x in v)] for (tt, lag), v in sorted(acc.items())]
+    return [section(["trial_type", "lag", "mean_signal", "voxels"], rows)]
+
+
 def atlas_time_series(d):
     a, _ = load(os.path.join(d, "bold.nii"))
     atlas, _ = load(os.path.join(d, "atlas.nii"))
@@ -121,6 +159,8 @@ def peaks_from_csv(d):
 
 
 ORACLES = {
+    "bids_mean_per_subject": bids_mean_per_subject,
+    "events_locked_average": events_locked_average,
     "atlas_time_series": atlas_time_series,
     "mask_extraction": mask_extraction,
     "one_region_time_series": one_region_time_series,
