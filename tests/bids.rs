@@ -143,7 +143,8 @@ async fn entity_filters_drop_files_before_reading() {
     let glob = dir.path().join("ds/**/*.nii*");
     register_voxels(&ctx, "t", &glob.display().to_string(), &HashMap::new()).expect("register");
     let files = want["files"].as_array().unwrap();
-    let cases: [(&str, fn(&Value) -> bool); 4] = [
+    type Check = fn(&Value) -> bool;
+    let cases: [(&str, Check); 4] = [
         ("sub = '01' AND run = 1", |e| {
             e["sub"] == "01" && e["run"] == 1
         }),

@@ -211,7 +211,7 @@ async fn npy_takes_an_affine_option() {
     let npy = dir.path().join("a.npy");
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     let mut header = "{'descr': '<i2', 'fortran_order': False, 'shape': (3, 4, 2), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -147,6 +147,9 @@ fn datatype(p: &Path) -> Option<String> {
     .then(|| folder.to_string())
 }
 
+/// Reads one entity column's value from a parsed name.
+type Getter = Box<dyn Fn(&BidsName) -> ScalarValue>;
+
 /// The entity columns of a table over `names`: the fields (nullable) and, per file, one value per field. Empty when
 /// no file is BIDS-named.
 pub fn columns(names: &[&str]) -> (Vec<Field>, Vec<Vec<ScalarValue>>) {
@@ -161,7 +164,7 @@ pub fn columns(names: &[&str]) -> (Vec<Field>, Vec<Vec<ScalarValue>>) {
             .any(|b| b.entities.iter().any(|(p, _)| *p == pos))
     };
     let mut fields = Vec::new();
-    let mut getters: Vec<Box<dyn Fn(&BidsName) -> ScalarValue>> = Vec::new();
+    let mut getters: Vec<Getter> = Vec::new();
     for (pos, (name, index, _)) in ENTITIES.iter().enumerate() {
         if !present(pos) {
             continue;
