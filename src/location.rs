@@ -25,7 +25,7 @@ pub use object::{ObjectUrl, is_url};
 /// Object-store settings; a build without the `remote` feature reads no object store and has none.
 #[cfg(not(feature = "remote"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct StoreOptions;
+pub struct StoreOptions {}
 
 /// A place an image (or its data) can be read from.
 #[derive(Debug, Clone)]
