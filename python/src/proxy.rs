@@ -9,7 +9,8 @@ use pyo3::types::PyBytes;
 use voxelscan::dtype::Scalar;
 use voxelscan::formats::{Compression, Factor};
 use voxelscan::io::local::MmapMode;
-use voxelscan::io::remote::{self, RemoteObject, StoreOptions};
+use voxelscan::io::remote::{RemoteObject, StoreOptions};
+use voxelscan::location::{Location, open_image};
 use voxelscan::plan::Order;
 use voxelscan::proxy::{ArraySpec, DataFile};
 use voxelscan::slicer::SliceSpec;
@@ -93,40 +94,32 @@ pub fn header_bytes<'py>(
 }
 
 fn read_header_bytes(location: &str, store: &StoreOptions) -> voxelscan::Result<Vec<u8>> {
-    if !remote::is_url(location) {
-        let header = voxelscan::formats::read_header(&voxelscan::proxy::local_path(location))?;
-        if header.header_path != header.data_path {
-            return std::fs::read(&header.header_path)
-                .map_err(|e| VoxelError::io(&header.header_path, e));
-        }
-        let data = DataFile::Path(header.data_path.clone());
-        return leading_bytes(data, header.compression, header.offset, location);
-    }
-    let image = remote::open_image(location, store)?;
+    let image = open_image(&Location::parse(location)?, None, store)?;
     let header = &image.header;
-    let header_url = header.header_path.to_string_lossy().into_owned();
-    let data_url = header.data_path.to_string_lossy().into_owned();
-    if header_url != data_url {
-        let object = RemoteObject::head(&header_url, store)?;
-        let size = object.size();
-        check_header_size(size, &header_url)?;
-        let (_, bytes) = RemoteObject::open(&header_url, store, size)?;
-        return Ok(bytes.to_vec());
+    let header_name = header.header_file.display();
+    if header_name != header.data_file.display() {
+        // A pair (.hdr/.img): the header is a file or object of its own.
+        return match &header.header_file {
+            Location::Path(p) => std::fs::read(p).map_err(|e| VoxelError::io(p, e)),
+            _ => {
+                let object = RemoteObject::head(&header_name, store)?;
+                let size = object.size();
+                check_header_size(size, &header_name)?;
+                let (_, bytes) = RemoteObject::open(&header_name, store, size)?;
+                Ok(bytes.to_vec())
+            }
+        };
     }
-    leading_bytes(
-        DataFile::Remote(image.data),
-        header.compression,
-        header.offset,
-        location,
-    )
+    let (compression, offset) = (header.compression, header.layout.offset);
+    leading_bytes(image.data, compression, offset, location)
 }
 
 fn check_header_size(n: u64, location: &str) -> voxelscan::Result<()> {
     if n > MAX_HEADER_BYTES {
-        return Err(VoxelError::Header {
-            path: location.to_string(),
-            msg: format!("header of {n} bytes is larger than {MAX_HEADER_BYTES}"),
-        });
+        return Err(VoxelError::header(
+            location,
+            format!("header of {n} bytes is larger than {MAX_HEADER_BYTES}"),
+        ));
     }
     Ok(())
 }

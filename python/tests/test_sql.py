@@ -14,9 +14,10 @@ import pytest
 import voxelscan
 
 CREATE = re.compile(
-    r"^\s*CREATE EXTERNAL TABLE (\w+) STORED AS (\w+) LOCATION '([^']*)'\s*$",
-    re.IGNORECASE,
+    r"^\s*CREATE EXTERNAL TABLE (\w+) STORED AS (\w+) LOCATION '([^']*)'\s*(?:OPTIONS\s*\((.*)\))?\s*$",
+    re.IGNORECASE | re.DOTALL,
 )
+OPTION = re.compile(r"'([^']*)'\s+'([^']*)'")
 
 
 def statements(sql):
@@ -63,7 +64,8 @@ def run_in_datafusion(ctx, sql):
     for stmt in statements(sql):
         m = CREATE.match(stmt)
         if m and m.group(2).upper() == "NIFTI":
-            ctx.register_table(m.group(1), voxelscan.table(m.group(3), name=m.group(1)))
+            options = dict(OPTION.findall(m.group(4) or ""))
+            ctx.register_table(m.group(1), voxelscan.table(m.group(3), name=m.group(1), **options))
             continue
         table = ctx.sql(stmt).to_arrow_table()
         if table.num_columns:
