@@ -2,16 +2,19 @@
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
-use voxelscan::synth::write_nifti1;
+use voxelscan::synth::{write_i16_nifti1, write_nifti1};
 use voxelscan::table::{register_proxy, register_voxels, session_context};
+
+use common::sql::collect_sql as run;
 
 /// A 4×3×2×5 int16 NIfTI whose voxel (i,j,k,t) holds i + 10j + 100k + 1000t.
 fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
@@ -54,15 +57,6 @@ fn ctx(partitions: usize) -> SessionContext {
             .with_target_partitions(partitions)
             .with_batch_size(7),
     )
-}
-
-async fn run(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 async fn text(ctx: &SessionContext, sql: &str) -> String {
@@ -192,16 +186,7 @@ async fn many_slabs_many_partitions() {
         }
     }
     let path = dir.path().join("big.nii");
-    write_nifti1(
-        &path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &data,
-        false,
-    )
-    .unwrap();
+    write_i16_nifti1(&path, &shape, &data).unwrap();
     let p = path.display().to_string();
     for parts in [1, 2, 4] {
         let ctx = session_context(SessionConfig::new().with_target_partitions(parts));
@@ -336,16 +321,7 @@ async fn partitions_sharing_a_proxy_count_their_own_reads() {
         .flat_map(|n| ((n % 1000) as i16).to_le_bytes())
         .collect();
     let path = dir.path().join("shared.nii");
-    write_nifti1(
-        &path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &data,
-        false,
-    )
-    .unwrap();
+    write_i16_nifti1(&path, &shape, &data).unwrap();
     let want = data.len();
     for (mmap, by_proxy) in [("off", true), ("on", true), ("on", false)] {
         for parts in [1, 4] {

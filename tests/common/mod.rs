@@ -6,6 +6,9 @@
 // Real nginx and Garage servers for the object-storage tests (object_store comes with the `remote` feature).
 #[cfg(feature = "remote")]
 pub mod servers;
+// Running SQL and measuring its scans.
+#[cfg(feature = "sql")]
+pub mod sql;
 // Certificates for the cluster's TLS tests.
 pub mod certs;
 
