@@ -114,13 +114,7 @@ async fn session(setup: &[String], settings: &[&str]) -> SessionContext {
 }
 
 async fn query(ctx: &SessionContext, sql: &str) -> Vec<Vec<Cell>> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = common::sql::collect_sql(ctx, sql).await;
     to_rows(&batches)
 }
 

@@ -198,13 +198,7 @@ fn ctx() -> SessionContext {
 }
 
 async fn answer(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = common::sql::collect_sql(ctx, sql).await;
     pretty_format_batches(&batches).expect("format").to_string()
 }
 
@@ -306,22 +300,12 @@ async fn glob_over_a_prefix_and_create_external_table() {
         .and_then(|l| l.trim_matches(['|', ' ']).parse().ok())
         .expect("sum");
     assert_eq!(got, local_sum);
-    let none = c
-        .sql(&format!(
-            "CREATE EXTERNAL TABLE nothing STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
-            g.url_of("bids/nomatch-*.nii"),
-            options.join(", ")
-        ))
-        .await;
-    let e = match none {
-        Ok(df) => df
-            .collect()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default(),
-        Err(e) => e.to_string(),
-    };
+    let none = format!(
+        "CREATE EXTERNAL TABLE nothing STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
+        g.url_of("bids/nomatch-*.nii"),
+        options.join(", ")
+    );
+    let e = common::sql::error_text(&c, &none).await;
     assert!(e.contains("matches no image file"), "{e}");
 }
 

@@ -219,18 +219,8 @@ async fn npy_takes_an_affine_option() {
         ("'affine', '1 2 3'", "12 (three rows) or 16"),
         ("'affine', '1 0 0 0 0 1 0 0 0 0 0 0'", "singular"),
     ] {
-        let e = match ctx
-            .sql(&format!("SELECT x FROM voxels('{p}', {opts})"))
-            .await
-        {
-            Ok(df) => df
-                .collect()
-                .await
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
+        let e =
+            common::sql::error_text(&ctx, &format!("SELECT x FROM voxels('{p}', {opts})")).await;
         assert!(e.contains(why), "{opts}: {e}");
     }
     // Without the option the table is as before: no x column.

@@ -37,3 +37,16 @@ pub fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .map_or(0, |v| v.as_usize());
     own + plan.children().into_iter().map(scan_bytes).sum::<usize>()
 }
+
+/// The error `sql` fails with, at planning or at execution; empty when it succeeds.
+pub async fn error_text(ctx: &SessionContext, sql: &str) -> String {
+    match ctx.sql(sql).await {
+        Ok(df) => df
+            .collect()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
