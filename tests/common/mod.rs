@@ -740,3 +740,16 @@ mod tests {
         assert!(err.contains("format") && err.contains("slope"), "{err}");
     }
 }
+
+/// `queries/*.sql`, sorted.
+pub fn query_files() -> Vec<PathBuf> {
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut names: Vec<_> = std::fs::read_dir(&queries)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "queries/ should hold the example queries");
+    names
+}
