@@ -156,6 +156,16 @@ struct Out {
     stderr: String,
 }
 
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 fn run_env(args: &[&str], env: &[(String, String)]) -> Out {
     let out = std::process::Command::new(common::voxelscan_bin())
         .args(args)
@@ -163,11 +173,7 @@ fn run_env(args: &[&str], env: &[(String, String)]) -> Out {
         .env("VOXELSCAN_REMOTE_RETRIES", "2")
         .output()
         .expect("run voxelscan");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// A 4-D int16 NIfTI with random values and scaling; `gz` compresses it.
@@ -760,11 +766,7 @@ fn run_with_retries(args: &[&str], retries: u32) -> Out {
         .env("VOXELSCAN_REMOTE_CONCURRENCY", "1")
         .output()
         .expect("run voxelscan");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// Requests that fail once each (the header's first GET, then data GETs) are retried, and the answer is the exact

@@ -50,3 +50,13 @@ pub async fn error_text(ctx: &SessionContext, sql: &str) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// The physical plan of `sql`, not yet executed.
+pub async fn physical_plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+    ctx.sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .create_physical_plan()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
