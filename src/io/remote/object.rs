@@ -124,14 +124,18 @@ impl RemoteObject {
         }
     }
 
+    /// One GET of `range`, pinned to the ETag.
+    async fn get_pinned(&self, range: Range<u64>) -> Result<object_store::GetResult> {
+        self.store
+            .get_opts(&self.path, self.get_options(Some(range)))
+            .await
+            .map_err(|e| remote_error(&self.url, e))
+    }
+
     /// One request's bytes streamed into its part of `out` as they arrive; returns the bytes received.
     pub(super) async fn fetch_into(&self, req: &Request, out: &mut [u8]) -> Result<u64> {
         let range = req.range.clone();
-        let r = self
-            .store
-            .get_opts(&self.path, self.get_options(Some(range.clone())))
-            .await
-            .map_err(|e| remote_error(&self.url, e))?;
+        let r = self.get_pinned(range.clone()).await?;
         let size = r.meta.size;
         let mut body = r.into_stream();
         let mut at = 0u64;
@@ -173,11 +177,7 @@ impl RemoteObject {
     /// Bytes `range` of the object, exactly (a short answer is an error).
     pub(super) async fn get_range(&self, range: Range<u64>) -> Result<Bytes> {
         let want = range.end - range.start;
-        let r = self
-            .store
-            .get_opts(&self.path, self.get_options(Some(range.clone())))
-            .await
-            .map_err(|e| remote_error(&self.url, e))?;
+        let r = self.get_pinned(range.clone()).await?;
         let size = r.meta.size;
         let bytes = r.bytes().await.map_err(|e| remote_error(&self.url, e))?;
         if bytes.len() as u64 != want {
