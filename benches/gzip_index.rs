@@ -7,6 +7,10 @@
 //!
 //! `cargo bench --bench gzip_index` (the image is generated once into `target/bench-data/`).
 
+mod common;
+
+use common::{data_dir, ensure_bold_gz};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,22 +26,10 @@ use voxelscan::io::gzip::cursor::GzCursor;
 use voxelscan::io::gzip::index::{GzIndex, ReadAt};
 use voxelscan::io::gzip::{DataCache, GzipOptions, GzipSource, SpanCache};
 use voxelscan::plan::Segment;
-use voxelscan::synth;
 
 const SHAPE: [usize; 4] = [96, 96, 60, 300];
 const HEADER: u64 = 352;
 const VOLUME: u64 = 96 * 96 * 60 * 2;
-
-fn data_dir() -> PathBuf {
-    synth::bench_data_dir().expect("create target/bench-data")
-}
-
-/// The same image as `benches/slicing.rs` generates (shared when both run).
-fn ensure_image(dir: &Path) -> PathBuf {
-    let path = dir.join("bold.nii.gz");
-    synth::bench_image(&path, &SHAPE, 1.0, 0.0, true).expect("write bench image");
-    path
-}
 
 /// The cases, in this order, under the names `benches/nibabel_gzip.py` reports them by.
 const NIB_NAMES: [&str; 4] = ["time series", "volume 150", "last volume", "full read"];
@@ -207,7 +199,7 @@ fn main() {
         return;
     }
     let dir = data_dir();
-    let path = ensure_image(&dir);
+    let path = ensure_bold_gz(&dir, &SHAPE);
     let compressed = std::fs::read(&path).expect("read image");
     let total = HEADER + 300 * VOLUME;
     println!(

@@ -7,9 +7,13 @@
 //! (default 3). Under `cargo test --all-targets` (no `--bench` argument) it runs once on a tiny image as a check
 //! of its own logic (the two maps must agree within 1e-6), printing nothing else.
 
+mod common;
+
+use common::{Measured, measure, python};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use voxelscan::dtype::{DType, Scalar};
 use voxelscan::synth::{random_i16_le, write_nifti1};
@@ -17,52 +21,6 @@ use voxelscan::synth::{random_i16_le, write_nifti1};
 const SHAPE: [usize; 4] = [96, 96, 60, 300];
 const SMALL: [usize; 4] = [32, 32, 16, 50];
 const TINY: [usize; 4] = [6, 5, 4, 8];
-
-/// Wall time and peak RSS (bytes) of one child process; its stdout.
-struct Measured {
-    wall: Duration,
-    peak_rss: u64,
-    stdout: String,
-}
-
-// The child is reaped by wait4 (which also gives its rusage), not Child::wait.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Measured {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("piped stdout");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut text).expect("child stdout");
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `status` and `usage` are valid, writable out-parameters; wait4 reaps our own child `pid`.
-    let got = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
-    let wall = start.elapsed();
-    assert_eq!(got, pid, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (status {status})"
-    );
-    // SAFETY: zero-initialised and filled by a successful wait4: every field is an integer.
-    let usage = unsafe { usage.assume_init() };
-    Measured {
-        wall,
-        // Linux reports ru_maxrss in KiB.
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-        stdout: text,
-    }
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("VOXELSCAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
-}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nifti_write.py")

@@ -3,6 +3,10 @@
 //!
 //! `cargo bench --bench slicing` (set VOXELSCAN_BENCH_QUICK=1 for fewer repetitions).
 
+mod common;
+
+use common::data_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,10 +53,6 @@ const CASES: &[Case] = &[
         spec: "48, 48, 30, :",
     },
 ];
-
-fn data_dir() -> PathBuf {
-    synth::bench_data_dir().expect("create target/bench-data")
-}
 
 /// The two benchmark images (and their .nii.gz twins), generated once.
 fn ensure_images(dir: &Path) -> Vec<(String, PathBuf)> {

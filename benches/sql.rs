@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use voxelscan::dtype::{DType, Scalar};
-use voxelscan::synth::{random_i16_le, write_nifti1};
+use voxelscan::synth::{random_i16_le, write_i16_nifti1};
 use voxelscan::table::{register_voxels, session_context};
 
 const SHAPE: [usize; 4] = [96, 96, 60, 300];
@@ -85,16 +84,7 @@ fn main() {
     let nii = dir.path().join("bold.nii");
     let n: usize = SHAPE.iter().product();
     let data = random_i16_le(n, 42, 0, 4000);
-    write_nifti1(
-        &nii,
-        &SHAPE,
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &data,
-        false,
-    )
-    .unwrap();
+    write_i16_nifti1(&nii, &SHAPE, &data).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,9 +8,13 @@
 //! `cargo bench --bench tsnr` (release). `VOXELSCAN_BENCH_RUNS` (default 3). Under `cargo test --all-targets` (no
 //! `--bench` argument) it runs once on a tiny image as a check of its own logic (answers must agree).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{Measured, data_dir, measure, python};
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use voxelscan::synth;
 
@@ -31,52 +35,6 @@ const CASES: [(&str, &str, &str); 2] = [
         "SELECT count(*) AS n, sum(m) AS s FROM (SELECT t, avg(value) AS m FROM bold GROUP BY t)",
     ),
 ];
-
-/// Wall time and peak RSS (bytes) of one child process; its stdout.
-struct Measured {
-    wall: Duration,
-    peak_rss: u64,
-    stdout: String,
-}
-
-// The child is reaped by wait4 (which also gives its rusage), not Child::wait.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Measured {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("piped stdout");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut text).expect("child stdout");
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `status` and `usage` are valid, writable out-parameters; wait4 reaps our own child `pid`.
-    let got = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
-    let wall = start.elapsed();
-    assert_eq!(got, pid, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (status {status})"
-    );
-    // SAFETY: zero-initialised and filled by a successful wait4: every field is an integer.
-    let usage = unsafe { usage.assume_init() };
-    Measured {
-        wall,
-        // Linux reports ru_maxrss in KiB.
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-        stdout: text,
-    }
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("VOXELSCAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
-}
 
 fn voxelscan(image: &Path, sql: &str, dense: bool) -> (Measured, u64, f64) {
     let statements = if dense {
@@ -176,7 +134,7 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3usize)
         .max(1);
-    let dir = synth::bench_data_dir().expect("create target/bench-data");
+    let dir = data_dir();
     let nii = dir.join("bold.nii");
     let gz = dir.join("bold.nii.gz");
     synth::bench_image(&nii, &SHAPE, 1.0, 0.0, false).expect("write bench image");

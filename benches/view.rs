@@ -9,29 +9,21 @@
 //!
 //! `cargo bench --bench view` (VOXELSCAN_BENCH_QUICK=1 for fewer repetitions).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{data_dir, ensure_bold_gz, python};
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use voxelscan::proxy::ProxyOptions;
 use voxelscan::render::{Image, Request, ViewOptions, render};
 use voxelscan::slicer::SliceSpec;
-use voxelscan::synth;
 
 const SHAPE: [usize; 4] = [96, 96, 60, 300];
 const K: usize = 30;
 const FIRST_T: usize = 100;
-
-fn data_dir() -> PathBuf {
-    synth::bench_data_dir().expect("create target/bench-data")
-}
-
-/// The same image as `benches/gzip_index.rs` generates (shared when both run).
-fn ensure_image(dir: &Path) -> PathBuf {
-    let path = dir.join("bold.nii.gz");
-    synth::bench_image(&path, &SHAPE, 1.0, 0.0, true).expect("write bench image");
-    path
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -70,12 +62,6 @@ fn whole_process(image_path: &Path, t: usize, out: &Path) -> Duration {
     let took = start.elapsed();
     assert!(status.success(), "voxelscan view failed");
     took
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("VOXELSCAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
 }
 
 /// nilearn's figures: (in-process median in seconds as the script reports it, whole-process wall time), or why not.
@@ -127,7 +113,7 @@ fn main() {
     let quick = std::env::var_os("VOXELSCAN_BENCH_QUICK").is_some();
     let reps = if quick { 5 } else { 21 };
     let dir = data_dir();
-    let image = ensure_image(&dir);
+    let image = ensure_bold_gz(&dir, &SHAPE);
     eprintln!("warming the seek-point index of {}", image.display());
     let status = Command::new(env!("CARGO_BIN_EXE_voxelscan"))
         .arg("index")

@@ -7,7 +7,11 @@
 //! `cargo bench --features ballista --bench world` (measures in whatever profile it is built in; the numbers in the
 //! README say which).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::python;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,12 +29,6 @@ const SHAPE: [usize; 4] = [96, 96, 60, 300];
 const SEED: [f64; 3] = [48.3, 40.7, 30.2];
 const RADIUS: f64 = 6.0;
 const RUNS: usize = 5;
-
-fn python() -> PathBuf {
-    std::env::var_os("VOXELSCAN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
-}
 
 fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
     let own = plan

@@ -119,6 +119,15 @@ pub enum AxisSel {
 }
 
 impl AxisSel {
+    /// All `len` elements of an axis, in order.
+    pub fn whole(len: usize) -> AxisSel {
+        AxisSel::Range {
+            start: 0,
+            step: 1,
+            len,
+        }
+    }
+
     fn is_real(&self) -> bool {
         !matches!(self, AxisSel::NewAxis)
     }
@@ -168,14 +177,7 @@ impl CanonicalSlice {
     /// The whole array.
     pub fn full(shape: &[usize]) -> CanonicalSlice {
         CanonicalSlice {
-            items: shape
-                .iter()
-                .map(|&len| AxisSel::Range {
-                    start: 0,
-                    step: 1,
-                    len,
-                })
-                .collect(),
+            items: shape.iter().map(|&len| AxisSel::whole(len)).collect(),
         }
     }
 
@@ -224,11 +226,7 @@ pub fn canonical_slice(spec: &SliceSpec, shape: &[usize]) -> Result<CanonicalSli
             Index::NewAxis => items.push(AxisSel::NewAxis),
             Index::Ellipsis => {
                 for &dim in &shape[axis..axis + (ndim - n_real)] {
-                    items.push(AxisSel::Range {
-                        start: 0,
-                        step: 1,
-                        len: dim,
-                    });
+                    items.push(AxisSel::whole(dim));
                 }
                 axis += ndim - n_real;
             }
@@ -244,11 +242,7 @@ pub fn canonical_slice(spec: &SliceSpec, shape: &[usize]) -> Result<CanonicalSli
     }
     // No Ellipsis: the axes not indexed are taken whole.
     for &dim in &shape[axis..] {
-        items.push(AxisSel::Range {
-            start: 0,
-            step: 1,
-            len: dim,
-        });
+        items.push(AxisSel::whole(dim));
     }
     Ok(CanonicalSlice { items })
 }

@@ -72,6 +72,20 @@ pub fn nifti1_header(shape: &[usize], dtype: DType, slope: f32, inter: f32) -> R
     Ok(h)
 }
 
+/// Write a plain (uncompressed, unscaled) NIfTI-1 image of native-order `int16` voxels: the tests' and benches'
+/// most common fixture.
+pub fn write_i16_nifti1(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
+    write_nifti1(
+        path,
+        shape,
+        DType::native(Scalar::I16),
+        0.0,
+        0.0,
+        data,
+        false,
+    )
+}
+
 /// Write a single-file NIfTI-1 image (`.nii`, or gzip-compressed when `gzip`) whose data section is `data`
 /// (already in `dtype`'s byte order, F order).
 pub fn write_nifti1(

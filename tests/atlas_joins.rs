@@ -114,13 +114,7 @@ async fn session(setup: &[String], settings: &[&str]) -> SessionContext {
 }
 
 async fn query(ctx: &SessionContext, sql: &str) -> Vec<Vec<Cell>> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = common::sql::collect_sql(ctx, sql).await;
     to_rows(&batches)
 }
 
@@ -382,13 +376,7 @@ async fn one_region_reads_only_its_bounding_box() {
     let sql = format!(
         "SELECT b.t, avg(b.value) FROM bold {JOIN} WHERE a.value = 2 GROUP BY b.t ORDER BY b.t"
     );
-    let plan = ctx
-        .sql(&sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
+    let plan = common::sql::physical_plan(&ctx, &sql).await;
     let explained = displayable(plan.as_ref()).indent(true).to_string();
     assert!(
         explained.contains("dynamic_filter=DynamicFilter"),
@@ -419,13 +407,7 @@ async fn one_region_reads_only_its_bounding_box() {
     };
     let scattered = "SELECT b.t, sum(b.value) FROM bold b JOIN atlas a ON b.i = a.i AND b.j = a.j AND b.k = a.k \
                      WHERE a.value = 1 GROUP BY b.t";
-    let plan = ctx
-        .sql(scattered)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
+    let plan = common::sql::physical_plan(&ctx, scattered).await;
     collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
     assert_eq!(
         scan_metric(&plan, "bold", "bytes_read"),
@@ -438,13 +420,7 @@ async fn one_region_reads_only_its_bounding_box() {
         &["SET datafusion.optimizer.enable_dynamic_filter_pushdown = false"],
     )
     .await;
-    let plan = ctx
-        .sql(&sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
+    let plan = common::sql::physical_plan(&ctx, &sql).await;
     let off = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
     assert_close_rows(&to_rows(&off), &to_rows(&out), "dynamic filters off");
     assert_eq!(scan_metric(&plan, "bold", "bytes_read"), 6 * 5 * 4 * 5 * 2);

@@ -411,15 +411,7 @@ impl QueryData {
 /// `voxelscan sql --cluster URL --format csv` on every `queries/*.sql`; each output must equal the expected CSV
 /// (the local answers).
 async fn run_query_suite(url: &str, data: &QueryData) {
-    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&queries)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    names.sort();
-    assert!(names.len() >= 6, "queries/ should hold the example queries");
-    for sql_path in names {
+    for sql_path in common::query_files() {
         let sql = data.statements(&std::fs::read_to_string(&sql_path).unwrap());
         let (url, dir) = (url.to_string(), data.dir.clone());
         let out = tokio::task::spawn_blocking(move || {

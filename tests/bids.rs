@@ -6,13 +6,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
 use serde_json::Value;
 use voxelscan::table::{register_voxels, session_context};
 
@@ -21,23 +19,7 @@ fn oracle(dir: &std::path::Path) -> Value {
         .expect("the oracle prints JSON")
 }
 
-async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, usize, String) {
-    let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let plan = df.create_physical_plan().await.unwrap();
-    let batches = collect(Arc::clone(&plan), ctx.task_ctx())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let text = displayable(plan.as_ref()).indent(true).to_string();
-    (batches, scan_bytes(&plan), text)
-}
-
-fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let own = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("bytes_read"))
-        .map_or(0, |v| v.as_usize());
-    own + plan.children().into_iter().map(scan_bytes).sum::<usize>()
-}
+use common::sql::run_measured as run;
 
 /// Every cell as JSON: strings, integers, floats, null.
 fn cells(batches: &[RecordBatch]) -> Vec<Vec<Value>> {

@@ -66,14 +66,7 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
     ctx
 }
 
-async fn run(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
+use common::sql::collect_sql as run;
 
 async fn explain(ctx: &SessionContext, sql: &str) -> String {
     let batches = run(ctx, &format!("EXPLAIN {sql}")).await;

@@ -11,7 +11,6 @@
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
@@ -31,23 +30,10 @@ fn fixtures() -> tempfile::TempDir {
     dir
 }
 
-/// `queries/*.sql`, sorted.
-fn query_files() -> Vec<PathBuf> {
-    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
-    let mut names: Vec<_> = std::fs::read_dir(&queries)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    names.sort();
-    assert!(names.len() >= 6, "queries/ should hold the example queries");
-    names
-}
-
 #[test]
 fn example_queries_give_their_expected_output() {
     let dir = fixtures();
-    let names = query_files();
+    let names = common::query_files();
     let bless = std::env::var_os("VOXELSCAN_BLESS").is_some();
     for sql_path in names {
         let sql = std::fs::read_to_string(&sql_path).unwrap();
@@ -85,7 +71,7 @@ fn expected_outputs_agree_with_numpy() {
         serde_json::from_str(&run_python("tests/py/queries_oracle.py", &[dir.path()]))
             .expect("the oracle prints one JSON object");
     let mut checked = 0;
-    for sql_path in query_files() {
+    for sql_path in common::query_files() {
         let name = sql_path.file_stem().unwrap().to_string_lossy().into_owned();
         let sections = answers[&name].as_array().unwrap_or_else(|| {
             panic!("queries/{name}.sql has no answer in tests/py/queries_oracle.py: add one")

@@ -156,6 +156,16 @@ struct Out {
     stderr: String,
 }
 
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 fn run_env(args: &[&str], env: &[(String, String)]) -> Out {
     let out = std::process::Command::new(common::voxelscan_bin())
         .args(args)
@@ -163,11 +173,7 @@ fn run_env(args: &[&str], env: &[(String, String)]) -> Out {
         .env("VOXELSCAN_REMOTE_RETRIES", "2")
         .output()
         .expect("run voxelscan");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// A 4-D int16 NIfTI with random values and scaling; `gz` compresses it.
@@ -198,13 +204,7 @@ fn ctx() -> SessionContext {
 }
 
 async fn answer(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = common::sql::collect_sql(ctx, sql).await;
     pretty_format_batches(&batches).expect("format").to_string()
 }
 
@@ -306,22 +306,12 @@ async fn glob_over_a_prefix_and_create_external_table() {
         .and_then(|l| l.trim_matches(['|', ' ']).parse().ok())
         .expect("sum");
     assert_eq!(got, local_sum);
-    let none = c
-        .sql(&format!(
-            "CREATE EXTERNAL TABLE nothing STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
-            g.url_of("bids/nomatch-*.nii"),
-            options.join(", ")
-        ))
-        .await;
-    let e = match none {
-        Ok(df) => df
-            .collect()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default(),
-        Err(e) => e.to_string(),
-    };
+    let none = format!(
+        "CREATE EXTERNAL TABLE nothing STORED AS NIFTI LOCATION '{}' OPTIONS ({})",
+        g.url_of("bids/nomatch-*.nii"),
+        options.join(", ")
+    );
+    let e = common::sql::error_text(&c, &none).await;
     assert!(e.contains("matches no image file"), "{e}");
 }
 
@@ -776,11 +766,7 @@ fn run_with_retries(args: &[&str], retries: u32) -> Out {
         .env("VOXELSCAN_REMOTE_CONCURRENCY", "1")
         .output()
         .expect("run voxelscan");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// Requests that fail once each (the header's first GET, then data GETs) are retried, and the answer is the exact

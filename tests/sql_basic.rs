@@ -2,16 +2,19 @@
 // The SQL front needs the `sql` feature (on by default).
 #![cfg(feature = "sql")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
-use voxelscan::synth::write_nifti1;
+use voxelscan::synth::{write_i16_nifti1, write_nifti1};
 use voxelscan::table::{register_proxy, register_voxels, session_context};
+
+use common::sql::{collect_sql as run, run_measured};
 
 /// A 4×3×2×5 int16 NIfTI whose voxel (i,j,k,t) holds i + 10j + 100k + 1000t.
 fn small_nifti(dir: &Path, name: &str, slope: f32, inter: f32) -> String {
@@ -54,15 +57,6 @@ fn ctx(partitions: usize) -> SessionContext {
             .with_target_partitions(partitions)
             .with_batch_size(7),
     )
-}
-
-async fn run(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 async fn text(ctx: &SessionContext, sql: &str) -> String {
@@ -192,16 +186,7 @@ async fn many_slabs_many_partitions() {
         }
     }
     let path = dir.path().join("big.nii");
-    write_nifti1(
-        &path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &data,
-        false,
-    )
-    .unwrap();
+    write_i16_nifti1(&path, &shape, &data).unwrap();
     let p = path.display().to_string();
     for parts in [1, 2, 4] {
         let ctx = session_context(SessionConfig::new().with_target_partitions(parts));
@@ -231,17 +216,7 @@ async fn many_slabs_many_partitions() {
         // An inexact filter (two columns under OR) still prunes slabs by their coordinate bounds.
         let q = "SELECT count(*) FROM v WHERE t < 2 OR j > 100";
         assert_eq!(scalar_i64(&ctx, q).await, 2 * 64 * 48 * 20);
-        let plan = ctx
-            .sql(q)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
-            .await
-            .unwrap();
-        let read = scan_bytes(&plan);
+        let (_, read, _) = run_measured(&ctx, q).await;
         let plan = format!("{plan:?}");
         assert!(
             read < 64 * 48 * 20 * 40 * 2 / 2,
@@ -336,16 +311,7 @@ async fn partitions_sharing_a_proxy_count_their_own_reads() {
         .flat_map(|n| ((n % 1000) as i16).to_le_bytes())
         .collect();
     let path = dir.path().join("shared.nii");
-    write_nifti1(
-        &path,
-        &shape,
-        DType::native(Scalar::I16),
-        0.0,
-        0.0,
-        &data,
-        false,
-    )
-    .unwrap();
+    write_i16_nifti1(&path, &shape, &data).unwrap();
     let want = data.len();
     for (mmap, by_proxy) in [("off", true), ("on", true), ("on", false)] {
         for parts in [1, 4] {
@@ -357,30 +323,11 @@ async fn partitions_sharing_a_proxy_count_their_own_reads() {
             } else {
                 register_voxels(&ctx, "v", &path.display().to_string(), &opts).unwrap();
             }
-            let plan = ctx
-                .sql("SELECT sum(value) FROM v")
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
-            datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
-                .await
-                .unwrap();
+            let (_, read, _) = run_measured(&ctx, "SELECT sum(value) FROM v").await;
             assert_eq!(
-                scan_bytes(&plan),
-                want,
+                read, want,
                 "mmap {mmap}, proxy {by_proxy}, {parts} partitions"
             );
         }
     }
-}
-
-/// `bytes_read` summed over the plan's scans.
-fn scan_bytes(plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
-    let own = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("bytes_read"))
-        .map_or(0, |v| v.as_usize());
-    own + plan.children().into_iter().map(scan_bytes).sum::<usize>()
 }

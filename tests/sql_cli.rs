@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use voxelscan::dtype::{DType, Scalar};
-use voxelscan::synth::write_nifti1;
+use voxelscan::synth::{write_i16_nifti1, write_nifti1};
 
 fn voxelscan(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_voxelscan"))
@@ -321,16 +321,7 @@ async fn many_files_as_one_table() {
     ] {
         let n: usize = shape.iter().product();
         let data: Vec<u8> = (0..n as i16).flat_map(|v| v.to_le_bytes()).collect();
-        write_nifti1(
-            &sub.join(name),
-            &shape,
-            DType::native(Scalar::I16),
-            0.0,
-            0.0,
-            &data,
-            false,
-        )
-        .unwrap();
+        write_i16_nifti1(&sub.join(name), &shape, &data).unwrap();
     }
     let ctx = session_context(datafusion::prelude::SessionConfig::new().with_target_partitions(2));
     let glob = format!("{}/*.nii", sub.display());

@@ -296,14 +296,7 @@ fn close(got: Option<f64>, want: &Value, what: &str, case: &Case) {
     }
 }
 
-async fn rows(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
+use common::sql::collect_sql as rows;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_matches_numpy() {

@@ -46,13 +46,7 @@ fn context(partitions: usize) -> SessionContext {
 
 /// Every row of the answer as text, column by column.
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<Vec<String>> {
-    let batches: Vec<RecordBatch> = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches: Vec<RecordBatch> = common::sql::collect_sql(ctx, sql).await;
     let mut out = Vec::new();
     for b in &batches {
         for r in 0..b.num_rows() {

@@ -7,12 +7,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::Value;
 use voxelscan::table::{register_voxels, session_context};
@@ -28,27 +26,7 @@ fn oracle(dir: &std::path::Path) -> Vec<Value> {
     v.as_array().expect("a list of images").clone()
 }
 
-/// Run `sql`; the batches and the bytes its scans read.
-async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, usize, String) {
-    let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let plan = df
-        .create_physical_plan()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let batches = collect(Arc::clone(&plan), ctx.task_ctx())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let text = displayable(plan.as_ref()).indent(true).to_string();
-    (batches, scan_bytes(&plan), text)
-}
-
-fn scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let own = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("bytes_read"))
-        .map_or(0, |v| v.as_usize());
-    own + plan.children().into_iter().map(scan_bytes).sum::<usize>()
-}
+use common::sql::run_measured as run;
 
 /// Column `c` of all batches as f64 (nulls as NaN).
 fn column(batches: &[RecordBatch], c: usize) -> Vec<f64> {
@@ -241,18 +219,8 @@ async fn npy_takes_an_affine_option() {
         ("'affine', '1 2 3'", "12 (three rows) or 16"),
         ("'affine', '1 0 0 0 0 1 0 0 0 0 0 0'", "singular"),
     ] {
-        let e = match ctx
-            .sql(&format!("SELECT x FROM voxels('{p}', {opts})"))
-            .await
-        {
-            Ok(df) => df
-                .collect()
-                .await
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
+        let e =
+            common::sql::error_text(&ctx, &format!("SELECT x FROM voxels('{p}', {opts})")).await;
         assert!(e.contains(why), "{opts}: {e}");
     }
     // Without the option the table is as before: no x column.

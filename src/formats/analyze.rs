@@ -286,16 +286,10 @@ mod tests {
 
     #[test]
     fn every_analyze_datatype_and_bad_codes() {
-        let table = [
-            (2, Scalar::U8),
-            (4, Scalar::I16),
-            (8, Scalar::I32),
-            (16, Scalar::F32),
-            (32, Scalar::C64),
-            (64, Scalar::F64),
-            (128, Scalar::Rgb24),
-        ];
-        for (code, scalar) in table {
+        for (code, scalar) in crate::dtype::NIFTI_CODES[..crate::dtype::ANALYZE_CODES]
+            .iter()
+            .copied()
+        {
             let h = HeaderBuilder::analyze(ByteOrder::Big, &[2], code).build();
             assert_eq!(
                 parse_as(&h, Variant::Spm2).unwrap().layout.dtype,

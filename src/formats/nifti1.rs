@@ -531,24 +531,18 @@ mod tests {
             (p.format, p.layout.offset, p.header_bytes),
             (Format::Nifti1Pair, 7, 348)
         );
-        let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
-            .vox_offset(-3.0)
-            .build();
-        assert!(
-            parse_bytes(&h, false)
-                .unwrap_err()
-                .to_string()
-                .contains("vox_offset")
-        );
-        let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
-            .vox_offset(f64::NAN)
-            .build();
-        assert!(
-            parse_bytes(&h, false)
-                .unwrap_err()
-                .to_string()
-                .contains("vox_offset")
-        );
+        for bad in [-3.0, f64::NAN] {
+            let h = HeaderBuilder::nifti1(ByteOrder::Big, &[2], 2, false)
+                .vox_offset(bad)
+                .build();
+            assert!(
+                parse_bytes(&h, false)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("vox_offset"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

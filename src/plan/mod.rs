@@ -128,14 +128,7 @@ impl ReadPlan {
             segments: Vec::new(),
             read_bytes: 0,
             read_shape: out_shape.clone(),
-            post: lens
-                .iter()
-                .map(|&len| AxisSel::Range {
-                    start: 0,
-                    step: 1,
-                    len,
-                })
-                .collect(),
+            post: lens.iter().map(|&len| AxisSel::whole(len)).collect(),
             axes: lens.iter().map(|&len| (len, itemsize as isize)).collect(),
             out_shape,
             itemsize,

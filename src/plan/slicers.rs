@@ -376,11 +376,7 @@ pub(super) fn post_sel(post: PostSel, len: usize) -> Result<AxisSel> {
         usize::try_from((i128::from(to_u64(len)) + step.abs() - 1) / step.abs()).map_err(|_| bad())
     };
     Ok(match post {
-        PostSel::All => AxisSel::Range {
-            start: 0,
-            step: 1,
-            len,
-        },
+        PostSel::All => AxisSel::whole(len),
         PostSel::Dropped => return Err(bad()),
         PostSel::Int(i) => AxisSel::Index(usize::try_from(i).map_err(|_| bad())?),
         PostSel::Slice(f) => AxisSel::Range {

@@ -156,6 +156,26 @@ pub fn parse_affine(text: &str) -> Result<Affine> {
     Ok(a)
 }
 
+/// The `i, j, k` coordinates of rows `from..from + len` of `piece`; `None` for an axis the piece lacks.
+fn first_three_coordinates(
+    piece: &[Range<u64>],
+    order: Order,
+    from: u64,
+    len: usize,
+) -> Vec<Option<Vec<i64>>> {
+    (0..3)
+        .map(|a| (a < piece.len()).then(|| coordinates(piece, order, a, from, len)))
+        .collect()
+}
+
+/// Coordinate `a` of row `n` as f64: 0 for a missing axis.
+fn coordinate_at(coords: &[Option<Vec<i64>>], a: usize, n: usize) -> f64 {
+    coords[a]
+        .as_ref()
+        .and_then(|c| c.get(n))
+        .map_or(0.0, |&v| v as f64)
+}
+
 /// Column `row` (0 = x) for rows `from..from + len` of `piece`: `affine[row] · (i, j, k, 1)`, missing axes 0.
 pub fn world_array(
     affine: &Affine,
@@ -165,15 +185,8 @@ pub fn world_array(
     from: u64,
     len: usize,
 ) -> ArrayRef {
-    let coords: Vec<Option<Vec<i64>>> = (0..3)
-        .map(|a| (a < piece.len()).then(|| coordinates(piece, order, a, from, len)))
-        .collect();
-    let at = |a: usize, n: usize| {
-        coords[a]
-            .as_ref()
-            .and_then(|c| c.get(n))
-            .map_or(0.0, |&v| v as f64)
-    };
+    let coords = first_three_coordinates(piece, order, from, len);
+    let at = |a: usize, n: usize| coordinate_at(&coords, a, n);
     let r = &affine[row];
     Arc::new(Float64Array::from_iter_values(
         (0..len).map(|n| row_apply(r, [at(0, n), at(1, n), at(2, n)])),
@@ -202,15 +215,8 @@ pub fn derived_array(
         VoxelError::Invalid(format!("{}: no grid to map to (option 'grid')", f.name))
     })?;
     let axis = row - 3;
-    let coords: Vec<Option<Vec<i64>>> = (0..3)
-        .map(|a| (a < piece.len()).then(|| coordinates(piece, f.layout.order, a, from, len)))
-        .collect();
-    let at = |a: usize, n: usize| {
-        coords[a]
-            .as_ref()
-            .and_then(|c| c.get(n))
-            .map_or(0.0, |&v| v as f64)
-    };
+    let coords = first_three_coordinates(piece, f.layout.order, from, len);
+    let at = |a: usize, n: usize| coordinate_at(&coords, a, n);
     Ok(Arc::new(Int64Array::from_iter((0..len).map(|n| {
         grid.nearest([at(0, n), at(1, n), at(2, n)])
             .and_then(|g| g.get(axis).copied())

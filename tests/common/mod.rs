@@ -6,6 +6,9 @@
 // Real nginx and Garage servers for the object-storage tests (object_store comes with the `remote` feature).
 #[cfg(feature = "remote")]
 pub mod servers;
+// Running SQL and measuring its scans.
+#[cfg(feature = "sql")]
+pub mod sql;
 // Certificates for the cluster's TLS tests.
 pub mod certs;
 
@@ -736,4 +739,17 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("format") && err.contains("slope"), "{err}");
     }
+}
+
+/// `queries/*.sql`, sorted.
+pub fn query_files() -> Vec<PathBuf> {
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut names: Vec<_> = std::fs::read_dir(&queries)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "queries/ should hold the example queries");
+    names
 }

@@ -699,15 +699,7 @@ mod tests {
             let d = data(n, seed);
             let obj = object(&store, "p.nii.gz", &gz(&d), true);
             let total = d.len() as u64;
-            let mut segs: Vec<Segment> = reads
-                .iter()
-                .map(|&(f, len)| {
-                    let off = ((f * total as f64) as u64).min(total - 1);
-                    seg(off, len.min(total - off))
-                })
-                .collect();
-            segs.sort_by_key(|s| s.offset);
-            segs.dedup_by(|b, a| b.offset < a.offset + a.len);
+            let segs = crate::io::gzip::tests::disjoint_reads(&reads, total);
             let cold = RemoteIndexedGzip::with_options(obj.clone(), opts(dir.path())).unwrap();
             proptest::prop_assert_eq!(read(&cold, &segs).0, expect(&d, &segs));
             cold.build_index(|_| {}).unwrap();

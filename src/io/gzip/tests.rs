@@ -35,6 +35,21 @@ fn opts(cache: &Path) -> GzipOptions {
     }
 }
 
+/// Reads given as (fraction of `total` where they start, length), clipped to the file, sorted, and without those
+/// overlapping an earlier one.
+pub(super) fn disjoint_reads(reads: &[(f64, u64)], total: u64) -> Vec<Segment> {
+    let mut segs: Vec<Segment> = reads
+        .iter()
+        .map(|&(f, len)| {
+            let off = ((f * total as f64) as u64).min(total - 1);
+            seg(off, len.min(total - off))
+        })
+        .collect();
+    segs.sort_by_key(|s| s.offset);
+    segs.dedup_by(|b, a| b.offset < a.offset + a.len);
+    segs
+}
+
 fn seg(offset: u64, len: u64) -> Segment {
     Segment { offset, len }
 }
@@ -783,24 +798,7 @@ proptest::proptest! {
         let o = GzipOptions { span, ..cached(&dir.path().join("i"), &c) };
         let one = GzipSource::with_options(&path, o.clone()).unwrap();
         let two = GzipSource::with_options(&path, GzipOptions { threads: 2, ..o }).unwrap();
-        let as_segments = |batch: &[(f64, u64)]| -> Vec<Segment> {
-            let mut segs: Vec<Segment> = batch
-                .iter()
-                .map(|&(f, len)| {
-                    let off = ((f * total as f64) as u64).min(total - 1);
-                    seg(off, len.min(total - off))
-                })
-                .collect();
-            segs.sort_by_key(|s| s.offset);
-            let mut disjoint: Vec<Segment> = Vec::new();
-            for s in segs {
-                if disjoint.last().is_none_or(|l| s.offset >= l.offset + l.len) {
-                    disjoint.push(s);
-                }
-            }
-            disjoint
-        };
-        let all: Vec<Vec<Segment>> = batches.iter().map(|b| as_segments(b)).collect();
+        let all: Vec<Vec<Segment>> = batches.iter().map(|b| disjoint_reads(b, total)).collect();
         // In turn, each batch twice (the repeat is served at least partly from memory) through alternating
         // sources.
         for (k, segs) in all.iter().enumerate() {

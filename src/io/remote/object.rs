@@ -63,14 +63,8 @@ impl RemoteObject {
             Err(e) => return Err(remote_error(url, e)),
         };
         count(1, bytes.len() as u64);
-        let obj = RemoteObject {
-            url: url.to_string(),
-            store,
-            path: addr.key().clone(),
-            size: meta.size,
-            etag: meta.e_tag,
-            opts: opts.clone(),
-        };
+        let obj =
+            RemoteObject::in_store(url, store, addr.key().clone(), meta.size, meta.e_tag, opts);
         Ok((obj, bytes))
     }
 
@@ -82,14 +76,15 @@ impl RemoteObject {
         etag: Option<String>,
     ) -> Result<RemoteObject> {
         let addr = ObjectUrl::parse(url)?;
-        Ok(RemoteObject {
-            url: url.to_string(),
-            store: store_for(addr.url(), opts)?,
-            path: addr.key().clone(),
+        let store = store_for(addr.url(), opts)?;
+        Ok(RemoteObject::in_store(
+            url,
+            store,
+            addr.key().clone(),
             size,
             etag,
-            opts: opts.clone(),
-        })
+            opts,
+        ))
     }
 
     /// The size and ETag with a HEAD request (for a pair's data object, whose first bytes are not needed).
@@ -98,14 +93,14 @@ impl RemoteObject {
         let store = store_for(addr.url(), opts)?;
         let meta = block_on(store.head(addr.key()))?.map_err(|e| remote_error(url, e))?;
         count(1, 0);
-        Ok(RemoteObject {
-            url: url.to_string(),
+        Ok(RemoteObject::in_store(
+            url,
             store,
-            path: addr.key().clone(),
-            size: meta.size,
-            etag: meta.e_tag,
-            opts: opts.clone(),
-        })
+            addr.key().clone(),
+            meta.size,
+            meta.e_tag,
+            opts,
+        ))
     }
 
     pub fn url(&self) -> &str {
@@ -129,14 +124,18 @@ impl RemoteObject {
         }
     }
 
+    /// One GET of `range`, pinned to the ETag.
+    async fn get_pinned(&self, range: Range<u64>) -> Result<object_store::GetResult> {
+        self.store
+            .get_opts(&self.path, self.get_options(Some(range)))
+            .await
+            .map_err(|e| remote_error(&self.url, e))
+    }
+
     /// One request's bytes streamed into its part of `out` as they arrive; returns the bytes received.
     pub(super) async fn fetch_into(&self, req: &Request, out: &mut [u8]) -> Result<u64> {
         let range = req.range.clone();
-        let r = self
-            .store
-            .get_opts(&self.path, self.get_options(Some(range.clone())))
-            .await
-            .map_err(|e| remote_error(&self.url, e))?;
+        let r = self.get_pinned(range.clone()).await?;
         let size = r.meta.size;
         let mut body = r.into_stream();
         let mut at = 0u64;
@@ -178,11 +177,7 @@ impl RemoteObject {
     /// Bytes `range` of the object, exactly (a short answer is an error).
     pub(super) async fn get_range(&self, range: Range<u64>) -> Result<Bytes> {
         let want = range.end - range.start;
-        let r = self
-            .store
-            .get_opts(&self.path, self.get_options(Some(range.clone())))
-            .await
-            .map_err(|e| remote_error(&self.url, e))?;
+        let r = self.get_pinned(range.clone()).await?;
         let size = r.meta.size;
         let bytes = r.bytes().await.map_err(|e| remote_error(&self.url, e))?;
         if bytes.len() as u64 != want {
@@ -210,7 +205,8 @@ pub(super) fn is_range_error(e: &object_store::Error) -> bool {
 
 /// For readers that make their own requests (the gzip index's range reader, `io::gzip::remote`).
 impl RemoteObject {
-    /// An object in a store the caller built (an in-memory store in tests), its size and ETag already known.
+    /// An object in `store`, its size and ETag already known: what `open`, `known` and `head` build, and what a
+    /// caller with its own store (an in-memory store in tests) builds directly.
     pub fn in_store(
         url: &str,
         store: Arc<dyn ObjectStore>,

@@ -32,51 +32,22 @@ fn requests_coalesce_small_gaps_only() {
             },
         ]
     );
-    assert_eq!(
+    // How many requests the segments take under a gap limit and an overread budget.
+    let count = |max_gap, max_overread| {
         requests(
             &segs,
             Coalesce {
-                max_gap: 0,
-                max_overread: 1.0
-            }
+                max_gap,
+                max_overread,
+            },
         )
-        .len(),
-        3
-    );
-    assert_eq!(
-        requests(
-            &segs,
-            Coalesce {
-                max_gap: 1000,
-                max_overread: 100.0
-            }
-        )
-        .len(),
-        1
-    );
+        .len()
+    };
+    assert_eq!(count(0, 1.0), 3);
+    assert_eq!(count(1000, 100.0), 1);
     // The overread budget (25 needed bytes × 0.25 = 6) allows the 5-byte gap, not the 80-byte one.
-    assert_eq!(
-        requests(
-            &segs,
-            Coalesce {
-                max_gap: 1000,
-                max_overread: 0.25
-            }
-        )
-        .len(),
-        2
-    );
-    assert_eq!(
-        requests(
-            &segs,
-            Coalesce {
-                max_gap: 1000,
-                max_overread: 0.0
-            }
-        )
-        .len(),
-        3
-    );
+    assert_eq!(count(1000, 0.25), 2);
+    assert_eq!(count(1000, 0.0), 3);
 }
 
 #[test]
