@@ -639,6 +639,19 @@ pub fn atlas_fixtures(dir: &Path) {
     .unwrap();
 }
 
+/// `queries/*.sql`, sorted.
+pub fn query_files() -> Vec<PathBuf> {
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut names: Vec<_> = std::fs::read_dir(&queries)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "queries/ should hold the example queries");
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,17 +752,4 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("format") && err.contains("slope"), "{err}");
     }
-}
-
-/// `queries/*.sql`, sorted.
-pub fn query_files() -> Vec<PathBuf> {
-    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
-    let mut names: Vec<_> = std::fs::read_dir(&queries)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    names.sort();
-    assert!(names.len() >= 6, "queries/ should hold the example queries");
-    names
 }
