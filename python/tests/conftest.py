@@ -15,11 +15,16 @@ def pattern_image(path, shape, seed=0):
     """tests/common's `pattern_image`: NIfTI-1, int16, slope 0.5, intercept 10, stored value
     (7i + 3j + 5k + 11t + seed) % 101. Written byte by byte (nibabel's writer would choose its own scaling)."""
     i, j, k, t = np.indices(shape)
-    data = ((7 * i + 3 * j + 5 * k + 11 * t + seed) % 101).astype("<i2")
+    write_int16_nifti1(path, (7 * i + 3 * j + 5 * k + 11 * t + seed) % 101, 0.5, 10.0)
+
+
+def write_int16_nifti1(path, values, slope, inter):
+    """A single-file int16 NIfTI-1 of `values` (Fortran order, vox_offset 352, identity qform) with `slope`, `inter`."""
+    data = np.asarray(values).astype("<i2")
     hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
+    hdr.set_data_shape(data.shape)
     hdr.set_data_dtype("<i2")
-    hdr.set_slope_inter(0.5, 10.0)
+    hdr.set_slope_inter(slope, inter)
     hdr.set_qform(np.eye(4), code=1)
     hdr["vox_offset"] = 352
     Path(path).write_bytes(hdr.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
@@ -27,15 +32,7 @@ def pattern_image(path, shape, seed=0):
 
 def label_image(path, shape, label):
     """tests/common's `label_image`: int16 NIfTI-1 (slope 1, intercept 0) whose voxel (i, j, k) is label(i, j, k)."""
-    i, j, k = np.indices(shape)
-    data = label(i, j, k).astype("<i2")
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
-    hdr.set_data_dtype("<i2")
-    hdr.set_slope_inter(1.0, 0.0)
-    hdr.set_qform(np.eye(4), code=1)
-    hdr["vox_offset"] = 352
-    Path(path).write_bytes(hdr.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+    write_int16_nifti1(path, label(*np.indices(shape)), 1.0, 0.0)
 
 
 def atlas_fixtures(root):
