@@ -307,3 +307,91 @@ async fn cross_grid_join_equals_nilearn_labels_masker() {
         "{inside:?}"
     );
 }
+
+/// The bytes read by the scans of `plan` whose description mentions `file`.
+fn bytes_of(
+    plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    file: &str,
+) -> usize {
+    let line = datafusion::physical_plan::displayable(plan.as_ref())
+        .one_line()
+        .to_string();
+    let own = if plan.children().is_empty() && line.contains(file) {
+        plan.metrics()
+            .and_then(|m| m.sum_by_name("bytes_read"))
+            .map_or(0, |v| v.as_usize())
+    } else {
+        0
+    };
+    own + plan
+        .children()
+        .into_iter()
+        .map(|c| bytes_of(c, file))
+        .sum::<usize>()
+}
+
+/// A join on the grid columns with no filter of its own on the run: the hash join's run-time filter on
+/// `grid_i, grid_j, grid_k` (the atlas's non-zero voxels) narrows the run's scan to the run voxels around the
+/// atlas's non-zero box, through the grid map; the answer equals nilearn's. With dense joins on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_grid_join_reads_only_the_atlas_box_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let want: Value = serde_json::from_str(&common::run_python(
+        "tests/py/grid_oracle.py",
+        &[dir.path()],
+    ))
+    .expect("JSON");
+    let small = &want["small"];
+    let labels: Vec<i64> = small["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let signals = small["signals"].as_array().unwrap();
+    let box_bytes = small["box_bytes"].as_u64().unwrap() as usize;
+    let full_bytes = 22 * 20 * 14 * 5 * 2;
+    assert!(box_bytes * 10 < full_bytes, "the fixture's box is small");
+    let d = dir.path().display();
+    for dense in ["true", "false"] {
+        let ctx = ctx();
+        for ddl in [
+            format!("SET voxelscan.dense_joins = {dense}"),
+            format!(
+                "CREATE EXTERNAL TABLE atlas STORED AS NIFTI LOCATION '{d}/atlas_small_2mm.nii'"
+            ),
+            format!(
+                "CREATE EXTERNAL TABLE run STORED AS NIFTI LOCATION '{d}/run_3mm.nii' \
+                 OPTIONS ('grid' '{d}/atlas_small_2mm.nii')"
+            ),
+        ] {
+            run(&ctx, &ddl).await;
+        }
+        let sql = "SELECT r.t, a.value AS label, avg(r.value) FROM run r JOIN atlas a \
+                   ON a.i = r.grid_i AND a.j = r.grid_j AND a.k = r.grid_k WHERE a.value <> 0 \
+                   GROUP BY r.t, a.value ORDER BY r.t, label";
+        let plan = common::sql::physical_plan(&ctx, sql).await;
+        let b = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap();
+        let (t, label, mean) = (column(&b, 0), column(&b, 1), column(&b, 2));
+        assert_eq!(t.len(), signals.len() * labels.len(), "dense {dense}");
+        for ((t, label), mean) in t.iter().zip(&label).zip(&mean) {
+            let col = labels
+                .iter()
+                .position(|&l| l as f64 == *label)
+                .expect("a label nilearn has");
+            let w = signals[*t as usize][col].as_f64().unwrap();
+            assert!(
+                (mean - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "dense {dense}: t={t} label {label}: {mean} vs nilearn {w}"
+            );
+        }
+        let read = bytes_of(&plan, "run_3mm");
+        assert!(
+            read > 0 && read <= box_bytes,
+            "dense {dense}: the run's scan read {read} bytes; the box around the atlas is {box_bytes} of {full_bytes}\n{}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+        );
+    }
+}
