@@ -8,8 +8,8 @@
 //! - spheres `(x - a)*(x - a) + (y - b)*(y - b) + (z - c)*(z - c) <= r*r` (also `power(x - a, 2)`, `<`, any subset
 //!   of the three terms), other affines, and other filters on `x, y, z` alone: a conservative box, `Inexact`.
 //!
-//! The columns exist when the table option `world` is `true` (spatial formats), or an `affine` is given for npy/raw
-//! files; with them come two per-file columns: `world_space` (the NIfTI xform code's name of the space the affine
+//! The columns exist by default when every file has an affine (its header's, or the `affine` option's for npy/raw
+//! files); `world 'false'` removes them, `world 'true'` requires them. With them come two per-file columns: `world_space` (the NIfTI xform code's name of the space the affine
 //! maps into: `unknown`, `scanner`, `aligned`, `talairach`, `mni`, `template`; null for npy/raw) and `tr` (the
 //! repetition time in seconds: the fourth zoom in the header's time unit; null for images without a time axis).
 
