@@ -418,7 +418,7 @@ mod tests {
                 "must be a string",
             ),
             (
-                format!("SELECT mm_to_voxel(CAST(i AS VARCHAR), 1, 2, 3) FROM a"),
+                "SELECT mm_to_voxel(CAST(i AS VARCHAR), 1, 2, 3) FROM a".to_string(),
                 "string literal",
             ),
             (
