@@ -94,7 +94,8 @@ fn main() {
         register_voxels(&ctx, "v", &nii.display().to_string(), &HashMap::new()).unwrap();
         let pq = dir.path().join("bold.parquet");
         let start = Instant::now();
-        let copy = format!("COPY (SELECT * FROM v) TO '{}' STORED AS PARQUET", pq.display());
+        // The stored columns, as `export` writes them (not the millimetre ones `SELECT *` now includes).
+        let copy = format!("COPY (SELECT i, j, k, t, value FROM v) TO '{}' STORED AS PARQUET", pq.display());
         ctx.sql(&copy).await.unwrap().collect().await.unwrap();
         let pq_size = std::fs::metadata(&pq).map(|m| m.len()).unwrap_or(0);
         println!(

@@ -615,6 +615,64 @@ async fn atlas_joins_on_two_executors_one_partition_per_task() {
     cluster.scheduler.abort();
 }
 
+/// The millimetre columns (there by default), `voxel_to_mm` / `mm_to_voxel` (folded at planning or evaluated per
+/// row) and a join on the grid columns of option `grid` (its run-time narrowing) give the local answers on a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn world_columns_and_functions_on_two_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    pattern_image(&dir.path().join("bold.nii"), [24, 20, 8, 6], 5);
+    label_image(&dir.path().join("atlas.nii"), [24, 20, 8], |i, j, k| {
+        if (8..12).contains(&i) && (4..9).contains(&j) && k > 2 {
+            (1 + i % 2) as i16
+        } else {
+            0
+        }
+    });
+    let d = dir.path().display();
+    let setup = [
+        format!("CREATE EXTERNAL TABLE bold STORED AS NIFTI LOCATION '{d}/bold.nii'"),
+        format!("CREATE EXTERNAL TABLE atlas STORED AS NIFTI LOCATION '{d}/atlas.nii'"),
+        format!(
+            "CREATE EXTERNAL TABLE gbold STORED AS NIFTI LOCATION '{d}/bold.nii' OPTIONS ('grid' '{d}/atlas.nii')"
+        ),
+    ];
+    let queries = [
+        "SELECT i, j, k, t, x, y, z, world_space, tr FROM bold WHERE t = 1 AND x BETWEEN 2 AND 5 AND y < 3 \
+         ORDER BY i, j, k"
+            .to_string(),
+        format!(
+            "SELECT count(*), sum(value) FROM bold WHERE i = mm_to_voxel('{d}/atlas.nii', 3.2, 4.6, 2)['i'] \
+             AND j = mm_to_voxel('{d}/atlas.nii', 3.2, 4.6, 2)['j']"
+        ),
+        format!(
+            "SELECT t, voxel_to_mm('{d}/atlas.nii', i, j, k)['x'] AS mx, count(*), sum(value) FROM bold \
+             WHERE k = 1 AND mm_to_voxel('{d}/atlas.nii', x, y, z)['j'] < 4 GROUP BY t, mx ORDER BY t, mx"
+        ),
+        "SELECT a.value, g.t, count(*), avg(g.value) FROM gbold g JOIN atlas a ON a.i = g.grid_i \
+         AND a.j = g.grid_j AND a.k = g.grid_k WHERE a.value <> 0 GROUP BY a.value, g.t ORDER BY a.value, g.t"
+            .to_string(),
+    ];
+    let local = session_context(SessionConfig::new().with_target_partitions(4));
+    for q in &setup {
+        must(&local, q).await;
+    }
+    let mut want = Vec::new();
+    for q in &queries {
+        want.push(must(&local, q).await);
+    }
+    assert!(want[0].contains("scanner"), "{}", want[0]);
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista().with_target_partitions(4);
+    let ctx = client(&cluster.url, config).await;
+    for q in &setup {
+        must(&ctx, q).await;
+    }
+    for (q, want) in queries.iter().zip(&want) {
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+    }
+    cluster.scheduler.abort();
+}
+
 /// Register table `gone` over a file, delete the file, query it: the error, which must name the table and the path.
 async fn query_a_gone_file(ctx: &SessionContext, dir: &Path) -> String {
     let gone = dir.join("gone.nii");

@@ -84,7 +84,12 @@ async fn entity_columns_equal_bids2table() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    assert_eq!(&names[start..], columns.as_slice(), "entity columns");
+    // The entities sit between `file` and the per-file millimetre columns (`world_space`, `tr`).
+    let end = names
+        .iter()
+        .position(|n| *n == "world_space")
+        .expect("a world_space column");
+    assert_eq!(&names[start..end], columns.as_slice(), "entity columns");
     for (name, ty) in [
         ("run", DataType::Int32),
         ("echo", DataType::Int32),
@@ -157,5 +162,20 @@ async fn entity_filters_drop_files_before_reading() {
     register_voxels(&ctx, "s", &stray.display().to_string(), &HashMap::new()).expect("register");
     let schema = ctx.table("s").await.unwrap().schema().as_arrow().clone();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["i", "j", "k", "t", "value", "file"]);
+    assert_eq!(
+        names,
+        [
+            "i",
+            "j",
+            "k",
+            "t",
+            "value",
+            "x",
+            "y",
+            "z",
+            "file",
+            "world_space",
+            "tr"
+        ]
+    );
 }

@@ -189,6 +189,37 @@ fn export_writes_parquet_with_the_header() {
         ],
     );
     assert!(check.starts_with("n,s\n60,7020\n"), "{check}");
+    // The default export keeps the stored columns: no x, y, z, world_space, tr; `--sql` can still select them.
+    let columns = ok(
+        dir.path(),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "CREATE EXTERNAL TABLE p STORED AS PARQUET LOCATION 's.parquet'; SELECT * FROM p LIMIT 1;",
+        ],
+    );
+    assert!(columns.starts_with("i,j,k,value\n"), "{columns}");
+    ok(
+        dir.path(),
+        &[
+            "export",
+            "s.nii",
+            "mm.parquet",
+            "--sql",
+            "SELECT i, x FROM t",
+        ],
+    );
+    let mm = ok(
+        dir.path(),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "CREATE EXTERNAL TABLE m STORED AS PARQUET LOCATION 'mm.parquet'; SELECT count(x) AS n FROM m;",
+        ],
+    );
+    assert!(mm.starts_with("n\n60\n"), "{mm}");
     let bytes = std::fs::read(dir.path().join("s.parquet")).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     for key in [

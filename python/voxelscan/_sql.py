@@ -20,7 +20,8 @@ def table(location, *, name="voxels", **options):
     ``SessionContext.register_table(name, voxelscan.table(...))``.
 
     ``options`` are those of ``CREATE EXTERNAL TABLE … OPTIONS (…)`` (``scaling="raw"``, ``value_type=…``,
-    object-store keys such as ``**{"aws.region": "…"}``). The table is handed to DataFusion as an FFI table
+    ``world=False`` to drop the millimetre columns ``x, y, z, world_space, tr``, ``affine="…"`` for npy/raw files,
+    ``grid="atlas.nii"`` for ``grid_i, grid_j, grid_k``, object-store keys such as ``**{"aws.region": "…"}``). The table is handed to DataFusion as an FFI table
     provider (filters on i, j, k, t pushed down as in the CLI); a ``datafusion`` package of another major version
     than :data:`DATAFUSION_MAJOR` is refused with an ``ImportError`` before anything crosses the boundary.
     """

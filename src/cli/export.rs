@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::catalog::TableProvider;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::stats::Precision;
 use datafusion::datasource::file_format::format_as_file_type;
@@ -19,6 +20,7 @@ use datafusion::prelude::SessionConfig;
 use super::{CliError, CliResult};
 use voxelscan::formats::Format;
 use voxelscan::table::sink::{NiftiFormatFactory, NiftiWriteOptions};
+use voxelscan::table::world::is_world_column;
 use voxelscan::table::{FormatKind, TableOptions, VoxelTable, session_context};
 
 /// The table name `--sql` queries use.
@@ -27,7 +29,8 @@ pub const EXPORT_TABLE: &str = "t";
 /// Export voxels to Parquet (zstd, row groups of 1Mi rows).
 ///
 /// LOCATION (a file, a directory or a glob) is registered as table `t`, with columns `i, j, k, t, u, v, w`, `value`
-/// (and `file` for a directory or glob); `--sql` is a query over `t` (default `SELECT * FROM t`). OUT is one
+/// (and `file` for a directory or glob; `x, y, z`, `world_space`, `tr` when asked for); `--sql` is a query over `t`
+/// (default: every column but the millimetre ones). OUT is one
 /// Parquet file, or a directory of Hive partitions (`OUT/COL=…/…parquet`) with `--partition-by`. The key-value
 /// metadata holds each source file's header: `voxelscan.header` (a JSON array of objects with file, format, shape,
 /// dtype, offset, slope, inter, order, affine, zooms) and, for a single source file, the same fields as separate
@@ -145,6 +148,20 @@ pub fn run(args: ExportArgs) -> CliResult {
     .map(|_| ())
 }
 
+/// Every voxel with the table's columns except the millimetre ones (`x, y, z`, `world_space`, `tr`), which
+/// `--sql` can still select: an export holds what the image stores, the affine is in the metadata.
+fn default_query(table: &VoxelTable) -> String {
+    let columns: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .filter(|n| !is_world_column(n))
+        .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+        .collect();
+    format!("SELECT {} FROM {EXPORT_TABLE}", columns.join(", "))
+}
+
 /// Parquet writer options: zstd(3), 1Mi-row groups, the header metadata.
 pub fn parquet_options(table: &VoxelTable) -> TableParquetOptions {
     let mut opts = TableParquetOptions::default();
@@ -195,9 +212,9 @@ pub async fn export(
         TableOptions::new(FormatKind::Any),
     )?;
     let options = parquet_options(&table);
+    let default_query = default_query(&table);
     ctx.register_table(EXPORT_TABLE, Arc::new(table))?;
-    let query = sql.unwrap_or("SELECT * FROM t");
-    let df = ctx.sql(query).await?;
+    let df = ctx.sql(sql.unwrap_or(&default_query)).await?;
     let (state, plan) = df.into_parts();
     let file_type = format_as_file_type(Arc::new(ParquetFormatFactory::new_with_options(options)));
     let mut sink_options = HashMap::new();
@@ -243,9 +260,10 @@ pub async fn export_nifti(
             .entry("like".to_string())
             .or_insert_with(|| file.name.clone());
     }
+    let default_query = default_query(&table);
     ctx.register_table(EXPORT_TABLE, Arc::new(table))?;
     let opts = NiftiWriteOptions::parse(&options)?;
-    let df = ctx.sql(sql.unwrap_or("SELECT * FROM t")).await?;
+    let df = ctx.sql(sql.unwrap_or(&default_query)).await?;
     let (state, plan) = df.into_parts();
     let file_type = format_as_file_type(Arc::new(NiftiFormatFactory::with_options(opts)));
     let path = out

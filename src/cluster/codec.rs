@@ -717,7 +717,7 @@ mod tests {
                 TableWire::from_table(&sent).unwrap(),
                 "{name}"
             );
-            assert!(sent.options().world);
+            assert_eq!(sent.options().world, Some(true));
         }
         for sql in [
             "SELECT i, j, k, x, y, z, world_space, tr FROM w WHERE t = 1 AND x < 0.5 ORDER BY i, j, k",

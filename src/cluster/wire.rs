@@ -219,7 +219,7 @@ impl TableWire {
                 raw: opts.raw.clone(),
                 mmap: opts.mmap,
                 store: opts.store.clone(),
-                world: opts.world,
+                world: opts.world.unwrap_or(false),
                 affine: opts
                     .affine
                     .map(|a| a.iter().flatten().map(|&v| Float(v)).collect()),
@@ -245,7 +245,7 @@ impl TableWire {
         opts.raw = self.options.raw;
         opts.mmap = self.options.mmap;
         opts.store = self.options.store;
-        opts.world = self.options.world;
+        opts.world = Some(self.options.world);
         opts.grid = self.options.grid;
         opts.affine = match self.options.affine {
             Some(cells) => {

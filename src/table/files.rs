@@ -98,8 +98,10 @@ pub struct TableOptions {
     pub mmap: MmapMode,
     /// Object-store settings (`aws.*`, `gcp.*`, `azure.*`, `http.*`, `remote.*`) for URL locations.
     pub store: StoreOptions,
-    /// `world 'true'`: the millimetre columns `x, y, z` (and `world_space`, `tr`); see [`super::world`].
-    pub world: bool,
+    /// The millimetre columns `x, y, z` (and `world_space`, `tr`); see [`super::world`]. `None` (the default): present
+    /// when every file has an affine (its own, or the `affine` option); `Some(true)` (`world 'true'`): required, an
+    /// error for a file without one; `Some(false)`: absent. A table keeps the answer it resolved (`Some`).
+    pub world: Option<bool>,
     /// `affine '…'`: the affine of npy/raw files (12 or 16 numbers, row-major); implies `world`.
     pub affine: Option<Affine>,
     /// `grid 'atlas.nii'`: the columns `grid_i, grid_j, grid_k`, each voxel's nearest voxel in that image's grid;
@@ -115,7 +117,7 @@ impl TableOptions {
             raw: None,
             mmap: MmapMode::default(),
             store: StoreOptions::default(),
-            world: false,
+            world: None,
             affine: None,
             grid: None,
         }
@@ -151,7 +153,7 @@ impl TableOptions {
                 "scaling" => scaling = parse_bool(&key, value)?,
                 "value_type" => value_type = Some(DType::parse(value)?.scalar),
                 "mmap" => opts.mmap = value.parse()?,
-                "world" => opts.world = parse_bool(&key, value)?,
+                "world" => opts.world = Some(parse_bool(&key, value)?),
                 "affine" => opts.affine = Some(super::world::parse_affine(value)?),
                 "grid" => opts.grid = Some(value.to_string()),
                 _ => raw.push((key, value.to_string())),
@@ -168,7 +170,14 @@ impl TableOptions {
             }
         };
         opts.raw = raw_spec(kind, &raw)?;
-        opts.world |= opts.affine.is_some() || opts.grid.is_some();
+        if opts.world == Some(false) && (opts.affine.is_some() || opts.grid.is_some()) {
+            return Err(VoxelError::Invalid(
+                "option 'world' 'false' removes the millimetre columns that 'affine' and 'grid' need".into(),
+            ));
+        }
+        if opts.affine.is_some() || opts.grid.is_some() {
+            opts.world = Some(true);
+        }
         Ok(opts)
     }
 }

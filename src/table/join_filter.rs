@@ -33,6 +33,8 @@ type Implied = Vec<Option<IndexSet>>;
 pub struct Cx<'a> {
     pub axes: &'a [&'a str],
     pub shape: &'a [u64],
+    /// The columns may be NULL (`grid_i, grid_j, grid_k` outside the other grid); coordinates never are.
+    pub nullable: bool,
 }
 
 /// Per axis: the indices a row of a file passing all of `filters` (as they stand now) can have. `None` for an axis
@@ -121,6 +123,7 @@ fn implied(expr: &Arc<dyn PhysicalExpr>, cx: &Cx) -> Implied {
         return in_list(list, cx).unwrap_or_else(|| nothing(n));
     }
     if let Some(is_null) = expr.downcast_ref::<IsNullExpr>()
+        && !cx.nullable
         && axis_of(is_null.arg(), cx).is_some()
     {
         return none_pass(n);
@@ -477,6 +480,7 @@ mod tests {
         Cx {
             axes: &AXES,
             shape: &SHAPE,
+            nullable: false,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod aggregate_rule;
 pub mod bids;
 pub mod config;
 pub mod files;
+pub mod functions;
 pub mod index_set;
 pub mod join_dense;
 pub mod join_filter;

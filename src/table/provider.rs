@@ -82,9 +82,10 @@ impl VoxelTable {
         name: &str,
         mut files: Vec<VoxelFile>,
         multi: bool,
-        opts: TableOptions,
+        mut opts: TableOptions,
     ) -> Result<VoxelTable> {
-        apply_world_options(&mut files, &opts).map_err(|e| e.in_table(name))?;
+        let world = resolve_world(&mut files, &opts).map_err(|e| e.in_table(name))?;
+        opts.world = Some(world);
         apply_grid_option(&mut files, &opts).map_err(|e| e.in_table(name))?;
         let scalars = files
             .iter()
@@ -95,7 +96,7 @@ impl VoxelTable {
         check_axes(&files).map_err(|e| e.in_table(name))?;
         let ndim = files.first().map_or(0, VoxelFile::ndim);
         let mut fs = file_schema(ndim, scalar).map_err(|e| e.in_table(name))?;
-        if opts.world {
+        if world {
             let mut fields: Vec<Field> = fs.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.extend(world::world_fields());
             if opts.grid.is_some() {
@@ -103,13 +104,12 @@ impl VoxelTable {
             }
             fs = Arc::new(Schema::new(fields));
         }
-        let (partition_cols, per_file) = per_file_columns(&files, multi, opts.world);
+        let (partition_cols, per_file) = per_file_columns(&files, multi, world);
         let per_file_names: Vec<String> = partition_cols
             .iter()
             .map(|f| f.name().clone())
             .filter(|n| n != FILE_COLUMN)
             .collect();
-        let world = opts.world;
         let axes = (0..ndim)
             .map(|a| {
                 let longest = files
@@ -581,10 +581,17 @@ fn check_row_count(table: &str, sels: &[Option<Selection>]) -> DfResult<()> {
     Ok(())
 }
 
-/// The `affine` option sets the affine of npy/raw files; `world` needs every file to have one.
-fn apply_world_options(files: &mut [VoxelFile], opts: &TableOptions) -> Result<()> {
-    if !opts.world {
-        return Ok(());
+/// Whether the table has the millimetre columns, setting the affine of npy/raw files from the `affine` option.
+/// Unasked (`world` not given), they are there when every file has an affine: a table mixing npy/raw files without
+/// an `affine` option and images with headers has none (its rows could not all have x, y, z). `world 'true'` insists.
+fn resolve_world(files: &mut [VoxelFile], opts: &TableOptions) -> Result<bool> {
+    let asked = match opts.world {
+        Some(false) => return Ok(false),
+        Some(true) => true,
+        None => false,
+    };
+    if opts.affine.is_none() && !asked {
+        return Ok(files.iter().all(world::has_own_affine));
     }
     for f in files.iter_mut() {
         match (opts.affine, world::has_own_affine(f)) {
@@ -607,7 +614,7 @@ fn apply_world_options(files: &mut [VoxelFile], opts: &TableOptions) -> Result<(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The `grid` option: each file's map to that image's grid, read from its header once (a table rebuilt from a

@@ -1,5 +1,6 @@
 //! The three ways to register a voxel table: `CREATE EXTERNAL TABLE … STORED AS NIFTI|ANALYZE|MGH|NPY|RAW|VOXELS`,
-//! the table function `voxels('path', 'key', 'value', …)`, and the Rust functions below.
+//! the table function `voxels('path', 'key', 'value', …)`, and the Rust functions below. Sessions also get the
+//! scalar functions `voxel_to_mm` and `mm_to_voxel` (see [`super::functions`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -157,6 +158,9 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
         .get_or_insert_with(Vec::new)
         .extend(super::sink::format_factories());
     super::join_dense::add_rule(&mut b);
+    b.scalar_functions()
+        .get_or_insert_with(Vec::new)
+        .extend(super::functions::world_functions());
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
         .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
 }
@@ -206,6 +210,9 @@ pub fn register_voxel_formats(ctx: &SessionContext) {
     }
     ctx.add_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions));
     ctx.register_udtf(TABLE_FUNCTION, Arc::new(VoxelsFunction));
+    for f in super::functions::world_functions() {
+        ctx.register_udf(f.as_ref().clone());
+    }
 }
 
 /// Register `location` (file, directory, glob) as table `name`; `options` as in `OPTIONS (…)` (keys such as

@@ -40,6 +40,7 @@ use super::join_filter::{Cx, implied_axis_sets, listed_voxels};
 use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
 use super::schema::{AXIS_NAMES, ValueMode};
+use super::world::{GRID_COLUMNS, GridMap, grid_ranges};
 
 /// Everything a scan needs to know about its table, shared by the source and its openers.
 #[derive(Debug)]
@@ -337,6 +338,30 @@ struct SlabPlan {
 }
 
 impl SlabPlan {
+    /// Bounds the dynamic filters put on `grid_i, grid_j, grid_k` (a join on another image's grid), taken back to
+    /// this file's voxels through the grid map: the same conservative box as a static filter on them.
+    fn narrow_to_grid(&mut self, grid: &GridMap, dynamic: &[Arc<dyn PhysicalExpr>]) {
+        let cx = Cx {
+            axes: &GRID_COLUMNS,
+            shape: &grid.shape,
+            nullable: true,
+        };
+        let sets = implied_axis_sets(dynamic, &cx);
+        if sets.iter().all(Option::is_none) {
+            return;
+        }
+        let Some(ranges) = grid_ranges(grid, &sets, &self.file.layout.shape) else {
+            self.sel
+                .axes
+                .iter_mut()
+                .for_each(|a| *a = IndexSet::empty());
+            return;
+        };
+        for (have, r) in self.sel.axes.iter_mut().zip(ranges) {
+            *have = have.intersect(&IndexSet::range(r));
+        }
+    }
+
     /// Narrowed to what the dynamic filters (as they stand now) let through; `None` when nothing is left.
     fn narrowed(
         mut self,
@@ -353,11 +378,15 @@ impl SlabPlan {
         let cx = Cx {
             axes: names,
             shape: &shape,
+            nullable: false,
         };
         for (axis, set) in implied_axis_sets(dynamic, &cx).into_iter().enumerate() {
             if let (Some(set), Some(have)) = (set, self.sel.axes.get_mut(axis)) {
                 *have = have.intersect(&set);
             }
+        }
+        if let Some(grid) = self.file.grid {
+            self.narrow_to_grid(&grid, dynamic);
         }
         self.parts = listed_voxels(dynamic, &cx)
             .and_then(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));

@@ -8,8 +8,8 @@
 //! - spheres `(x - a)*(x - a) + (y - b)*(y - b) + (z - c)*(z - c) <= r*r` (also `power(x - a, 2)`, `<`, any subset
 //!   of the three terms), other affines, and other filters on `x, y, z` alone: a conservative box, `Inexact`.
 //!
-//! The columns exist when the table option `world` is `true` (spatial formats), or an `affine` is given for npy/raw
-//! files; with them come two per-file columns: `world_space` (the NIfTI xform code's name of the space the affine
+//! The columns exist by default when every file has an affine (its header's, or the `affine` option's for npy/raw
+//! files); `world 'false'` removes them, `world 'true'` requires them. With them come two per-file columns: `world_space` (the NIfTI xform code's name of the space the affine
 //! maps into: `unknown`, `scanner`, `aligned`, `talairach`, `mni`, `template`; null for npy/raw) and `tr` (the
 //! repetition time in seconds: the fourth zoom in the header's time unit; null for images without a time axis).
 
@@ -37,6 +37,15 @@ pub const GRID_COLUMNS: [&str; 3] = ["grid_i", "grid_j", "grid_k"];
 pub const SPACE_COLUMN: &str = "world_space";
 /// The per-file repetition time column (seconds).
 pub const TR_COLUMN: &str = "tr";
+
+/// Whether `name` is one of the columns this module adds (`x, y, z`, `grid_i, grid_j, grid_k`, `world_space`, `tr`):
+/// never a voxel value, and not part of an export's default columns.
+pub fn is_world_column(name: &str) -> bool {
+    WORLD_COLUMNS.contains(&name)
+        || GRID_COLUMNS.contains(&name)
+        || name == SPACE_COLUMN
+        || name == TR_COLUMN
+}
 
 /// `x, y, z`: Float64, never null.
 pub fn world_fields() -> Vec<Field> {
@@ -613,6 +622,31 @@ pub fn file_sets(filters: &[WorldFilter], f: &VoxelFile) -> Option<Vec<IndexSet>
         }
     }
     Some(full)
+}
+
+/// The voxel box of a file (shape `shape`) holding every voxel whose nearest grid voxel lies in `sets` (per grid
+/// axis; `None`: any index). Rows outside the grid are null there and pass no comparison, so the grid's extent
+/// bounds each axis too. `None` when no voxel can pass. Used for the dynamic filters of a join on the grid columns.
+pub fn grid_ranges(
+    grid: &GridMap,
+    sets: &[Option<IndexSet>],
+    shape: &[usize],
+) -> Option<Vec<Range<u64>>> {
+    let mut bounds = [Interval::FULL; 3];
+    for (a, b) in bounds.iter_mut().enumerate() {
+        let last = grid.shape[a] as f64 - 1.0;
+        *b = match sets.get(a).and_then(Option::as_ref) {
+            Some(set) => {
+                let (lo, hi) = (set.min()?, set.max()?);
+                rounded((lo as f64).max(0.0), (hi as f64).min(last))
+            }
+            None => rounded(0.0, last),
+        };
+        if b.is_empty() {
+            return None;
+        }
+    }
+    oblique_ranges(&grid.as_affine(), &bounds, shape)
 }
 
 /// Axis-aligned: on voxel axis `perm[r]` the passing indices are one run, found by binary search on the column's

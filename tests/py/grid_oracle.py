@@ -5,6 +5,9 @@ view, labels kept off its border) and DIR/run_3mm.nii (4-d int16, TR 2 s), and p
   {"labels": [...], "signals": [[...per label...] per volume]} from
   NiftiLabelsMasker(atlas, resampling_target="data", dtype="float64").fit_transform(run).
 The run's origin is offset by 0.37 mm so that no run voxel centre falls half-way between atlas voxels.
+Also writes DIR/atlas_small_2mm.nii (same grid, labels only in a small box) and adds its answer as "small":
+  {"labels", "signals", "box_bytes"}, box_bytes being the bytes of the run's voxel box (padded by one voxel) around
+  the run voxels whose nearest atlas voxel lies in the small atlas's non-zero box: what a join may read at most.
 """
 import json
 import os
@@ -13,6 +16,7 @@ import warnings
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import apply_affine
 from nilearn.maskers import NiftiLabelsMasker
 
 warnings.filterwarnings("ignore")
@@ -35,7 +39,25 @@ def main(d):
     masker = NiftiLabelsMasker(nib.load(os.path.join(d, "atlas_2mm.nii")), resampling_target="data", dtype="float64")
     signals = masker.fit_transform(nib.load(os.path.join(d, "run_3mm.nii")))
     labels = [int(v) for v in masker.labels_ if v != 0] if hasattr(masker, "labels_") else None
-    print(json.dumps({"labels": labels, "signals": np.asarray(signals).tolist()}))
+    small = np.zeros_like(atlas)
+    small[8:12, 7:11, 6:10] = rng.integers(0, 4, size=(4, 4, 4)).astype(np.int16)
+    small[8, 7, 6] = 1
+    nib.save(nib.Nifti1Image(small, atlas_affine), os.path.join(d, "atlas_small_2mm.nii"))
+    masker = NiftiLabelsMasker(nib.load(os.path.join(d, "atlas_small_2mm.nii")), resampling_target="data",
+                               dtype="float64")
+    small_signals = masker.fit_transform(nib.load(os.path.join(d, "run_3mm.nii")))
+    small_labels = [int(v) for v in masker.labels_ if v != 0]
+    # Run voxels whose nearest atlas voxel (halves up) lies in the small atlas's non-zero box.
+    ijk = np.indices(run.shape[:3]).reshape(3, -1).T
+    grid = np.floor(apply_affine(np.linalg.inv(atlas_affine) @ run_affine, ijk) + 0.5)
+    nz = np.argwhere(small != 0)
+    inside = np.all((grid >= nz.min(axis=0)) & (grid <= nz.max(axis=0)), axis=1)
+    lo = np.maximum(ijk[inside].min(axis=0) - 1, 0)
+    hi = np.minimum(ijk[inside].max(axis=0) + 1, np.array(run.shape[:3]) - 1)
+    box_bytes = int(np.prod(hi - lo + 1)) * run.shape[3] * 2
+    print(json.dumps({"labels": labels, "signals": np.asarray(signals).tolist(),
+                      "small": {"labels": small_labels, "signals": np.asarray(small_signals).tolist(),
+                                "box_bytes": box_bytes}}))
 
 
 if __name__ == "__main__":

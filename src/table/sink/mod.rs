@@ -409,9 +409,10 @@ fn value_column(schema: &Schema, options: &NiftiWriteOptions) -> Result<String> 
             ))),
         };
     }
+    // The millimetre and grid columns a voxel table carries are coordinates too, never the value.
     let others: Vec<&&String> = names
         .iter()
-        .filter(|n| !COORDS.contains(&n.as_str()))
+        .filter(|n| !COORDS.contains(&n.as_str()) && !crate::table::world::is_world_column(n))
         .collect();
     match others.as_slice() {
         [one] => Ok(one.to_string()),
