@@ -27,9 +27,9 @@ pub const HEADER_PREFIX: u64 = 544;
 pub const DEFAULT_GAP: u64 = 1 << 20;
 /// Default largest GET that reads through a gap (a longer one ties up a stream that parallel GETs would share).
 pub const DEFAULT_MAX_REQUEST: u64 = 8 << 20;
-/// Default GET requests in flight per read. Small scattered reads cost round trips ÷ this, so it is high; a GET in
-/// flight is one connection, which stores serve by the thousand.
-pub const DEFAULT_CONCURRENCY: usize = 128;
+/// Default GET requests in flight per read. Small scattered reads cost round trips ÷ this, so it is high (a voxel's
+/// time series of 300 points is two waves); a GET in flight is one connection, which stores serve by the thousand.
+pub const DEFAULT_CONCURRENCY: usize = 256;
 /// Default round-trip time (seconds) of the cost model, until responses have been timed: a GET's first byte from
 /// S3 within a region, or a nearby store or CDN, typically takes 20–30 ms.
 pub const DEFAULT_RTT: f64 = 0.025;

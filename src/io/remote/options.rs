@@ -140,7 +140,7 @@ impl StoreOptions {
     pub fn concurrency(&self) -> Result<usize> {
         let default =
             env_number("VOXELSCAN_REMOTE_CONCURRENCY").unwrap_or(DEFAULT_CONCURRENCY as u64);
-        Ok(self.number("remote.concurrency", default)?.clamp(1, 256) as usize)
+        Ok(self.number("remote.concurrency", default)?.clamp(1, 1024) as usize)
     }
 
     pub(super) fn retry(&self) -> Result<RetryConfig> {
