@@ -13,9 +13,7 @@ mod servers;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use servers::Nginx;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use servers::{Nginx, latency_proxy};
 use voxelscan::io::remote::StoreOptions;
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::slicer::SliceSpec;
@@ -33,56 +31,6 @@ fn image(dir: &Path) -> PathBuf {
     let path = dir.join("bold.nii");
     synth::bench_image(&path, &SHAPE, 1.0, 0.0, false).expect("write bench image");
     path
-}
-
-/// Forward 127.0.0.1:(returned port) to `target`, holding each chunk the client sends for `rtt`: every HTTP
-/// request then waits one round trip before nginx sees it.
-fn latency_proxy(target: u16, rtt: Duration) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("proxy runtime");
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-            let port = listener.local_addr().expect("addr").port();
-            tx.send(port).expect("send port");
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await {
-                        pipe(client, server, rtt).await;
-                    }
-                });
-            }
-        });
-    });
-    rx.recv().expect("proxy port")
-}
-
-async fn pipe(client: TcpStream, server: TcpStream, rtt: Duration) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = async move {
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = cr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            tokio::time::sleep(rtt).await;
-            if sw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-    };
-    let down = async move {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-    };
-    tokio::join!(up, down);
 }
 
 struct Cost {

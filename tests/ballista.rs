@@ -371,9 +371,12 @@ impl QueryData {
                 &std::fs::read(dir.join(name)).unwrap(),
             );
         }
+        // The cost model's settings travel too: one GET at a time on a "slow" link merges every read of a scan into
+        // GETs of up to 64 KiB, and the answers stay the local ones.
         let options = format!(
             " OPTIONS ('aws.endpoint' '{}', 'aws.region' '{}', 'aws.access_key_id' '{}', \
-             'aws.secret_access_key' '{}', 'aws.allow_http' 'true')",
+             'aws.secret_access_key' '{}', 'aws.allow_http' 'true', 'remote.rtt' '1s', \
+             'remote.bandwidth' '10M', 'remote.concurrency' '1', 'remote.max_request' '64K')",
             g.endpoint(),
             g.region(),
             g.access_key_id(),

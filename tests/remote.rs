@@ -343,8 +343,9 @@ async fn plus_and_percent_escapes_in_object_keys() {
     assert!(!files.contains("x y z.nii"), "{files}");
 }
 
-/// Selective reads: bytes fetched ≤ 1.25 × the bytes the answer needs (plus the header GET), GETs ≤ planned
-/// segments — counted by nginx itself.
+/// Selective reads with the over-read bound of 25 % (`remote.overread`, the behaviour before the cost model): bytes
+/// fetched ≤ 1.25 × the bytes the answer needs (plus the header GET), GETs ≤ planned segments — counted by nginx
+/// itself.
 #[test]
 fn selective_reads_fetch_only_what_they_need() {
     let n = Nginx::shared();
@@ -362,7 +363,8 @@ fn selective_reads_fetch_only_what_they_need() {
         ("..., 3:5", 64 * 48 * 20 * 2 * 2, 1), // two volumes
         ("::2, 7, 4, 0", 32 * 2, 32),        // strided row
     ];
-    let store = StoreOptions::default();
+    let mut store = StoreOptions::default();
+    store.insert("remote.overread", "0.25").expect("option");
     for &(spec, needed, segments) in cases {
         let before = n.log_of(uri).len();
         let p =
@@ -401,6 +403,130 @@ fn selective_reads_fetch_only_what_they_need() {
             "{spec}"
         );
     }
+}
+
+/// GETs and bytes of one slice of `url` (after its header GET), counted by nginx, and the slice's `.npy` bytes.
+fn counted_slice(
+    n: &Nginx,
+    uri: &str,
+    url: &str,
+    store: &StoreOptions,
+    spec: &str,
+) -> (usize, u64, Vec<u8>) {
+    let p = ArrayProxy::open_location(url, None, ProxyOptions::default(), store).expect("open");
+    let before = n.log_of(uri).len();
+    let (_, _, npy) = slice_bytes(&p, spec).expect("slice");
+    let reqs = &n.log_of(uri)[before..];
+    assert!(
+        reqs.iter().all(|r| r.method == "GET" && r.status == 206),
+        "{spec}: {reqs:?}"
+    );
+    (reqs.len(), reqs.iter().map(|r| r.bytes).sum(), npy)
+}
+
+/// Reads by cost (fixed S3-like model: 25 ms round trips, 85 MB/s): an ROI box of 128 rows of 32 bytes is one GET
+/// where the 25 % over-read bound of before takes dozens, with the same answer; a voxel's time series stays one
+/// GET per point (92 KB apart, not worth reading through); `remote.max_request` caps what a GET reads through.
+#[test]
+fn reads_by_cost_take_few_gets_for_the_same_answer() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shape = [48usize, 40, 24, 30];
+    let (path, bytes) = make_image(dir.path(), "cost.nii", &shape, 11);
+    n.put("cost/cost.nii", &bytes);
+    let (url, uri) = (n.url_of("cost/cost.nii"), "/cost/cost.nii");
+    let local = ArrayProxy::open(&path, ProxyOptions::default()).expect("local");
+    let with = |pairs: &[(&str, &str)]| {
+        let mut o = StoreOptions::default();
+        for (k, v) in [("remote.rtt", "25"), ("remote.bandwidth", "85000000")]
+            .iter()
+            .chain(pairs)
+        {
+            o.insert(k, v).expect("option");
+        }
+        o
+    };
+    let by_cost = with(&[]);
+    let old = with(&[("remote.overread", "0.25")]);
+    let capped = with(&[("remote.max_request", "2048")]);
+    let roi = "10:26, 8:24, 4:12, 20";
+    let want = slice_bytes(&local, roi).expect("local slice").2;
+    let (gets, fetched, got) = counted_slice(n, uri, &url, &by_cost, roi);
+    assert_eq!(got, want, "{roi} by cost");
+    // One GET from the box's first row to its last: 7 slices of 3 840 bytes and 16 rows of 96 bytes, minus the
+    // 64 bytes after the last row.
+    assert_eq!(
+        (gets, fetched),
+        (1, 7 * 48 * 40 * 2 + 16 * 96 - 64),
+        "{roi} by cost"
+    );
+    let (old_gets, old_fetched, got) = counted_slice(n, uri, &url, &old, roi);
+    assert_eq!(got, want, "{roi} with the over-read bound");
+    assert!(
+        old_gets >= 50 && old_fetched as f64 <= 1.25 * (128 * 32) as f64,
+        "{old_gets} GETs, {old_fetched} bytes"
+    );
+    let (capped_gets, capped_fetched, got) = counted_slice(n, uri, &url, &capped, roi);
+    assert_eq!(got, want, "{roi} with 2 KiB requests");
+    // One GET per slice (16 rows: 1 504 bytes); slices 3.8 KB apart cannot join under the cap.
+    assert_eq!(
+        (capped_gets, capped_fetched),
+        (8, 8 * (16 * 96 - 64)),
+        "{roi} capped"
+    );
+    let series = "5, 6, 7, :";
+    let want = slice_bytes(&local, series).expect("local slice").2;
+    for store in [&by_cost, &old] {
+        let (gets, fetched, got) = counted_slice(n, uri, &url, store, series);
+        assert_eq!(got, want, "{series}");
+        assert_eq!((gets, fetched), (30, 60), "{series}");
+    }
+    // One GET at a time on a slow link (a round trip worth far more than 92 KB): the whole series in one GET.
+    let slow = with(&[("remote.rtt", "1000"), ("remote.concurrency", "1")]);
+    let (gets, fetched, got) = counted_slice(n, uri, &url, &slow, series);
+    assert_eq!(got, want, "{series} on a slow link");
+    let stride = (48 * 40 * 24 * 2) as u64;
+    assert_eq!(
+        (gets, fetched),
+        (1, 29 * stride + 2),
+        "{series} on a slow link"
+    );
+}
+
+/// Without `remote.rtt`, the model's round trip is learned from the store's responses: behind a proxy holding each
+/// request 60 ms, the estimate moves from the 25 ms default to about 60 ms, and the next plan uses it.
+#[test]
+fn the_round_trip_is_learned_from_responses() {
+    let n = Nginx::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, bytes) = make_image(dir.path(), "learn.nii", &[16, 16, 8, 12], 5);
+    n.put("learn/learn.nii", &bytes);
+    let port = common::servers::latency_proxy(n.port(), std::time::Duration::from_millis(60));
+    let url = format!("http://127.0.0.1:{port}/learn/learn.nii");
+    let store = StoreOptions::default();
+    let (object, _) = voxelscan::io::remote::RemoteObject::open(&url, &store, 352).expect("open");
+    assert_eq!(
+        object.link().estimate().rtt,
+        voxelscan::io::remote::DEFAULT_RTT
+    );
+    let source = voxelscan::io::remote::RemoteSource::new(object.clone());
+    let segments = [voxelscan::plan::Segment {
+        offset: 352,
+        len: 512,
+    }];
+    let mut out = vec![0u8; 512];
+    for _ in 0..10 {
+        voxelscan::io::ByteSource::read_segments(&source, &segments, &mut out).expect("read");
+    }
+    assert_eq!(out, bytes[352..864]);
+    let rtt = object.link().estimate().rtt;
+    assert!((0.055..0.5).contains(&rtt), "learned {rtt} s");
+    let model = object
+        .coalesce(4)
+        .expect("policy")
+        .cost
+        .expect("a cost model");
+    assert_eq!(model.rtt, rtt);
 }
 
 /// `EXPLAIN ANALYZE` shows the scan's requests and bytes; `--stats` prints the process totals.

@@ -782,7 +782,7 @@ mod tests {
 
     /// Object-store options of every kind: each `remote.*` key and credentials (which must reach the executors).
     const STORE_OPTIONS: &str = "'remote.gap' '4096', 'remote.overread' '0.5', 'remote.concurrency' '3', \
-         'remote.retries' '2', 'remote.timeout' '7', 'aws.region' 'garage', 'aws.endpoint' 'http://127.0.0.1:1', \
+         'remote.rtt' '30ms', 'remote.bandwidth' '80M', 'remote.max_request' '4M', 'remote.retries' '2', 'remote.timeout' '7', 'aws.region' 'garage', 'aws.endpoint' 'http://127.0.0.1:1', \
          'aws.access_key_id' 'GKidValue', 'aws.secret_access_key' 'SeCrEtVaLuE', 'aws.session_token' 'SeSsIoN', \
          'aws.allow_http' 'true'";
 
@@ -851,7 +851,8 @@ mod tests {
         let store = &got.options().store.entries;
         assert_eq!(store["aws.secret_access_key"], "SeCrEtVaLuE");
         assert_eq!(store["remote.overread"], "0.5");
-        assert_eq!(store.len(), 11);
+        assert_eq!(store["remote.rtt"], "30ms");
+        assert_eq!(store.len(), 14);
     }
 
     /// Secrets from `OPTIONS` appear in no display of the table, its scan or the plans: EXPLAIN (plain and

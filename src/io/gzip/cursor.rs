@@ -47,7 +47,10 @@ impl<'a> GzCursor<'a> {
             input: point.input,
             bits: point.bits,
         };
-        GzCursor::raw_at(src, location, at, point.window())
+        let window = point
+            .window()
+            .map_err(|e| corrupt(location, point.input, &format!("its index: {e}")))?;
+        GzCursor::raw_at(src, location, at, window)
     }
 
     /// A pass restarting at `mark` as if the 32 KiB before it were all `fill` bytes: the bytes it makes are exact

@@ -41,6 +41,7 @@
 //! order, each window's length); anything off is an [`IndexRejected`] and the caller rebuilds.
 
 use std::ffi::c_int;
+use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -171,7 +172,7 @@ pub(super) fn read_full_at(
 }
 
 /// Where decompression can restart: the start of a DEFLATE block.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SeekPoint {
     /// Offset in the decompressed data.
     pub out: u64,
@@ -180,7 +181,24 @@ pub struct SeekPoint {
     /// How many high bits of the byte before `input` belong to the block (0–7).
     pub bits: u8,
     /// Up to 32 KiB of decompressed data just before `out` (less at the start of a gzip member).
-    window: Arc<[u8]>,
+    window: Window,
+}
+
+/// A point's window: in memory, or in a loaded index file's map — stored raw (used in place) or deflated
+/// (inflated the first time the point is used, so that loading an index costs no inflation of windows a read does
+/// not need).
+#[derive(Clone)]
+enum Window {
+    Owned(Arc<[u8]>),
+    Mapped(Arc<memmap2::Mmap>, std::ops::Range<usize>),
+    Packed(Arc<PackedWindow>),
+}
+
+struct PackedWindow {
+    map: Arc<memmap2::Mmap>,
+    stored: std::ops::Range<usize>,
+    len: usize,
+    inflated: std::sync::OnceLock<Option<Box<[u8]>>>,
 }
 
 impl SeekPoint {
@@ -190,14 +208,65 @@ impl SeekPoint {
             out,
             input,
             bits,
-            window: window.into(),
+            window: Window::Owned(window.into()),
         }
     }
 
-    pub fn window(&self) -> &[u8] {
-        &self.window
+    /// The window; an error only for a deflated window of a loaded index file that does not inflate to its stated
+    /// length (the file's checksum matched, so only a crafted file does that).
+    pub fn window(&self) -> Result<&[u8], IndexRejected> {
+        match &self.window {
+            Window::Owned(w) => Ok(w),
+            Window::Mapped(map, range) => Ok(&map[range.clone()]),
+            Window::Packed(p) => p
+                .inflated
+                .get_or_init(|| {
+                    let stored = p.map.get(p.stored.clone())?;
+                    inflate_window(stored, p.len).ok().map(Vec::into_boxed_slice)
+                })
+                .as_deref()
+                .ok_or_else(|| {
+                    IndexRejected::Malformed(format!(
+                        "the window of the point at output offset {} does not inflate to its length",
+                        self.out
+                    ))
+                }),
+        }
+    }
+
+    /// The window's length (known without inflating it).
+    pub fn window_len(&self) -> usize {
+        match &self.window {
+            Window::Owned(w) => w.len(),
+            Window::Mapped(_, range) => range.len(),
+            Window::Packed(p) => p.len,
+        }
     }
 }
+
+impl fmt::Debug for SeekPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeekPoint")
+            .field("out", &self.out)
+            .field("input", &self.input)
+            .field("bits", &self.bits)
+            .field("window_len", &self.window_len())
+            .finish()
+    }
+}
+
+/// Points are equal when they restart at the same place with the same window bytes, however those are held.
+impl PartialEq for SeekPoint {
+    fn eq(&self, other: &SeekPoint) -> bool {
+        (self.out, self.input, self.bits) == (other.out, other.input, other.bits)
+            && match (self.window(), other.window()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for SeekPoint {}
 
 /// A block boundary without its window: decompression can restart there, but bytes that copy from before it are
 /// unknown (see the module docs for how reads use marks).
@@ -397,7 +466,7 @@ impl GzIndex {
     pub fn to_bytes(&self, id: &FileIdentity) -> Vec<u8> {
         let mut b = Vec::with_capacity(
             HEADER_LEN
-                + self.points.len() * (POINT_HEAD_LEN + WINDOW_SIZE / 2)
+                + self.points.len() * (POINT_HEAD_LEN + WINDOW_SIZE)
                 + 4
                 + self.marks.len() * MARK_LEN
                 + 4,
@@ -414,10 +483,13 @@ impl GzIndex {
         b.extend_from_slice(&(self.points.len() as u32).to_le_bytes());
         // Windows are stored deflated when the data has redundancy; when a sample window does not shrink by a
         // quarter (noise-like data), compressing all of them would cost time for nothing, so they are stored raw.
-        let sample = self.points.iter().find(|p| p.window.len() == WINDOW_SIZE);
-        let pack = sample.is_none_or(|p| {
-            deflate_window(&p.window).is_some_and(|d| d.len() * 4 <= p.window.len() * 3)
-        });
+        let sample = self
+            .points
+            .iter()
+            .filter(|p| p.window_len() == WINDOW_SIZE)
+            .find_map(|p| p.window().ok());
+        let pack =
+            sample.is_none_or(|w| deflate_window(w).is_some_and(|d| d.len() * 4 <= w.len() * 3));
         for p in &self.points {
             write_point(&mut b, p, pack);
         }
@@ -432,40 +504,18 @@ impl GzIndex {
         b
     }
 
-    /// Parse and verify an index file's bytes against the gz file `id`.
+    /// Parse and verify an index file's bytes against the gz file `id` (windows copied out of `bytes`).
     pub fn from_bytes(bytes: &[u8], id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(if bytes.len() < MAGIC.len() {
-                IndexRejected::Truncated
-            } else {
-                IndexRejected::BadMagic
-            });
-        }
-        let mut r = Reader {
-            bytes,
-            pos: MAGIC.len(),
-        };
-        let version = r.u32()?;
-        if version != VERSION {
-            return Err(IndexRejected::Version(version));
-        }
-        let body_len = bytes.len().checked_sub(4).ok_or(IndexRejected::Truncated)?;
-        if body_len < HEADER_LEN {
-            return Err(IndexRejected::Truncated);
-        }
-        let stored_crc = u32::from_le_bytes(
-            bytes[body_len..]
-                .try_into()
-                .map_err(|_| IndexRejected::Truncated)?,
-        );
-        if zlib_rs::crc32::crc32(0, &bytes[..body_len]) != stored_crc {
-            return Err(IndexRejected::Checksum);
-        }
-        let r = Reader {
-            bytes: &bytes[..body_len],
-            pos: r.pos,
-        };
-        parse_body(r, id)
+        let r = verified_body(bytes)?;
+        parse_body(r, id, Backing::Copied)
+    }
+
+    /// Parse and verify a mapped index file against the gz file `id`: its checksum and every point's and mark's
+    /// place as in [`GzIndex::from_bytes`], but raw windows stay in the map (used in place) and deflated ones are
+    /// inflated when their point is first used — loading touches the file once, for its checksum.
+    pub fn from_map(map: Arc<memmap2::Mmap>, id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
+        let r = verified_body(&map)?;
+        parse_body(r, id, Backing::Mapped(&map))
     }
 
     /// Write the index for `id` to `path` atomically: a temporary file created with `O_EXCL` under an
@@ -517,7 +567,6 @@ impl GzIndex {
         max_len: u64,
         owners: &[u32],
     ) -> Result<GzIndex, IndexRejected> {
-        use std::io::Read;
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
@@ -551,18 +600,22 @@ impl GzIndex {
                 max: max_len,
             });
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        // `take`: a file growing after the check is still read no further than the cap.
-        file.take(max_len.saturating_add(1))
-            .read_to_end(&mut bytes)
+        if meta.len() == 0 {
+            return Err(IndexRejected::Truncated);
+        }
+        // SAFETY: the map is read only. It is of a regular file of this user or the image's owner that voxelscan
+        // never rewrites in place (indexes are replaced by rename, which leaves this inode as it is); its length
+        // was checked against the cap above, and the map covers what the file held at this moment. Only the
+        // owner truncating the file in place while it is in use could invalidate it (a fault, not wrong data).
+        let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| IndexRejected::Unreadable(e.to_string()))?;
-        if bytes.len() as u64 > max_len {
+        if map.len() as u64 > max_len {
             return Err(IndexRejected::TooLarge {
-                len: bytes.len() as u64,
+                len: map.len() as u64,
                 max: max_len,
             });
         }
-        GzIndex::from_bytes(&bytes, id)
+        GzIndex::from_map(Arc::new(map), id)
     }
 }
 
@@ -587,16 +640,27 @@ pub fn max_index_len(gz_size: u64, span: u64) -> u64 {
 }
 
 fn write_point(b: &mut Vec<u8>, p: &SeekPoint, pack: bool) {
-    let packed = pack
-        .then(|| deflate_window(&p.window))
-        .flatten()
-        .filter(|d| d.len() < p.window.len());
     b.extend_from_slice(&p.out.to_le_bytes());
     b.extend_from_slice(&p.input.to_le_bytes());
     b.push(p.bits);
+    // A window loaded deflated is written as it was stored, without inflating it.
+    if let Window::Packed(w) = &p.window
+        && let Some(stored) = w.map.get(w.stored.clone())
+    {
+        b.push(1);
+        b.extend_from_slice(&(w.len as u32).to_le_bytes());
+        b.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        b.extend_from_slice(stored);
+        return;
+    }
+    let window = p.window().unwrap_or_default();
+    let packed = pack
+        .then(|| deflate_window(window))
+        .flatten()
+        .filter(|d| d.len() < window.len());
     b.push(u8::from(packed.is_some()));
-    b.extend_from_slice(&(p.window.len() as u32).to_le_bytes());
-    let stored: &[u8] = packed.as_deref().unwrap_or(&p.window);
+    b.extend_from_slice(&(window.len() as u32).to_le_bytes());
+    let stored: &[u8] = packed.as_deref().unwrap_or(window);
     b.extend_from_slice(&(stored.len() as u32).to_le_bytes());
     b.extend_from_slice(stored);
 }
@@ -618,6 +682,49 @@ fn inflate_window(stored: &[u8], len: usize) -> Result<Vec<u8>, IndexRejected> {
         Ok(flate2::Status::StreamEnd) if out.len() == len => Ok(out),
         _ => Err(bad()),
     }
+}
+
+/// The body of an index file (all but its checksum) after checking its magic, version and checksum, as a reader
+/// positioned after the version.
+fn verified_body(bytes: &[u8]) -> Result<Reader<'_>, IndexRejected> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(if bytes.len() < MAGIC.len() {
+            IndexRejected::Truncated
+        } else {
+            IndexRejected::BadMagic
+        });
+    }
+    let mut r = Reader {
+        bytes,
+        pos: MAGIC.len(),
+    };
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(IndexRejected::Version(version));
+    }
+    let body_len = bytes.len().checked_sub(4).ok_or(IndexRejected::Truncated)?;
+    if body_len < HEADER_LEN {
+        return Err(IndexRejected::Truncated);
+    }
+    let stored_crc = u32::from_le_bytes(
+        bytes[body_len..]
+            .try_into()
+            .map_err(|_| IndexRejected::Truncated)?,
+    );
+    if zlib_rs::crc32::crc32(0, &bytes[..body_len]) != stored_crc {
+        return Err(IndexRejected::Checksum);
+    }
+    Ok(Reader {
+        bytes: &bytes[..body_len],
+        pos: r.pos,
+    })
+}
+
+/// Where parsed windows live: copied out of the bytes, or left in the index file's map.
+#[derive(Clone, Copy)]
+enum Backing<'a> {
+    Copied,
+    Mapped(&'a Arc<memmap2::Mmap>),
 }
 
 /// Little-endian field reader over a verified body; running out of bytes means a truncated file.
@@ -659,7 +766,11 @@ impl Reader<'_> {
     }
 }
 
-fn parse_body(mut r: Reader<'_>, id: &FileIdentity) -> Result<GzIndex, IndexRejected> {
+fn parse_body(
+    mut r: Reader<'_>,
+    id: &FileIdentity,
+    backing: Backing<'_>,
+) -> Result<GzIndex, IndexRejected> {
     let flags = r.u32()?;
     let size = r.u64()?;
     let mtime_ns = r.u64()? as i64;
@@ -689,7 +800,7 @@ fn parse_body(mut r: Reader<'_>, id: &FileIdentity) -> Result<GzIndex, IndexReje
     }
     let mut points: Vec<SeekPoint> = Vec::new();
     for _ in 0..count {
-        let p = parse_point(&mut r, size)?;
+        let p = parse_point(&mut r, size, backing)?;
         if points
             .last()
             .is_some_and(|q| q.out >= p.out || q.input > p.input)
@@ -746,7 +857,11 @@ fn parse_marks(
     Ok(marks)
 }
 
-fn parse_point(r: &mut Reader<'_>, gz_size: u64) -> Result<SeekPoint, IndexRejected> {
+fn parse_point(
+    r: &mut Reader<'_>,
+    gz_size: u64,
+    backing: Backing<'_>,
+) -> Result<SeekPoint, IndexRejected> {
     let out = r.u64()?;
     let input = r.u64()?;
     let bits = r.u8()?;
@@ -758,21 +873,29 @@ fn parse_point(r: &mut Reader<'_>, gz_size: u64) -> Result<SeekPoint, IndexRejec
             "point at output offset {out} is out of bounds"
         )));
     }
+    let at = r.pos;
     let stored = r.take(stored_len)?;
-    let window = match kind {
-        0 if stored_len == len => stored.to_vec(),
-        0 => {
-            return Err(IndexRejected::Malformed(
-                "raw window of the wrong length".into(),
-            ));
-        }
-        _ => inflate_window(stored, len)?,
+    if kind == 0 && stored_len != len {
+        return Err(IndexRejected::Malformed(
+            "raw window of the wrong length".into(),
+        ));
+    }
+    let window = match (kind, backing) {
+        (0, Backing::Copied) => Window::Owned(Arc::from(stored)),
+        (0, Backing::Mapped(map)) => Window::Mapped(Arc::clone(map), at..at + len),
+        (_, Backing::Copied) => Window::Owned(inflate_window(stored, len)?.into()),
+        (_, Backing::Mapped(map)) => Window::Packed(Arc::new(PackedWindow {
+            map: Arc::clone(map),
+            stored: at..at + stored_len,
+            len,
+            inflated: std::sync::OnceLock::new(),
+        })),
     };
     Ok(SeekPoint {
         out,
         input,
         bits,
-        window: window.into(),
+        window,
     })
 }
 
@@ -833,7 +956,7 @@ mod tests {
         );
         for p in index.points() {
             let from = p.out.saturating_sub(WINDOW_SIZE as u64) as usize;
-            assert_eq!(p.window(), &data[from..p.out as usize]);
+            assert_eq!(p.window().unwrap(), &data[from..p.out as usize]);
         }
     }
 
@@ -910,6 +1033,66 @@ mod tests {
         let (_, index) = built(&noisy(1_500_000, 3), 200_000);
         let bytes = index.to_bytes(&id());
         assert_eq!(GzIndex::from_bytes(&bytes, &id()).unwrap(), index);
+    }
+
+    /// A loaded index file is mapped: raw windows are used in place, deflated ones inflated when their point is
+    /// first used; either way the points equal the built ones and restart decompression. A deflated window that
+    /// does not inflate (a crafted file with a valid checksum) fails the read that uses it, naming the index.
+    #[test]
+    fn a_loaded_index_is_mapped_and_inflates_windows_on_use() {
+        let dir = tempfile::tempdir().unwrap();
+        // Noise in 4 bits of each byte: windows deflate to about half.
+        let low = |seed| -> Vec<u8> { noisy(1_500_000, seed).iter().map(|b| b & 0x0F).collect() };
+        for (data, packed) in [(noisy(1_500_000, 8), false), (low(9), true)] {
+            let (gz_bytes, index) = built(&data, 200_000);
+            let path = dir.path().join("i.vxidx");
+            index.save(&path, &id(), 0o600).unwrap();
+            let loaded = GzIndex::load(&path, &id(), u64::MAX).unwrap();
+            let kinds: Vec<bool> = loaded.points()[1..]
+                .iter()
+                .map(|p| match &p.window {
+                    Window::Packed(w) => w.inflated.get().is_none(),
+                    Window::Mapped(..) => false,
+                    Window::Owned(_) => panic!("a loaded window was copied"),
+                })
+                .collect();
+            assert!(kinds.iter().all(|&k| k == packed), "{kinds:?}");
+            assert_eq!(loaded, index);
+            let p = &loaded.points()[2];
+            let mut cursor = GzCursor::from_point(&gz_bytes, "i.gz", p).unwrap();
+            let mut got = Vec::new();
+            cursor.read_exact_into(&mut got, 1000).unwrap();
+            assert_eq!(got, data[p.out as usize..p.out as usize + 1000]);
+            // Written again, a deflated window is copied as stored.
+            assert_eq!(loaded.to_bytes(&id()), index.to_bytes(&id()));
+        }
+        // A deflated window whose stored bytes are garbage, checksum recomputed: loads, fails on use.
+        let (gz_bytes, index) = built(&low(10), 200_000);
+        let mut bytes = index.to_bytes(&id());
+        let first_stored = HEADER_LEN + POINT_HEAD_LEN;
+        let second_head = first_stored + index.points()[0].window_len();
+        let stored_len = u32::from_le_bytes(
+            bytes[second_head + 22..second_head + 26]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        assert_eq!(
+            bytes[second_head + 17],
+            1,
+            "the second point's window is deflated"
+        );
+        bytes[second_head + 26..second_head + 26 + stored_len].fill(0xAB);
+        let body = bytes.len() - 4;
+        let crc = zlib_rs::crc32::crc32(0, &bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        let path = dir.path().join("bad.vxidx");
+        std::fs::write(&path, &bytes).unwrap();
+        let loaded = GzIndex::load(&path, &id(), u64::MAX).unwrap();
+        let err = GzCursor::from_point(&gz_bytes, "b.gz", &loaded.points()[1])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("b.gz") && err.contains("index"), "{err}");
     }
 
     #[test]

@@ -35,8 +35,6 @@ use crate::plan::Segment;
 
 /// Bytes pulled from a response per wait on the I/O runtime (each wait may cost a thread hop).
 const PULL_BYTES: usize = 1 << 20;
-/// Planned ranges closer than this are fetched by one GET (the gap is read through).
-const MERGE_GAP: u64 = 256 * 1024;
 /// A read at most this far ahead of the open response reads through instead of starting another GET.
 const SKIP_AHEAD: u64 = 256 * 1024;
 /// Bytes handed out that are kept, so that a run restarting just before where the last one stopped (its cursor read
@@ -166,7 +164,8 @@ impl RunSource for RemoteObject {
     fn reader(&self, plan: &[Range<u64>]) -> Result<Box<dyn ReadAt + '_>> {
         Ok(Box::new(PlanReader {
             object: self,
-            plan: merged(plan, self.size()),
+            // One GET open at a time per reader: the store's cost model with one in flight.
+            plan: merged(plan, self.size(), self.coalesce(1)?),
             body: Mutex::new(Body {
                 overrun: FIRST_OVERRUN,
                 ..Body::default()
@@ -180,14 +179,15 @@ impl RunSource for RemoteObject {
     }
 }
 
-/// Planned ranges sorted and merged where they touch or lie closer than [`MERGE_GAP`], clipped to the object.
-fn merged(plan: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
+/// Planned ranges clipped to the object, sorted and merged where they touch or where `policy` says reading
+/// through the gap is cheaper than another GET.
+fn merged(plan: &[Range<u64>], size: u64, policy: Coalesce) -> Vec<Range<u64>> {
     let clipped: Vec<Range<u64>> = plan
         .iter()
         .map(|r| r.start.min(size)..r.end.min(size))
         .filter(|r| r.start < r.end)
         .collect();
-    merge_ranges(&clipped, Coalesce::gap(MERGE_GAP))
+    merge_ranges(&clipped, policy)
         .into_iter()
         .map(|m| m.range)
         .collect()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::cache::{Cover, MAX_ENTRY};
 use super::cursor::GzCursor;
-use super::index::{GzIndex, Mark, ReadAt};
+use super::index::{GzIndex, Mark, ReadAt, WINDOW_SIZE};
 use super::runs::*;
 use super::*;
 use crate::error::{Result, VoxelError};
@@ -28,11 +28,13 @@ pub(super) fn probe_pieces(
     // Where the pass from the run's seek point will have got to before the next piece.
     let mut pass_at = run.start_out();
     for p in &run.pieces {
-        let mark = run.marks[..run.marks.partition_point(|m| m.out <= p.offset)].last();
-        let worth = mark.filter(|m| {
+        let before = &run.marks[..run.marks.partition_point(|m| m.out <= p.offset)];
+        let worth = |m: &Mark| {
             m.out > pass_at && 2 * (p.end() - m.out) + PROBE_OVERHEAD < p.end() - pass_at
-        });
-        let served = worth.and_then(|m| probe(src, location, *m, p, stats));
+        };
+        let served = probe_marks(before, p.offset)
+            .take_while(|m| worth(m))
+            .find_map(|m| probe(src, location, m, p, stats));
         match served {
             Some(data) => {
                 out[p.out_at..p.out_at + data.len()].copy_from_slice(&data);
@@ -47,6 +49,23 @@ pub(super) fn probe_pieces(
         }
     }
     rest
+}
+
+/// The marks to probe a piece at `offset` from, nearest first (`before`: the marks at or before it): the nearest
+/// one; then, should the piece copy from the unknown window before it, the last mark a whole window
+/// ([`WINDOW_SIZE`]) before the piece, from which no single copy can reach past the start, only a chain of copies
+/// (on data compressed hard, as zlib's level 9 does, a quarter of the pieces next to a mark copy from before it;
+/// retrying a window earlier costs a few times a probe, the seek point half a span); then one more window back.
+fn probe_marks(before: &[Mark], offset: u64) -> impl Iterator<Item = Mark> + '_ {
+    let nearest = before.last().copied();
+    let back = |windows: u64| {
+        let limit = offset.checked_sub(windows * WINDOW_SIZE as u64)?;
+        let at = before.partition_point(|m| m.out <= limit);
+        at.checked_sub(1).map(|i| before[i])
+    };
+    let earlier = back(1).filter(|m| nearest.is_some_and(|n| m.out < n.out));
+    let earliest = back(2).filter(|m| earlier.is_some_and(|e| m.out < e.out));
+    [nearest, earlier, earliest].into_iter().flatten()
 }
 
 /// Decompress from `mark` to the end of `piece` twice, the unknown window filled with `0x00` and then `0xFF`; the

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -10,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
+use super::link::Link;
 use super::options::*;
 use super::store::*;
 use super::*;
@@ -28,6 +30,8 @@ pub struct RemoteObject {
     pub(super) size: u64,
     pub(super) etag: Option<String>,
     pub(super) opts: StoreOptions,
+    /// What this process has learned of the store's round trip and bandwidth (shared by its objects).
+    pub(super) link: Arc<Link>,
 }
 
 impl fmt::Debug for RemoteObject {
@@ -115,6 +119,15 @@ impl RemoteObject {
     pub fn options(&self) -> &StoreOptions {
         &self.opts
     }
+    /// The store's link estimates (round trip, bandwidth) as learned so far.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// How reads of this object merge ranges into GETs with `concurrency` of them in flight.
+    pub fn coalesce(&self, concurrency: usize) -> Result<Coalesce> {
+        self.opts.coalesce(&self.link, concurrency)
+    }
 
     pub(super) fn get_options(&self, range: Option<Range<u64>>) -> GetOptions {
         GetOptions {
@@ -132,10 +145,13 @@ impl RemoteObject {
             .map_err(|e| remote_error(&self.url, e))
     }
 
-    /// One request's bytes streamed into its part of `out` as they arrive; returns the bytes received.
+    /// One request's bytes streamed into its part of `out` as they arrive; returns the bytes received. Its time to
+    /// the first byte and its transfer rate go into the store's link estimates.
     pub(super) async fn fetch_into(&self, req: &Request, out: &mut [u8]) -> Result<u64> {
         let range = req.range.clone();
+        let sent = Instant::now();
         let r = self.get_pinned(range.clone()).await?;
+        let answered = Instant::now();
         let size = r.meta.size;
         let mut body = r.into_stream();
         let mut at = 0u64;
@@ -150,6 +166,7 @@ impl RemoteObject {
         if at != range.end - range.start {
             return Err(self.short_response(&range, at, size));
         }
+        self.link.observe(answered - sent, at, answered.elapsed());
         Ok(at)
     }
 
@@ -222,6 +239,7 @@ impl RemoteObject {
             size,
             etag,
             opts: opts.clone(),
+            link: link_for(url, opts),
         }
     }
 
@@ -233,8 +251,12 @@ impl RemoteObject {
         let store = Arc::clone(&self.store);
         let path = self.path.clone();
         let options = self.get_options(Some(range));
+        let sent = Instant::now();
         let r = block_on(async move { store.get_opts(&path, options).await })?
             .map_err(|e| remote_error(&self.url, e))?;
+        // The body is consumed elsewhere, at the decompressor's pace: only the round trip is a sample.
+        self.link
+            .observe(sent.elapsed(), 0, std::time::Duration::ZERO);
         Ok(r.into_stream())
     }
 }
@@ -248,9 +270,9 @@ pub(super) struct Request {
     pub(super) copies: Vec<(u64, u64, u64)>,
 }
 
-/// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps of at most `policy.max_gap`,
-/// smallest gaps first, while the bytes read through stay within `policy.max_overread` × the bytes needed
-/// ([`merge_ranges`]). So a read never makes more GETs than it has segments, nor fetches more than
+/// Segments (sorted, non-overlapping) → GETs: runs of segments merged across gaps (smallest first) as `policy`
+/// says ([`merge_ranges`]: as far as its cost model says it pays, within its gap, size and over-read bounds). So a
+/// read never makes more GETs than it has segments, nor (with an over-read bound) fetches more than
 /// (1 + overread) × what it needs.
 pub(super) fn requests(segments: &[Segment], policy: Coalesce) -> Vec<Request> {
     let ranges: Vec<Range<u64>> = segments
@@ -357,10 +379,9 @@ impl ByteSource for RemoteSource {
         {
             self.object.check_within(last)?;
         }
-        let opts = &self.object.opts;
-        // The coalescing policy is the store's (its options), not the planner's.
-        let reqs = requests(&segments, opts.coalesce()?);
-        let concurrency = opts.concurrency()?;
+        // The coalescing policy is the store's (its options and what its responses taught), not the planner's.
+        let concurrency = self.object.opts.concurrency()?;
+        let reqs = requests(&segments, self.object.coalesce(concurrency)?);
         let parts = split_out(out, &reqs)?;
         let object = &self.object;
         // The futures are made here, not in a closure inside the async block: that keeps the block `Send`.

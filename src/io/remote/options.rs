@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
+use super::link::Link;
 use super::*;
 use crate::error::{Result, VoxelError};
-use crate::io::ranges::Coalesce;
+use crate::io::gzip::cache::parse_size;
+use crate::io::ranges::{Coalesce, CostModel};
 
 /// Per-table object-store settings: `aws.*`, `gcp.*`, `azure.*` keys as `datafusion-cli` takes them (passed to the
-/// store builders after the environment), and this crate's own `remote.gap`, `remote.concurrency`,
+/// store builders after the environment), and this crate's own `remote.rtt` (milliseconds), `remote.bandwidth`
+/// (bytes per second per stream), `remote.max_request`, `remote.gap`, `remote.overread`, `remote.concurrency`,
 /// `remote.retries`, `remote.timeout` (seconds).
 /// `Debug` hides secret values ([`super::redact`]).
 #[derive(Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -20,7 +23,16 @@ pub struct StoreOptions {
 
 pub(super) const STORE_PREFIXES: &[&str] =
     &["aws.", "gcp.", "google.", "azure.", "http.", "remote."];
-pub(super) const REMOTE_KEYS: &[&str] = &["gap", "overread", "concurrency", "retries", "timeout"];
+pub(super) const REMOTE_KEYS: &[&str] = &[
+    "rtt",
+    "bandwidth",
+    "max_request",
+    "gap",
+    "overread",
+    "concurrency",
+    "retries",
+    "timeout",
+];
 
 impl StoreOptions {
     /// Whether `key` (lower case) belongs to the store options rather than to the table's own options.
@@ -49,28 +61,72 @@ impl StoreOptions {
         }
     }
 
-    /// How reads from this store coalesce segments into GETs: [`StoreOptions::gap`] and [`StoreOptions::overread`].
-    pub fn coalesce(&self) -> Result<Coalesce> {
+    /// How reads from this store coalesce segments into GETs, `concurrency` at a time: by the cost model
+    /// ([`StoreOptions::cost_model`]), within [`StoreOptions::gap`], [`StoreOptions::max_request`] and, when set,
+    /// [`StoreOptions::overread`].
+    pub fn coalesce(&self, link: &Link, concurrency: usize) -> Result<Coalesce> {
         Ok(Coalesce {
             max_gap: self.gap()?,
             max_overread: self.overread()?,
+            max_request: self.max_request()?,
+            cost: Some(self.cost_model(link, concurrency)?),
         })
     }
 
-    /// Most bytes read through, as a fraction of the bytes needed (option `remote.overread`, default 0.25).
+    /// The cost model of a read with `concurrency` GETs in flight: round-trip time and per-stream bandwidth from
+    /// the options (`remote.rtt` in milliseconds, `remote.bandwidth` in bytes per second; env
+    /// `VOXELSCAN_REMOTE_RTT`, `VOXELSCAN_REMOTE_BANDWIDTH`) when given, else as learned from this store's
+    /// responses so far (starting from [`DEFAULT_RTT`] and [`DEFAULT_BANDWIDTH`]).
+    pub fn cost_model(&self, link: &Link, concurrency: usize) -> Result<CostModel> {
+        let learned = link.estimate();
+        let rtt = match self.setting("remote.rtt", "VOXELSCAN_REMOTE_RTT") {
+            None => learned.rtt,
+            Some((name, v)) => parse_millis(&v).map(|ms| ms / 1000.0).ok_or_else(|| {
+                invalid(&name, &v, "a time in milliseconds (25, 0.5, 25ms, 0.03s)")
+            })?,
+        };
+        let bandwidth = match self.setting("remote.bandwidth", "VOXELSCAN_REMOTE_BANDWIDTH") {
+            None => learned.bandwidth,
+            Some((name, v)) => parse_size(&v)
+                .filter(|&b| b > 0)
+                .map(|b| b as f64)
+                .ok_or_else(|| invalid(&name, &v, "bytes per second (85000000, 80M, 1G)"))?,
+        };
+        Ok(CostModel {
+            rtt,
+            bandwidth,
+            concurrency: concurrency.max(1) as u64,
+            per_request: PER_REQUEST,
+        })
+    }
+
+    /// Largest GET that reads through a gap (option `remote.max_request`, env `VOXELSCAN_REMOTE_MAX_REQUEST`;
+    /// default [`DEFAULT_MAX_REQUEST`]).
+    pub fn max_request(&self) -> Result<u64> {
+        match self.setting("remote.max_request", "VOXELSCAN_REMOTE_MAX_REQUEST") {
+            None => Ok(DEFAULT_MAX_REQUEST),
+            Some((name, v)) => {
+                parse_size(&v).ok_or_else(|| invalid(&name, &v, "a size in bytes (8388608, 8M)"))
+            }
+        }
+    }
+
+    /// Most bytes read through, as a fraction of the bytes needed (option `remote.overread`, env
+    /// `VOXELSCAN_REMOTE_OVERREAD`); unset: no bound (the cost model decides).
     pub fn overread(&self) -> Result<f64> {
-        match self.entries.get("remote.overread") {
-            None => Ok(DEFAULT_OVERREAD),
-            Some(v) => v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|x| *x >= 0.0)
-                .ok_or_else(|| {
-                    VoxelError::Invalid(format!(
-                        "option 'remote.overread': '{v}' is not a fraction ≥ 0"
-                    ))
-                }),
+        match self.setting("remote.overread", "VOXELSCAN_REMOTE_OVERREAD") {
+            None => Ok(f64::INFINITY),
+            Some((name, v)) => {
+                parse_fraction(&v).ok_or_else(|| invalid(&name, &v, "a fraction ≥ 0"))
+            }
+        }
+    }
+
+    /// The option `key`'s value, else the environment variable `env`'s, with the name it came from.
+    fn setting(&self, key: &str, env: &str) -> Option<(String, String)> {
+        match self.entries.get(key) {
+            Some(v) => Some((format!("option '{key}'"), v.clone())),
+            None => std::env::var(env).ok().map(|v| (env.to_string(), v)),
         }
     }
 
@@ -84,7 +140,7 @@ impl StoreOptions {
     pub fn concurrency(&self) -> Result<usize> {
         let default =
             env_number("VOXELSCAN_REMOTE_CONCURRENCY").unwrap_or(DEFAULT_CONCURRENCY as u64);
-        Ok(self.number("remote.concurrency", default)?.clamp(1, 256) as usize)
+        Ok(self.number("remote.concurrency", default)?.clamp(1, 1024) as usize)
     }
 
     pub(super) fn retry(&self) -> Result<RetryConfig> {
@@ -125,6 +181,31 @@ impl StoreOptions {
     }
 }
 
+fn invalid(name: &str, value: &str, what: &str) -> VoxelError {
+    VoxelError::Invalid(format!("{name}: '{value}' is not {what}"))
+}
+
+/// Milliseconds: a number, optionally followed by `ms`, or by `s` for seconds; finite and ≥ 0.
+pub(super) fn parse_millis(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (t, 1.0)
+    };
+    let ms = num.trim().parse::<f64>().ok()? * scale;
+    (ms.is_finite() && ms >= 0.0).then_some(ms)
+}
+
+fn parse_fraction(text: &str) -> Option<f64> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|x| *x >= 0.0 && !x.is_nan())
+}
+
 pub(super) fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
@@ -138,17 +219,31 @@ pub(super) fn check_key(key: &str, value: &str) -> Result<()> {
                 REMOTE_KEYS.join(", ")
             )));
         }
-        let ok = if rest == "overread" {
-            value.trim().parse::<f64>().is_ok_and(|x| x >= 0.0)
-        } else {
-            value.trim().parse::<u64>().is_ok()
+        let name = format!("option '{key}'");
+        return match rest {
+            "overread" => parse_fraction(value)
+                .map(|_| ())
+                .ok_or_else(|| invalid(&name, value, "a fraction ≥ 0")),
+            "rtt" => parse_millis(value).map(|_| ()).ok_or_else(|| {
+                invalid(
+                    &name,
+                    value,
+                    "a time in milliseconds (25, 0.5, 25ms, 0.03s)",
+                )
+            }),
+            "bandwidth" => parse_size(value)
+                .filter(|&b| b > 0)
+                .map(|_| ())
+                .ok_or_else(|| invalid(&name, value, "bytes per second (85000000, 80M, 1G)")),
+            "max_request" => parse_size(value)
+                .map(|_| ())
+                .ok_or_else(|| invalid(&name, value, "a size in bytes (8388608, 8M)")),
+            _ => value
+                .trim()
+                .parse::<u64>()
+                .map(|_| ())
+                .map_err(|_| invalid(&name, value, "a whole number")),
         };
-        if !ok {
-            return Err(VoxelError::Invalid(format!(
-                "option '{key}': '{value}' is not a whole number"
-            )));
-        }
-        return Ok(());
     }
     let known = if let Some(rest) = key.strip_prefix("aws.") {
         aws_key(rest).is_some()

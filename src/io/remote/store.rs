@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ::url::Url;
 use object_store::ObjectStore;
 
+use super::link::Link;
 use super::options::*;
 use crate::error::{Result, VoxelError};
-use crate::location::store_root;
+use crate::location::{ObjectUrl, store_root};
 
 /// The store for a URL's bucket or host, as the scan builds it (environment + `opts`), for other users of
 /// `object_store` such as DataFusion's registry.
@@ -35,6 +36,26 @@ pub(super) fn store_for(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn Object
         c.insert(key, Arc::clone(&store));
     }
     Ok(store)
+}
+
+/// The link estimates shared by every read of the store serving `url` (same root, same non-`remote.*` options).
+pub(super) fn link_for(url: &str, opts: &StoreOptions) -> Arc<Link> {
+    type Cache = Mutex<HashMap<(String, Vec<(String, String)>), Arc<Link>>>;
+    static LINKS: OnceLock<Cache> = OnceLock::new();
+    let Ok(addr) = ObjectUrl::parse(url) else {
+        return Arc::new(Link::default());
+    };
+    let settings = opts
+        .entries
+        .iter()
+        .filter(|(k, _)| !k.starts_with("remote."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let key = (store_root(addr.url()), settings);
+    let Ok(mut cache) = LINKS.get_or_init(Cache::default).lock() else {
+        return Arc::new(Link::default());
+    };
+    Arc::clone(cache.entry(key).or_default())
 }
 
 pub(super) fn build_store(url: &Url, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
