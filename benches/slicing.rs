@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::data_dir;
+use common::{data_dir, slicing_images};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use voxelscan::proxy::{ArrayProxy, ProxyOptions};
 use voxelscan::slicer::SliceSpec;
-use voxelscan::synth;
 
 struct Case {
     file: &'static str,
@@ -53,34 +52,6 @@ const CASES: &[Case] = &[
         spec: "48, 48, 30, :",
     },
 ];
-
-/// The two benchmark images (and their .nii.gz twins), generated once.
-fn ensure_images(dir: &Path) -> Vec<(String, PathBuf)> {
-    let specs: [(&str, &[usize], f32, f32); 2] = [
-        ("t1", &[256, 256, 176], 0.5, 10.0),
-        ("bold", &[96, 96, 60, 300], 1.0, 0.0),
-    ];
-    let mut out = Vec::new();
-    for (name, shape, slope, inter) in specs {
-        for gz in [false, true] {
-            let path = dir.join(if gz {
-                format!("{name}.nii.gz")
-            } else {
-                format!("{name}.nii")
-            });
-            synth::bench_image(&path, shape, slope, inter, gz).expect("write bench image");
-            out.push((
-                if gz {
-                    format!("{name}.gz")
-                } else {
-                    name.to_string()
-                },
-                path,
-            ));
-        }
-    }
-    out
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -139,7 +110,7 @@ fn main() {
     }
     let quick = std::env::var("VOXELSCAN_BENCH_QUICK").is_ok();
     let dir = data_dir();
-    let files = ensure_images(&dir);
+    let files = slicing_images(&dir);
     let nib = nibabel_times(&files, quick);
     println!("| image | slice | voxelscan | nibabel | nibabel / voxelscan |");
     println!("|---|---|---:|---:|---:|");

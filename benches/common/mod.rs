@@ -64,3 +64,26 @@ pub fn ensure_bold_gz(dir: &Path, shape: &[usize]) -> PathBuf {
     synth::bench_image(&path, shape, 1.0, 0.0, true).expect("write bench image");
     path
 }
+
+/// The slicing bench's images, generated once in `dir`: "t1" (256×256×176 int16, slope 0.5, intercept 10) and
+/// "bold" (96×96×60×300 int16), each as `.nii` and `.nii.gz`; named `t1`, `t1.gz`, `bold`, `bold.gz`.
+pub fn slicing_images(dir: &Path) -> Vec<(String, PathBuf)> {
+    let specs: [(&str, &[usize], f32, f32); 2] = [
+        ("t1", &[256, 256, 176], 0.5, 10.0),
+        ("bold", &[96, 96, 60, 300], 1.0, 0.0),
+    ];
+    let mut out = Vec::new();
+    for (name, shape, slope, inter) in specs {
+        for gz in [false, true] {
+            let (file, key) = if gz {
+                (format!("{name}.nii.gz"), format!("{name}.gz"))
+            } else {
+                (format!("{name}.nii"), name.to_string())
+            };
+            let path = dir.join(file);
+            synth::bench_image(&path, shape, slope, inter, gz).expect("write bench image");
+            out.push((key, path));
+        }
+    }
+    out
+}

@@ -35,5 +35,14 @@ fn _voxelscan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // it before handing a capsule over (the FFI layer does not check, and a mismatch crashes).
     m.add("DATAFUSION_MAJOR", sql::DATAFUSION_MAJOR)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Which profile the extension was built with (benchmarks say whether their figures are a release build's).
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }

@@ -104,6 +104,36 @@ def test_images_pickle_and_copy(tmp_path):
     assert np.array_equal(img.slicer[1:3, ..., 4:6].get_fdata(), nib.load(path).slicer[1:3, ..., 4:6].get_fdata())
 
 
+def _worker_read(pickled, key):
+    """In another process: unpickle a voxelscan image and read from it (what joblib / multiprocessing workers do)."""
+    img = pickle.loads(pickled)
+    return type(img.dataobj).__name__, np.asarray(img.dataobj[key]), img.get_fdata()
+
+
+def test_pickled_images_read_in_other_processes(tmp_path):
+    # nilearn's n_jobs paths (joblib) and multiprocessing pools send images to workers by pickle: the proxy travels
+    # as its location and options (no data), and the worker opens the file itself.
+    import concurrent.futures
+    import multiprocessing
+
+    path = random_image(tmp_path / "bold.nii.gz", shape=(6, 7, 5, 9))
+    img = voxelscan.load(path)
+    np.asarray(img.dataobj[..., 3])  # a proxy that has read already pickles the same way
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        kind, part, full = pool.submit(_worker_read, pickle.dumps(img), (slice(1, 5), 2, ..., 4)).result()
+    theirs = nib.load(path)
+    assert kind == "VoxelProxy"
+    assert np.array_equal(part, theirs.dataobj[1:5, 2, ..., 4]) and part.dtype == theirs.dataobj[1:5, 2, ..., 4].dtype
+    assert np.array_equal(full, theirs.get_fdata())
+    # A pickle names the file, as nibabel's proxy does; unpickling reopens it (its header), so once the file is
+    # gone the unpickling says so.
+    pickled = pickle.dumps(img)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="bold.nii.gz"):
+        pickle.loads(pickled)
+
+
 def test_nilearn_maskers_and_index_img(tmp_path):
     from nilearn.image import index_img, mean_img
     from nilearn.maskers import NiftiLabelsMasker, NiftiMasker
