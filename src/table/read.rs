@@ -117,6 +117,21 @@ impl SlabReader {
         Ok(Some(batches))
     }
 
+    /// The next piece's box and its value columns only (no batches, no coordinates), or `None` when the slab is
+    /// done.
+    pub fn next_values(&mut self) -> Result<Option<(Piece, Vec<ArrayRef>)>> {
+        let Some(piece) = self.pieces.next() else {
+            return Ok(None);
+        };
+        let values = self.read_values(&piece)?;
+        Ok(Some((piece, values)))
+    }
+
+    /// The file this slab belongs to.
+    pub fn file(&self) -> &Arc<VoxelFile> {
+        &self.file
+    }
+
     fn proxy(&mut self) -> Result<Arc<ArrayProxy>> {
         if let Some(p) = &self.proxy {
             return Ok(Arc::clone(p));

@@ -159,6 +159,7 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
     super::join_dense::add_rule(&mut b);
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
         .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
+        .with_physical_optimizer_rule(Arc::new(super::scan_aggregate::ScanAggregateRule))
 }
 
 /// A `SessionContext` with DataFusion's defaults plus the voxel factories and the `voxels()` function.
