@@ -34,8 +34,8 @@ use datafusion_proto::protobuf::FileScanExecConf;
 use prost::Message;
 
 use crate::table::aggregate::DenseAggregateExec;
-use crate::table::scan_aggregate::ScanAggregateExec;
 use crate::table::scan::object_path;
+use crate::table::scan_aggregate::ScanAggregateExec;
 use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
 
