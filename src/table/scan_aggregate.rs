@@ -860,11 +860,12 @@ fn same_fields(a: &Schema, b: &Schema) -> bool {
         })
 }
 
+/// A voxel scan and the projections above it (top first).
+type ScanAndProjections = (Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>);
+
 /// The voxel scan under `plan` through projections and round-robin repartitions (nothing that drops or adds rows),
 /// with the projections met on the way, top first.
-fn scan_below(
-    plan: &Arc<dyn ExecutionPlan>,
-) -> Option<(Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>)> {
+fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanAndProjections> {
     let mut node = Arc::clone(plan);
     let mut projections = Vec::new();
     loop {
