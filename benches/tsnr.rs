@@ -2,8 +2,9 @@
 //! the mean of every volume (`GROUP BY t`) of the generated 96×96×60×300 int16 BOLD (`synth::bench_image`), by the
 //! whole `voxelscan sql` process against a whole Python process doing the same with numpy on
 //! `np.asarray(img.dataobj)` (`benches/tsnr_numpy.py`), in the same run: wall time (median and best) and peak RSS of
-//! each process (`wait4`), the answers compared through a checksum (the sum of the map). On `.nii`, with the dense
-//! aggregate and without it (`SET voxelscan.dense_aggregates = false`), and on `.nii.gz` with a warm index.
+//! each process (`wait4`), the answers compared through a checksum (the sum of the map). On `.nii` with the
+//! aggregate computed in the scan (the default), with only the dense aggregate (`SET voxelscan.scan_aggregates =
+//! false`) and with DataFusion's hash aggregate (both off), and on `.nii.gz` with a warm index.
 //!
 //! `cargo bench --bench tsnr` (release). `VOXELSCAN_BENCH_RUNS` (default 3). Under `cargo test --all-targets` (no
 //! `--bench` argument) it runs once on a tiny image as a check of its own logic (answers must agree).
@@ -36,12 +37,21 @@ const CASES: [(&str, &str, &str); 2] = [
     ),
 ];
 
-fn voxelscan(image: &Path, sql: &str, dense: bool) -> (Measured, u64, f64) {
-    let statements = if dense {
-        sql.to_string()
-    } else {
-        format!("SET voxelscan.dense_aggregates = false; {sql}")
-    };
+/// The plan paths measured: a label and the settings that choose it.
+const PATHS: [(&str, &str); 3] = [
+    ("scan aggregate", ""),
+    (
+        "dense (scan off)",
+        "SET voxelscan.scan_aggregates = false; ",
+    ),
+    (
+        "hash (both off)",
+        "SET voxelscan.scan_aggregates = false; SET voxelscan.dense_aggregates = false; ",
+    ),
+];
+
+fn voxelscan(image: &Path, sql: &str, settings: &str) -> (Measured, u64, f64) {
+    let statements = format!("{settings}{sql}");
     let m = measure(Command::new(env!("CARGO_BIN_EXE_voxelscan")).args([
         "sql".to_string(),
         "--format".to_string(),
@@ -91,13 +101,14 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
 
-/// One row of the table: voxelscan (dense or not) against numpy on `image`, `runs` times each.
-fn row(label: &str, image: &Path, case: (&str, &str, &str), dense: bool, runs: usize) {
+/// One row of the table: voxelscan (on one plan path) against numpy on `image`, `runs` times each.
+fn row(label: &str, image: &Path, case: (&str, &str, &str), path: (&str, &str), runs: usize) {
+    let (mode, settings) = path;
     let (name, np_case, sql) = case;
     let (mut vt, mut nt) = (Vec::new(), Vec::new());
     let (mut vr, mut nr) = (0, 0);
     for _ in 0..runs {
-        let (m, n, s) = voxelscan(image, sql, dense);
+        let (m, n, s) = voxelscan(image, sql, settings);
         let (p, pn, ps) = numpy(image, np_case);
         agree(name, (n, s), (pn, ps));
         vt.push(m.wall);
@@ -107,7 +118,6 @@ fn row(label: &str, image: &Path, case: (&str, &str, &str), dense: bool, runs: u
     }
     let (v_med, v_best) = median(vt);
     let (n_med, n_best) = median(nt);
-    let mode = if dense { "dense" } else { "hash (dense off)" };
     println!(
         "| {name} | {label} | {mode} | {v_med:.2} ({v_best:.2}) | {:.0} | {n_med:.2} ({n_best:.2}) | {:.0} | {:.2}× |",
         mib(vr),
@@ -123,9 +133,11 @@ fn main() {
         let path = dir.path().join("tiny.nii");
         synth::bench_image(&path, &TINY, 1.0, 0.0, false).expect("tiny image");
         for (name, np_case, sql) in CASES {
-            let (_, n, s) = voxelscan(&path, sql, true);
             let (_, pn, ps) = numpy(&path, np_case);
-            agree(name, (n, s), (pn, ps));
+            for (_, settings) in PATHS {
+                let (_, n, s) = voxelscan(&path, sql, settings);
+                agree(name, (n, s), (pn, ps));
+            }
         }
         return;
     }
@@ -148,9 +160,16 @@ fn main() {
         "| query | file | voxelscan path | voxelscan s | voxelscan RSS | numpy s | numpy RSS | voxelscan / numpy |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // `VOXELSCAN_BENCH_PATHS=1` measures the default path only (the hash aggregate takes minutes).
+    let paths = std::env::var("VOXELSCAN_BENCH_PATHS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(PATHS.len())
+        .clamp(1, PATHS.len());
     for case in CASES {
-        row(".nii", &nii, case, true, runs);
-        row(".nii", &nii, case, false, runs);
-        row(".nii.gz, warm index", &gz, case, true, runs);
+        for path in &PATHS[..paths] {
+            row(".nii", &nii, case, *path, runs);
+        }
+        row(".nii.gz, warm index", &gz, case, PATHS[0], runs);
     }
 }

@@ -227,6 +227,12 @@ fn binop(a: f64, b: f64, w: Width, f64op: fn(f64, f64) -> f64, f32op: fn(f32, f3
     }
 }
 
+/// True when scaling with `slope`/`inter` (toward `requested`, if any) leaves stored values as they are.
+pub fn factors_are_identity(slope: Factor, inter: Factor, requested: Option<Scalar>) -> bool {
+    let (s, i) = factors(slope, inter, requested);
+    is_identity(s, i)
+}
+
 /// The dtype `np.asarray(proxy[...])` (or, with `requested`, `np.asarray(proxy, dtype=requested)`) has.
 pub fn scaled_dtype(
     storage: DType,

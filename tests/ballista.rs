@@ -151,6 +151,8 @@ struct TaskSeen {
     scan_partitions: usize,
     /// Dense aggregate nodes in the task's plan.
     dense_aggregates: usize,
+    /// Scan aggregate nodes in the task's plan.
+    scan_aggregates: usize,
 }
 
 /// Ballista's execution engine, noting every task it is given.
@@ -174,11 +176,15 @@ fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
 }
 
 fn dense_aggregates(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let here = usize::from(plan.name() == "DenseAggregateExec");
+    nodes_named(plan, "DenseAggregateExec")
+}
+
+fn nodes_named(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+    let here = usize::from(plan.name() == name);
     here + plan
         .children()
         .into_iter()
-        .map(dense_aggregates)
+        .map(|c| nodes_named(c, name))
         .sum::<usize>()
 }
 
@@ -199,6 +205,7 @@ impl ExecutionEngine for Recorder {
                 job: format!("{job_id:?}"),
                 scan_partitions: scan_partitions(&plan),
                 dense_aggregates: dense_aggregates(&plan),
+                scan_aggregates: nodes_named(&plan, "ScanAggregateExec"),
             });
         }
         self.inner.create_query_stage_exec(
@@ -520,6 +527,8 @@ async fn dense_group_bys_on_two_executors() {
          FROM big GROUP BY t ORDER BY t",
         "SELECT i, j, k, count(*) AS n, sum(value) AS s, avg(value) AS a FROM big WHERE j < 40 \
          GROUP BY i, j, k ORDER BY i, j, k",
+        // A filter the scan cannot take: the partial aggregate is dense, not in the scan.
+        "SELECT t, count(*) AS n, sum(value) AS s FROM big WHERE (i + j) % 7 = 0 GROUP BY t ORDER BY t",
     ];
     let local = session_context(SessionConfig::new().with_target_partitions(4));
     register_big(&local, &runs).await;
@@ -538,15 +547,64 @@ async fn dense_group_bys_on_two_executors() {
         cluster.take_seen();
         assert_eq!(&must(&ctx, q).await, want, "{q}");
         let seen = cluster.take_seen();
+        // Partial aggregates directly over a scan are computed in it (`ScanAggregateExec`, next test); the
+        // filtered query's are dense.
+        let filtered = q.contains("% 7");
         let dense_on = |e: &str| {
             seen.iter()
                 .filter(|t| t.executor == e)
-                .map(|t| t.dense_aggregates)
+                .map(|t| t.dense_aggregates + if filtered { 0 } else { t.scan_aggregates })
                 .sum::<usize>()
         };
         assert!(
             dense_on("executor-0") > 0 && dense_on("executor-1") > 0,
             "{q}: dense aggregates on both executors: {seen:?}"
+        );
+    }
+    cluster.scheduler.abort();
+}
+
+/// Aggregates computed in the scan (`ScanAggregateExec`, put into each scan stage by the executors) on two
+/// executors with one partition per task: the exact answers of DataFusion's own aggregate run locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scan_aggregates_on_two_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = big_runs(dir.path());
+    // Values are multiples of 0.5: sums, and so averages, are exact in any order.
+    let queries = [
+        "SELECT avg(value) AS a, count(*) AS n, sum(value) AS s, min(value) AS lo, max(value) AS hi FROM big",
+        "SELECT t, count(*) AS n, sum(value) AS s, avg(value) AS a, max(value) AS hi FROM big \
+         GROUP BY t ORDER BY t",
+        "SELECT i, j, k, count(*) AS n, sum(value) AS s, avg(value) AS a FROM big WHERE j < 40 \
+         GROUP BY i, j, k ORDER BY i, j, k",
+    ];
+    let local = session_context(SessionConfig::new().with_target_partitions(4));
+    register_big(&local, &runs).await;
+    must(&local, "SET voxelscan.scan_aggregates = false").await;
+    must(&local, "SET voxelscan.dense_aggregates = false").await;
+    let mut want = Vec::new();
+    for q in queries {
+        want.push(must(&local, q).await);
+    }
+    let cluster = start_cluster(dir.path(), 2, 2).await;
+    let config = SessionConfig::new_with_ballista()
+        .with_target_partitions(4)
+        .set_usize("ballista.scheduler.max_partitions_per_task", 1);
+    let ctx = client(&cluster.url, config).await;
+    register_big(&ctx, &runs).await;
+    for (q, want) in queries.iter().zip(&want) {
+        cluster.take_seen();
+        assert_eq!(&must(&ctx, q).await, want, "{q}");
+        let seen = cluster.take_seen();
+        let on = |e: &str| {
+            seen.iter()
+                .filter(|t| t.executor == e)
+                .map(|t| t.scan_aggregates)
+                .sum::<usize>()
+        };
+        assert!(
+            on("executor-0") > 0 && on("executor-1") > 0,
+            "{q}: scan aggregates on both executors: {seen:?}"
         );
     }
     cluster.scheduler.abort();

@@ -56,6 +56,9 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
         }
     }
     let ctx = session_context(SessionConfig::new().with_target_partitions(partitions));
+    // These tests are about the dense node: aggregates over the scan would otherwise be computed in the scan
+    // (tests/scan_aggregate.rs).
+    run(&ctx, "SET voxelscan.scan_aggregates = false").await;
     let none = HashMap::new();
     let unscaled = HashMap::from([("scaling".to_string(), "false".to_string())]);
     let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
@@ -374,6 +377,7 @@ async fn the_tsnr_map_equals_numpy() {
     let path = dir.path().join("bold.nii");
     image(&path, &[12, 10, 6, 30], 5, 0.25, -3.0);
     let ctx = session_context(SessionConfig::new().with_target_partitions(2));
+    run(&ctx, "SET voxelscan.scan_aggregates = false").await;
     register_voxels(&ctx, "bold", &path.to_string_lossy(), &HashMap::new()).unwrap();
     let sql = "SELECT i, j, k, avg(value) / stddev(value) AS tsnr FROM bold GROUP BY i, j, k ORDER BY i, j, k";
     assert!(explain(&ctx, sql).await.contains("DenseAggregateExec"));

@@ -35,6 +35,7 @@ use prost::Message;
 
 use crate::table::aggregate::DenseAggregateExec;
 use crate::table::scan::object_path;
+use crate::table::scan_aggregate::ScanAggregateExec;
 use crate::table::sink::NiftiFormatFactory;
 use crate::table::{VoxelSource, VoxelTable};
 
@@ -228,6 +229,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(dense) = dense_wire::decode(buf, inputs, ctx, self, converter) {
             return dense;
         }
+        if let Some(node) = scan_aggregate_wire::decode(buf, inputs, ctx, self, converter) {
+            return node;
+        }
         match ScanWire::decode(buf) {
             Some(decoded) => {
                 let (wire, rest) = decoded?;
@@ -248,6 +252,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         }
         if let Some(dense) = node.downcast_ref::<DenseAggregateExec>() {
             return dense_wire::encode(dense, buf, self, converter);
+        }
+        if let Some(agg) = node.downcast_ref::<ScanAggregateExec>() {
+            return scan_aggregate_wire::encode(agg, buf, self, converter);
         }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
@@ -483,6 +490,77 @@ mod dense_wire {
     }
 }
 
+/// A [`ScanAggregateExec`]: the aggregate it computes as DataFusion's own protobuf over an empty input of the scan's
+/// schema; its child, the voxel scan, is encoded on its own. Key ranges and value expressions are derived again from
+/// the decoded scan (a task's scan holds only its own files).
+mod scan_aggregate_wire {
+    use super::*;
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    const MAGIC: &[u8] = b"voxelscan.scan-aggregate:";
+
+    fn recompute() -> ReplaceChildrenOptions {
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+    }
+
+    fn error(what: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Internal(format!("decoding a scan aggregate: {what}"))
+    }
+
+    pub fn encode(
+        node: &ScanAggregateExec,
+        buf: &mut Vec<u8>,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let agg = node.aggregate();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
+        let plain = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
+        let proto = converter.execution_plan_to_proto(&plain, codec)?;
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&proto.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn decode(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
+        let rest = buf.strip_prefix(MAGIC)?;
+        Some(decode_node(rest, inputs, ctx, codec, converter))
+    }
+
+    fn decode_node(
+        proto: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = inputs else {
+            return Err(error(format!("one input expected, got {}", inputs.len())));
+        };
+        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
+        let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
+        let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
+        let agg = node
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| error("not an aggregate"))?;
+        let scan = ScanAggregateExec::try_new(agg.clone())?
+            .ok_or_else(|| error("the aggregate cannot be computed in its input scan"))?;
+        Ok(Arc::new(scan))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -662,6 +740,39 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("dense aggregate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn scan_aggregates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            "SELECT t, avg(value), max(value), count(*) FROM a_raw GROUP BY t ORDER BY t",
+            "SELECT i, j, k, sum(value), min(value) FROM a_raw GROUP BY i, j, k ORDER BY i, j, k",
+            "SELECT k, count(value), sum(value * 2) FROM a_raw WHERE t > 2 GROUP BY k ORDER BY k",
+            "SELECT count(*), min(value), max(value), sum(value), avg(value) FROM a_raw",
+        ] {
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(shown(&plan).contains("ScanAggregateExec"), "{sql}");
+            round_trip(&ctx, sql).await;
+        }
+        let pcodec = VoxelPhysicalCodec::default();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let e = pcodec
+            .try_decode(
+                b"voxelscan.scan-aggregate:\x05",
+                &[],
+                &ctx.task_ctx(),
+                &converter,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("scan aggregate"), "{e}");
     }
 
     #[tokio::test]

@@ -254,7 +254,7 @@ impl ExecutionPlan for DenseAggregateExec {
 }
 
 /// `batch` cut into zero-copy slices of at most `size` rows.
-fn slices(batch: RecordBatch, size: usize) -> Vec<RecordBatch> {
+pub(crate) fn slices(batch: RecordBatch, size: usize) -> Vec<RecordBatch> {
     let n = batch.num_rows();
     if n == 0 {
         // As DataFusion's aggregate: no groups, no batch.

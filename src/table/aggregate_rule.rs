@@ -36,6 +36,7 @@ use datafusion::physical_plan::{ExecutionPlan, InputOrderMode, StatisticsArgs, S
 
 use super::aggregate::{DenseAggregateExec, KeyRange, group_count, state_bytes_per_group};
 use super::config::VoxelscanOptions;
+use super::scan_aggregate::ScanAggregateExec;
 
 /// At most this many dense groups per node (DuckDB's perfect hash aggregate stops at a similar size).
 pub const MAX_GROUPS: u64 = 1 << 24;
@@ -218,6 +219,9 @@ fn column_bounds(plan: &Arc<dyn ExecutionPlan>, col: usize, depth: usize) -> Opt
     }
     if let Some(d) = plan.downcast_ref::<DenseAggregateExec>() {
         return d.ranges().get(col).map(|r| (r.min, r.max));
+    }
+    if let Some(s) = plan.downcast_ref::<ScanAggregateExec>() {
+        return s.ranges().get(col).map(|r| (r.min, r.max));
     }
     if let Some(a) = plan.downcast_ref::<AggregateExec>() {
         let group_by = a.group_expr();

@@ -13,6 +13,9 @@ extensions_options! {
         pub dense_joins: bool, default = true
         /// GROUP BY on coordinate keys with known, small, exact ranges aggregates into directly indexed groups.
         pub dense_aggregates: bool, default = true
+        /// Aggregates of the value column grouped by coordinate columns (or by nothing) directly over a voxel scan
+        /// are computed inside the scan: group indices from the slab layout, no coordinate columns.
+        pub scan_aggregates: bool, default = true
     }
 }
 

@@ -40,6 +40,7 @@ pub mod provider;
 pub mod read;
 pub mod register;
 pub mod scan;
+pub mod scan_aggregate;
 pub mod schema;
 pub mod sink;
 pub mod stores;

@@ -17,7 +17,7 @@ use super::layout::{
 };
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
-use crate::formats::Compression;
+use crate::formats::{Compression, Order};
 use crate::io::ByteSource;
 use crate::io::local::{LocalSource, MmapMode};
 use crate::values::Values;
@@ -74,6 +74,9 @@ pub struct SlabReader {
     slow: Option<Range<u64>>,
     /// Made one at a time (a header's claim may be huge).
     pieces: Pieces,
+    /// The slab's bytes mapped for zero-copy value arrays (made on first use; `Some(None)` where values cannot
+    /// alias the file: scaled, swapped, compressed, remote or unmapped).
+    zero_copy: Option<Option<SlabMap>>,
     out: Arc<Output>,
     metrics: ScanMetrics,
     mmap: MmapMode,
@@ -97,6 +100,7 @@ impl SlabReader {
             file,
             proxy: None,
             slab_source: None,
+            zero_copy: None,
             out,
             metrics,
             mmap,
@@ -115,6 +119,21 @@ impl SlabReader {
         };
         let batches = self.batches(&piece, values.as_deref())?;
         Ok(Some(batches))
+    }
+
+    /// The next piece's box and its value columns only (no batches, no coordinates), or `None` when the slab is
+    /// done.
+    pub fn next_values(&mut self) -> Result<Option<(Piece, Vec<ArrayRef>)>> {
+        let Some(piece) = self.pieces.next() else {
+            return Ok(None);
+        };
+        let values = self.read_values(&piece)?;
+        Ok(Some((piece, values)))
+    }
+
+    /// The file this slab belongs to.
+    pub fn file(&self) -> &Arc<VoxelFile> {
+        &self.file
     }
 
     fn proxy(&mut self) -> Result<Arc<ArrayProxy>> {
@@ -161,6 +180,10 @@ impl SlabReader {
     }
 
     fn read_values(&mut self, piece: &Piece) -> Result<Vec<ArrayRef>> {
+        if let Some(values) = self.mapped_values(piece)? {
+            self.metrics.pieces_read.add(1);
+            return Ok(vec![values]);
+        }
         let stored = self.read_stored(piece)?;
         self.metrics.pieces_read.add(1);
         let f = &self.file;
@@ -181,6 +204,74 @@ impl SlabReader {
             )));
         }
         Ok(value_arrays(values))
+    }
+
+    /// The value array of `piece` as the mapped file bytes themselves (no copy), when the stored bytes are the
+    /// values (native byte order, no scaling, the table's type), the slab is mapped and the piece is one contiguous,
+    /// aligned run of it; `None` otherwise (the copying read path then runs).
+    fn mapped_values(&mut self, piece: &Piece) -> Result<Option<ArrayRef>> {
+        if self.zero_copy.is_none() {
+            let made = if self.values_are_stored_bytes() {
+                match &self.slow {
+                    Some(r) if self.mmap != MmapMode::Off => SlabMap::new(&self.file, r)?,
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            self.zero_copy = Some(made);
+        }
+        let Some(Some(map)) = &self.zero_copy else {
+            return Ok(None);
+        };
+        let f = &self.file;
+        let Some(start) = contiguous_start(piece, &f.layout.shape, f.layout.order) else {
+            return Ok(None);
+        };
+        let n = piece_len(piece);
+        let item = f.itemsize();
+        let from = f.layout.offset.saturating_add(start.saturating_mul(item));
+        let bytes = n.saturating_mul(item);
+        let timer = self.metrics.read_time.timer();
+        // The file may have been cut since it was mapped: touching pages past its end would fault, so the read is
+        // refused as the copying path refuses it.
+        let len = std::fs::metadata(&map.path)
+            .map_err(|e| VoxelError::io(&map.path, e))?
+            .len();
+        if from.saturating_add(bytes) > len {
+            return Err(VoxelError::Invalid(format!(
+                "{}: file truncated: {} bytes, the data needs {}",
+                map.path.display(),
+                len,
+                from.saturating_add(bytes)
+            )));
+        }
+        let array = map.array(f.layout.dtype.scalar, from, n);
+        timer.done();
+        if array.is_some() {
+            self.metrics.bytes_read.add(bytes as usize);
+            self.metrics.segments_read.add(1);
+        }
+        Ok(array)
+    }
+
+    /// The decoded values are the stored bytes: native order, no scaling under this mode, the table's type.
+    fn values_are_stored_bytes(&self) -> bool {
+        let f = &self.file;
+        let storage = f.layout.dtype;
+        storage == crate::dtype::DType::native(storage.scalar)
+            && self.out.scalar == storage.scalar
+            && super::schema::value_scalar(storage, f.layout.slope, f.layout.inter, self.out.mode)
+                .is_ok_and(|s| s == storage.scalar)
+            && match self.out.mode {
+                ValueMode::Unscaled => true,
+                ValueMode::Scaled => {
+                    crate::scaling::factors_are_identity(f.layout.slope, f.layout.inter, None)
+                }
+                ValueMode::As(s) => {
+                    crate::scaling::factors_are_identity(f.layout.slope, f.layout.inter, Some(s))
+                }
+            }
     }
 
     fn batches(&self, piece: &Piece, values: Option<&[ArrayRef]>) -> Result<Vec<RecordBatch>> {
@@ -255,6 +346,126 @@ fn map_slab(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<LocalSource>> {
     LocalSource::with_kept_map(path, byte_span(f, Some(slow)))
 }
 
+/// A slab's bytes mapped read-only, shared by the value arrays made from it (they keep it alive).
+struct SlabMap {
+    path: std::path::PathBuf,
+    map: Arc<memmap2::Mmap>,
+    /// File offset of the map's first byte.
+    start: u64,
+}
+
+impl SlabMap {
+    /// `f`'s slab `slow` mapped, or `None` where the scan does not map it (see [`map_slab`]).
+    fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
+        if slow_axis(f.ndim(), f.layout.order).is_none()
+            || f.compression != Compression::None
+            || f.is_remote()
+            || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
+        {
+            return Ok(None);
+        }
+        let Some(path) = f.local_path() else {
+            return Ok(None);
+        };
+        f.check_unchanged()?;
+        let span = byte_span(f, Some(slow));
+        let file = std::fs::File::open(path).map_err(|e| VoxelError::io(path, e))?;
+        let len = file.metadata().map_err(|e| VoxelError::io(path, e))?.len();
+        let Ok(n) = usize::try_from(span.end.saturating_sub(span.start)) else {
+            return Ok(None);
+        };
+        if span.end > len || n == 0 {
+            // Short files are reported by the copying path, which checks every read.
+            return Ok(None);
+        }
+        // SAFETY: a private read-only mapping of bytes the file was just seen to hold, never written through.
+        // Every array made from it is checked against the file's length first; a file cut while an array is in
+        // use faults like any memory-mapped read (the documented hazard; `mmap 'off'` avoids it).
+        let map = match unsafe {
+            memmap2::MmapOptions::new()
+                .offset(span.start)
+                .len(n)
+                .map(&file)
+        } {
+            Ok(m) => m,
+            Err(_) => return Ok(None),
+        };
+        Ok(Some(SlabMap {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            start: span.start,
+        }))
+    }
+
+    /// The `n` elements of `scalar` at file offset `from` as an array over the map; `None` when they lie outside
+    /// it, are misaligned for the type, or the type has no plain Arrow array.
+    fn array(&self, scalar: crate::dtype::Scalar, from: u64, n: u64) -> Option<ArrayRef> {
+        use crate::dtype::Scalar as S;
+        use datafusion::arrow::array::PrimitiveArray;
+        use datafusion::arrow::buffer::{Buffer, ScalarBuffer};
+        use datafusion::arrow::datatypes as t;
+        let item = scalar.size() as u64;
+        let at = usize::try_from(from.checked_sub(self.start)?).ok()?;
+        let bytes = usize::try_from(n.checked_mul(item)?).ok()?;
+        let end = at.checked_add(bytes)?;
+        if end > self.map.len() {
+            return None;
+        }
+        let ptr = self.map[at..end].as_ptr();
+        if !(ptr as usize).is_multiple_of(scalar.size().max(1)) {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast_mut())?;
+        let owner: Arc<memmap2::Mmap> = Arc::clone(&self.map);
+        // SAFETY: `ptr..ptr + bytes` lies inside the mapping (checked above), which `owner` keeps alive for as long
+        // as the buffer lives; the mapping is read-only and never written.
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, bytes, owner) };
+        let n = usize::try_from(n).ok()?;
+        fn wrap<T: t::ArrowPrimitiveType>(b: Buffer, n: usize) -> ArrayRef {
+            Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::new(b, 0, n), None))
+        }
+        Some(match scalar {
+            S::U8 => wrap::<t::UInt8Type>(buffer, n),
+            S::I8 => wrap::<t::Int8Type>(buffer, n),
+            S::U16 => wrap::<t::UInt16Type>(buffer, n),
+            S::I16 => wrap::<t::Int16Type>(buffer, n),
+            S::U32 => wrap::<t::UInt32Type>(buffer, n),
+            S::I32 => wrap::<t::Int32Type>(buffer, n),
+            S::U64 => wrap::<t::UInt64Type>(buffer, n),
+            S::I64 => wrap::<t::Int64Type>(buffer, n),
+            S::F32 => wrap::<t::Float32Type>(buffer, n),
+            S::F64 => wrap::<t::Float64Type>(buffer, n),
+            _ => return None,
+        })
+    }
+}
+
+/// The linear index (in `order`) of `piece`'s first element when the piece is one contiguous run of the array of
+/// `shape`: whole along every axis faster than its first partial one, a single index along every slower one but
+/// that.
+fn contiguous_start(piece: &[Range<u64>], shape: &[usize], order: Order) -> Option<u64> {
+    let fast_to_slow: Vec<usize> = match order {
+        Order::F => (0..piece.len()).collect(),
+        Order::C => (0..piece.len()).rev().collect(),
+    };
+    let mut partial_seen = false;
+    let mut start = 0u64;
+    let mut stride = 1u64;
+    for &a in &fast_to_slow {
+        let (r, n) = (&piece[a], *shape.get(a)? as u64);
+        let whole = r.start == 0 && r.end == n;
+        if partial_seen && r.end - r.start > 1 {
+            return None;
+        }
+        if !whole {
+            partial_seen = true;
+        }
+        start = start.checked_add(r.start.checked_mul(stride)?)?;
+        stride = stride.checked_mul(n)?;
+    }
+    Some(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +528,151 @@ mod tests {
         }
         let e = seen.expect("an error after the cut").to_string();
         assert!(e.contains("cut.nii") && e.contains("truncated"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod zero_copy_tests {
+    use super::*;
+    use crate::dtype::ByteOrder;
+    use crate::formats::test_util::HeaderBuilder;
+    use crate::table::schema::file_schema;
+
+    fn metrics() -> ScanMetrics {
+        ScanMetrics {
+            bytes_read: Count::new(),
+            segments_read: Count::new(),
+            requests: Count::new(),
+            pieces_read: Count::new(),
+            read_time: Time::new(),
+            decode_time: Time::new(),
+        }
+    }
+
+    /// The values of every piece of a full slab read with the map (`zero_copy`) or through the copying path.
+    fn read_all(
+        path: &std::path::Path,
+        mode: ValueMode,
+        mmap: MmapMode,
+        sel: Option<Selection>,
+    ) -> (Vec<ArrayRef>, Option<Arc<memmap2::Mmap>>) {
+        let h = crate::formats::read_header(path).unwrap();
+        let f = Arc::new(VoxelFile::from_header("z.nii".into(), &h).unwrap());
+        let scalar = crate::table::files::file_value_scalar(&f, mode).unwrap();
+        let out = Arc::new(Output {
+            schema: file_schema(3, scalar).unwrap(),
+            columns: vec![3],
+            ndim: 3,
+            mode,
+            scalar,
+            batch_size: 8192,
+        });
+        let sel = sel.unwrap_or_else(|| Selection::full(&f.layout.shape));
+        let mut r = SlabReader::new(f, &sel, out, metrics(), 8 * 6, mmap, Some(0..5));
+        let mut got = Vec::new();
+        while let Some((_, v)) = r.next_values().unwrap() {
+            got.extend(v);
+        }
+        let map = r.zero_copy.flatten().map(|m| Arc::clone(&m.map));
+        (got, map)
+    }
+
+    fn write(path: &std::path::Path, order: ByteOrder, slope: f32) {
+        let data: Vec<u8> = (0..8 * 6 * 5)
+            .flat_map(|v: i16| match order {
+                ByteOrder::Big => (v - 100).to_be_bytes(),
+                _ => (v - 100).to_le_bytes(),
+            })
+            .collect();
+        let mut b = HeaderBuilder::nifti1(order, &[8, 6, 5], 4, true);
+        if slope != 1.0 {
+            b = b.f32_at(112, slope).f32_at(116, 0.5);
+        }
+        std::fs::write(path, b.single_file(&[], &data)).unwrap();
+    }
+
+    #[test]
+    fn native_unscaled_values_alias_the_mapped_slab() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.nii");
+        write(&path, ByteOrder::NATIVE, 1.0);
+        let (mapped, map) = read_all(&path, ValueMode::Scaled, MmapMode::ReadOnly, None);
+        let map = map.expect("the slab is mapped");
+        let range = map.as_ptr() as usize..map.as_ptr() as usize + map.len();
+        assert_eq!(mapped.len(), 5, "one piece per plane");
+        for a in &mapped {
+            let p = a.to_data().buffers()[0].as_ptr() as usize;
+            assert!(
+                range.contains(&p),
+                "value buffer {p:#x} outside the map {range:x?}"
+            );
+        }
+        let (copied, none) = read_all(&path, ValueMode::Scaled, MmapMode::Off, None);
+        assert!(none.is_none());
+        assert_eq!(mapped, copied);
+        // A box that is not one run of the file: copied, same answers as DataFusion would get.
+        let sel = Selection {
+            axes: vec![
+                super::super::index_set::IndexSet::range(1..7),
+                super::super::index_set::IndexSet::range(0..6),
+                super::super::index_set::IndexSet::range(0..5),
+            ],
+        };
+        let (boxed, _) = read_all(&path, ValueMode::Unscaled, MmapMode::ReadOnly, Some(sel));
+        let first = boxed[0]
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int16Array>();
+        assert_eq!(first.unwrap().value(0), 1 - 100);
+        let p = boxed[0].to_data().buffers()[0].as_ptr() as usize;
+        assert!(!range.contains(&p));
+    }
+
+    #[test]
+    fn scaled_and_swapped_values_are_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, order, slope) in [
+            ("be.nii", ByteOrder::Big, 1.0),
+            ("scaled.nii", ByteOrder::NATIVE, 2.0),
+        ] {
+            let path = dir.path().join(name);
+            write(&path, order, slope);
+            let (values, map) = read_all(&path, ValueMode::Scaled, MmapMode::ReadOnly, None);
+            assert!(map.is_none(), "{name}");
+            assert_eq!(values.len(), 5);
+        }
+        // The stored values of a scaled file are its bytes again.
+        let (_, map) = read_all(
+            &dir.path().join("scaled.nii"),
+            ValueMode::Unscaled,
+            MmapMode::ReadOnly,
+            None,
+        );
+        assert!(map.is_some());
+    }
+
+    #[test]
+    fn contiguous_pieces_are_found_in_both_orders() {
+        let shape = [4, 3, 5];
+        assert_eq!(
+            contiguous_start(&[0..4, 0..3, 2..4], &shape, Order::F),
+            Some(24)
+        );
+        assert_eq!(
+            contiguous_start(&[1..3, 2..3, 4..5], &shape, Order::F),
+            Some(1 + 8 + 48)
+        );
+        assert_eq!(
+            contiguous_start(&[1..3, 1..3, 4..5], &shape, Order::F),
+            None
+        );
+        assert_eq!(
+            contiguous_start(&[2..3, 0..3, 0..5], &shape, Order::C),
+            Some(30)
+        );
+        assert_eq!(
+            contiguous_start(&[0..4, 0..2, 0..5], &shape, Order::C),
+            None
+        );
     }
 }
 

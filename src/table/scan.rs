@@ -37,7 +37,7 @@ use crate::io::local::MmapMode;
 use super::files::VoxelFile;
 use super::index_set::IndexSet;
 use super::join_filter::{Cx, implied_axis_sets, listed_voxels};
-use super::layout::{Selection, slab_selection, slow_axis, slow_range_of};
+use super::layout::{Piece, Selection, slab_selection, slow_axis, slow_range_of};
 use super::read::{Output, PIECE_ELEMENTS, ScanMetrics, SlabReader};
 use super::schema::{AXIS_NAMES, ValueMode};
 use super::world::{GRID_COLUMNS, GridMap, grid_ranges};
@@ -144,23 +144,15 @@ impl VoxelSource {
     pub fn spec(&self) -> &Arc<ScanSpec> {
         &self.spec
     }
-}
 
-/// Characters of a dynamic filter `EXPLAIN` shows.
-const EXPLAIN_FILTER_CHARS: usize = 600;
-
-/// Files listed by `EXPLAIN` before the rest is summarised.
-const EXPLAIN_FILES: usize = 16;
-
-impl FileSource for VoxelSource {
-    fn create_file_opener(
+    /// An opener of `partition`'s slabs producing the file columns `columns`, counting into the scan's metrics.
+    fn opener(
         &self,
-        _store: Arc<dyn ObjectStore>,
         base: &FileScanConfig,
         partition: usize,
-    ) -> DfResult<Arc<dyn FileOpener>> {
+        columns: Vec<usize>,
+    ) -> DfResult<VoxelOpener> {
         let file_schema = self.table_schema.file_schema();
-        let columns = self.projection.file_indices.clone();
         let out = Output {
             schema: Arc::new(file_schema.project(&columns)?),
             columns,
@@ -179,7 +171,7 @@ impl FileSource for VoxelSource {
             read_time: t("read_time"),
             decode_time: t("decode_time"),
         };
-        let opener = VoxelOpener {
+        Ok(VoxelOpener {
             spec: Arc::clone(&self.spec),
             out: Arc::new(out),
             metrics,
@@ -191,7 +183,48 @@ impl FileSource for VoxelSource {
             budget: base
                 .limit
                 .map_or(PIECE_ELEMENTS, |l| (l as u64).clamp(1, PIECE_ELEMENTS)),
-        };
+        })
+    }
+
+    /// The value pieces of `partition` of the scan `base` (whose source this is): the same slabs, pushdown, dynamic
+    /// narrowing and metrics as its record batches, but only the value columns, each piece with its box and file,
+    /// so a consumer can place rows by layout arithmetic instead of coordinate columns ([`super::scan_aggregate`]).
+    pub fn value_pieces(
+        &self,
+        base: &FileScanConfig,
+        partition: usize,
+    ) -> DfResult<futures::stream::BoxStream<'static, DfResult<ValuePiece>>> {
+        let ndim = self.spec.files.first().map_or(0, |f| f.ndim());
+        let values = super::schema::value_fields(self.spec.scalar).len();
+        let opener = Arc::new(self.opener(base, partition, (ndim..ndim + values).collect())?);
+        let files: Vec<PartitionedFile> = base
+            .file_groups
+            .get(partition)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+        let slabs = futures::stream::iter(files).map(move |pf| {
+            let opener = Arc::clone(&opener);
+            async move { opener.value_slab(pf) }
+        });
+        Ok(slabs.buffered(1).try_flatten().boxed())
+    }
+}
+
+/// Characters of a dynamic filter `EXPLAIN` shows.
+const EXPLAIN_FILTER_CHARS: usize = 600;
+
+/// Files listed by `EXPLAIN` before the rest is summarised.
+const EXPLAIN_FILES: usize = 16;
+
+impl FileSource for VoxelSource {
+    fn create_file_opener(
+        &self,
+        _store: Arc<dyn ObjectStore>,
+        base: &FileScanConfig,
+        partition: usize,
+    ) -> DfResult<Arc<dyn FileOpener>> {
+        let file_schema = self.table_schema.file_schema();
+        let opener = self.opener(base, partition, self.projection.file_indices.clone())?;
         ProjectionOpener::try_new(self.projection.clone(), Arc::new(opener), file_schema)
     }
 
@@ -500,6 +533,74 @@ impl VoxelOpener {
             parts: None,
         })
     }
+}
+
+/// The decoded value columns of one piece of a slab, with the piece's box and file.
+pub struct ValuePiece {
+    pub file: Arc<VoxelFile>,
+    pub piece: Piece,
+    pub values: Vec<datafusion::arrow::array::ArrayRef>,
+}
+
+impl VoxelOpener {
+    /// One slab's value pieces (see [`VoxelSource::value_pieces`]).
+    fn value_slab(
+        &self,
+        pf: PartitionedFile,
+    ) -> DfResult<futures::stream::BoxStream<'static, DfResult<ValuePiece>>> {
+        let Some(plan) = self.slab(&pf)?.narrowed(&self.dynamic, &self.pruned) else {
+            return Ok(futures::stream::empty().boxed());
+        };
+        let parts = plan.parts.unwrap_or_else(|| vec![plan.sel]);
+        let (file, slow, spec) = (plan.file, plan.slow, Arc::clone(&self.spec));
+        let (out, metrics, budget) = (Arc::clone(&self.out), self.metrics.clone(), self.budget);
+        let readers = parts.into_iter().map(move |part| {
+            let reader = SlabReader::new(
+                Arc::clone(&file),
+                &part,
+                Arc::clone(&out),
+                metrics.clone(),
+                budget,
+                spec.mmap,
+                slow.clone(),
+            );
+            value_stream(reader, Arc::clone(&spec))
+        });
+        Ok(futures::stream::iter(readers).flatten().boxed())
+    }
+}
+
+/// The value pieces of one slab, each read on a blocking thread.
+fn value_stream(
+    reader: SlabReader,
+    spec: Arc<ScanSpec>,
+) -> impl futures::Stream<Item = DfResult<ValuePiece>> {
+    futures::stream::try_unfold(reader, move |mut reader| {
+        let spec = Arc::clone(&spec);
+        async move {
+            let (reader, next) = tokio::task::spawn_blocking(move || {
+                let next = reader.next_values();
+                (reader, next)
+            })
+            .await
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+            match next {
+                Ok(Some((piece, values))) => {
+                    let file = Arc::clone(reader.file());
+                    Ok(Some((
+                        ValuePiece {
+                            file,
+                            piece,
+                            values,
+                        },
+                        reader,
+                    )))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
+            }
+        }
+    })
 }
 
 impl FileOpener for VoxelOpener {

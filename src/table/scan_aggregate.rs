@@ -1,0 +1,955 @@
+//! Aggregates computed inside the voxel scan. [`ScanAggregateExec`] stands in for an `AggregateExec` (`Partial` or
+//! `Single`) that sits directly on a voxel scan (through projections and round-robin repartitions only) when its group
+//! keys are plain coordinate columns and its aggregates' arguments are expressions of the value column. It reads the
+//! scan's slabs through the scan's own read path (same pushdown, same metrics) as value pieces only: a row's group is
+//! the linear index of its grouped coordinates, computed from the piece's box (never materialising `i, j, k`), and the
+//! aggregates are DataFusion's own `GroupsAccumulator`s (plain `Accumulator`s without keys), so answers and emitted
+//! state are exactly those of the node replaced. The rule choosing it is [`ScanAggregateRule`]
+//! (`SET voxelscan.scan_aggregates = false` turns it off).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{
+    AggregateExec, AggregateMode, AggregateOutputMode, PhysicalGroupBy,
+};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
+};
+use futures::StreamExt;
+
+use super::aggregate::{DenseAggregateExec, KeyRange, group_count, slices, state_bytes_per_group};
+use super::aggregate_rule::{MAX_GROUPS, state_limit};
+use super::config::VoxelscanOptions;
+use super::layout::piece_len;
+use super::scan::{ValuePiece, VoxelSource};
+use super::schema::value_fields;
+use crate::formats::Order;
+
+/// Rows handed to the accumulators at once: a piece's cast arguments stay in cache.
+const CHUNK_ROWS: usize = 1 << 16;
+
+/// What a column of the voxel scan's output is.
+#[derive(Debug, Clone)]
+enum ScanColumn {
+    /// A coordinate: the file axis.
+    Axis(usize),
+    /// A value column or an expression of value columns only (the scan may hold a pushed-down projection such as
+    /// `CAST(value AS Float64)`), over a batch of the value columns.
+    Value(Arc<dyn PhysicalExpr>),
+    /// Anything else (`file`, millimetre columns, computed projections).
+    Other,
+}
+
+/// The scan's config, source and the meaning of each of its output columns, when `plan` is a voxel scan.
+fn voxel_scan(
+    plan: &dyn ExecutionPlan,
+) -> Option<(&FileScanConfig, &VoxelSource, Vec<ScanColumn>)> {
+    let exec = plan.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    let source = config.file_source().downcast_ref::<VoxelSource>()?;
+    let spec = source.spec();
+    let ndim = spec.files.first().map_or(0, |f| f.ndim());
+    let values = value_fields(spec.scalar).len();
+    let projection = datafusion::datasource::physical_plan::FileSource::projection(source)?;
+    let value_schema = Schema::new(value_fields(spec.scalar));
+    let columns = projection
+        .iter()
+        .map(
+            |p| match p.expr.downcast_ref::<Column>().map(Column::index) {
+                Some(c) if c < ndim => ScanColumn::Axis(c),
+                _ => match table_to_values(&p.expr, ndim, values, &value_schema) {
+                    Some(e) => ScanColumn::Value(e),
+                    None => ScanColumn::Other,
+                },
+            },
+        )
+        .collect();
+    Some((config, source, columns))
+}
+
+/// `expr` over the scan's table columns as an expression over the value columns only; `None` when it reads a
+/// coordinate, `file` or a millimetre column.
+fn table_to_values(
+    expr: &Arc<dyn PhysicalExpr>,
+    ndim: usize,
+    values: usize,
+    value_schema: &Schema,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let mut ok = true;
+    let out = Arc::clone(expr)
+        .transform_up(|e| {
+            let Some(c) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            match c.index().checked_sub(ndim).filter(|&v| v < values) {
+                Some(v) => {
+                    let name = value_schema.field(v).name();
+                    Ok(Transformed::yes(
+                        Arc::new(Column::new(name, v)) as Arc<dyn PhysicalExpr>
+                    ))
+                }
+                None => {
+                    ok = false;
+                    Ok(Transformed::new(e, false, TreeNodeRecursion::Stop))
+                }
+            }
+        })
+        .ok()?;
+    ok.then_some(out.data)
+}
+
+/// One `Partial` or `Single` aggregate computed over the value pieces of the voxel scan below it.
+#[derive(Debug)]
+pub struct ScanAggregateExec {
+    /// The aggregate computed, re-based directly on the scan (keys and arguments in the scan's columns).
+    inner: AggregateExec,
+    /// Per group key, its file axis.
+    axes: Vec<usize>,
+    /// Per group key, the coordinates the scan's selections span on its axis.
+    ranges: Vec<KeyRange>,
+    /// Row-major strides of the keys (the last key fastest).
+    strides: Vec<u64>,
+    groups: usize,
+    /// Estimated bytes of one partition's state.
+    state_bytes: usize,
+    /// The aggregates' arguments over a batch holding only the value columns.
+    args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    value_schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ScanAggregateExec {
+    /// `agg` (directly over a voxel scan) computed in the scan, or `None` when its shape is not one this node
+    /// computes (keys other than coordinates, arguments other than the value, modes other than Partial/Single…).
+    pub fn try_new(agg: AggregateExec) -> DfResult<Option<Self>> {
+        if !shape_supported(&agg) {
+            return Ok(None);
+        }
+        let Some((config, source, columns)) = voxel_scan(agg.input().as_ref()) else {
+            return Ok(None);
+        };
+        if config.limit.is_some() {
+            return Ok(None);
+        }
+        let mut axes = Vec::new();
+        for (expr, _) in agg.group_expr().expr() {
+            match expr
+                .downcast_ref::<Column>()
+                .map(|c| columns.get(c.index()))
+            {
+                Some(Some(ScanColumn::Axis(a))) => axes.push(*a),
+                _ => return Ok(None),
+            }
+        }
+        let spec = source.spec();
+        let value_schema = Arc::new(Schema::new(value_fields(spec.scalar)));
+        let mut args = Vec::new();
+        for a in agg.aggr_expr() {
+            let mut exprs = Vec::new();
+            for e in a.expressions() {
+                match on_values(&e, &columns)? {
+                    Some(e) => exprs.push(e),
+                    None => return Ok(None),
+                }
+            }
+            args.push(exprs);
+        }
+        let Some(ranges) = axis_ranges(spec, &axes) else {
+            return Ok(None);
+        };
+        let Some(groups) = group_count(&ranges).and_then(|g| usize::try_from(g).ok()) else {
+            return Ok(None);
+        };
+        let mut strides = vec![1u64; ranges.len()];
+        for k in (0..ranges.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
+        }
+        let partitions = agg.input().properties().partitioning.partition_count();
+        if agg.mode() == &AggregateMode::Single && partitions != 1 {
+            return Ok(None);
+        }
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(agg.schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        let state_bytes = groups.saturating_mul(state_bytes_per_group(&agg));
+        Ok(Some(ScanAggregateExec {
+            inner: agg,
+            axes,
+            ranges,
+            strides,
+            groups,
+            state_bytes,
+            args,
+            value_schema,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    /// The aggregate this node computes, directly over the scan.
+    pub fn aggregate(&self) -> &AggregateExec {
+        &self.inner
+    }
+
+    /// Per group key, the range of its coordinates.
+    pub fn ranges(&self) -> &[KeyRange] {
+        &self.ranges
+    }
+
+    /// Number of directly indexed groups (1 without keys).
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The voxel scan this node reads.
+    fn scan(&self) -> DfResult<(&FileScanConfig, &VoxelSource)> {
+        voxel_scan(self.inner.input().as_ref())
+            .map(|(c, s, _)| (c, s))
+            .ok_or_else(|| DataFusionError::Internal("scan aggregate without a voxel scan".into()))
+    }
+}
+
+/// Plain aggregates (Partial or Single) with a `GroupsAccumulator`, no DISTINCT, ordering, FILTER or grouping sets.
+fn shape_supported(agg: &AggregateExec) -> bool {
+    matches!(agg.mode(), AggregateMode::Partial | AggregateMode::Single)
+        && agg.group_expr().is_single()
+        && agg.limit_options().is_none()
+        && matches!(agg.input_order_mode(), InputOrderMode::Linear)
+        && agg.filter_expr().iter().all(Option::is_none)
+        && agg.aggr_expr().iter().all(|a| {
+            !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()
+        })
+}
+
+/// `expr` (over the scan's output) over a batch of the value columns only; `None` when it reads anything else.
+fn on_values(
+    expr: &Arc<dyn PhysicalExpr>,
+    columns: &[ScanColumn],
+) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+    let mut ok = true;
+    let out = Arc::clone(expr).transform_up(|e| {
+        let Some(c) = e.downcast_ref::<Column>() else {
+            return Ok(Transformed::no(e));
+        };
+        match columns.get(c.index()) {
+            Some(ScanColumn::Value(v)) => Ok(Transformed::yes(Arc::clone(v))),
+            _ => {
+                ok = false;
+                Ok(Transformed::new(e, false, TreeNodeRecursion::Stop))
+            }
+        }
+    })?;
+    Ok(ok.then_some(out.data))
+}
+
+/// Per grouped axis, the smallest and largest coordinate any file's selection has on it; `None` when no file is
+/// read (nothing to group: DataFusion's plan is as good).
+fn axis_ranges(spec: &super::scan::ScanSpec, axes: &[usize]) -> Option<Vec<KeyRange>> {
+    let chosen: Vec<_> = spec
+        .selections
+        .iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    if chosen.is_empty() && !axes.is_empty() {
+        return None;
+    }
+    axes.iter()
+        .map(|&a| {
+            let lo = chosen.iter().filter_map(|s| s.axes.get(a)?.min()).min()?;
+            let hi = chosen.iter().filter_map(|s| s.axes.get(a)?.max()).max()?;
+            Some(KeyRange {
+                min: i64::try_from(lo).ok()?,
+                max: i64::try_from(hi).ok()?,
+                nullable: false,
+            })
+        })
+        .collect()
+}
+
+impl DisplayAs for ScanAggregateExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<String> = self
+            .inner
+            .group_expr()
+            .expr()
+            .iter()
+            .zip(&self.ranges)
+            .map(|((_, name), r)| format!("{name}@[{}, {}]", r.min, r.max))
+            .collect();
+        let aggs: Vec<&str> = self.inner.aggr_expr().iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "ScanAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups={}",
+            self.inner.mode(),
+            keys.join(", "),
+            aggs.join(", "),
+            self.groups
+        )?;
+        if let DisplayFormatType::Verbose = t {
+            write!(f, ", state_bytes={}", self.state_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ScanAggregateExec {
+    fn name(&self) -> &str {
+        "ScanAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.inner.input()]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [child] = children.as_slice() else {
+            return Err(DataFusionError::Internal(
+                "scan aggregate: one child expected".into(),
+            ));
+        };
+        let inner = rebased(&self.inner, Arc::clone(child))?;
+        ScanAggregateExec::try_new(inner)?
+            .map(|n| Arc::new(n) as Arc<dyn ExecutionPlan>)
+            .ok_or_else(|| {
+                DataFusionError::Internal(
+                    "scan aggregate: the new child is not a voxel scan".into(),
+                )
+            })
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let (config, source) = self.scan()?;
+        let pieces = source.value_pieces(config, partition)?;
+        let reservation = MemoryConsumer::new(format!("ScanAggregateExec[{partition}]"))
+            .register(context.memory_pool());
+        reservation.try_grow(self.state_bytes)?;
+        let mut state = State::new(self)?;
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let batch_size = context.session_config().batch_size().max(1);
+        let schema = self.schema();
+        let out = futures::stream::once(async move {
+            let _keep = reservation;
+            let timer = baseline.elapsed_compute().clone();
+            let mut pieces = pieces;
+            while let Some(p) = pieces.next().await {
+                let p = p?;
+                let _t = timer.timer();
+                state.update(&p)?;
+            }
+            let _t = timer.timer();
+            let batch = state.emit()?;
+            baseline.record_output(batch.num_rows());
+            Ok::<_, DataFusionError>(batch)
+        })
+        .map(move |r| match r {
+            Ok(batch) => {
+                futures::stream::iter(slices(batch, batch_size).into_iter().map(Ok)).left_stream()
+            }
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        })
+        .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        self.inner.apply_expressions(f)
+    }
+}
+
+/// `agg` with `input` as its input (same expressions: `input` has the same schema).
+fn rebased(agg: &AggregateExec, input: Arc<dyn ExecutionPlan>) -> DfResult<AggregateExec> {
+    let schema = input.schema();
+    AggregateExec::try_new(
+        *agg.mode(),
+        agg.group_expr().clone(),
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        input,
+        schema,
+    )
+}
+
+/// The accumulators of one partition.
+enum Accumulators {
+    /// No group keys: DataFusion's plain accumulators (one group, vectorised updates).
+    Plain(Vec<Box<dyn Accumulator>>),
+    Grouped {
+        accumulators: Vec<Box<dyn GroupsAccumulator>>,
+        seen: Vec<bool>,
+        indices: Vec<usize>,
+    },
+}
+
+/// One partition's aggregation state.
+struct State {
+    schema: SchemaRef,
+    value_schema: SchemaRef,
+    axes: Vec<usize>,
+    ranges: Vec<KeyRange>,
+    strides: Vec<u64>,
+    groups: usize,
+    final_output: bool,
+    /// The distinct argument expressions, and per aggregate the indices of its arguments among them.
+    unique_args: Vec<Arc<dyn PhysicalExpr>>,
+    args: Vec<Vec<usize>>,
+    accumulators: Accumulators,
+}
+
+impl State {
+    fn new(exec: &ScanAggregateExec) -> DfResult<Self> {
+        let aggs = exec.inner.aggr_expr();
+        let accumulators = if exec.axes.is_empty() {
+            Accumulators::Plain(
+                aggs.iter()
+                    .map(|a| a.create_accumulator())
+                    .collect::<DfResult<_>>()?,
+            )
+        } else {
+            let mut seen = Vec::new();
+            seen.try_reserve_exact(exec.groups).map_err(|e| {
+                DataFusionError::ResourcesExhausted(format!(
+                    "scan aggregate: {} groups cannot be allocated ({e})",
+                    exec.groups
+                ))
+            })?;
+            seen.resize(exec.groups, false);
+            Accumulators::Grouped {
+                accumulators: aggs
+                    .iter()
+                    .map(|a| a.create_groups_accumulator())
+                    .collect::<DfResult<_>>()?,
+                seen,
+                indices: Vec::new(),
+            }
+        };
+        let (unique_args, args) = shared_arguments(&exec.args);
+        Ok(State {
+            schema: exec.inner.schema(),
+            value_schema: Arc::clone(&exec.value_schema),
+            axes: exec.axes.clone(),
+            ranges: exec.ranges.clone(),
+            strides: exec.strides.clone(),
+            groups: exec.groups,
+            final_output: exec.inner.mode().output_mode() == AggregateOutputMode::Final,
+            unique_args,
+            args,
+            accumulators,
+        })
+    }
+
+    fn update(&mut self, p: &ValuePiece) -> DfResult<()> {
+        let n = usize::try_from(piece_len(&p.piece))
+            .map_err(|_| DataFusionError::Internal("piece beyond the address space".into()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if p.values.iter().any(|v| v.len() != n) {
+            return Err(DataFusionError::Internal(format!(
+                "scan aggregate: {} values for a piece of {n}",
+                p.values.first().map_or(0, |v| v.len())
+            )));
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&self.value_schema), p.values.clone())?;
+        if let Accumulators::Grouped { seen, indices, .. } = &mut self.accumulators {
+            group_indices(
+                &p.piece,
+                p.file.layout.order,
+                &self.axes,
+                &self.ranges,
+                &self.strides,
+                indices,
+            )?;
+            mark_seen(&p.piece, &self.axes, &self.ranges, &self.strides, seen);
+        }
+        let mut from = 0;
+        while from < n {
+            let len = CHUNK_ROWS.min(n - from);
+            self.update_chunk(&batch.slice(from, len), from)?;
+            from += len;
+        }
+        Ok(())
+    }
+
+    fn update_chunk(&mut self, batch: &RecordBatch, from: usize) -> DfResult<()> {
+        let n = batch.num_rows();
+        let evaluated = self
+            .unique_args
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<DfResult<Vec<_>>>()?;
+        let args = &self.args;
+        let values = |k: usize| -> Vec<ArrayRef> {
+            args[k].iter().map(|&a| Arc::clone(&evaluated[a])).collect()
+        };
+        match &mut self.accumulators {
+            Accumulators::Plain(accs) => {
+                for (k, acc) in accs.iter_mut().enumerate() {
+                    acc.update_batch(&values(k))?;
+                }
+            }
+            Accumulators::Grouped {
+                accumulators,
+                indices,
+                ..
+            } => {
+                let idx = &indices[from..from + n];
+                for (k, acc) in accumulators.iter_mut().enumerate() {
+                    acc.update_batch(&values(k), idx, None, self.groups)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Without keys: one row (as DataFusion's aggregate, even over no rows). With keys: the groups that had rows.
+    fn emit(self) -> DfResult<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        match self.accumulators {
+            Accumulators::Plain(accs) => {
+                for mut acc in accs {
+                    if self.final_output {
+                        columns.push(acc.evaluate()?.to_array()?);
+                    } else {
+                        for s in acc.state()? {
+                            columns.push(s.to_array()?);
+                        }
+                    }
+                }
+            }
+            Accumulators::Grouped {
+                mut accumulators,
+                seen,
+                ..
+            } => {
+                let chosen: Vec<u64> = seen
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(g, &s)| s.then_some(g as u64))
+                    .collect();
+                if chosen.is_empty() {
+                    return Ok(RecordBatch::new_empty(self.schema));
+                }
+                for (k, range) in self.ranges.iter().enumerate() {
+                    let slots = range.slots().unwrap_or(1);
+                    let keys = Int64Array::from_iter_values(
+                        chosen
+                            .iter()
+                            .map(|&g| range.min + ((g / self.strides[k]) % slots) as i64),
+                    );
+                    columns.push(Arc::new(keys));
+                }
+                // The accumulators hold every dense group: emit them all, keep those with rows.
+                let take_idx = UInt64Array::from(chosen);
+                for acc in &mut accumulators {
+                    let arrays = if self.final_output {
+                        vec![acc.evaluate(EmitTo::All)?]
+                    } else {
+                        acc.state(EmitTo::All)?
+                    };
+                    for a in arrays {
+                        columns.push(take(&a, &take_idx, None)?);
+                    }
+                }
+            }
+        }
+        let columns = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type()).map_err(DataFusionError::from)
+                }
+            })
+            .collect::<DfResult<Vec<ArrayRef>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// Each aggregate's argument expressions as indices into one list of distinct expressions (`avg(x)` and
+/// `stddev(x)` share the cast of `x`).
+fn shared_arguments(
+    per_aggregate: &[Vec<Arc<dyn PhysicalExpr>>],
+) -> (Vec<Arc<dyn PhysicalExpr>>, Vec<Vec<usize>>) {
+    let mut unique: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    let ids = per_aggregate
+        .iter()
+        .map(|exprs| {
+            exprs
+                .iter()
+                .map(
+                    |e| match unique.iter().position(|u| u.as_ref() == e.as_ref()) {
+                        Some(p) => p,
+                        None => {
+                            unique.push(Arc::clone(e));
+                            unique.len() - 1
+                        }
+                    },
+                )
+                .collect()
+        })
+        .collect();
+    (unique, ids)
+}
+
+/// Per file axis, what one coordinate adds to a row's group index: `(x - min) × stride` on grouped axes, 0
+/// elsewhere; as a table over the piece's range of that axis. A coordinate outside the planned range is an error.
+fn axis_terms(
+    piece: &[Range<u64>],
+    axes: &[usize],
+    ranges: &[KeyRange],
+    strides: &[u64],
+) -> DfResult<Vec<Vec<usize>>> {
+    piece
+        .iter()
+        .enumerate()
+        .map(|(axis, r)| {
+            let len = (r.end - r.start) as usize;
+            let Some(k) = axes.iter().position(|&a| a == axis) else {
+                return Ok(vec![0; len]);
+            };
+            let range = ranges[k];
+            (r.start..r.end)
+                .map(|x| {
+                    let d = i64::try_from(x).ok().and_then(|x| x.checked_sub(range.min));
+                    match d {
+                        Some(d) if d >= 0 && d <= range.max - range.min => {
+                            Ok(d as usize * strides[k] as usize)
+                        }
+                        _ => Err(DataFusionError::Internal(format!(
+                            "scan aggregate: coordinate {x} outside its planned range [{}, {}]",
+                            range.min, range.max
+                        ))),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The group index of every element of `piece` (a box laid out in `order`) into `out`.
+fn group_indices(
+    piece: &[Range<u64>],
+    order: Order,
+    axes: &[usize],
+    ranges: &[KeyRange],
+    strides: &[u64],
+    out: &mut Vec<usize>,
+) -> DfResult<()> {
+    let terms = axis_terms(piece, axes, ranges, strides)?;
+    // Axes fastest first.
+    let fast_to_slow: Vec<usize> = match order {
+        Order::F => (0..piece.len()).collect(),
+        Order::C => (0..piece.len()).rev().collect(),
+    };
+    out.clear();
+    let Some((&fast, outer)) = fast_to_slow.split_first() else {
+        // A 0-d array: one element.
+        out.push(0);
+        return Ok(());
+    };
+    let inner = &terms[fast];
+    let mut at = vec![0usize; outer.len()];
+    loop {
+        let base: usize = outer.iter().zip(&at).map(|(&a, &x)| terms[a][x]).sum();
+        out.extend(inner.iter().map(|&t| base + t));
+        // Odometer over the outer axes, the next-fastest first.
+        let mut k = 0;
+        loop {
+            let Some(&a) = outer.get(k) else {
+                return Ok(());
+            };
+            at[k] += 1;
+            if at[k] < terms[a].len() {
+                break;
+            }
+            at[k] = 0;
+            k += 1;
+        }
+    }
+}
+
+/// Mark every group `piece` has rows in: the box's coordinates on the grouped axes (every combination has rows).
+fn mark_seen(
+    piece: &[Range<u64>],
+    axes: &[usize],
+    ranges: &[KeyRange],
+    strides: &[u64],
+    seen: &mut [bool],
+) {
+    let spans: Vec<Range<u64>> = axes.iter().map(|&a| piece[a].clone()).collect();
+    if spans.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut at: Vec<u64> = spans.iter().map(|r| r.start).collect();
+    loop {
+        let g: u64 = at
+            .iter()
+            .zip(ranges)
+            .zip(strides)
+            .map(|((&x, r), &s)| (x as i64 - r.min) as u64 * s)
+            .sum();
+        if let Some(slot) = seen.get_mut(g as usize) {
+            *slot = true;
+        }
+        let mut k = at.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            at[k] += 1;
+            if at[k] < spans[k].end {
+                break;
+            }
+            at[k] = spans[k].start;
+        }
+    }
+}
+
+/// The rule putting [`ScanAggregateExec`] in place of aggregates over voxel scans.
+#[derive(Debug, Default)]
+pub struct ScanAggregateRule;
+
+impl PhysicalOptimizerRule for ScanAggregateRule {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if !VoxelscanOptions::from_config(config).scan_aggregates {
+            return Ok(plan);
+        }
+        let limit = state_limit();
+        plan.transform_up(|node| {
+            let agg = match node.downcast_ref::<AggregateExec>() {
+                Some(a) => a,
+                None => match node.downcast_ref::<DenseAggregateExec>() {
+                    Some(d) => d.aggregate(),
+                    None => return Ok(Transformed::no(node)),
+                },
+            };
+            match in_scan(agg, limit)? {
+                Some(n) => Ok(Transformed::yes(Arc::new(n) as Arc<dyn ExecutionPlan>)),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "scan_aggregate"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `agg` computed in the voxel scan below it, or `None` when it must stay as it is.
+fn in_scan(agg: &AggregateExec, limit: u64) -> DfResult<Option<ScanAggregateExec>> {
+    if !shape_supported(agg) {
+        return Ok(None);
+    }
+    let Some((scan, rewrite)) = scan_below(agg.input()) else {
+        return Ok(None);
+    };
+    let through = |e: &Arc<dyn PhysicalExpr>| {
+        rewrite
+            .iter()
+            .try_fold(Arc::clone(e), |e, p| substitute(&e, p))
+    };
+    let keys = agg
+        .group_expr()
+        .expr()
+        .iter()
+        .map(|(e, name)| Ok((through(e)?, name.clone())))
+        .collect::<DfResult<Vec<_>>>()?;
+    let mut aggs = Vec::with_capacity(agg.aggr_expr().len());
+    for a in agg.aggr_expr() {
+        let args = a
+            .expressions()
+            .iter()
+            .map(through)
+            .collect::<DfResult<Vec<_>>>()?;
+        match a.with_new_expressions(args, Vec::new()) {
+            Some(a) => aggs.push(Arc::new(a) as Arc<AggregateFunctionExpr>),
+            None => return Ok(None),
+        }
+    }
+    let schema = scan.schema();
+    let Ok(direct) = AggregateExec::try_new(
+        *agg.mode(),
+        PhysicalGroupBy::new_single(keys),
+        aggs,
+        agg.filter_expr().to_vec(),
+        Arc::clone(&scan),
+        schema,
+    ) else {
+        return Ok(None);
+    };
+    // The plan above must not notice: same columns, types and nullability.
+    if !same_fields(&direct.schema(), &agg.schema()) {
+        return Ok(None);
+    }
+    let Some(node) = ScanAggregateExec::try_new(direct)? else {
+        return Ok(None);
+    };
+    let partitions = node.properties.partitioning.partition_count().max(1) as u64;
+    let bytes = (node.groups as u64)
+        .saturating_mul(state_bytes_per_group(&node.inner) as u64)
+        .saturating_mul(partitions);
+    if node.groups as u64 > MAX_GROUPS || bytes > limit {
+        return Ok(None);
+    }
+    Ok(Some(node))
+}
+
+fn same_fields(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| {
+            x.name() == y.name()
+                && x.data_type() == y.data_type()
+                && x.is_nullable() == y.is_nullable()
+        })
+}
+
+/// A voxel scan and the projections above it (top first).
+type ScanAndProjections = (Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>);
+
+/// The voxel scan under `plan` through projections and round-robin repartitions (nothing that drops or adds rows),
+/// with the projections met on the way, top first.
+fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanAndProjections> {
+    let mut node = Arc::clone(plan);
+    let mut projections = Vec::new();
+    loop {
+        if voxel_scan(node.as_ref()).is_some() {
+            return Some((node, projections));
+        }
+        let next = if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            projections.push(Arc::clone(&node));
+            Arc::clone(p.input())
+        } else if let Some(r) = node.downcast_ref::<RepartitionExec>() {
+            if !matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) || r.preserve_order() {
+                return None;
+            }
+            Arc::clone(r.input())
+        } else {
+            return None;
+        };
+        node = next;
+    }
+}
+
+/// `expr` over a projection's output, as an expression over its input.
+fn substitute(
+    expr: &Arc<dyn PhysicalExpr>,
+    projection: &Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    let Some(p) = projection.downcast_ref::<ProjectionExec>() else {
+        return Ok(Arc::clone(expr));
+    };
+    Arc::clone(expr)
+        .transform_up(|e| {
+            let Some(c) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let p = p.expr().get(c.index()).ok_or_else(|| {
+                DataFusionError::Internal(format!("projection has no column {}", c.index()))
+            })?;
+            Ok(Transformed::yes(Arc::clone(&p.expr)))
+        })
+        .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: i64, max: i64) -> KeyRange {
+        KeyRange {
+            min,
+            max,
+            nullable: false,
+        }
+    }
+
+    /// Group indices from the box arithmetic equal those from explicit coordinates, in both orders.
+    #[test]
+    fn group_indices_follow_the_layout() {
+        let piece = vec![2..5, 1..3, 0..4];
+        // GROUP BY k (axis 2), i (axis 0): ranges cover more than the piece.
+        let axes = [2, 0];
+        let ranges = [range(0, 5), range(1, 6)];
+        let strides = [6u64, 1];
+        for order in [Order::F, Order::C] {
+            let mut got = Vec::new();
+            group_indices(&piece, order, &axes, &ranges, &strides, &mut got).unwrap();
+            let n = piece_len(&piece) as usize;
+            let coords: Vec<Vec<i64>> = (0..3)
+                .map(|a| super::super::layout::coordinates(&piece, order, a, 0, n))
+                .collect();
+            let want: Vec<usize> = (0..n)
+                .map(|r| (coords[2][r] as usize) * 6 + (coords[0][r] as usize - 1))
+                .collect();
+            assert_eq!(got, want, "{order:?}");
+            let mut seen = vec![false; 36];
+            mark_seen(&piece, &axes, &ranges, &strides, &mut seen);
+            let mut marked: Vec<usize> = (0..36).filter(|&g| seen[g]).collect();
+            let mut expected = want.clone();
+            expected.sort_unstable();
+            expected.dedup();
+            marked.sort_unstable();
+            assert_eq!(marked, expected);
+        }
+        let mut out = Vec::new();
+        let e = group_indices(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut out).unwrap_err();
+        assert!(e.to_string().contains("outside its planned range"), "{e}");
+    }
+}

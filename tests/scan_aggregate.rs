@@ -1,0 +1,464 @@
+//! Aggregates computed inside the voxel scan (`ScanAggregateExec`): every query runs with the node and again with
+//! `SET voxelscan.scan_aggregates = false` and `voxelscan.dense_aggregates = false` (DataFusion's own aggregate), and
+//! the answers (and bytes read) must agree; EXPLAIN shows the node exactly where it is expected. Value types int16,
+//! uint8, float32, scaled int16 and big-endian int16; `.nii`, `.nii.gz`, a C-order `.npy` and a multi-file table.
+//!
+//! Floats are compared within 1e-9 relative (partial states merge in the order partitions finish).
+#![cfg(feature = "sql")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use voxelscan::dtype::{ByteOrder, DType, Scalar};
+use voxelscan::synth::{random_i16_le, write_nifti1};
+use voxelscan::table::{register_voxels, session_context};
+
+use common::sql::{collect_sql as run, run_measured};
+
+/// 14×12×10×9 (F order): two slabs, so two partitions when asked for.
+const SHAPE: [usize; 4] = [14, 12, 10, 9];
+
+fn n() -> usize {
+    SHAPE.iter().product()
+}
+
+/// A minimal C-order `.npy` (version 1.0) of int16 little-endian values.
+fn write_npy(path: &Path, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<i2', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every fixture table, registered in a context of `partitions` target partitions.
+async fn context(dir: &Path, partitions: usize) -> SessionContext {
+    let p = |name: &str| dir.join(name);
+    if !p("i16.nii").exists() {
+        let le = random_i16_le(n(), 7, -300, 4000);
+        let native = DType::new(Scalar::I16, ByteOrder::Little);
+        write_nifti1(&p("i16.nii"), &SHAPE, native, 1.0, 0.0, &le, false).unwrap();
+        write_nifti1(&p("scaled.nii"), &SHAPE, native, 0.5, 10.0, &le, false).unwrap();
+        write_nifti1(&p("i16.nii.gz"), &SHAPE, native, 1.0, 0.0, &le, true).unwrap();
+        let be: Vec<u8> = le.chunks(2).flat_map(|c| [c[1], c[0]]).collect();
+        let big = DType::new(Scalar::I16, ByteOrder::Big);
+        write_nifti1(&p("big.nii"), &SHAPE, big, 1.0, 0.0, &be, false).unwrap();
+        let u8s: Vec<u8> = le.chunks(2).map(|c| c[0]).collect();
+        write_nifti1(
+            &p("u8.nii"),
+            &SHAPE,
+            DType::native(Scalar::U8),
+            1.0,
+            0.0,
+            &u8s,
+            false,
+        )
+        .unwrap();
+        let f32s: Vec<u8> = le
+            .chunks(2)
+            .flat_map(|c| (f32::from(i16::from_le_bytes([c[0], c[1]])) / 7.0).to_ne_bytes())
+            .collect();
+        write_nifti1(
+            &p("f32.nii"),
+            &SHAPE,
+            DType::native(Scalar::F32),
+            1.0,
+            0.0,
+            &f32s,
+            false,
+        )
+        .unwrap();
+        write_npy(&p("c.npy"), &SHAPE, &le);
+        std::fs::create_dir_all(p("runs")).unwrap();
+        for s in 0..3u64 {
+            let shape = [6, 5, 4, 3 + s as usize];
+            let data = random_i16_le(shape.iter().product(), 11 + s, -50, 900);
+            write_nifti1(
+                &p(&format!("runs/r{s}.nii")),
+                &shape,
+                native,
+                1.0,
+                0.0,
+                &data,
+                false,
+            )
+            .unwrap();
+        }
+    }
+    let ctx = session_context(SessionConfig::new().with_target_partitions(partitions));
+    let none = HashMap::new();
+    let path = |name: &str| p(name).to_string_lossy().into_owned();
+    for (table, file) in [
+        ("i16", "i16.nii"),
+        ("scaled", "scaled.nii"),
+        ("gz", "i16.nii.gz"),
+        ("big", "big.nii"),
+        ("u8", "u8.nii"),
+        ("f32", "f32.nii"),
+        ("c", "c.npy"),
+        ("runs", "runs"),
+    ] {
+        register_voxels(&ctx, table, &path(file), &none).unwrap();
+    }
+    let unscaled = HashMap::from([("scaling".to_string(), "false".to_string())]);
+    register_voxels(&ctx, "stored", &path("scaled.nii"), &unscaled).unwrap();
+    ctx
+}
+
+async fn explain(ctx: &SessionContext, sql: &str) -> String {
+    let mut text = String::new();
+    for b in run(ctx, &format!("EXPLAIN {sql}")).await {
+        for r in 0..b.num_rows() {
+            for c in 0..b.num_columns() {
+                text.push_str(&array_value_to_string(b.column(c), r).unwrap());
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+async fn set(ctx: &SessionContext, scan: bool, dense: bool) {
+    run(ctx, &format!("SET voxelscan.scan_aggregates = {scan}")).await;
+    run(ctx, &format!("SET voxelscan.dense_aggregates = {dense}")).await;
+}
+
+type Cells = (Vec<String>, Vec<Vec<ScalarValue>>);
+
+fn cells(batches: &[RecordBatch]) -> Cells {
+    let header = batches.first().map_or_else(Vec::new, |b| {
+        b.schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            rows.push(
+                (0..b.num_columns())
+                    .map(|c| ScalarValue::try_from_array(b.column(c), r).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    (header, rows)
+}
+
+fn as_f64(v: &ScalarValue) -> Option<f64> {
+    match v {
+        ScalarValue::Float64(Some(x)) => Some(*x),
+        ScalarValue::Float32(Some(x)) => Some(f64::from(*x)),
+        _ => None,
+    }
+}
+
+fn same_cell(a: &ScalarValue, b: &ScalarValue) -> bool {
+    match (as_f64(a), as_f64(b)) {
+        (Some(x), Some(y)) => {
+            (x.is_nan() && y.is_nan())
+                || x == y
+                || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }
+        _ => a == b,
+    }
+}
+
+fn assert_same(sql: &str, what: &str, a: &Cells, b: &Cells) {
+    assert_eq!(a.0, b.0, "{sql}: columns differ ({what})");
+    assert_eq!(a.1.len(), b.1.len(), "{sql}: row counts differ ({what})");
+    for (r, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_cell(p, q)),
+            "{sql}: row {r} differs ({what}): {x:?} vs {y:?}"
+        );
+    }
+}
+
+/// Run `sql` with the scan aggregate, with only the dense aggregate and with neither; assert the node was (or was
+/// not) chosen, the answers agree and the scans read the same bytes. Returns the rows.
+async fn check(ctx: &SessionContext, sql: &str, expected: bool) -> Cells {
+    set(ctx, true, true).await;
+    let plan = explain(ctx, sql).await;
+    assert_eq!(
+        plan.contains("ScanAggregateExec"),
+        expected,
+        "{sql}: scan aggregate expected: {expected}\n{plan}"
+    );
+    let (batches, bytes_on, _) = run_measured(ctx, sql).await;
+    let on = cells(&batches);
+    set(ctx, false, true).await;
+    assert!(
+        !explain(ctx, sql).await.contains("ScanAggregateExec"),
+        "{sql}"
+    );
+    let dense = cells(&run(ctx, sql).await);
+    set(ctx, false, false).await;
+    let (batches, bytes_off, _) = run_measured(ctx, sql).await;
+    let plain = cells(&batches);
+    set(ctx, true, true).await;
+    assert_same(sql, "scan vs DataFusion", &on, &plain);
+    assert_same(sql, "dense vs DataFusion", &dense, &plain);
+    // A gzip file's decompressed data is cached in the process: the later run reads less (or nothing).
+    let cached = sql.contains("FROM gz") && bytes_off <= bytes_on;
+    assert!(
+        bytes_on == bytes_off || cached,
+        "{sql}: bytes read differ: {bytes_on} vs {bytes_off}"
+    );
+    on
+}
+
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(name).tempdir().unwrap()
+}
+
+const AGGREGATES: &str = "avg(value) AS a, sum(value) AS s, min(value) AS lo, max(value) AS hi, \
+    count(value) AS nv, count(*) AS n, var_samp(value) AS vs, var_pop(value) AS vp, stddev(value) AS sd, \
+    stddev_pop(value) AS sdp, avg(value * 2 + 1) AS a2";
+
+const KEYS: [&str; 5] = ["", "t", "i, j, k", "k", "i, t"];
+
+fn query(table: &str, keys: &str, filter: &str) -> String {
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {filter}")
+    };
+    if keys.is_empty() {
+        format!("SELECT {AGGREGATES} FROM {table}{filter}")
+    } else {
+        format!("SELECT {keys}, {AGGREGATES} FROM {table}{filter} GROUP BY {keys} ORDER BY {keys}")
+    }
+}
+
+#[tokio::test]
+async fn every_aggregate_key_and_value_type_agrees_with_datafusion() {
+    let dir = tempdir("scanagg_types");
+    for partitions in [1, 2] {
+        let ctx = context(dir.path(), partitions).await;
+        for table in ["i16", "u8", "f32", "scaled", "big", "stored", "gz", "c"] {
+            for keys in KEYS {
+                let rows = check(&ctx, &query(table, keys, ""), true).await;
+                let groups = match keys {
+                    "" => 1,
+                    "t" => SHAPE[3],
+                    "i, j, k" => SHAPE[0] * SHAPE[1] * SHAPE[2],
+                    "k" => SHAPE[2],
+                    _ => SHAPE[0] * SHAPE[3],
+                };
+                assert_eq!(rows.1.len(), groups, "{table} by {keys}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn integer_only_aggregates_and_shared_arguments() {
+    let dir = tempdir("scanagg_int");
+    let ctx = context(dir.path(), 2).await;
+    check(
+        &ctx,
+        "SELECT t, bit_and(value) AS ba, bit_or(value) AS bo, bit_xor(value) AS bx, bool_and(value > 0) AS p, \
+         bool_or(value > 3990) AS b, avg(value) / stddev(value) AS tsnr FROM i16 GROUP BY t ORDER BY t",
+        true,
+    )
+    .await;
+    // NULLs from the argument expression: not counted; all-NULL groups are NULL.
+    check(
+        &ctx,
+        "SELECT t, avg(CASE WHEN value > 3000 THEN value END) AS a, count(CASE WHEN value < -290 THEN 1 END) AS n, \
+         max(CASE WHEN value > 100000 THEN value END) AS m FROM i16 GROUP BY t ORDER BY t",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn filters_decide_whether_the_scan_aggregates() {
+    let dir = tempdir("scanagg_filters");
+    let ctx = context(dir.path(), 2).await;
+    for keys in KEYS {
+        // Exact boxes and time ranges are the scan's own selection.
+        check(
+            &ctx,
+            &query(
+                "i16",
+                keys,
+                "i BETWEEN 2 AND 9 AND k < 3 AND j IN (1, 4, 5)",
+            ),
+            true,
+        )
+        .await;
+        check(&ctx, &query("scaled", keys, "t >= 2 AND t < 5"), true).await;
+        check(&ctx, &query("gz", keys, "t = 7 AND i > 10"), true).await;
+        // A value filter is not: the rows must be filtered first.
+        check(&ctx, &query("i16", keys, "value > 100"), false).await;
+        check(&ctx, &query("i16", keys, "i + j < 9"), false).await;
+    }
+    // A selection with nothing in it (no scan is planned at all): count 0 and NULL avg without keys, no rows
+    // with keys.
+    let empty = check(&ctx, &query("i16", "", "t > 100"), false).await;
+    assert_eq!(empty.1.len(), 1);
+    assert_eq!(empty.1[0][5], ScalarValue::Int64(Some(0)));
+    assert!(empty.1[0][0].is_null());
+    for keys in ["t", "i, j, k"] {
+        let rows = check(&ctx, &query("i16", keys, "t > 100"), false).await;
+        assert!(rows.1.is_empty());
+    }
+    // Filtered to nothing at run time: DataFusion's answers too.
+    let none = check(&ctx, &query("i16", "", "value < -100000"), false).await;
+    assert_eq!(none.1[0][5], ScalarValue::Int64(Some(0)));
+}
+
+#[tokio::test]
+async fn multi_file_tables_and_keys_the_scan_does_not_know() {
+    let dir = tempdir("scanagg_multi");
+    let ctx = context(dir.path(), 2).await;
+    // `file` is not a coordinate: DataFusion's (or the dense) aggregate.
+    let rows = check(
+        &ctx,
+        "SELECT file, t, avg(value) AS a, count(*) AS n FROM runs GROUP BY file, t ORDER BY file, t",
+        false,
+    )
+    .await;
+    assert_eq!(rows.1.len(), 3 + 4 + 5);
+    // Coordinates over files of different lengths: the union of their ranges.
+    let rows = check(
+        &ctx,
+        "SELECT t, avg(value) AS a, count(*) AS n, sum(value) AS s FROM runs GROUP BY t ORDER BY t",
+        true,
+    )
+    .await;
+    assert_eq!(rows.1.len(), 5);
+    check(
+        &ctx,
+        "SELECT i, k, max(value) AS m FROM runs GROUP BY i, k ORDER BY i, k",
+        true,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT count(*) AS n, avg(value) AS a FROM runs",
+        true,
+    )
+    .await;
+    // Arguments or keys other than the value and coordinates.
+    check(
+        &ctx,
+        "SELECT k, avg(value + i) AS a FROM i16 GROUP BY k ORDER BY k",
+        false,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT t % 3 AS r, avg(value) AS a FROM i16 GROUP BY t % 3 ORDER BY r",
+        false,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT t, count(DISTINCT value) AS d FROM u8 GROUP BY t ORDER BY t",
+        false,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT t, sum(value) FILTER (WHERE value > 0) AS s FROM i16 GROUP BY t ORDER BY t",
+        false,
+    )
+    .await;
+    // median has a GroupsAccumulator in DataFusion 55: computed in the scan too.
+    check(
+        &ctx,
+        "SELECT t, median(value) AS m FROM i16 GROUP BY t ORDER BY t",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn explain_names_the_node_and_the_settings_turn_it_off() {
+    let dir = tempdir("scanagg_explain");
+    let ctx = context(dir.path(), 2).await;
+    let sql = "SELECT t, avg(value) FROM i16 WHERE t < 5 GROUP BY t";
+    let plan = explain(&ctx, sql).await;
+    assert!(
+        plan.contains(
+            "ScanAggregateExec: mode=Partial, gby=[t@[0, 4]], aggr=[avg(i16.value)], groups=5"
+        ),
+        "{plan}"
+    );
+    // The final aggregate above it still knows the key ranges: dense.
+    assert!(
+        plan.contains("DenseAggregateExec: mode=FinalPartitioned"),
+        "{plan}"
+    );
+    let plan = explain(&ctx, "SELECT avg(value) FROM i16").await;
+    assert!(
+        plan.contains("ScanAggregateExec: mode=Partial, gby=[], aggr=[avg(i16.value)], groups=1"),
+        "{plan}"
+    );
+    set(&ctx, false, true).await;
+    let plan = explain(&ctx, sql).await;
+    assert!(plan.contains("DenseAggregateExec: mode=Partial"), "{plan}");
+    set(&ctx, false, false).await;
+    let plan = explain(&ctx, sql).await;
+    assert!(
+        !plan.contains("ScanAggregateExec") && !plan.contains("Dense"),
+        "{plan}"
+    );
+    // Only the scan aggregate off and the dense one on is one setting each: both are documented settings.
+    run(&ctx, "SET voxelscan.scan_aggregates = true").await;
+    let plan = explain(&ctx, sql).await;
+    assert!(plan.contains("ScanAggregateExec"), "{plan}");
+}
+
+#[tokio::test]
+async fn the_tsnr_map_equals_numpy() {
+    let dir = tempdir("scanagg_tsnr");
+    let path = dir.path().join("bold.nii");
+    let shape = [12, 10, 6, 30];
+    let data = random_i16_le(shape.iter().product(), 5, -300, 4000);
+    write_nifti1(
+        &path,
+        &shape,
+        DType::native(Scalar::I16),
+        0.25,
+        -3.0,
+        &data,
+        false,
+    )
+    .unwrap();
+    let ctx = session_context(SessionConfig::new().with_target_partitions(2));
+    register_voxels(&ctx, "bold", &path.to_string_lossy(), &HashMap::new()).unwrap();
+    let sql = "SELECT i, j, k, avg(value) / stddev(value) AS tsnr FROM bold GROUP BY i, j, k ORDER BY i, j, k";
+    assert!(explain(&ctx, sql).await.contains("ScanAggregateExec"));
+    let (_, rows) = cells(&run(&ctx, sql).await);
+    let expected = common::run_python("tests/py/tsnr_oracle.py", &[&path]);
+    let lines: Vec<&str> = expected.lines().collect();
+    assert_eq!(rows.len(), lines.len());
+    for (row, line) in rows.iter().zip(&lines) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let key: Vec<String> = row[..3].iter().map(|v| v.to_string()).collect();
+        assert_eq!(key, parts[..3], "{line}");
+        let want: f64 = parts[3].parse().unwrap();
+        let got = as_f64(&row[3]).unwrap();
+        assert!((got - want).abs() <= 1e-9 * want.abs(), "{line}: got {got}");
+    }
+}
