@@ -517,6 +517,10 @@ async fn dense_group_bys_on_two_executors() {
          FROM big GROUP BY t ORDER BY t",
         "SELECT i, j, k, count(*) AS n, sum(value) AS s, avg(value) AS a FROM big WHERE j < 40 \
          GROUP BY i, j, k ORDER BY i, j, k",
+        // A 16-bit label-like key × k × t: 65 536 × 1 280 slots, so the label is mapped (values numbered as they
+        // appear).
+        "SELECT CAST(CAST(value * 2 AS INT) % 20 AS SMALLINT) AS lab, k, t, count(*) AS n, sum(value) AS s \
+         FROM big WHERE j < 8 GROUP BY CAST(CAST(value * 2 AS INT) % 20 AS SMALLINT), k, t ORDER BY lab, k, t",
     ];
     let local = session_context(SessionConfig::new().with_target_partitions(4));
     register_big(&local, &runs).await;
