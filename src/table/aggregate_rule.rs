@@ -9,9 +9,9 @@
 //! - integer casts of such a column keep the range when it fits the target type;
 //! - otherwise, for 8- and 16-bit integer keys (label images), the type's whole range: its slots are few enough.
 //!
-//! When all keys' groups are too many to allocate up front (an int16 label × 300 time points: 19.7 M), the widest
-//! key of at most 65 537 slots is *mapped* (its values numbered as they appear, groups allocated per value seen; see
-//! [`super::aggregate`]) if the other keys' groups fit on their own.
+//! A 16-bit key known only by its type is *mapped* (its values numbered as they appear, groups allocated per value
+//! seen; see [`super::aggregate`]); so is, when all keys' groups are too many to allocate up front, the widest key of
+//! at most 65 537 slots, if the other keys' groups fit on their own.
 //!
 //! A key whose range is unknown at plan time leaves the aggregate to DataFusion, as do DISTINCT, ordered aggregates,
 //! grouping sets, aggregates without a `GroupsAccumulator`, TopK aggregation and sorted (streaming) input. So does a
@@ -104,10 +104,16 @@ fn dense_version(agg: &AggregateExec, limit: u64) -> DfResult<Option<DenseAggreg
             None => return Ok(None),
         }
     }
-    if !fits(agg, group_count(&ranges), limit) {
+    // At most one key is mapped: the first 16-bit key known only by its type.
+    let mut mapped = false;
+    for r in &mut ranges {
+        r.mapped &= !mapped;
+        mapped |= r.mapped;
+    }
+    if !fits(agg, block_count(&ranges), limit) {
         // Too many slots to allocate up front: number the widest key's values as they appear instead (an int16
         // label column: 65 536 slots, a hundred used), if the other keys' groups fit on their own.
-        let Some(wide) = widest_mappable(&ranges) else {
+        let Some(wide) = widest_mappable(&ranges).filter(|_| !mapped) else {
             return Ok(None);
         };
         ranges[wide].mapped = true;
@@ -178,12 +184,21 @@ pub fn key_range(
         return None;
     }
     let nullable = expr.nullable(schema).ok()?;
-    let (min, max) = expr_bounds(input, expr, 0).or_else(|| type_bounds(&ty))?;
+    let (min, max, by_type) = match expr_bounds(input, expr, 0) {
+        Some((min, max)) => (min, max, false),
+        None => {
+            let (min, max) = type_bounds(&ty)?;
+            (min, max, true)
+        }
+    };
+    // A 16-bit key known only by its type (an atlas's labels: 65 536 slots, a hundred used) is mapped: groups
+    // are allocated for the values that occur, not for the whole type.
+    let mapped = by_type && max - min >= 1 << 8;
     (min <= max).then_some(KeyRange {
         min,
         max,
         nullable,
-        mapped: false,
+        mapped,
     })
 }
 
