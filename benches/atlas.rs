@@ -119,13 +119,16 @@ fn voxelscan_cmd(bold: &Path, atlas: &Path, statements: String) -> Command {
     c
 }
 
-fn settings(dense: bool) -> &'static str {
-    if dense {
-        ""
-    } else {
-        "SET voxelscan.dense_joins = false; SET voxelscan.dense_aggregates = false; "
-    }
-}
+/// voxelscan's dense join and aggregate off: DataFusion's hash join and hash aggregate.
+const DENSE_OFF: (&str, &str) = (
+    "voxelscan, dense paths off",
+    "SET voxelscan.dense_joins = false; SET voxelscan.dense_aggregates = false; ",
+);
+/// The join's key list not pushed to the scan (only its key bounds): the scan reads the atlas's bounding box.
+const NO_KEY_LIST: (&str, &str) = (
+    "voxelscan, no key list pushed to the scan",
+    "SET datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values = 0; ",
+);
 
 /// The answer `n,s` of the last line of a CSV result (n: rows, s: sum of the means; an empty sum is 0).
 fn answer(stdout: &str) -> (u64, f64) {
@@ -138,12 +141,8 @@ fn answer(stdout: &str) -> (u64, f64) {
     (n.parse().expect("n"), s.parse().unwrap_or(0.0))
 }
 
-fn voxelscan(bold: &Path, atlas: &Path, sql: &str, dense: bool) -> (Measured, u64, f64) {
-    let m = measure(&mut voxelscan_cmd(
-        bold,
-        atlas,
-        format!("{}{sql}", settings(dense)),
-    ));
+fn voxelscan(bold: &Path, atlas: &Path, sql: &str, settings: &str) -> (Measured, u64, f64) {
+    let m = measure(&mut voxelscan_cmd(bold, atlas, format!("{settings}{sql}")));
     let (n, s) = answer(&m.stdout);
     (m, n, s)
 }
@@ -162,12 +161,26 @@ fn bold_bytes_read(bold: &Path, atlas: &Path, sql: &str) -> u64 {
     m.stdout
         .lines()
         .filter(|l| l.contains("DataSourceExec") && l.contains(name))
-        .filter_map(|l| {
-            let rest = &l[l.find("bytes_read=")? + "bytes_read=".len()..];
-            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-            digits.parse::<u64>().ok()
-        })
+        .filter_map(|l| count(&l[l.find("bytes_read=")? + "bytes_read=".len()..]))
         .sum()
+}
+
+/// A count as DataFusion's metrics print it: `1234`, `138.2 K`, `1.01 B` (four significant digits at most).
+fn count(text: &str) -> Option<u64> {
+    let end = text.find([',', ']']).unwrap_or(text.len());
+    let (number, unit) = match text[..end].trim().split_once(' ') {
+        Some((n, u)) => (n, u),
+        None => (text[..end].trim(), ""),
+    };
+    let scale = match unit {
+        "" => 1e0,
+        "K" => 1e3,
+        "M" => 1e6,
+        "B" => 1e9,
+        "T" => 1e12,
+        _ => return None,
+    };
+    Some((number.parse::<f64>().ok()? * scale).round() as u64)
 }
 
 /// `(process, in-process seconds, rows, checksum)` of a Python route.
@@ -242,17 +255,19 @@ impl Times {
     }
 }
 
-/// All regions on `bold`: voxelscan (dense paths on and, with `with_hash`, off), nilearn and numpy; one table row
-/// each. Returns nilearn's in-process time, the yardstick of the one-region target.
-fn all_regions(label: &str, bold: &Path, atlas: &Path, runs: usize, with_hash: bool) -> f64 {
-    let (mut vs, mut vh, mut nl, mut np) = (
-        Times::default(),
-        Times::default(),
-        Times::default(),
-        Times::default(),
-    );
+/// All regions on `bold`: voxelscan (as it is, and under each of `variants`' settings), nilearn and numpy; one table
+/// row each. Returns nilearn's in-process time, the yardstick of the one-region target.
+fn all_regions(
+    label: &str,
+    bold: &Path,
+    atlas: &Path,
+    runs: usize,
+    variants: &[(&str, &str)],
+) -> f64 {
+    let (mut vs, mut nl, mut np) = (Times::default(), Times::default(), Times::default());
+    let mut vv: Vec<Times> = variants.iter().map(|_| Times::default()).collect();
     for _ in 0..runs {
-        let (m, n, s) = voxelscan(bold, atlas, ALL_SQL, true);
+        let (m, n, s) = voxelscan(bold, atlas, ALL_SQL, "");
         vs.add(&m, None);
         let (p, secs, pn, ps) = python_route(bold, atlas, "nilearn", "all");
         agree("all regions: voxelscan vs nilearn", (n, s), (pn, ps));
@@ -260,10 +275,10 @@ fn all_regions(label: &str, bold: &Path, atlas: &Path, runs: usize, with_hash: b
         let (p, secs, pn, ps) = python_route(bold, atlas, "numpy", "all");
         agree("all regions: voxelscan vs numpy", (n, s), (pn, ps));
         np.add(&p, Some(secs));
-        if with_hash {
-            let (m, hn, hs) = voxelscan(bold, atlas, ALL_SQL, false);
-            agree("all regions: dense vs hash", (n, s), (hn, hs));
-            vh.add(&m, None);
+        for ((name, settings), t) in variants.iter().zip(&mut vv) {
+            let (m, vn, vs) = voxelscan(bold, atlas, ALL_SQL, settings);
+            agree(name, (n, s), (vn, vs));
+            t.add(&m, None);
         }
     }
     println!(
@@ -274,12 +289,13 @@ fn all_regions(label: &str, bold: &Path, atlas: &Path, runs: usize, with_hash: b
         vs.wall() / nl.inner(),
         vs.wall() / np.inner()
     );
-    if with_hash {
+    for ((name, _), t) in variants.iter().zip(&vv) {
         println!(
-            "| all regions, mean | {label} | voxelscan, dense paths off | {} | {:.0} | {:.3}× nilearn in process |",
-            vh.cell(),
-            mib(vh.rss),
-            vh.wall() / nl.inner()
+            "| all regions, mean | {label} | {name} | {} | {:.0} | {:.3}× nilearn in process, {:.2}× numpy |",
+            t.cell(),
+            mib(t.rss),
+            t.wall() / nl.inner(),
+            t.wall() / np.inner()
         );
     }
     for (route, t) in [("nilearn", &nl), ("numpy", &np)] {
@@ -297,7 +313,7 @@ fn one_region(label: &str, bold: &Path, atlas: &Path, runs: usize, box_bytes: u6
     let sql = one_sql();
     let (mut vs, mut np) = (Times::default(), Times::default());
     for _ in 0..runs {
-        let (m, n, s) = voxelscan(bold, atlas, &sql, true);
+        let (m, n, s) = voxelscan(bold, atlas, &sql, "");
         vs.add(&m, None);
         let (p, secs, _, ps) = python_route(bold, atlas, "numpy", &ONE.to_string());
         // voxelscan gives one row per t (n of them); numpy one series of the same length.
@@ -333,14 +349,16 @@ fn main() {
         let atlas = dir.path().join("atlas.nii");
         synth::bench_image(&bold, &TINY, 1.0, 0.0, false).expect("tiny image");
         write_atlas(&atlas, &TINY);
-        let (_, n, s) = voxelscan(&bold, &atlas, ALL_SQL, true);
-        let (_, hn, hs) = voxelscan(&bold, &atlas, ALL_SQL, false);
-        agree("dense vs hash", (n, s), (hn, hs));
+        let (_, n, s) = voxelscan(&bold, &atlas, ALL_SQL, "");
+        for (name, settings) in [DENSE_OFF, NO_KEY_LIST] {
+            let (_, vn, vs) = voxelscan(&bold, &atlas, ALL_SQL, settings);
+            agree(name, (n, s), (vn, vs));
+        }
         for route in ["nilearn", "numpy"] {
             let (_, _, pn, ps) = python_route(&bold, &atlas, route, "all");
             agree(route, (n, s), (pn, ps));
         }
-        let (_, n, s) = voxelscan(&bold, &atlas, &one_sql(), true);
+        let (_, n, s) = voxelscan(&bold, &atlas, &one_sql(), "");
         let (_, _, _, ps) = python_route(&bold, &atlas, "numpy", &ONE.to_string());
         agree("one region", (n, s), (n, ps));
         assert!(bold_bytes_read(&bold, &atlas, &one_sql()) > 0);
@@ -375,8 +393,8 @@ fn main() {
     );
     println!("| query | file | route | s | peak RSS MiB | against the targets |");
     println!("|---|---|---|---|---:|---|");
-    let nilearn = all_regions(".nii", &nii, &atlas, runs, true);
+    let nilearn = all_regions(".nii", &nii, &atlas, runs, &[DENSE_OFF, NO_KEY_LIST]);
     one_region(".nii", &nii, &atlas, runs, box_bytes, nilearn);
-    let nilearn = all_regions(".nii.gz, warm index", &gz, &atlas, runs, false);
+    let nilearn = all_regions(".nii.gz, warm index", &gz, &atlas, runs, &[NO_KEY_LIST]);
     one_region(".nii.gz, warm index", &gz, &atlas, runs, box_bytes, nilearn);
 }

@@ -39,7 +39,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, InputOrderMode, StatisticsArgs, StatisticsContext};
 
 use super::aggregate::{
-    DenseAggregateExec, KeyRange, MAX_MAPPED_SLOTS, block_count, group_count, state_bytes_per_group,
+    DenseAggregateExec, KeyRange, MAX_MAPPED_SLOTS, block_count, state_bytes_per_group,
 };
 use super::config::VoxelscanOptions;
 
