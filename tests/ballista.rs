@@ -529,6 +529,10 @@ async fn dense_group_bys_on_two_executors() {
          GROUP BY i, j, k ORDER BY i, j, k",
         // A filter the scan cannot take: the partial aggregate is dense, not in the scan.
         "SELECT t, count(*) AS n, sum(value) AS s FROM big WHERE (i + j) % 7 = 0 GROUP BY t ORDER BY t",
+        // A 16-bit label-like key × k × t: 65 536 × 1 280 slots, so the label is mapped (values numbered as they
+        // appear).
+        "SELECT CAST(CAST(value * 2 AS INT) % 20 AS SMALLINT) AS lab, k, t, count(*) AS n, sum(value) AS s \
+         FROM big WHERE j < 8 GROUP BY CAST(CAST(value * 2 AS INT) % 20 AS SMALLINT), k, t ORDER BY lab, k, t",
     ];
     let local = session_context(SessionConfig::new().with_target_partitions(4));
     register_big(&local, &runs).await;

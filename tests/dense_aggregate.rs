@@ -321,6 +321,61 @@ async fn nulls_empty_inputs_casts_having_and_fallbacks() {
     .await;
 }
 
+/// A 16-bit key whose whole range times the other keys' groups is too many to allocate up front (65 536 × 16 × 24
+/// = 25 M > 2^24): its values are numbered as they appear (`mapped`), first, in the middle or NULL-able.
+#[tokio::test]
+async fn wide_label_keys_are_mapped_and_agree() {
+    let dir = tempdir("dense_mapped");
+    let ctx = context(dir.path(), 2).await;
+    for (sql, rows) in [
+        (
+            "SELECT r.value AS label, r.k, r.t, avg(r.i) AS a, count(*) AS n, max(r.j) AS m FROM raw r \
+             WHERE r.value < 40 GROUP BY r.value, r.k, r.t ORDER BY label, r.k, r.t",
+            None,
+        ),
+        (
+            "SELECT r.k, r.value AS label, r.t, sum(r.i) AS s, var_pop(r.j) AS v FROM raw r \
+             WHERE r.value < 40 GROUP BY r.k, r.value, r.t ORDER BY r.k, label, r.t",
+            None,
+        ),
+        (
+            "SELECT r.t, r.k, CAST(nullif(r.value, -290) AS SMALLINT) AS label, count(*) AS n FROM raw r \
+             WHERE r.value < -280 GROUP BY r.t, r.k, CAST(nullif(r.value, -290) AS SMALLINT) \
+             ORDER BY r.t, r.k, label NULLS FIRST",
+            None,
+        ),
+        // No rows at all: no blocks allocated, no groups out.
+        (
+            "SELECT r.value AS label, r.k, r.t, count(*) FROM raw r WHERE r.value > 5000 \
+             GROUP BY r.value, r.k, r.t",
+            Some(0),
+        ),
+    ] {
+        set_dense(&ctx, true).await;
+        let plan = explain(&ctx, sql).await;
+        assert!(
+            plan.contains(" mapped") && plan.contains("per mapped value"),
+            "{sql}\n{plan}"
+        );
+        let n = check(&ctx, sql, true).await;
+        if let Some(want) = rows {
+            assert_eq!(n, want, "{sql}");
+        } else {
+            assert!(n > 100, "{sql}: {n} rows");
+        }
+    }
+    let plan = explain(
+        &ctx,
+        "SELECT r.value AS label, r.k, r.t, count(*) FROM raw r GROUP BY r.value, r.k, r.t",
+    )
+    .await;
+    assert!(
+        plan.contains("gby=[value@[-32768, 32767] mapped, k@[0, 15], t@[0, 23]]")
+            && plan.contains("groups=384 per mapped value"),
+        "{plan}"
+    );
+}
+
 #[tokio::test]
 async fn multi_file_tables_group_by_file_and_t() {
     let dir = tempdir("dense_multi");

@@ -718,6 +718,8 @@ mod tests {
             "SELECT t, avg(value), max(value), count(*) FROM a_raw GROUP BY t ORDER BY t",
             "SELECT i, j, k, avg(value), min(value) FROM a_raw GROUP BY i, j, k ORDER BY i, j, k",
             "SELECT CAST(k AS INT) AS k, sum(value) FILTER (WHERE t > 2) FROM a_raw GROUP BY CAST(k AS INT) ORDER BY k",
+            // 65 536 int16 values × 840 voxels and volumes: the value key is mapped (shown, so compared below).
+            "SELECT value, i, j, k, t, count(*) FROM a_raw GROUP BY value, i, j, k, t ORDER BY value, i, j, k, t",
         ] {
             let plan = ctx
                 .sql(sql)
@@ -727,6 +729,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(shown(&plan).contains("DenseAggregateExec"), "{sql}");
+            if sql.starts_with("SELECT value") {
+                assert!(shown(&plan).contains(" mapped"), "{sql}");
+            }
             round_trip(&ctx, sql).await;
         }
         let pcodec = VoxelPhysicalCodec::default();

@@ -3,6 +3,12 @@
 //! slowest), so no key is hashed or compared; each aggregate is DataFusion's own `GroupsAccumulator`, so answers are
 //! DataFusion's. DuckDB's perfect hash aggregate is the model.
 //!
+//! A key whose range is wide but holds few distinct values (an int16 label column: 65 536 possible labels, a hundred
+//! used) can instead be **mapped**: its values are numbered in order of first appearance through a direct table of
+//! its slots, and the group of a row is `ordinal × (groups of the other keys) + their linear index`, so state is
+//! allocated per value seen, block by block (DuckDB does the same for its perfect hash aggregate's wide keys through
+//! a dictionary). At most one key per node is mapped.
+//!
 //! [`DenseAggregateExec`] stands in for one `AggregateExec` node (any mode but `PartialReduce`): same schema, same
 //! partitioning and input requirements, same answers. A `Partial` node emits the state of the groups it saw, a
 //! `Final` node merges such states, a `Single` node does both. The rule choosing it is in
@@ -37,7 +43,15 @@ pub struct KeyRange {
     pub min: i64,
     pub max: i64,
     pub nullable: bool,
+    /// The key's slots are numbered in order of first appearance at run time (groups allocated per value seen)
+    /// instead of all being allocated up front. At most [`MAX_MAPPED_SLOTS`] slots.
+    #[serde(default)]
+    pub mapped: bool,
 }
+
+/// The most slots a mapped key may have: its direct table (4 bytes a slot) stays at 256 KiB, an int16 or uint16
+/// column's whole range plus NULL.
+pub const MAX_MAPPED_SLOTS: u64 = (1 << 16) + 1;
 
 impl KeyRange {
     /// Number of directly indexed slots: the values, plus one for NULL. `None` when it does not fit a `u64`.
@@ -54,16 +68,28 @@ pub fn group_count(ranges: &[KeyRange]) -> Option<u64> {
         .try_fold(1u64, |acc, r| acc.checked_mul(r.slots()?))
 }
 
+/// The groups of one value of the mapped key: the product of the other keys' slots (all of them when none is
+/// mapped).
+pub fn block_count(ranges: &[KeyRange]) -> Option<u64> {
+    ranges
+        .iter()
+        .filter(|r| !r.mapped)
+        .try_fold(1u64, |acc, r| acc.checked_mul(r.slots()?))
+}
+
 /// One `AggregateExec` computed into directly indexed groups.
 #[derive(Debug)]
 pub struct DenseAggregateExec {
     /// The aggregate this replaces: mode, keys, aggregates, filters, schema and input.
     inner: AggregateExec,
     ranges: Vec<KeyRange>,
-    /// Row-major strides of the key slots (the last key fastest).
+    /// Row-major strides of the unmapped keys' slots (the last key fastest); a mapped key's stride is `block`.
     strides: Vec<u64>,
+    /// The groups allocated per value of the mapped key: all groups when no key is mapped.
+    block: usize,
+    /// The most groups: all of them allocated up front when no key is mapped.
     groups: usize,
-    /// Estimated bytes of one partition's dense state.
+    /// Estimated bytes of one partition's dense state (of one block when a key is mapped).
     state_bytes: usize,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -78,21 +104,42 @@ impl DenseAggregateExec {
                 ranges.len()
             )));
         }
+        let mapped = ranges.iter().filter(|r| r.mapped).count();
+        if mapped > 1
+            || ranges
+                .iter()
+                .any(|r| r.mapped && r.slots().is_none_or(|s| s > MAX_MAPPED_SLOTS))
+        {
+            return Err(DataFusionError::Internal(format!(
+                "dense aggregate: {mapped} mapped keys (at most one, of at most {MAX_MAPPED_SLOTS} slots)"
+            )));
+        }
+        let overflow = || DataFusionError::Internal("dense aggregate: key ranges overflow".into());
         let groups = group_count(&ranges)
             .and_then(|g| usize::try_from(g).ok())
-            .ok_or_else(|| {
-                DataFusionError::Internal("dense aggregate: key ranges overflow".into())
-            })?;
+            .ok_or_else(overflow)?;
+        let block = block_count(&ranges)
+            .and_then(|g| usize::try_from(g).ok())
+            .ok_or_else(overflow)?;
         let mut strides = vec![1u64; ranges.len()];
-        for k in (0..ranges.len().saturating_sub(1)).rev() {
+        let mut stride = 1u64;
+        for k in (0..ranges.len()).rev() {
+            if ranges[k].mapped {
+                continue;
+            }
+            strides[k] = stride;
             // Cannot overflow: the product of all slots fits (checked above).
-            strides[k] = strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
+            stride *= ranges[k].slots().unwrap_or(1);
         }
-        let state_bytes = groups.saturating_mul(state_bytes_per_group(&inner));
+        if let Some(k) = ranges.iter().position(|r| r.mapped) {
+            strides[k] = block as u64;
+        }
+        let state_bytes = block.saturating_mul(state_bytes_per_group(&inner));
         Ok(DenseAggregateExec {
             inner,
             ranges,
             strides,
+            block,
             groups,
             state_bytes,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -108,9 +155,14 @@ impl DenseAggregateExec {
         &self.ranges
     }
 
-    /// Number of directly indexed groups.
+    /// Number of directly indexed groups (the most, when a key is mapped).
     pub fn groups(&self) -> usize {
         self.groups
+    }
+
+    /// Whether one key is mapped (its groups allocated per value seen).
+    pub fn is_mapped(&self) -> bool {
+        self.ranges.iter().any(|r| r.mapped)
     }
 }
 
@@ -141,17 +193,21 @@ impl DisplayAs for DenseAggregateExec {
             .zip(&self.ranges)
             .map(|((_, name), r)| {
                 let null = if r.nullable { "+null" } else { "" };
-                format!("{name}@[{}, {}]{null}", r.min, r.max)
+                let mapped = if r.mapped { " mapped" } else { "" };
+                format!("{name}@[{}, {}]{null}{mapped}", r.min, r.max)
             })
             .collect();
         let aggs: Vec<&str> = self.inner.aggr_expr().iter().map(|a| a.name()).collect();
+        let groups = match self.is_mapped() {
+            true => format!("{} per mapped value", self.block),
+            false => self.groups.to_string(),
+        };
         write!(
             f,
-            "DenseAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups={}",
+            "DenseAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups={groups}",
             self.inner.mode(),
             keys.join(", "),
             aggs.join(", "),
-            self.groups
         )?;
         if let DisplayFormatType::Verbose = t {
             write!(f, ", state_bytes={}", self.state_bytes)?;
@@ -275,7 +331,14 @@ struct DenseState {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     ranges: Vec<KeyRange>,
     strides: Vec<u64>,
+    /// Groups allocated so far (all of them when no key is mapped; a multiple of `block` otherwise).
     groups: usize,
+    block: usize,
+    /// The mapped key's direct table (slot → ordinal, `u32::MAX` for a value not seen yet) and each ordinal's slot.
+    ordinals: Vec<u32>,
+    slots_seen: Vec<u64>,
+    /// Bytes of state one block adds (reserved as blocks are allocated).
+    block_bytes: usize,
     raw_input: bool,
     final_output: bool,
     /// The distinct argument expressions of all aggregates (`avg(x)` and `stddev(x)` share the cast of `x`), and
@@ -287,7 +350,7 @@ struct DenseState {
     seen: Vec<bool>,
     indices: Vec<usize>,
     any_rows: bool,
-    _reservation: MemoryReservation,
+    reservation: MemoryReservation,
 }
 
 impl DenseState {
@@ -305,14 +368,18 @@ impl DenseState {
         } else {
             vec![None; agg.aggr_expr().len()]
         };
+        // A mapped key allocates its groups block by block, as its values appear.
+        let (groups, ordinals) = match exec.ranges.iter().find(|r| r.mapped) {
+            Some(r) => (0, vec![u32::MAX; r.slots().unwrap_or(0) as usize]),
+            None => (exec.groups, Vec::new()),
+        };
         let mut seen = Vec::new();
-        seen.try_reserve_exact(exec.groups).map_err(|e| {
+        seen.try_reserve_exact(groups).map_err(|e| {
             DataFusionError::ResourcesExhausted(format!(
-                "dense aggregate: {} groups cannot be allocated ({e})",
-                exec.groups
+                "dense aggregate: {groups} groups cannot be allocated ({e})"
             ))
         })?;
-        seen.resize(exec.groups, false);
+        seen.resize(groups, false);
         let (unique_args, args) = shared_arguments(aggregate_expressions(
             agg.aggr_expr(),
             agg.mode(),
@@ -323,7 +390,11 @@ impl DenseState {
             keys: group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
             ranges: exec.ranges.clone(),
             strides: exec.strides.clone(),
-            groups: exec.groups,
+            groups,
+            block: exec.block,
+            ordinals,
+            slots_seen: Vec::new(),
+            block_bytes: exec.state_bytes,
             raw_input,
             final_output: agg.mode().output_mode() == AggregateOutputMode::Final,
             unique_args,
@@ -333,7 +404,7 @@ impl DenseState {
             seen,
             indices: Vec::new(),
             any_rows: false,
-            _reservation: reservation,
+            reservation,
         })
     }
 
@@ -384,19 +455,48 @@ impl DenseState {
         Ok(())
     }
 
-    /// The linear group index of every row of `batch` into `self.indices`.
+    /// The linear group index of every row of `batch` into `self.indices`; new values of a mapped key get their
+    /// blocks of groups.
     fn group_indices(&mut self, batch: &RecordBatch) -> DfResult<()> {
         let n = batch.num_rows();
         self.indices.clear();
         self.indices.resize(n, 0);
-        for (k, key) in self.keys.iter().enumerate() {
-            let array = key.evaluate(batch)?.into_array(n)?;
+        for k in 0..self.keys.len() {
+            let array = self.keys[k].evaluate(batch)?.into_array(n)?;
             let array = match array.data_type() {
                 DataType::Int64 => array,
                 _ => cast(&array, &DataType::Int64)?,
             };
             let values = array.as_primitive::<Int64Type>();
-            add_digits(&mut self.indices, values, self.ranges[k], self.strides[k])?;
+            if self.ranges[k].mapped {
+                self.add_mapped(values, self.ranges[k])?;
+            } else {
+                add_digits(&mut self.indices, values, self.ranges[k], self.strides[k])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add `block × ordinal(value)` to each row's index, numbering values not seen before and growing the state.
+    fn add_mapped(&mut self, values: &PrimitiveArray<Int64Type>, range: KeyRange) -> DfResult<()> {
+        let mut digits = vec![0usize; values.len()];
+        add_digits(&mut digits, values, range, 1)?;
+        for (slot, d) in self.indices.iter_mut().zip(digits) {
+            let mut ordinal = self.ordinals[d];
+            if ordinal == u32::MAX {
+                // A table of at most MAX_MAPPED_SLOTS entries: the ordinal fits a u32.
+                ordinal = self.slots_seen.len() as u32;
+                self.ordinals[d] = ordinal;
+                self.slots_seen.push(d as u64);
+            }
+            *slot += ordinal as usize * self.block;
+        }
+        let groups = self.slots_seen.len() * self.block;
+        if groups > self.groups {
+            let blocks = (groups - self.groups) / self.block.max(1);
+            self.reservation.try_grow(blocks * self.block_bytes)?;
+            self.seen.resize(groups, false);
+            self.groups = groups;
         }
         Ok(())
     }
@@ -416,7 +516,11 @@ impl DenseState {
         for (k, range) in self.ranges.iter().enumerate() {
             let slots = range.slots().unwrap_or(1);
             let values = Int64Array::from_iter(chosen.iter().map(|&g| {
-                let digit = (g / self.strides[k]) % slots;
+                // An unmapped key's stride divides the block, so the mapped ordinal (g / block) drops out.
+                let digit = match range.mapped {
+                    true => self.slots_seen[(g / self.strides[k]) as usize],
+                    false => (g / self.strides[k]) % slots,
+                };
                 (!range.nullable || digit + 1 < slots).then_some(range.min + digit as i64)
             }));
             let ty = self.schema.field(k).data_type();
@@ -528,7 +632,12 @@ mod tests {
     use super::*;
 
     fn range(min: i64, max: i64, nullable: bool) -> KeyRange {
-        KeyRange { min, max, nullable }
+        KeyRange {
+            min,
+            max,
+            nullable,
+            mapped: false,
+        }
     }
 
     #[test]

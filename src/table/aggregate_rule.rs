@@ -9,6 +9,10 @@
 //! - integer casts of such a column keep the range when it fits the target type;
 //! - otherwise, for 8- and 16-bit integer keys (label images), the type's whole range: its slots are few enough.
 //!
+//! A 16-bit key known only by its type is *mapped* (its values numbered as they appear, groups allocated per value
+//! seen; see [`super::aggregate`]); so is, when all keys' groups are too many to allocate up front, the widest key of
+//! at most 65 537 slots, if the other keys' groups fit on their own.
+//!
 //! A key whose range is unknown at plan time leaves the aggregate to DataFusion, as do DISTINCT, ordered aggregates,
 //! grouping sets, aggregates without a `GroupsAccumulator`, TopK aggregation and sorted (streaming) input. So does a
 //! dense state above [`MAX_GROUPS`] groups or the memory limit ([`state_limit`]), or far sparser than the input rows.
@@ -34,7 +38,9 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, InputOrderMode, StatisticsArgs, StatisticsContext};
 
-use super::aggregate::{DenseAggregateExec, KeyRange, group_count, state_bytes_per_group};
+use super::aggregate::{
+    DenseAggregateExec, KeyRange, MAX_MAPPED_SLOTS, block_count, state_bytes_per_group,
+};
 use super::config::VoxelscanOptions;
 use super::scan_aggregate::ScanAggregateExec;
 
@@ -99,17 +105,48 @@ fn dense_version(agg: &AggregateExec, limit: u64) -> DfResult<Option<DenseAggreg
             None => return Ok(None),
         }
     }
-    let Some(groups) = group_count(&ranges).filter(|&g| g <= MAX_GROUPS) else {
-        return Ok(None);
+    // At most one key is mapped: the first 16-bit key known only by its type.
+    let mut mapped = false;
+    for r in &mut ranges {
+        r.mapped &= !mapped;
+        mapped |= r.mapped;
+    }
+    if !fits(agg, block_count(&ranges), limit) {
+        // Too many slots to allocate up front: number the widest key's values as they appear instead (an int16
+        // label column: 65 536 slots, a hundred used), if the other keys' groups fit on their own.
+        let Some(wide) = widest_mappable(&ranges).filter(|_| !mapped) else {
+            return Ok(None);
+        };
+        ranges[wide].mapped = true;
+        if !fits(agg, block_count(&ranges), limit) {
+            return Ok(None);
+        }
+    }
+    DenseAggregateExec::try_new(agg.clone(), ranges).map(Some)
+}
+
+/// Whether `groups` dense groups (all of a node's, or one block of a mapped key's) are within [`MAX_GROUPS`], the
+/// state limit over all partitions, and not far sparser than the input rows.
+fn fits(agg: &AggregateExec, groups: Option<u64>, limit: u64) -> bool {
+    let Some(groups) = groups.filter(|&g| g <= MAX_GROUPS) else {
+        return false;
     };
+    let input = agg.input();
     let partitions = input.properties().partitioning.partition_count().max(1) as u64;
     let bytes = groups
         .saturating_mul(state_bytes_per_group(agg) as u64)
         .saturating_mul(partitions);
-    if bytes > limit || too_sparse(input, groups) {
-        return Ok(None);
-    }
-    DenseAggregateExec::try_new(agg.clone(), ranges).map(Some)
+    bytes <= limit && !too_sparse(input, groups)
+}
+
+/// The key with the most slots, when it has more than one and no more than [`MAX_MAPPED_SLOTS`].
+fn widest_mappable(ranges: &[KeyRange]) -> Option<usize> {
+    let (k, slots) = ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(k, r)| Some((k, r.slots()?)))
+        .max_by_key(|&(_, s)| s)?;
+    (slots > 1 && slots <= MAX_MAPPED_SLOTS).then_some(k)
 }
 
 /// Plain GROUP BY with aggregates that all have a `GroupsAccumulator`, nothing order-dependent.
@@ -148,8 +185,22 @@ pub fn key_range(
         return None;
     }
     let nullable = expr.nullable(schema).ok()?;
-    let (min, max) = expr_bounds(input, expr, 0).or_else(|| type_bounds(&ty))?;
-    (min <= max).then_some(KeyRange { min, max, nullable })
+    let (min, max, by_type) = match expr_bounds(input, expr, 0) {
+        Some((min, max)) => (min, max, false),
+        None => {
+            let (min, max) = type_bounds(&ty)?;
+            (min, max, true)
+        }
+    };
+    // A 16-bit key known only by its type (an atlas's labels: 65 536 slots, a hundred used) is mapped: groups
+    // are allocated for the values that occur, not for the whole type.
+    let mapped = by_type && max - min >= 1 << 8;
+    (min <= max).then_some(KeyRange {
+        min,
+        max,
+        nullable,
+        mapped,
+    })
 }
 
 fn is_integer(ty: &DataType) -> bool {
