@@ -288,6 +288,7 @@ fn axis_ranges(spec: &super::scan::ScanSpec, axes: &[usize]) -> Option<Vec<KeyRa
                 min: i64::try_from(lo).ok()?,
                 max: i64::try_from(hi).ok()?,
                 nullable: false,
+                mapped: false,
             })
         })
         .collect()
@@ -917,6 +918,7 @@ mod tests {
             min,
             max,
             nullable: false,
+            mapped: false,
         }
     }
 
