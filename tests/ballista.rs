@@ -600,15 +600,12 @@ async fn scan_aggregates_on_two_executors() {
         cluster.take_seen();
         assert_eq!(&must(&ctx, q).await, want, "{q}");
         let seen = cluster.take_seen();
-        let on = |e: &str| {
-            seen.iter()
-                .filter(|t| t.executor == e)
-                .map(|t| t.scan_aggregates)
-                .sum::<usize>()
-        };
+        // Which executor runs which task is the scheduler's choice (one may take them all on a busy machine):
+        // every task that scanned must have aggregated in its scan.
+        let scanning: Vec<_> = seen.iter().filter(|t| t.scan_partitions > 0).collect();
         assert!(
-            on("executor-0") > 0 && on("executor-1") > 0,
-            "{q}: scan aggregates on both executors: {seen:?}"
+            !scanning.is_empty() && scanning.iter().all(|t| t.scan_aggregates > 0),
+            "{q}: scan aggregates in every scanning task: {seen:?}"
         );
     }
     cluster.scheduler.abort();
