@@ -32,6 +32,7 @@ use object_store::ObjectStore;
 
 use crate::dtype::Scalar;
 use crate::error::VoxelError;
+use crate::formats::Compression;
 use crate::io::local::MmapMode;
 
 use super::files::VoxelFile;
@@ -421,8 +422,13 @@ impl SlabPlan {
         if let Some(grid) = self.file.grid {
             self.narrow_to_grid(&grid, dynamic);
         }
-        self.parts = listed_voxels(dynamic, &cx)
-            .and_then(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels));
+        // A compressed file is read forward: one reader over the narrowed box inflates the span once, where a
+        // reader per part would each inflate again from its nearest seek point (one pass per plane).
+        self.parts = match self.file.compression {
+            Compression::None => listed_voxels(dynamic, &cx)
+                .and_then(|(axes, voxels)| exact_parts(&self.sel, &axes, &voxels)),
+            Compression::Gzip => None,
+        };
         let after = match &self.parts {
             Some(parts) => parts.iter().map(Selection::rows).sum(),
             None => self.sel.rows(),
