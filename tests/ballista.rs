@@ -608,6 +608,15 @@ async fn scan_aggregates_on_two_executors() {
             "{q}: scan aggregates in every scanning task: {seen:?}"
         );
     }
+    // A client's `SET voxelscan.…` travels with its tasks: the executors then leave the aggregate to DataFusion.
+    must(&ctx, "SET voxelscan.scan_aggregates = false").await;
+    cluster.take_seen();
+    assert_eq!(&must(&ctx, queries[0]).await, &want[0], "setting off");
+    let seen = cluster.take_seen();
+    assert!(
+        seen.iter().any(|t| t.scan_partitions > 0) && seen.iter().all(|t| t.scan_aggregates == 0),
+        "no scan aggregate with the setting off: {seen:?}"
+    );
     cluster.scheduler.abort();
 }
 

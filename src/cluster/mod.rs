@@ -88,9 +88,11 @@ pub fn runtime_env(temp_dir: Option<&Path>) -> DfResult<Arc<RuntimeEnv>> {
 }
 
 /// The client's session state: DataFusion's defaults, the voxel factories, the codecs and lazy object stores.
-/// `config` is upgraded to a Ballista config if it is not one already.
+/// `config` is upgraded to a Ballista config if it is not one already, and given voxelscan's settings: a client's
+/// `SET voxelscan.…` then travels with its queries to the scheduler and the executors' tasks.
 pub fn session_state(config: SessionConfig) -> DfResult<SessionState> {
-    let config = with_codecs(config.upgrade_for_ballista());
+    let config =
+        crate::table::config::with_voxelscan_options(with_codecs(config.upgrade_for_ballista()));
     let builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
