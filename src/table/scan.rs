@@ -353,6 +353,7 @@ struct DynamicPruning {
 }
 
 /// Opens slabs for one partition.
+#[derive(Clone)]
 struct VoxelOpener {
     spec: Arc<ScanSpec>,
     out: Arc<Output>,
@@ -557,51 +558,57 @@ impl VoxelOpener {
         let Some(plan) = self.slab(&pf)?.narrowed(&self.dynamic, &self.pruned) else {
             return Ok(futures::stream::empty().boxed());
         };
+        let spec = Arc::clone(&self.spec);
+        let readers = self.readers(plan).map(move |reader| {
+            reader_stream(reader, Arc::clone(&spec), |r| {
+                let file = Arc::clone(r.file());
+                Ok(r.next_values()?.map(|(piece, values)| ValuePiece {
+                    file,
+                    piece,
+                    values,
+                }))
+            })
+        });
+        Ok(futures::stream::iter(readers).flatten().boxed())
+    }
+
+    /// One reader per part of `plan` (the slab's selection when the dynamic filters listed no voxels), in file order.
+    fn readers(&self, plan: SlabPlan) -> impl Iterator<Item = SlabReader> + Send + 'static {
         let parts = plan.parts.unwrap_or_else(|| vec![plan.sel]);
-        let (file, slow, spec) = (plan.file, plan.slow, Arc::clone(&self.spec));
+        let (file, slow, mmap) = (plan.file, plan.slow, self.spec.mmap);
         let (out, metrics, budget) = (Arc::clone(&self.out), self.metrics.clone(), self.budget);
-        let readers = parts.into_iter().map(move |part| {
-            let reader = SlabReader::new(
+        parts.into_iter().map(move |part| {
+            SlabReader::new(
                 Arc::clone(&file),
                 &part,
                 Arc::clone(&out),
                 metrics.clone(),
                 budget,
-                spec.mmap,
+                mmap,
                 slow.clone(),
-            );
-            value_stream(reader, Arc::clone(&spec))
-        });
-        Ok(futures::stream::iter(readers).flatten().boxed())
+            )
+        })
     }
 }
 
-/// The value pieces of one slab, each read on a blocking thread.
-fn value_stream(
+/// What `next` takes from `reader` piece by piece, each piece read on a blocking thread; a reader's error names
+/// its file.
+fn reader_stream<T: Send + 'static>(
     reader: SlabReader,
     spec: Arc<ScanSpec>,
-) -> impl futures::Stream<Item = DfResult<ValuePiece>> {
+    next: fn(&mut SlabReader) -> crate::error::Result<Option<T>>,
+) -> impl futures::Stream<Item = DfResult<T>> {
     futures::stream::try_unfold(reader, move |mut reader| {
         let spec = Arc::clone(&spec);
         async move {
-            let (reader, next) = tokio::task::spawn_blocking(move || {
-                let next = reader.next_values();
-                (reader, next)
+            let (reader, got) = tokio::task::spawn_blocking(move || {
+                let got = next(&mut reader);
+                (reader, got)
             })
             .await
             .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
-            match next {
-                Ok(Some((piece, values))) => {
-                    let file = Arc::clone(reader.file());
-                    Ok(Some((
-                        ValuePiece {
-                            file,
-                            piece,
-                            values,
-                        },
-                        reader,
-                    )))
-                }
+            match got {
+                Ok(Some(item)) => Ok(Some((item, reader))),
                 Ok(None) => Ok(None),
                 Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
             }
@@ -612,58 +619,23 @@ fn value_stream(
 impl FileOpener for VoxelOpener {
     fn open(&self, pf: PartitionedFile) -> DfResult<FileOpenFuture> {
         let plan = self.slab(&pf)?;
-        let (dynamic, pruned) = (Arc::clone(&self.dynamic), self.pruned.clone());
-        let (out, metrics, budget) = (Arc::clone(&self.out), self.metrics.clone(), self.budget);
-        let spec = Arc::clone(&self.spec);
+        let opener = self.clone();
         Ok(Box::pin(async move {
             // Snapshotted when the stream is first polled: a hash join polls its probe side only after its build
             // side is collected and its filter updated (CollectLeft; Partitioned once every partition has
             // reported), so by then the filter is complete wherever the plan lets it be.
-            let Some(plan) = plan.narrowed(&dynamic, &pruned) else {
+            let Some(plan) = plan.narrowed(&opener.dynamic, &opener.pruned) else {
                 return Ok(futures::stream::empty().boxed());
             };
-            let parts = plan.parts.unwrap_or_else(|| vec![plan.sel]);
-            let (file, slow) = (plan.file, plan.slow);
-            let readers = parts.into_iter().map(move |part| {
-                let reader = SlabReader::new(
-                    Arc::clone(&file),
-                    &part,
-                    Arc::clone(&out),
-                    metrics.clone(),
-                    budget,
-                    spec.mmap,
-                    slow.clone(),
-                );
-                slab_stream(reader, Arc::clone(&spec))
+            let spec = Arc::clone(&opener.spec);
+            let readers = opener.readers(plan).map(move |reader| {
+                reader_stream(reader, Arc::clone(&spec), SlabReader::next_piece)
+                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .try_flatten()
             });
             Ok(futures::stream::iter(readers).flatten().boxed())
         }))
     }
-}
-
-/// The batches of one slab, each piece read on a blocking thread.
-fn slab_stream(
-    reader: SlabReader,
-    spec: Arc<ScanSpec>,
-) -> impl futures::Stream<Item = DfResult<datafusion::arrow::array::RecordBatch>> {
-    futures::stream::try_unfold(reader, move |mut reader| {
-        let spec = Arc::clone(&spec);
-        async move {
-            let (reader, next) = tokio::task::spawn_blocking(move || {
-                let next = reader.next_piece();
-                (reader, next)
-            })
-            .await
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
-            match next {
-                Ok(Some(batches)) => Ok(Some((batches, reader))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
-            }
-        }
-    })
-    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-    .try_flatten()
 }
 
 fn reader_name(r: &SlabReader) -> String {
