@@ -6,7 +6,8 @@
 //!   option and nilearn's nearest resampling), NULL outside the image's grid.
 //!
 //! `image` is a string literal: a path or URL of one image with an affine (NIfTI, Analyze, MGH). Its header is read
-//! once per function instance (cached by name) when the query is planned. The functions are immutable, and at
+//! when the query is planned, cached by name (a local file is read again once its size or modification time
+//! changes; an object's header is kept for the session). The functions are immutable, and at
 //! planning a call is rewritten into plain arithmetic on its arguments, so constant arguments fold to a literal:
 //! `WHERE i = mm_to_voxel('bold.nii', -42, 18, 30)['i']` is an index equality the scan reads exactly, and a cluster
 //! needs nothing of these functions beyond the rewritten plan.
@@ -28,8 +29,9 @@ use datafusion::logical_expr::{
 };
 
 use crate::formats::affine::{Affine, IDENTITY, row_apply};
+use crate::location::Location;
 
-use super::files::{FormatKind, TableFiles, TableOptions};
+use super::files::{Fingerprint, FormatKind, TableFiles, TableOptions};
 use super::world::{GridMap, has_own_affine};
 
 /// Which way a function converts.
@@ -52,8 +54,9 @@ struct Geometry {
 pub struct WorldFunction {
     direction: Direction,
     signature: Signature,
-    /// Headers read, by image name.
-    cache: Mutex<HashMap<String, Geometry>>,
+    /// Headers read, by image name, with the local data file's path and version when read (an object's header is
+    /// kept for the session: checking its version would cost a request per query).
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl PartialEq for WorldFunction {
@@ -108,14 +111,14 @@ impl WorldFunction {
             .collect()
     }
 
-    /// The image's header facts, read once per name.
+    /// The image's header facts, read once per name and again when a local file has changed since.
     fn geometry(&self, image: &str) -> DfResult<Geometry> {
         let mut cache = self
             .cache
             .lock()
             .map_err(|_| self.plan_err("the header cache was poisoned by an earlier panic"))?;
-        if let Some(g) = cache.get(image) {
-            return Ok(*g);
+        if let Some(c) = cache.get(image).filter(|c| c.is_current()) {
+            return Ok(c.geometry);
         }
         let opened = TableFiles::open(&[image.to_string()], &TableOptions::new(FormatKind::Any))
             .map_err(|e| self.plan_err(e))?;
@@ -133,8 +136,29 @@ impl WorldFunction {
             affine: file.affine,
             to_voxel,
         };
-        cache.insert(image.to_string(), g);
+        let local = match &file.data {
+            Location::Path(p) => Some((p.clone(), file.fingerprint.clone())),
+            _ => None,
+        };
+        cache.insert(image.to_string(), Cached { geometry: g, local });
         Ok(g)
+    }
+}
+
+/// A header read, and for a local file what it was read from.
+#[derive(Debug)]
+struct Cached {
+    geometry: Geometry,
+    local: Option<(std::path::PathBuf, Fingerprint)>,
+}
+
+impl Cached {
+    /// False when the local data file was replaced or rewritten since (or is gone: reading again gives the error).
+    fn is_current(&self) -> bool {
+        match &self.local {
+            Some((path, was)) => Fingerprint::of_path(path).is_ok_and(|now| now == *was),
+            None => true,
+        }
     }
 }
 
@@ -392,6 +416,35 @@ mod tests {
             .to_string();
         assert!(!text.contains("mm_to_voxel"), "{text}");
         assert!(text.contains("i = Int64(3)"), "{text}");
+    }
+
+    /// A file rewritten during the session (another affine) is read again: the cache keeps a local file's version.
+    #[tokio::test]
+    async fn a_rewritten_image_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let ctx = session_context(SessionConfig::new());
+        let x = |a: ArrayRef| {
+            a.as_struct()
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .value(0)
+        };
+        let sql = format!("SELECT voxel_to_mm('{img}', 3, 4, 5)");
+        assert_eq!(x(one_struct(&ctx, &sql).await), 84.0);
+        // The same header with x no longer flipped (+2 mm, origin -90), and a later modification time.
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[280..284].copy_from_slice(&2.0f32.to_le_bytes());
+        bytes[292..296].copy_from_slice(&(-90.0f32).to_le_bytes());
+        std::fs::write(&img, &bytes).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(x(one_struct(&ctx, &sql).await), -84.0);
     }
 
     #[tokio::test]
