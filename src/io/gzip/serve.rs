@@ -14,8 +14,10 @@ use crate::io::ReadStats;
 use crate::plan::Segment;
 
 /// Serve what pieces of `run` can be served by probing from a mark (into `out`, and into the data cache); returns
-/// the pieces left for the run's seek point. A piece is probed when the nearest mark before it lies past where the
-/// run's pass would be anyway and decompressing from it twice is cheaper than getting there from that position.
+/// the pieces left for the run's seek point. The pieces between two marks are probed together (one pass from the
+/// mark before them serves them all), when the mark lies past where the run's pass would be anyway and decompressing
+/// from it twice is cheaper than getting there from that position. Pieces dense enough that probing every stretch
+/// between marks would cost more than one pass through the run are all left to the pass (a box's rows, say).
 pub(super) fn probe_pieces(
     src: &dyn ReadAt,
     location: &str,
@@ -24,31 +26,102 @@ pub(super) fn probe_pieces(
     sink: Option<&CacheSink<'_>>,
     stats: &mut ReadStats,
 ) -> Vec<Piece> {
+    let groups = mark_groups(run);
+    if groups.iter().map(|g| probe_cost(run, g)).sum::<u64>() >= run.work() {
+        return run.pieces.clone();
+    }
     let mut rest = Vec::with_capacity(run.pieces.len());
-    // Where the pass from the run's seek point will have got to before the next piece.
+    // Where the pass from the run's seek point will have got to before the next group.
     let mut pass_at = run.start_out();
-    for p in &run.pieces {
-        let before = &run.marks[..run.marks.partition_point(|m| m.out <= p.offset)];
-        let worth = |m: &Mark| {
-            m.out > pass_at && 2 * (p.end() - m.out) + PROBE_OVERHEAD < p.end() - pass_at
-        };
-        let served = probe_marks(before, p.offset)
-            .take_while(|m| worth(m))
-            .find_map(|m| probe(src, location, m, p, stats));
-        match served {
-            Some(data) => {
-                out[p.out_at..p.out_at + data.len()].copy_from_slice(&data);
-                if let Some(sink) = sink {
-                    sink.cache.insert(&sink.key, p.offset, data);
-                }
+    for group in groups {
+        let first = group.first;
+        let before = &run.marks[..run.marks.partition_point(|m| m.out <= first.offset)];
+        let mut pending: Vec<Piece> = group.pieces.to_vec();
+        for m in probe_marks(before, first.offset) {
+            let Some(end) = pending.last().map(Piece::end) else {
+                break;
+            };
+            if !(m.out > pass_at && 2 * (end - m.out) + PROBE_OVERHEAD < end - pass_at) {
+                break;
             }
-            None => {
-                rest.push(*p);
-                pass_at = p.end();
-            }
+            pending = serve_probed(src, location, m, pending, out, sink, stats);
         }
+        if let Some(last) = pending.last() {
+            pass_at = last.end();
+        }
+        rest.extend(pending);
     }
     rest
+}
+
+/// Consecutive pieces of a run that start after the same mark (or before the first).
+struct MarkGroup<'a> {
+    first: Piece,
+    pieces: &'a [Piece],
+}
+
+fn mark_groups(run: &Run) -> Vec<MarkGroup<'_>> {
+    let mut groups = Vec::new();
+    let mut rest = run.pieces.as_slice();
+    while let Some(&first) = rest.first() {
+        let next_mark = run
+            .marks
+            .get(run.marks.partition_point(|m| m.out <= first.offset))
+            .map_or(u64::MAX, |m| m.out);
+        let n = rest.partition_point(|p| p.offset < next_mark).max(1);
+        groups.push(MarkGroup {
+            first,
+            pieces: &rest[..n],
+        });
+        rest = &rest[n..];
+    }
+    groups
+}
+
+/// What probing `group` from its nearest mark costs, in decompressed bytes (its overhead counted as bytes).
+fn probe_cost(run: &Run, group: &MarkGroup) -> u64 {
+    let from = run.marks[..run.marks.partition_point(|m| m.out <= group.first.offset)]
+        .last()
+        .map_or(run.start_out(), |m| m.out);
+    let end = group.pieces.last().map_or(from, Piece::end);
+    2 * (end - from) + PROBE_OVERHEAD
+}
+
+/// Probe `pieces` (all after `mark`) from it in one pass per fill, serve those whose bytes do not depend on the
+/// window before the mark, and return the others.
+fn serve_probed(
+    src: &dyn ReadAt,
+    location: &str,
+    mark: Mark,
+    pieces: Vec<Piece>,
+    out: &mut [u8],
+    sink: Option<&CacheSink<'_>>,
+    stats: &mut ReadStats,
+) -> Vec<Piece> {
+    let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+        return pieces;
+    };
+    let span = Piece {
+        offset: first.offset,
+        len: last.end() - first.offset,
+        out_at: 0,
+    };
+    let Some((zeros, ones)) = probe(src, location, mark, &span, stats) else {
+        return pieces;
+    };
+    let mut left = Vec::new();
+    for p in pieces {
+        let at = (p.offset - span.offset) as usize..(p.end() - span.offset) as usize;
+        if zeros[at.clone()] != ones[at.clone()] {
+            left.push(p);
+            continue;
+        }
+        out[p.out_at..p.out_at + at.len()].copy_from_slice(&zeros[at.clone()]);
+        if let Some(sink) = sink {
+            sink.cache.insert(&sink.key, p.offset, zeros[at].to_vec());
+        }
+    }
+    left
 }
 
 /// The marks to probe a piece at `offset` from, nearest first (`before`: the marks at or before it): the nearest
@@ -68,16 +141,16 @@ fn probe_marks(before: &[Mark], offset: u64) -> impl Iterator<Item = Mark> + '_ 
     [nearest, earlier, earliest].into_iter().flatten()
 }
 
-/// Decompress from `mark` to the end of `piece` twice, the unknown window filled with `0x00` and then `0xFF`; the
-/// piece's bytes when they agree (then none of them depends on the window), else `None`. Errors also give `None`:
-/// the pass from the seek point then reads the same bytes again and reports them.
+/// Decompress from `mark` to the end of `piece` twice, the unknown window filled with `0x00` and then `0xFF`: the
+/// piece's bytes both ways (a byte that agrees does not depend on the window). Errors give `None`: the pass from the
+/// seek point then reads the same bytes again and reports them.
 pub(super) fn probe(
     src: &dyn ReadAt,
     location: &str,
     mark: Mark,
     piece: &Piece,
     stats: &mut ReadStats,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let lead = piece.offset - mark.out;
     let mut decode = |fill: u8| -> Option<Vec<u8>> {
         let mut cursor = GzCursor::from_mark(src, location, mark, fill)
@@ -99,7 +172,7 @@ pub(super) fn probe(
     };
     let zeros = decode(0x00)?;
     let ones = decode(0xFF)?;
-    (zeros == ones).then_some(zeros)
+    Some((zeros, ones))
 }
 
 /// Where a read keeps what it decompresses: the data cache, the file's key there, and where to cut entries (at the

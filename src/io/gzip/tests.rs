@@ -120,6 +120,39 @@ fn short_reads_far_from_points_are_probed_from_marks() {
     assert!(stats.bytes_read < 40 * 150_000, "{stats:?}");
 }
 
+/// A box's rows (short reads close together, like the rows of an ROI in every plane) are read in one pass from the
+/// seek point, not probed stretch by stretch from every mark; a few short reads between two marks are probed
+/// together, in one pass per fill.
+#[test]
+fn dense_short_reads_are_one_pass_and_sparse_ones_share_a_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = noise(3 << 20, 21);
+    let path = dir.path().join("box.nii.gz");
+    std::fs::write(&path, gz(&d, 6)).unwrap();
+    let src = indexed(&path, dir.path(), 1 << 20);
+    // 64-byte rows every 192 bytes across the second span (~5 400 rows, many per mark).
+    let rows: Vec<Segment> = (0..5_400u64)
+        .map(|r| seg((1 << 20) + 500 + r * 192, 64))
+        .collect();
+    let (got, stats) = read(&src, &rows).unwrap();
+    assert_eq!(got, expect(&d, &rows));
+    // Noise does not compress: one pass through the rows' megabyte reads about that much (each row probed from its
+    // mark would read ~5 400 × 2 × 8 KiB).
+    assert!(stats.bytes_read < 1_300_000, "one pass for the box rows: {stats:?}");
+    assert!(stats.requests <= 3, "passes between seek points only: {stats:?}");
+    // Three short reads close together far from the seek point: both fills decompress once for all three.
+    let near: Vec<Segment> = (0..3u64)
+        .map(|r| seg((1 << 20) + 900_000 + r * 200, 4))
+        .collect();
+    let (got, stats) = read(&src, &near).unwrap();
+    assert_eq!(got, expect(&d, &near));
+    assert!(
+        stats.requests <= 2,
+        "one probe per fill for the three: {stats:?}"
+    );
+    assert!(stats.bytes_read < 200_000, "{stats:?}");
+}
+
 #[test]
 fn probes_that_meet_copies_from_before_their_mark_fall_back_exactly() {
     // Noise, then noise whose every 64 bytes start with 16 bytes copied from 20,000 bytes before: a probe for
