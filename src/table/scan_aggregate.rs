@@ -30,7 +30,9 @@ use datafusion::physical_plan::aggregates::{
     AggregateExec, AggregateMode, AggregateOutputMode, PhysicalGroupBy,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -476,6 +478,9 @@ impl ExecutionPlan for ScanAggregateExec {
             .register(context.memory_pool());
         reservation.try_grow(self.state_bytes)?;
         let mut state = State::new(self)?;
+        // Rows the native moments kernel took (the rest went through DataFusion's accumulators).
+        state.moment_rows =
+            Some(MetricBuilder::new(&self.metrics).counter("moment_rows", partition));
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let batch_size = context.session_config().batch_size().max(1);
         let schema = self.schema();
@@ -552,6 +557,7 @@ struct State {
     /// The native moments and, per aggregate, the state they become (see [`super::moments`]).
     kernel: Option<(Box<dyn Kernel>, Vec<Stat>)>,
     runs: Vec<Run>,
+    moment_rows: Option<Count>,
     /// The distinct argument expressions, and per aggregate the indices of its arguments among them.
     unique_args: Vec<Arc<dyn PhysicalExpr>>,
     args: Vec<Vec<usize>>,
@@ -606,6 +612,7 @@ impl State {
             final_output: exec.inner.mode().output_mode() == AggregateOutputMode::Final,
             kernel,
             runs: Vec::new(),
+            moment_rows: None,
             unique_args,
             args,
             accumulators,
@@ -683,7 +690,11 @@ impl State {
         let Some((k, _)) = &mut self.kernel else {
             return Ok(false);
         };
-        Ok(k.add_piece(values, &self.runs))
+        let added = k.add_piece(values, &self.runs);
+        if let (true, Some(m)) = (added, &self.moment_rows) {
+            m.add(n);
+        }
+        Ok(added)
     }
 
     /// The moments turned into each aggregate's state and merged into DataFusion's accumulators, then restarted.
