@@ -1277,5 +1277,64 @@ mod tests {
         let mut out = Vec::new();
         let e = group_indices(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut out).unwrap_err();
         assert!(e.to_string().contains("outside its planned range"), "{e}");
+        let e = runs(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("outside its planned range"), "{e}");
+    }
+
+    /// Runs give every element the group `group_indices` gives it, for every key set, both orders and layout or
+    /// row-major strides (same-group, consecutive and strided runs), and as few runs as the layout allows.
+    #[test]
+    fn runs_cover_the_piece_with_its_groups() {
+        let piece = vec![0..4, 2..5, 0..1, 1..4];
+        let full = [range(0, 3), range(0, 5), range(0, 0), range(0, 6)];
+        let key_sets: [&[usize]; 6] = [&[0, 1, 2], &[3], &[2, 3], &[1], &[0, 3], &[1, 0]];
+        for order in [Order::F, Order::C] {
+            for axes in key_sets {
+                let ranges: Vec<KeyRange> = axes.iter().map(|&a| full[a]).collect();
+                let mut row_major = vec![1u64; axes.len()];
+                for k in (0..axes.len().saturating_sub(1)).rev() {
+                    row_major[k] = row_major[k + 1] * ranges[k + 1].slots().unwrap();
+                }
+                for strides in [layout_strides(axes, &ranges, order), row_major] {
+                    let mut want = Vec::new();
+                    group_indices(&piece, order, axes, &ranges, &strides, &mut want).unwrap();
+                    let mut got = Vec::new();
+                    runs(&piece, order, axes, &ranges, &strides, &mut got).unwrap();
+                    let mut at = 0;
+                    let mut per_element = Vec::new();
+                    for r in &got {
+                        assert_eq!(r.at, at, "{order:?} {axes:?}");
+                        per_element.extend((0..r.len).map(|x| r.group + x * r.step));
+                        at += r.len;
+                    }
+                    assert_eq!(per_element, want, "{order:?} {axes:?} {strides:?} {got:?}");
+                }
+            }
+        }
+        // A per-voxel map of a whole F-order volume is one run of consecutive groups; GROUP BY t a run per volume.
+        let volume = vec![0..4, 0..3, 0..2, 5..7];
+        let axes = [0, 1, 2];
+        let ranges = [range(0, 3), range(0, 2), range(0, 1)];
+        let strides = layout_strides(&axes, &ranges, Order::F);
+        let mut got = Vec::new();
+        runs(&volume, Order::F, &axes, &ranges, &strides, &mut got).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].len, got[0].step, got[1].group), (24, 1, 0));
+        runs(&volume, Order::F, &[3], &[range(0, 9)], &[1], &mut got).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].len, got[1].step, got[1].group), (24, 0, 6));
+    }
+
+    /// Emission follows the keys' row-major order whatever the internal numbering.
+    #[test]
+    fn emitted_groups_follow_the_key_order() {
+        let ranges = [range(0, 1), range(0, 2)];
+        // Internal: key 0 fastest (stride 1), key 1 stride 2; row-major: key 1 fastest.
+        let seen = vec![true; 6];
+        let got = emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]);
+        assert_eq!(got, vec![0, 2, 4, 1, 3, 5]);
+        let mut seen = seen;
+        seen[2] = false;
+        assert_eq!(emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]), vec![0, 4, 1, 3, 5]);
     }
 }
