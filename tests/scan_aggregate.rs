@@ -431,6 +431,13 @@ async fn explain_names_the_node_and_the_settings_turn_it_off() {
 
 #[tokio::test]
 async fn the_tsnr_map_equals_numpy() {
+    // Scaled (float64 values: the kernel's shifted sums) and stored int16 (its exact integer sums).
+    for (slope, inter) in [(0.25, -3.0), (1.0, 0.0)] {
+        tsnr_against_numpy(slope, inter).await;
+    }
+}
+
+async fn tsnr_against_numpy(slope: f32, inter: f32) {
     let dir = tempdir("scanagg_tsnr");
     let path = dir.path().join("bold.nii");
     let shape = [12, 10, 6, 30];
@@ -439,8 +446,8 @@ async fn the_tsnr_map_equals_numpy() {
         &path,
         &shape,
         DType::native(Scalar::I16),
-        0.25,
-        -3.0,
+        slope,
+        inter,
         &data,
         false,
     )
@@ -449,7 +456,12 @@ async fn the_tsnr_map_equals_numpy() {
     register_voxels(&ctx, "bold", &path.to_string_lossy(), &HashMap::new()).unwrap();
     let sql = "SELECT i, j, k, avg(value) / stddev(value) AS tsnr FROM bold GROUP BY i, j, k ORDER BY i, j, k";
     assert!(explain(&ctx, sql).await.contains("ScanAggregateExec"));
-    let (_, rows) = cells(&run(&ctx, sql).await);
+    let (taken, (_, rows)) = moment_rows(&ctx, sql).await;
+    assert_eq!(
+        taken,
+        shape.iter().product::<usize>(),
+        "the moments kernel took every row"
+    );
     let expected = common::run_python("tests/py/tsnr_oracle.py", &[&path]);
     let lines: Vec<&str> = expected.lines().collect();
     assert_eq!(rows.len(), lines.len());
@@ -459,7 +471,10 @@ async fn the_tsnr_map_equals_numpy() {
         assert_eq!(key, parts[..3], "{line}");
         let want: f64 = parts[3].parse().unwrap();
         let got = as_f64(&row[3]).unwrap();
-        assert!((got - want).abs() <= 1e-9 * want.abs(), "{line}: got {got}");
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs(),
+            "{line}: got {got}"
+        );
     }
 }
 

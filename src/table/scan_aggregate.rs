@@ -1277,7 +1277,15 @@ mod tests {
         let mut out = Vec::new();
         let e = group_indices(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut out).unwrap_err();
         assert!(e.to_string().contains("outside its planned range"), "{e}");
-        let e = runs(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut Vec::new()).unwrap_err();
+        let e = runs(
+            &piece,
+            Order::F,
+            &[0],
+            &[range(3, 4)],
+            &[1],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("outside its planned range"), "{e}");
     }
 
@@ -1335,6 +1343,9 @@ mod tests {
         assert_eq!(got, vec![0, 2, 4, 1, 3, 5]);
         let mut seen = seen;
         seen[2] = false;
-        assert_eq!(emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]), vec![0, 4, 1, 3, 5]);
+        assert_eq!(
+            emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]),
+            vec![0, 4, 1, 3, 5]
+        );
     }
 }
