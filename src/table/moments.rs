@@ -51,10 +51,29 @@ pub trait Stored: datafusion::arrow::datatypes::ArrowNativeType + PartialOrd {
     fn float(self) -> f64;
     /// Finite (always for integers).
     fn finite(self) -> bool;
+    /// Σ `int()` of `v` (wrapping for 64-bit types). 8- and 16-bit types sum blocks in `i32` lanes (four times the
+    /// lanes of `i64` in a vector register), exact because a block's sum cannot leave `i32`.
+    fn sum_ints(v: &[Self]) -> i64 {
+        v.iter().fold(0i64, |a, &x| a.wrapping_add(x.int()))
+    }
+}
+
+/// Block sums in `i32` for narrow integers: `BLOCK` values of magnitude at most 2^16 stay within `i32`.
+macro_rules! narrow_sum {
+    ($block:expr) => {
+        fn sum_ints(v: &[Self]) -> i64 {
+            v.chunks($block)
+                .map(|c| i64::from(c.iter().map(|&x| x as i32).sum::<i32>()))
+                .sum()
+        }
+    };
 }
 
 macro_rules! stored_int {
     ($t:ty, $arrow:ty, $small:expr, $flush:expr) => {
+        stored_int!($t, $arrow, $small, $flush, );
+    };
+    ($t:ty, $arrow:ty, $small:expr, $flush:expr, $($sum:tt)*) => {
         impl Stored for $t {
             type Arrow = $arrow;
             const HIGHEST: Self = <$t>::MAX;
@@ -74,16 +93,17 @@ macro_rules! stored_int {
             fn finite(self) -> bool {
                 true
             }
+            $($sum)*
         }
     };
 }
 
 // Squares of 8-bit values are below 2^16 and of 16-bit values below 2^32: 2^46 and 2^30 of them fit an i64 with
 // room to spare. 32-bit values below 2^32 sum into an i64 for 2^30 elements. 64-bit sums wrap as DataFusion's do.
-stored_int!(i8, Int8Type, true, 1 << 46);
-stored_int!(u8, UInt8Type, true, 1 << 46);
-stored_int!(i16, Int16Type, true, 1 << 30);
-stored_int!(u16, UInt16Type, true, 1 << 30);
+stored_int!(i8, Int8Type, true, 1 << 46, narrow_sum!(1 << 16););
+stored_int!(u8, UInt8Type, true, 1 << 46, narrow_sum!(1 << 16););
+stored_int!(i16, Int16Type, true, 1 << 30, narrow_sum!(1 << 15););
+stored_int!(u16, UInt16Type, true, 1 << 30, narrow_sum!(1 << 15););
 stored_int!(i32, Int32Type, false, 1 << 30);
 stored_int!(u32, UInt32Type, false, 1 << 30);
 stored_int!(i64, Int64Type, false, u64::MAX);
@@ -259,8 +279,7 @@ impl<T: Stored> Moments<T> {
         self.count[g] += v.len() as u64;
         let n = self.needs;
         if n.isum {
-            self.isum[g] =
-                self.isum[g].wrapping_add(v.iter().fold(0i64, |a, &x| a.wrapping_add(x.int())));
+            self.isum[g] = self.isum[g].wrapping_add(T::sum_ints(v));
         }
         if n.isq {
             self.isq[g] += v.iter().map(|&x| x.int() * x.int()).sum::<i64>();
