@@ -631,8 +631,26 @@ impl State {
                 p.values.first().map_or(0, |v| v.len())
             )));
         }
+        self.runs.clear();
+        if self.axes.is_empty() {
+            self.runs.push(Run {
+                at: 0,
+                len: n,
+                group: 0,
+                step: 0,
+            });
+        } else {
+            runs(
+                &p.piece,
+                p.file.layout.order,
+                &self.axes,
+                &self.ranges,
+                &self.strides,
+                &mut self.runs,
+            )?;
+        }
         if let Accumulators::Grouped { seen, .. } = &mut self.accumulators {
-            mark_seen(&p.piece, &self.axes, &self.ranges, &self.strides, seen);
+            mark_runs(&self.runs, seen);
         }
         if self.update_moments(p, n)? {
             return Ok(());
@@ -668,24 +686,6 @@ impl State {
         };
         if k.rows().saturating_add(n as u64) > k.flush_rows() {
             self.flush()?;
-        }
-        self.runs.clear();
-        if self.axes.is_empty() {
-            self.runs.push(Run {
-                at: 0,
-                len: n,
-                group: 0,
-                step: 0,
-            });
-        } else {
-            runs(
-                &p.piece,
-                p.file.layout.order,
-                &self.axes,
-                &self.ranges,
-                &self.strides,
-                &mut self.runs,
-            )?;
         }
         let Some((k, _)) = &mut self.kernel else {
             return Ok(false);
@@ -1040,40 +1040,28 @@ fn runs(
     }
 }
 
-/// Mark every group `piece` has rows in: the box's coordinates on the grouped axes (every combination has rows).
-fn mark_seen(
-    piece: &[Range<u64>],
-    axes: &[usize],
-    ranges: &[KeyRange],
-    strides: &[u64],
-    seen: &mut [bool],
-) {
-    let spans: Vec<Range<u64>> = axes.iter().map(|&a| piece[a].clone()).collect();
-    if spans.iter().any(|r| r.is_empty()) {
-        return;
-    }
-    let mut at: Vec<u64> = spans.iter().map(|r| r.start).collect();
-    loop {
-        let g: u64 = at
-            .iter()
-            .zip(ranges)
-            .zip(strides)
-            .map(|((&x, r), &s)| (x as i64 - r.min) as u64 * s)
-            .sum();
-        if let Some(slot) = seen.get_mut(g as usize) {
-            *slot = true;
-        }
-        let mut k = at.len();
-        loop {
-            if k == 0 {
-                return;
+/// Mark the groups of `runs` (a piece's elements: each run's groups have rows).
+fn mark_runs(runs: &[Run], seen: &mut [bool]) {
+    for r in runs.iter().filter(|r| r.len > 0) {
+        match r.step {
+            0 => {
+                if let Some(s) = seen.get_mut(r.group) {
+                    *s = true;
+                }
             }
-            k -= 1;
-            at[k] += 1;
-            if at[k] < spans[k].end {
-                break;
+            1 => {
+                let end = (r.group + r.len).min(seen.len());
+                if let Some(s) = seen.get_mut(r.group..end) {
+                    s.fill(true);
+                }
             }
-            at[k] = spans[k].start;
+            step => {
+                for x in 0..r.len {
+                    if let Some(s) = seen.get_mut(r.group + x * step) {
+                        *s = true;
+                    }
+                }
+            }
         }
     }
 }
@@ -1266,7 +1254,9 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{order:?}");
             let mut seen = vec![false; 36];
-            mark_seen(&piece, &axes, &ranges, &strides, &mut seen);
+            let mut piece_runs = Vec::new();
+            runs(&piece, order, &axes, &ranges, &strides, &mut piece_runs).unwrap();
+            mark_runs(&piece_runs, &mut seen);
             let mut marked: Vec<usize> = (0..36).filter(|&g| seen[g]).collect();
             let mut expected = want.clone();
             expected.sort_unstable();
