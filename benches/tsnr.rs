@@ -1,5 +1,6 @@
-//! Dense group-bys (issue 12 item 3): the per-voxel tSNR map (`GROUP BY i, j, k`, 553 K groups over 166 M rows) and
-//! the mean of every volume (`GROUP BY t`) of the generated 96×96×60×300 int16 BOLD (`synth::bench_image`), by the
+//! Dense group-bys (issue 12 item 3) and in-scan aggregates (issue 17): the per-voxel tSNR map (`GROUP BY i, j, k`,
+//! 553 K groups over 166 M rows), the mean of every volume (`GROUP BY t`) and the mean of the whole run
+//! (`avg(value)`) of the generated 96×96×60×300 int16 BOLD (`synth::bench_image`), by the
 //! whole `voxelscan sql` process against a whole Python process doing the same with numpy on
 //! `np.asarray(img.dataobj)` (`benches/tsnr_numpy.py`), in the same run: wall time (median and best) and peak RSS of
 //! each process (`wait4`), the answers compared through a checksum (the sum of the map). On `.nii` with the
@@ -23,7 +24,12 @@ const SHAPE: [usize; 4] = [96, 96, 60, 300];
 const TINY: [usize; 4] = [6, 5, 4, 8];
 
 /// (name, numpy case, SQL over table `bold` returning `n, s`: the number of groups and the sum of the results).
-const CASES: [(&str, &str, &str); 2] = [
+const CASES: [(&str, &str, &str); 3] = [
+    (
+        "mean of the run (no keys)",
+        "mean",
+        "SELECT count(*) AS n, sum(m) AS s FROM (SELECT avg(value) AS m FROM bold)",
+    ),
     (
         "tSNR map (GROUP BY i, j, k)",
         "tsnr",

@@ -1,7 +1,7 @@
-"""numpy's side of benches/tsnr.rs: a per-voxel tSNR map or the mean of every volume of a 4-D image, as a numpy
-expert writes them on `np.asarray(img.dataobj)`.
+"""numpy's side of benches/tsnr.rs: a per-voxel tSNR map, the mean of every volume or of the whole of a 4-D image,
+as a numpy expert writes them on `np.asarray(img.dataobj)`.
 
-Usage: tsnr_numpy.py PATH tsnr|mean_t
+Usage: tsnr_numpy.py PATH tsnr|mean_t|mean
   → prints JSON {"seconds": load + compute in process, "rows": groups, "checksum": sum of the result}
 """
 import json
@@ -17,6 +17,8 @@ def main(path, case):
     d = np.asarray(nib.load(path).dataobj)
     if case == "tsnr":
         r = d.mean(-1) / d.std(-1, ddof=1)
+    elif case == "mean":
+        r = np.array([d.mean(dtype=np.float64)])
     elif case == "mean_t":
         r = d.reshape(-1, d.shape[-1]).mean(0)
     else:

@@ -35,6 +35,7 @@ pub mod index_set;
 pub mod join_dense;
 pub mod join_filter;
 pub mod layout;
+pub mod moments;
 pub mod predicate;
 pub mod provider;
 pub mod read;

@@ -80,6 +80,8 @@ pub struct SlabReader {
     out: Arc<Output>,
     metrics: ScanMetrics,
     mmap: MmapMode,
+    /// The selection is every element of the slab: its zero-copy map is populated up front.
+    whole_slab: bool,
 }
 
 impl SlabReader {
@@ -94,7 +96,12 @@ impl SlabReader {
         mmap: MmapMode,
         slow: Option<Range<u64>>,
     ) -> SlabReader {
+        let whole_slab = slow.as_ref().is_some_and(|r| {
+            let span = byte_span(&file, Some(r));
+            sel.rows().saturating_mul(file.itemsize()) == span.end - span.start
+        });
         SlabReader {
+            whole_slab,
             slow,
             pieces: pieces(sel, file.layout.order, budget),
             file,
@@ -213,7 +220,9 @@ impl SlabReader {
         if self.zero_copy.is_none() {
             let made = if self.values_are_stored_bytes() {
                 match &self.slow {
-                    Some(r) if self.mmap != MmapMode::Off => SlabMap::new(&self.file, r)?,
+                    Some(r) if self.mmap != MmapMode::Off => {
+                        SlabMap::new(&self.file, r, self.whole_slab)?
+                    }
                     _ => None,
                 }
             } else {
@@ -356,7 +365,7 @@ struct SlabMap {
 
 impl SlabMap {
     /// `f`'s slab `slow` mapped, or `None` where the scan does not map it (see [`map_slab`]).
-    fn new(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<SlabMap>> {
+    fn new(f: &VoxelFile, slow: &Range<u64>, populate: bool) -> Result<Option<SlabMap>> {
         if slow_axis(f.ndim(), f.layout.order).is_none()
             || f.compression != Compression::None
             || f.is_remote()
@@ -381,12 +390,15 @@ impl SlabMap {
         // SAFETY: a private read-only mapping of bytes the file was just seen to hold, never written through.
         // Every array made from it is checked against the file's length first; a file cut while an array is in
         // use faults like any memory-mapped read (the documented hazard; `mmap 'off'` avoids it).
-        let map = match unsafe {
-            memmap2::MmapOptions::new()
-                .offset(span.start)
-                .len(n)
-                .map(&file)
-        } {
+        // A slab read whole is populated (MAP_POPULATE): its pages are mapped in one call instead of a fault per
+        // few pages as the values are first touched (the page cache's pages; nothing is copied). A partial read
+        // maps lazily, so it touches only the pages it needs.
+        let mut options = memmap2::MmapOptions::new();
+        options.offset(span.start).len(n);
+        if populate {
+            options.populate();
+        }
+        let map = match unsafe { options.map(&file) } {
             Ok(m) => m,
             Err(_) => return Ok(None),
         };

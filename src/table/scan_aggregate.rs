@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult};
@@ -23,14 +23,16 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{CastExpr, Column, Literal, TryCastExpr};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{
     AggregateExec, AggregateMode, AggregateOutputMode, PhysicalGroupBy,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -43,6 +45,7 @@ use super::aggregate::{DenseAggregateExec, KeyRange, group_count, slices, state_
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
+use super::moments::{Kernel, Run, Stat, kernel};
 use super::scan::{ValuePiece, VoxelSource};
 use super::schema::value_fields;
 use crate::formats::Order;
@@ -129,9 +132,15 @@ pub struct ScanAggregateExec {
     axes: Vec<usize>,
     /// Per group key, the coordinates the scan's selections span on its axis.
     ranges: Vec<KeyRange>,
-    /// Row-major strides of the keys (the last key fastest).
+    /// Strides of the keys in the groups' internal numbering: the key on the file's fastest axis has stride 1, so a
+    /// per-voxel map's groups follow the storage order (runs of consecutive groups for the kernel).
     strides: Vec<u64>,
+    /// Row-major strides of the keys (the last key fastest): the order groups are emitted in.
+    emit_strides: Vec<u64>,
     groups: usize,
+    /// Per aggregate, what the native moments kernel turns into its state; `None` when some aggregate is not one
+    /// the kernel computes (DataFusion's accumulators then see every row).
+    stats: Option<Vec<Stat>>,
     /// Estimated bytes of one partition's state.
     state_bytes: usize,
     /// The aggregates' arguments over a batch holding only the value columns.
@@ -183,10 +192,13 @@ impl ScanAggregateExec {
         let Some(groups) = group_count(&ranges).and_then(|g| usize::try_from(g).ok()) else {
             return Ok(None);
         };
-        let mut strides = vec![1u64; ranges.len()];
+        let mut emit_strides = vec![1u64; ranges.len()];
         for k in (0..ranges.len().saturating_sub(1)).rev() {
-            strides[k] = strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
+            emit_strides[k] = emit_strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
         }
+        let order = spec.files.first().map_or(Order::F, |f| f.layout.order);
+        let strides = layout_strides(&axes, &ranges, order);
+        let stats = moment_stats(&agg, &args, &value_schema);
         let partitions = agg.input().properties().partitioning.partition_count();
         if agg.mode() == &AggregateMode::Single && partitions != 1 {
             return Ok(None);
@@ -203,7 +215,9 @@ impl ScanAggregateExec {
             axes,
             ranges,
             strides,
+            emit_strides,
             groups,
+            stats,
             state_bytes,
             args,
             value_schema,
@@ -233,6 +247,107 @@ impl ScanAggregateExec {
             .map(|(c, s, _)| (c, s))
             .ok_or_else(|| DataFusionError::Internal("scan aggregate without a voxel scan".into()))
     }
+}
+
+/// Strides of the keys with the key on the file's fastest axis first (stride 1), then the next-fastest, and so on:
+/// the internal group numbering follows storage order.
+fn layout_strides(axes: &[usize], ranges: &[KeyRange], order: Order) -> Vec<u64> {
+    let mut keys: Vec<usize> = (0..axes.len()).collect();
+    match order {
+        Order::F => keys.sort_by_key(|&k| axes[k]),
+        Order::C => keys.sort_by_key(|&k| std::cmp::Reverse(axes[k])),
+    }
+    let mut strides = vec![1u64; axes.len()];
+    let mut s = 1u64;
+    for k in keys {
+        strides[k] = s;
+        s = s.saturating_mul(ranges[k].slots().unwrap_or(1));
+    }
+    strides
+}
+
+/// What an aggregate argument is, for the kernel.
+enum Argument {
+    /// The value column, or a cast of it that keeps every value and its order; the type the aggregate sees.
+    Value(DataType),
+    /// A non-NULL literal (`count(*)` counts `1`).
+    Constant,
+}
+
+/// `expr` (over the value batch) as an [`Argument`], `None` for anything else.
+fn argument(expr: &Arc<dyn PhysicalExpr>, value: &DataType) -> Option<Argument> {
+    if let Some(c) = expr.downcast_ref::<Column>() {
+        return (c.index() == 0).then(|| Argument::Value(value.clone()));
+    }
+    if let Some(l) = expr.downcast_ref::<Literal>() {
+        return (!l.value().is_null()).then_some(Argument::Constant);
+    }
+    let (inner, to) = if let Some(c) = expr.downcast_ref::<CastExpr>() {
+        (c.expr(), c.cast_type())
+    } else if let Some(c) = expr.downcast_ref::<TryCastExpr>() {
+        (c.expr(), c.cast_type())
+    } else {
+        return None;
+    };
+    let Argument::Value(from) = argument(inner, value)? else {
+        return None;
+    };
+    lossless_cast(&from, to).then(|| Argument::Value(to.clone()))
+}
+
+/// Casts the kernel folds in: to the same type, to `Float64` (monotone; sums of the cast values are what the moments
+/// give), to `Int64` from a type it holds, to `UInt64` from an unsigned type.
+fn lossless_cast(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    from == to
+        || (matches!(to, Float64) && from.is_numeric())
+        || (matches!(to, Int64) && matches!(from, Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32))
+        || (matches!(to, UInt64) && matches!(from, UInt8 | UInt16 | UInt32))
+}
+
+/// Per aggregate, the [`Stat`] the moments kernel produces for it; `None` unless every aggregate is one: count, sum,
+/// avg, min, max, var, var_pop, stddev, stddev_pop of the single real value column, with DataFusion's usual state.
+fn moment_stats(
+    agg: &AggregateExec,
+    args: &[Vec<Arc<dyn PhysicalExpr>>],
+    value_schema: &Schema,
+) -> Option<Vec<Stat>> {
+    let [value] = value_schema.fields().as_ref() else {
+        return None;
+    };
+    let value = value.data_type();
+    if !value.is_numeric() {
+        return None;
+    }
+    agg.aggr_expr()
+        .iter()
+        .zip(args)
+        .map(|(a, args)| {
+            let [arg] = args.as_slice() else {
+                return None;
+            };
+            let arg = argument(arg, value)?;
+            let fields = a.state_fields().ok()?;
+            let types: Vec<&DataType> = fields.iter().map(|f| f.data_type()).collect();
+            use DataType::*;
+            match (a.fun().name(), arg, types.as_slice()) {
+                ("count", _, [Int64]) => Some(Stat::Count),
+                ("sum", Argument::Value(_), [t @ (Int64 | UInt64)]) if value.is_integer() => {
+                    Some(Stat::SumInt((*t).clone()))
+                }
+                ("sum", Argument::Value(_), [Float64]) => Some(Stat::SumFloat),
+                ("avg", Argument::Value(_), [UInt64, Float64]) => Some(Stat::Avg),
+                (
+                    "var" | "var_pop" | "stddev" | "stddev_pop",
+                    Argument::Value(_),
+                    [UInt64, Float64, Float64],
+                ) => Some(Stat::Variance),
+                ("min", Argument::Value(t), [s]) if t == **s => Some(Stat::Min(t)),
+                ("max", Argument::Value(t), [s]) if t == **s => Some(Stat::Max(t)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Plain aggregates (Partial or Single) with a `GroupsAccumulator`, no DISTINCT, ordering, FILTER or grouping sets.
@@ -363,6 +478,9 @@ impl ExecutionPlan for ScanAggregateExec {
             .register(context.memory_pool());
         reservation.try_grow(self.state_bytes)?;
         let mut state = State::new(self)?;
+        // Rows the native moments kernel took (the rest went through DataFusion's accumulators).
+        state.moment_rows =
+            Some(MetricBuilder::new(&self.metrics).counter("moment_rows", partition));
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let batch_size = context.session_config().batch_size().max(1);
         let schema = self.schema();
@@ -433,8 +551,13 @@ struct State {
     axes: Vec<usize>,
     ranges: Vec<KeyRange>,
     strides: Vec<u64>,
+    emit_strides: Vec<u64>,
     groups: usize,
     final_output: bool,
+    /// The native moments and, per aggregate, the state they become (see [`super::moments`]).
+    kernel: Option<(Box<dyn Kernel>, Vec<Stat>)>,
+    runs: Vec<Run>,
+    moment_rows: Option<Count>,
     /// The distinct argument expressions, and per aggregate the indices of its arguments among them.
     unique_args: Vec<Arc<dyn PhysicalExpr>>,
     args: Vec<Vec<usize>>,
@@ -469,14 +592,27 @@ impl State {
             }
         };
         let (unique_args, args) = shared_arguments(&exec.args);
+        let kernel = match &exec.stats {
+            Some(stats) => kernel(
+                exec.value_schema.field(0).data_type(),
+                stats,
+                exec.groups.max(1),
+            )?
+            .map(|k| (k, stats.clone())),
+            None => None,
+        };
         Ok(State {
             schema: exec.inner.schema(),
             value_schema: Arc::clone(&exec.value_schema),
             axes: exec.axes.clone(),
             ranges: exec.ranges.clone(),
             strides: exec.strides.clone(),
+            emit_strides: exec.emit_strides.clone(),
             groups: exec.groups,
             final_output: exec.inner.mode().output_mode() == AggregateOutputMode::Final,
+            kernel,
+            runs: Vec::new(),
+            moment_rows: None,
             unique_args,
             args,
             accumulators,
@@ -495,8 +631,32 @@ impl State {
                 p.values.first().map_or(0, |v| v.len())
             )));
         }
+        self.runs.clear();
+        if self.axes.is_empty() {
+            self.runs.push(Run {
+                at: 0,
+                len: n,
+                group: 0,
+                step: 0,
+            });
+        } else {
+            runs(
+                &p.piece,
+                p.file.layout.order,
+                &self.axes,
+                &self.ranges,
+                &self.strides,
+                &mut self.runs,
+            )?;
+        }
+        if let Accumulators::Grouped { seen, .. } = &mut self.accumulators {
+            mark_runs(&self.runs, seen);
+        }
+        if self.update_moments(p, n)? {
+            return Ok(());
+        }
         let batch = RecordBatch::try_new(Arc::clone(&self.value_schema), p.values.clone())?;
-        if let Accumulators::Grouped { seen, indices, .. } = &mut self.accumulators {
+        if let Accumulators::Grouped { indices, .. } = &mut self.accumulators {
             group_indices(
                 &p.piece,
                 p.file.layout.order,
@@ -505,7 +665,6 @@ impl State {
                 &self.strides,
                 indices,
             )?;
-            mark_seen(&p.piece, &self.axes, &self.ranges, &self.strides, seen);
         }
         let mut from = 0;
         while from < n {
@@ -513,6 +672,55 @@ impl State {
             self.update_chunk(&batch.slice(from, len), from)?;
             from += len;
         }
+        Ok(())
+    }
+
+    /// The piece added to the native moments; `false` when the kernel does not apply (no kernel for this query, or
+    /// a piece it does not read, e.g. floats with NaN) and DataFusion's accumulators must see its rows.
+    fn update_moments(&mut self, p: &ValuePiece, n: usize) -> DfResult<bool> {
+        let Some((k, _)) = &self.kernel else {
+            return Ok(false);
+        };
+        let [values] = p.values.as_slice() else {
+            return Ok(false);
+        };
+        if k.rows().saturating_add(n as u64) > k.flush_rows() {
+            self.flush()?;
+        }
+        let Some((k, _)) = &mut self.kernel else {
+            return Ok(false);
+        };
+        let added = k.add_piece(values, &self.runs);
+        if let (true, Some(m)) = (added, &self.moment_rows) {
+            m.add(n);
+        }
+        Ok(added)
+    }
+
+    /// The moments turned into each aggregate's state and merged into DataFusion's accumulators, then restarted.
+    fn flush(&mut self) -> DfResult<()> {
+        let Some((k, stats)) = &mut self.kernel else {
+            return Ok(());
+        };
+        if k.rows() == 0 {
+            return Ok(());
+        }
+        let touched = k.touched();
+        if !touched.is_empty() {
+            match &mut self.accumulators {
+                Accumulators::Plain(accs) => {
+                    for (acc, stat) in accs.iter_mut().zip(stats.iter()) {
+                        acc.merge_batch(&k.state(stat, &touched)?)?;
+                    }
+                }
+                Accumulators::Grouped { accumulators, .. } => {
+                    for (acc, stat) in accumulators.iter_mut().zip(stats.iter()) {
+                        acc.merge_batch(&k.state(stat, &touched)?, &touched, self.groups)?;
+                    }
+                }
+            }
+        }
+        k.reset();
         Ok(())
     }
 
@@ -548,7 +756,8 @@ impl State {
     }
 
     /// Without keys: one row (as DataFusion's aggregate, even over no rows). With keys: the groups that had rows.
-    fn emit(self) -> DfResult<RecordBatch> {
+    fn emit(mut self) -> DfResult<RecordBatch> {
+        self.flush()?;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         match self.accumulators {
             Accumulators::Plain(accs) => {
@@ -567,11 +776,7 @@ impl State {
                 seen,
                 ..
             } => {
-                let chosen: Vec<u64> = seen
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(g, &s)| s.then_some(g as u64))
-                    .collect();
+                let chosen = emitted_groups(&seen, &self.ranges, &self.strides, &self.emit_strides);
                 if chosen.is_empty() {
                     return Ok(RecordBatch::new_empty(self.schema));
                 }
@@ -716,40 +921,147 @@ fn group_indices(
     }
 }
 
-/// Mark every group `piece` has rows in: the box's coordinates on the grouped axes (every combination has rows).
-fn mark_seen(
+/// The groups `seen` marks, as internal group indices, in the row-major order of the keys (the last key fastest):
+/// the order rows are emitted in, whatever the internal numbering.
+fn emitted_groups(
+    seen: &[bool],
+    ranges: &[KeyRange],
+    strides: &[u64],
+    emit_strides: &[u64],
+) -> Vec<u64> {
+    if strides == emit_strides {
+        return seen
+            .iter()
+            .enumerate()
+            .filter_map(|(g, &s)| s.then_some(g as u64))
+            .collect();
+    }
+    let slots: Vec<u64> = ranges.iter().map(|r| r.slots().unwrap_or(1)).collect();
+    (0..seen.len() as u64)
+        .map(|r| {
+            (0..slots.len())
+                .map(|k| (r / emit_strides[k]) % slots[k] * strides[k])
+                .sum::<u64>()
+        })
+        .filter(|&g| seen.get(g as usize).copied().unwrap_or(false))
+        .collect()
+}
+
+/// The runs of `piece` (a box laid out in `order`) for the moments kernel: the fastest axes that are not grouped make
+/// one run a group; a grouped fastest axis makes runs of consecutive groups (extended over the next axes while the
+/// groups stay consecutive), or of groups a stride apart when its key is not the fastest. Axes of length 1 only
+/// add to the group.
+fn runs(
     piece: &[Range<u64>],
+    order: Order,
     axes: &[usize],
     ranges: &[KeyRange],
     strides: &[u64],
-    seen: &mut [bool],
-) {
-    let spans: Vec<Range<u64>> = axes.iter().map(|&a| piece[a].clone()).collect();
-    if spans.iter().any(|r| r.is_empty()) {
-        return;
+    out: &mut Vec<Run>,
+) -> DfResult<()> {
+    out.clear();
+    if piece.iter().any(|r| r.is_empty()) {
+        return Ok(());
     }
-    let mut at: Vec<u64> = spans.iter().map(|r| r.start).collect();
-    loop {
-        let g: u64 = at
-            .iter()
-            .zip(ranges)
-            .zip(strides)
-            .map(|((&x, r), &s)| (x as i64 - r.min) as u64 * s)
-            .sum();
-        if let Some(slot) = seen.get_mut(g as usize) {
-            *slot = true;
+    let terms = axis_terms(piece, axes, ranges, strides)?;
+    let fast_to_slow: Vec<usize> = match order {
+        Order::F => (0..piece.len()).collect(),
+        Order::C => (0..piece.len()).rev().collect(),
+    };
+    // Length-1 axes: a constant term.
+    let base: usize = fast_to_slow
+        .iter()
+        .filter(|&&a| terms[a].len() == 1)
+        .map(|&a| terms[a][0])
+        .sum();
+    let active: Vec<usize> = fast_to_slow
+        .into_iter()
+        .filter(|&a| terms[a].len() > 1)
+        .collect();
+    let Some(&first) = active.first() else {
+        out.push(Run {
+            at: 0,
+            len: 1,
+            group: base,
+            step: 0,
+        });
+        return Ok(());
+    };
+    let stride_of = |a: usize| {
+        axes.iter()
+            .position(|&x| x == a)
+            .map(|k| strides[k] as usize)
+    };
+    let step = stride_of(first).unwrap_or(0);
+    let mut len = terms[first].len();
+    let mut inner = 1;
+    while let Some(&a) = active.get(inner) {
+        let extends = match stride_of(a) {
+            None => step == 0,
+            Some(s) => step == 1 && s == len,
+        };
+        if !extends {
+            break;
         }
-        let mut k = at.len();
+        len *= terms[a].len();
+        inner += 1;
+    }
+    let start: usize = active[..inner].iter().map(|&a| terms[a][0]).sum();
+    let outer = &active[inner..];
+    let mut at = vec![0usize; outer.len()];
+    let mut offset = 0;
+    loop {
+        let group = base
+            + start
+            + outer
+                .iter()
+                .zip(&at)
+                .map(|(&a, &x)| terms[a][x])
+                .sum::<usize>();
+        out.push(Run {
+            at: offset,
+            len,
+            group,
+            step,
+        });
+        offset += len;
+        let mut k = 0;
         loop {
-            if k == 0 {
-                return;
-            }
-            k -= 1;
+            let Some(&a) = outer.get(k) else {
+                return Ok(());
+            };
             at[k] += 1;
-            if at[k] < spans[k].end {
+            if at[k] < terms[a].len() {
                 break;
             }
-            at[k] = spans[k].start;
+            at[k] = 0;
+            k += 1;
+        }
+    }
+}
+
+/// Mark the groups of `runs` (a piece's elements: each run's groups have rows).
+fn mark_runs(runs: &[Run], seen: &mut [bool]) {
+    for r in runs.iter().filter(|r| r.len > 0) {
+        match r.step {
+            0 => {
+                if let Some(s) = seen.get_mut(r.group) {
+                    *s = true;
+                }
+            }
+            1 => {
+                let end = (r.group + r.len).min(seen.len());
+                if let Some(s) = seen.get_mut(r.group..end) {
+                    s.fill(true);
+                }
+            }
+            step => {
+                for x in 0..r.len {
+                    if let Some(s) = seen.get_mut(r.group + x * step) {
+                        *s = true;
+                    }
+                }
+            }
         }
     }
 }
@@ -942,7 +1254,9 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{order:?}");
             let mut seen = vec![false; 36];
-            mark_seen(&piece, &axes, &ranges, &strides, &mut seen);
+            let mut piece_runs = Vec::new();
+            runs(&piece, order, &axes, &ranges, &strides, &mut piece_runs).unwrap();
+            mark_runs(&piece_runs, &mut seen);
             let mut marked: Vec<usize> = (0..36).filter(|&g| seen[g]).collect();
             let mut expected = want.clone();
             expected.sort_unstable();
@@ -953,5 +1267,75 @@ mod tests {
         let mut out = Vec::new();
         let e = group_indices(&piece, Order::F, &[0], &[range(3, 4)], &[1], &mut out).unwrap_err();
         assert!(e.to_string().contains("outside its planned range"), "{e}");
+        let e = runs(
+            &piece,
+            Order::F,
+            &[0],
+            &[range(3, 4)],
+            &[1],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("outside its planned range"), "{e}");
+    }
+
+    /// Runs give every element the group `group_indices` gives it, for every key set, both orders and layout or
+    /// row-major strides (same-group, consecutive and strided runs), and as few runs as the layout allows.
+    #[test]
+    fn runs_cover_the_piece_with_its_groups() {
+        let piece = vec![0..4, 2..5, 0..1, 1..4];
+        let full = [range(0, 3), range(0, 5), range(0, 0), range(0, 6)];
+        let key_sets: [&[usize]; 6] = [&[0, 1, 2], &[3], &[2, 3], &[1], &[0, 3], &[1, 0]];
+        for order in [Order::F, Order::C] {
+            for axes in key_sets {
+                let ranges: Vec<KeyRange> = axes.iter().map(|&a| full[a]).collect();
+                let mut row_major = vec![1u64; axes.len()];
+                for k in (0..axes.len().saturating_sub(1)).rev() {
+                    row_major[k] = row_major[k + 1] * ranges[k + 1].slots().unwrap();
+                }
+                for strides in [layout_strides(axes, &ranges, order), row_major] {
+                    let mut want = Vec::new();
+                    group_indices(&piece, order, axes, &ranges, &strides, &mut want).unwrap();
+                    let mut got = Vec::new();
+                    runs(&piece, order, axes, &ranges, &strides, &mut got).unwrap();
+                    let mut at = 0;
+                    let mut per_element = Vec::new();
+                    for r in &got {
+                        assert_eq!(r.at, at, "{order:?} {axes:?}");
+                        per_element.extend((0..r.len).map(|x| r.group + x * r.step));
+                        at += r.len;
+                    }
+                    assert_eq!(per_element, want, "{order:?} {axes:?} {strides:?} {got:?}");
+                }
+            }
+        }
+        // A per-voxel map of a whole F-order volume is one run of consecutive groups; GROUP BY t a run per volume.
+        let volume = vec![0..4, 0..3, 0..2, 5..7];
+        let axes = [0, 1, 2];
+        let ranges = [range(0, 3), range(0, 2), range(0, 1)];
+        let strides = layout_strides(&axes, &ranges, Order::F);
+        let mut got = Vec::new();
+        runs(&volume, Order::F, &axes, &ranges, &strides, &mut got).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].len, got[0].step, got[1].group), (24, 1, 0));
+        runs(&volume, Order::F, &[3], &[range(0, 9)], &[1], &mut got).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].len, got[1].step, got[1].group), (24, 0, 6));
+    }
+
+    /// Emission follows the keys' row-major order whatever the internal numbering.
+    #[test]
+    fn emitted_groups_follow_the_key_order() {
+        let ranges = [range(0, 1), range(0, 2)];
+        // Internal: key 0 fastest (stride 1), key 1 stride 2; row-major: key 1 fastest.
+        let seen = vec![true; 6];
+        let got = emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]);
+        assert_eq!(got, vec![0, 2, 4, 1, 3, 5]);
+        let mut seen = seen;
+        seen[2] = false;
+        assert_eq!(
+            emitted_groups(&seen, &ranges, &[1, 2], &[3, 1]),
+            vec![0, 4, 1, 3, 5]
+        );
     }
 }
