@@ -16,6 +16,10 @@ extensions_options! {
         /// Aggregates of the value column grouped by coordinate columns (or by nothing) directly over a voxel scan
         /// are computed inside the scan: group indices from the slab layout, no coordinate columns.
         pub scan_aggregates: bool, default = true
+        /// An aggregate over an inner join of a voxel scan with a small build side on coordinates (an atlas, a
+        /// mask, a table of coordinates) is computed in one pass over the scan: build voxels addressed directly,
+        /// groups numbered by build key and probe coordinate, no joined rows.
+        pub fused_joins: bool, default = true
     }
 }
 
