@@ -44,7 +44,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::group_values::new_group_values;
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, AggregateOutputMode};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
@@ -52,7 +53,9 @@ use datafusion::physical_plan::metrics::{
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect,
+};
 use futures::{StreamExt, TryStreamExt};
 
 use super::aggregate::{DenseAggregateExec, KeyRange, slices, state_bytes_per_group};
@@ -124,7 +127,9 @@ struct Fused {
 #[derive(Debug)]
 enum Build {
     Dense(BuildTable),
-    Fallback(String),
+    /// Why, and a fresh copy of the aggregate replaced (the original's build side was already run), which every
+    /// partition runs instead.
+    Fallback(String, Arc<dyn ExecutionPlan>),
 }
 
 #[derive(Debug)]
@@ -225,9 +230,16 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
     {
         return Ok(None);
     }
-    let Some((scan, probe_projections)) = scan_below(join.right()) else {
-        return Ok(None);
+    // The voxel scan is the probe side, usually the join's right; DataFusion may have swapped a small image to the
+    // left (collected once), the other side then being the one collected (an inner join is symmetric).
+    let (probe_side, build_plan, found) = match scan_below(join.right()) {
+        Some(found) => (JoinSide::Right, join.left(), found),
+        None => match single_scan_below(join.left()) {
+            Some(found) => (JoinSide::Left, join.right(), found),
+            None => return Ok(None),
+        },
     };
+    let (scan, probe_projections) = found;
     let Some((config, source, columns)) = voxel_scan(scan.as_ref()) else {
         return Ok(None);
     };
@@ -255,11 +267,15 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
     };
     let mut build_coords = Vec::new();
     let mut join_axes = Vec::new();
-    for (l, r) in &pairs {
-        match probe_axis(r)? {
+    let oriented = |(l, r): &Pair| match probe_side {
+        JoinSide::Left => (Arc::clone(r), Arc::clone(l)),
+        _ => (Arc::clone(l), Arc::clone(r)),
+    };
+    for (l, r) in pairs.iter().map(oriented) {
+        match probe_axis(&r)? {
             Some(a) if !join_axes.contains(&a) => {
                 join_axes.push(a);
-                build_coords.push(Arc::clone(l));
+                build_coords.push(l);
             }
             _ => return Ok(None),
         }
@@ -274,11 +290,11 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
     let mut probe_axes = Vec::new();
     for (e, _) in agg.group_expr().expr() {
         match to_side(e)? {
-            Some((JoinSide::Left, e)) => {
+            Some((side, e)) if side != probe_side && side != JoinSide::None => {
                 keys.push(KeyFrom::Build(build_keys.len()));
                 build_keys.push(e);
             }
-            Some((JoinSide::Right, e)) => match probe_axis(&e)? {
+            Some((side, e)) if side == probe_side => match probe_axis(&e)? {
                 Some(a) => {
                     keys.push(KeyFrom::Probe(probe_axes.len()));
                     probe_axes.push(a);
@@ -293,7 +309,7 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         let mut exprs = Vec::new();
         for e in a.expressions() {
             let over_probe = match to_side(&e)? {
-                Some((JoinSide::Right, e)) => e,
+                Some((side, e)) if side == probe_side => e,
                 // No column at all (`count(*)`'s literal): the same over the probe side.
                 Some((JoinSide::None, e)) => e,
                 _ => return Ok(None),
@@ -335,7 +351,7 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         })
         .collect();
     Ok(Some(Fused {
-        build: Arc::clone(join.left()),
+        build: Arc::clone(build_plan),
         build_coords,
         join_axes,
         scan: Arc::clone(&scan),
@@ -349,6 +365,17 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         value_schema: Arc::new(Schema::new(value_fields(spec.scalar))),
         grid,
     }))
+}
+
+/// The voxel scan under a join's collected side: [`scan_below`], also through the merge of its partitions.
+fn single_scan_below(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Option<super::scan_aggregate::ScanAndProjections> {
+    match plan.downcast_ref::<CoalescePartitionsExec>() {
+        Some(c) if c.fetch().is_none() => scan_below(c.input()),
+        Some(_) => None,
+        None => scan_below(plan),
+    }
 }
 
 /// The hash join under `plan` through projections and round-robin repartitions (nothing that drops or adds rows),
@@ -583,7 +610,7 @@ impl DisplayAs for JoinAggregateExec {
         )?;
         match self.build.get().map(Arc::as_ref) {
             Some(Build::Dense(t)) => write!(f, ", {}", t.box_text(fused)),
-            Some(Build::Fallback(why)) => write!(f, ", fallback=({why})"),
+            Some(Build::Fallback(why, _)) => write!(f, ", fallback=({why})"),
             None => write!(f, ", build=not yet collected"),
         }
     }
@@ -689,19 +716,25 @@ impl Run {
             .get_or_try_init(|| async {
                 let b = collect_build(&self.fused, &context, self.bytes_per_group).await?;
                 counters.build_rows.add(b.1);
-                let b = b.0;
-                if let Build::Dense(t) = &b {
-                    counters.build_groups.add(t.slot_count);
-                    counters.box_voxels.add(t.slots.len());
-                }
+                let b = match b.0 {
+                    Ok(t) => {
+                        counters.build_groups.add(t.slot_count);
+                        counters.box_voxels.add(t.slots.len());
+                        Build::Dense(t)
+                    }
+                    Err(why) => {
+                        let fresh = Arc::clone(&self.inner) as Arc<dyn ExecutionPlan>;
+                        Build::Fallback(why, reset_plan_states(fresh)?)
+                    }
+                };
                 Ok::<_, DataFusionError>(Arc::new(b))
             })
             .await?;
         let table = match build.as_ref() {
             Build::Dense(t) => t,
-            Build::Fallback(_) => {
+            Build::Fallback(_, plan) => {
                 counters.fallbacks.add(1);
-                return self.inner.execute(partition, context);
+                return plan.execute(partition, context);
             }
         };
         let groups = table.slot_count * self.fused.probe_extent;
@@ -744,21 +777,18 @@ async fn collect_build(
     fused: &Fused,
     context: &Arc<TaskContext>,
     bytes_per_group: usize,
-) -> DfResult<(Build, usize)> {
-    let build = &fused.build;
-    let mut batches = Vec::new();
-    for p in 0..build.properties().partitioning.partition_count() {
-        let mut s = build.execute(p, Arc::clone(context))?;
-        while let Some(b) = s.next().await {
-            batches.push(b?);
-        }
-    }
+) -> DfResult<(Result<BuildTable, String>, usize)> {
+    let batches = collect(Arc::clone(&fused.build), Arc::clone(context)).await?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
     Ok((build_table(fused, &batches, bytes_per_group)?, rows))
 }
 
 /// The direct table of the build side's rows `batches` (or the reason not to use one).
-fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -> DfResult<Build> {
+fn build_table(
+    fused: &Fused,
+    batches: &[RecordBatch],
+    bytes_per_group: usize,
+) -> DfResult<Result<BuildTable, String>> {
     let build = &fused.build;
     let key_fields: Vec<Field> = fused
         .build_keys
@@ -838,7 +868,7 @@ fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -
     };
     if row_slots.is_empty() {
         // No build voxel: no row of the join, no group.
-        return Ok(Build::Dense(BuildTable {
+        return Ok(Ok(BuildTable {
             lo: vec![0; dims],
             hi: vec![0; dims],
             strides: vec![0; dims],
@@ -863,7 +893,7 @@ fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -
         volume = volume.saturating_mul(hi[k] - lo[k] + 1);
     }
     if volume > MAX_BOX_VOXELS {
-        return Ok(Build::Fallback(format!(
+        return Ok(Err(format!(
             "build box of {volume} voxels over {MAX_BOX_VOXELS}"
         )));
     }
@@ -879,9 +909,7 @@ fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -
                 .max(1) as u64,
         );
     if groups > MAX_GROUPS || state > state_limit() {
-        return Ok(Build::Fallback(format!(
-            "{groups} groups over the dense budget"
-        )));
+        return Ok(Err(format!("{groups} groups over the dense budget")));
     }
     let mut slots = vec![NO_SLOT; volume as usize];
     for (v, &slot) in coords.chunks_exact(dims.max(1)).zip(&row_slots) {
@@ -889,9 +917,7 @@ fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -
             .map(|k| (v[k] - lo[k]) as usize * strides[k])
             .sum();
         if slots[at] != NO_SLOT {
-            return Ok(Build::Fallback(
-                "a voxel appears twice on the build side".into(),
-            ));
+            return Ok(Err("a voxel appears twice on the build side".into()));
         }
         slots[at] = slot;
     }
@@ -902,7 +928,7 @@ fn build_table(fused: &Fused, batches: &[RecordBatch], bytes_per_group: usize) -
             .map(|v| (0..dims).map(|k| v[k] as i64 * grid_strides[k]).sum())
             .collect()
     });
-    Ok(Build::Dense(BuildTable {
+    Ok(Ok(BuildTable {
         lo,
         hi,
         strides,
