@@ -828,6 +828,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn join_aggregates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            "SELECT r.value AS v, b.t, sum(b.value), count(*), max(b.value) FROM a b JOIN a_raw r \
+             ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 0 AND r.value > 40 GROUP BY r.value, b.t \
+             ORDER BY v, b.t",
+            "SELECT b.k, count(*), sum(b.value) FROM a b JOIN a_raw r \
+             ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 1 GROUP BY b.k ORDER BY b.k",
+        ] {
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(
+                shown(&plan).contains("JoinAggregateExec"),
+                "{}",
+                shown(&plan)
+            );
+            // The join's dynamic filter is not sent (executors only prune with it): the rest is the same plan.
+            let no_dynamic = |p: &Arc<dyn ExecutionPlan>| {
+                shown(p).replace(", dynamic_filter=DynamicFilter [ empty ]", "")
+            };
+            let pcodec = VoxelPhysicalCodec::default();
+            let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &pcodec).unwrap();
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                    .unwrap();
+            assert_eq!(no_dynamic(&decoded), no_dynamic(&plan), "{sql}");
+            let want = rows(plan, &ctx).await;
+            assert!(want.lines().count() > 4, "{sql}: {want}");
+            assert_eq!(rows(decoded, &ctx).await, want, "{sql}");
+            // The same answer as DataFusion's own join and aggregate.
+            ctx.sql("SET voxelscan.fused_joins = false").await.unwrap();
+            let plain = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(!shown(&plain).contains("JoinAggregateExec"));
+            assert_eq!(rows(plain, &ctx).await, want, "{sql}");
+            ctx.sql("SET voxelscan.fused_joins = true").await.unwrap();
+        }
+        let pcodec = VoxelPhysicalCodec::default();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let e = pcodec
+            .try_decode(
+                b"voxelscan.join-aggregate:\x05",
+                &[],
+                &ctx.task_ctx(),
+                &converter,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("join aggregate"), "{e}");
+    }
+
+    #[tokio::test]
     async fn scan_aggregates_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = tables(dir.path()).await;
