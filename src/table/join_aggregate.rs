@@ -13,9 +13,9 @@
 //! voxel holds the slot of its build-side group key (keys interned by DataFusion's own group-values table, so any
 //! type and NULL — a group, as in SQL — work). A row of the probe scan (a value at a voxel and time, never its
 //! coordinate columns) goes to group `slot × P + probe offset`, where the probe offset numbers the probe-side keys
-//! (`t`, or coordinates) over their planned ranges (extent P); rows at voxels without a slot go to one spare group
-//! never emitted. The aggregates are DataFusion's `GroupsAccumulator`s, so the emitted rows (state or final values)
-//! are those of the aggregate replaced.
+//! (`t`, or coordinates) over their planned ranges (extent P); rows at voxels without a slot are dropped from the
+//! piece (in runs) before any work on them. The aggregates are DataFusion's `GroupsAccumulator`s, so the emitted
+//! rows (state or final values) are those of the aggregate replaced.
 //!
 //! When the build side lists a voxel twice (an inner join would then count the probe row twice), its box is over
 //! [`MAX_BOX_VOXELS`] or its groups over the dense budget, the node runs the aggregate it replaced instead: answers
@@ -25,7 +25,11 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int64Array, RecordBatch,
+    UInt64Array,
+};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -1009,8 +1013,10 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
 struct State {
     fused: Arc<Fused>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    /// Groups with rows (the spare group, `groups`, is never emitted).
+    /// Groups with rows.
     seen: Vec<bool>,
+    /// Which elements of the current piece are at voxels with a build row.
+    keep: BooleanBufferBuilder,
     groups: usize,
     indices: Vec<usize>,
     unique_args: Vec<Arc<dyn PhysicalExpr>>,
@@ -1037,6 +1043,7 @@ impl State {
                 .map(|a| a.create_groups_accumulator())
                 .collect::<DfResult<_>>()?,
             seen,
+            keep: BooleanBufferBuilder::new(0),
             groups,
             indices: Vec::new(),
             unique_args,
@@ -1057,36 +1064,56 @@ impl State {
                 p.values.first().map_or(0, |v| v.len())
             )));
         }
-        self.index(p, table)?;
+        let kept = self.index(p, table)?;
+        if kept == 0 {
+            return Ok(());
+        }
         let batch = RecordBatch::try_new(Arc::clone(&self.value_schema), p.values.clone())?;
+        // Rows at voxels without a build row are dropped before any work on them (the join would drop them).
+        let batch = if kept == n {
+            batch
+        } else {
+            let keep = BooleanArray::new(self.keep.finish(), None);
+            filter_record_batch(&batch, &keep)?
+        };
         let mut from = 0;
-        while from < n {
-            let len = CHUNK_ROWS.min(n - from);
+        while from < kept {
+            let len = CHUNK_ROWS.min(kept - from);
             self.update_chunk(&batch.slice(from, len), from)?;
             from += len;
         }
         Ok(())
     }
 
-    /// The group of every element of the piece into `indices` (the spare group for voxels without a build row),
-    /// marking the groups seen.
-    fn index(&mut self, p: &ValuePiece, table: &BuildTable) -> DfResult<()> {
+    /// The group of every element of the piece at a voxel with a build row into `indices`, which elements those
+    /// are into `keep` (in runs), marking the groups seen. Returns the number of such elements.
+    fn index(&mut self, p: &ValuePiece, table: &BuildTable) -> DfResult<usize> {
         let piece = &p.piece;
         let fused_terms = &axis_terms(piece, &self.fused, table)?;
         let fast_to_slow: Vec<usize> = match p.file.layout.order {
             Order::F => (0..piece.len()).collect(),
             Order::C => (0..piece.len()).rev().collect(),
         };
-        let (slots, spare, seen) = (&table.slots, self.groups, &mut self.seen);
+        let (slots, seen) = (&table.slots, &mut self.seen);
         let extent = self.fused.probe_extent;
         let out = &mut self.indices;
         out.clear();
+        self.keep.truncate(0);
+        let mut runs = Runs::new(&mut self.keep);
         let Some((&fast, outer)) = fast_to_slow.split_first() else {
-            out.push(spare);
-            return Ok(());
+            // A 0-d array: one element, at the one voxel.
+            return Ok(match slots.first() {
+                Some(&s) if s != NO_SLOT => {
+                    out.push(s as usize);
+                    seen[s as usize] = true;
+                    1
+                }
+                _ => 0,
+            });
         };
         let (box_fast, probe_fast) = (&fused_terms[fast].0, &fused_terms[fast].1);
         let mut at = vec![0usize; outer.len()];
+        let mut last = usize::MAX;
         loop {
             let base_box: usize = outer
                 .iter()
@@ -1099,20 +1126,25 @@ impl State {
                 .map(|(&a, &x)| fused_terms[a].1[x])
                 .sum();
             for (b, q) in box_fast.iter().zip(probe_fast) {
-                let g = match slots.get(base_box + b) {
+                match slots.get(base_box + b) {
                     Some(&s) if s != NO_SLOT => {
                         let g = s as usize * extent + base_probe + q;
-                        seen[g] = true;
-                        g
+                        // Neighbouring voxels mostly share a group: mark it once per run.
+                        if g != last {
+                            seen[g] = true;
+                            last = g;
+                        }
+                        out.push(g);
+                        runs.push(true);
                     }
-                    _ => spare,
-                };
-                out.push(g);
+                    _ => runs.push(false),
+                }
             }
             let mut k = 0;
             loop {
                 let Some(&a) = outer.get(k) else {
-                    return Ok(());
+                    runs.finish();
+                    return Ok(out.len());
                 };
                 at[k] += 1;
                 if at[k] < fused_terms[a].0.len() {
@@ -1137,7 +1169,7 @@ impl State {
                 .iter()
                 .map(|&a| Arc::clone(&evaluated[a]))
                 .collect();
-            acc.update_batch(&values, idx, None, self.groups + 1)?;
+            acc.update_batch(&values, idx, None, self.groups)?;
         }
         Ok(())
     }
@@ -1195,6 +1227,37 @@ impl State {
             })
             .collect::<DfResult<Vec<ArrayRef>>>()?;
         Ok(RecordBatch::try_new(Arc::clone(&run.schema), columns)?)
+    }
+}
+
+/// A selection mask appended in runs (elements at voxels with a build row come in runs along the fast axis).
+struct Runs<'a> {
+    mask: &'a mut BooleanBufferBuilder,
+    value: bool,
+    len: usize,
+}
+
+impl<'a> Runs<'a> {
+    fn new(mask: &'a mut BooleanBufferBuilder) -> Self {
+        Runs {
+            mask,
+            value: false,
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, v: bool) {
+        if v != self.value {
+            self.mask.append_n(self.len, self.value);
+            self.value = v;
+            self.len = 0;
+        }
+        self.len += 1;
+    }
+
+    fn finish(&mut self) {
+        self.mask.append_n(self.len, self.value);
+        self.len = 0;
     }
 }
 
