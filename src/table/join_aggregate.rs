@@ -149,6 +149,46 @@ struct BuildTable {
     slot_count: usize,
     /// The build side's voxels, when few enough to read exactly: their linear keys over `grid`.
     listed: Option<Vec<i64>>,
+    /// Per row of the box along the first join axis: its runs of voxels with one slot.
+    rows: RowRuns,
+}
+
+/// Runs of equal slots along the rows of a box (regions are mostly convex: a row crosses few of them).
+#[derive(Debug, Default)]
+struct RowRuns {
+    /// Row r's runs are `runs[offsets[r]..offsets[r + 1]]`.
+    offsets: Vec<usize>,
+    /// (first voxel within the row, voxels, slot).
+    runs: Vec<(u64, u64, u32)>,
+}
+
+impl RowRuns {
+    fn new(slots: &[u32], row_len: usize) -> Self {
+        let mut out = RowRuns::default();
+        for row in slots.chunks(row_len.max(1)) {
+            out.offsets.push(out.runs.len());
+            let mut x = 0;
+            while x < row.len() {
+                let s = row[x];
+                let start = x;
+                while x < row.len() && row[x] == s {
+                    x += 1;
+                }
+                if s != NO_SLOT {
+                    out.runs.push((start as u64, (x - start) as u64, s));
+                }
+            }
+        }
+        out.offsets.push(out.runs.len());
+        out
+    }
+
+    fn row(&self, r: usize) -> &[(u64, u64, u32)] {
+        match (self.offsets.get(r), self.offsets.get(r + 1)) {
+            (Some(&a), Some(&b)) => &self.runs[a..b],
+            _ => &[],
+        }
+    }
 }
 
 impl BuildTable {
@@ -880,6 +920,7 @@ fn build_table(
             key_values,
             slot_count: 0,
             listed: Some(Vec::new()),
+            rows: RowRuns::default(),
         }));
     }
     let mut lo = vec![u64::MAX; dims];
@@ -932,6 +973,7 @@ fn build_table(
             .map(|v| (0..dims).map(|k| v[k] as i64 * grid_strides[k]).sum())
             .collect()
     });
+    let rows = RowRuns::new(&slots, (hi[0] - lo[0] + 1) as usize);
     Ok(Ok(BuildTable {
         lo,
         hi,
@@ -940,6 +982,7 @@ fn build_table(
         key_values,
         slot_count,
         listed,
+        rows,
     }))
 }
 
@@ -1112,6 +1155,12 @@ impl State {
             });
         };
         let (box_fast, probe_fast) = (&fused_terms[fast].0, &fused_terms[fast].1);
+        // The fast axis is the first join axis and no probe key: a row of the piece is a row of the box, placed
+        // run by run.
+        let by_runs =
+            self.fused.join_axes.first() == Some(&fast) && probe_fast.iter().all(|&q| q == 0);
+        let row_len = (table.hi[0] - table.lo[0] + 1) as usize;
+        let span = piece[fast].clone();
         let mut at = vec![0usize; outer.len()];
         let mut last = usize::MAX;
         loop {
@@ -1125,19 +1174,41 @@ impl State {
                 .zip(&at)
                 .map(|(&a, &x)| fused_terms[a].1[x])
                 .sum();
-            for (b, q) in box_fast.iter().zip(probe_fast) {
-                match slots.get(base_box + b) {
-                    Some(&s) if s != NO_SLOT => {
-                        let g = s as usize * extent + base_probe + q;
-                        // Neighbouring voxels mostly share a group: mark it once per run.
-                        if g != last {
-                            seen[g] = true;
-                            last = g;
+            if by_runs {
+                if base_box >= OUTSIDE {
+                    runs.push_n(false, box_fast.len());
+                } else {
+                    let mut pos = span.start;
+                    for &(start, len, s) in table.rows.row(base_box / row_len) {
+                        let a = (table.lo[0] + start).max(span.start);
+                        let b = (table.lo[0] + start + len).min(span.end);
+                        if a >= b {
+                            continue;
                         }
-                        out.push(g);
-                        runs.push(true);
+                        runs.push_n(false, (a - pos) as usize);
+                        let g = s as usize * extent + base_probe;
+                        seen[g] = true;
+                        out.extend(std::iter::repeat_n(g, (b - a) as usize));
+                        runs.push_n(true, (b - a) as usize);
+                        pos = b;
                     }
-                    _ => runs.push(false),
+                    runs.push_n(false, (span.end - pos) as usize);
+                }
+            } else {
+                for (b, q) in box_fast.iter().zip(probe_fast) {
+                    match slots.get(base_box + b) {
+                        Some(&s) if s != NO_SLOT => {
+                            let g = s as usize * extent + base_probe + q;
+                            // Neighbouring voxels mostly share a group: mark it once per run.
+                            if g != last {
+                                seen[g] = true;
+                                last = g;
+                            }
+                            out.push(g);
+                            runs.push(true);
+                        }
+                        _ => runs.push(false),
+                    }
                 }
             }
             let mut k = 0;
@@ -1247,12 +1318,19 @@ impl<'a> Runs<'a> {
     }
 
     fn push(&mut self, v: bool) {
+        self.push_n(v, 1);
+    }
+
+    fn push_n(&mut self, v: bool, n: usize) {
+        if n == 0 {
+            return;
+        }
         if v != self.value {
             self.mask.append_n(self.len, self.value);
             self.value = v;
             self.len = 0;
         }
-        self.len += 1;
+        self.len += n;
     }
 
     fn finish(&mut self) {
@@ -1348,5 +1426,168 @@ impl PhysicalOptimizerRule for JoinAggregateRule {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::physical_plan::empty::EmptyExec;
+
+    fn col(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(name, index))
+    }
+
+    /// A fused plan whose build side has columns (i, j, k: Int32, name: Utf8), joined on i, j, k of a 5×4×3 grid,
+    /// grouped by name.
+    fn fused() -> Fused {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int32, true),
+            Field::new("j", DataType::Int32, true),
+            Field::new("k", DataType::Int32, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        Fused {
+            build: Arc::new(EmptyExec::new(Arc::clone(&schema))),
+            build_coords: vec![col("i", 0), col("j", 1), col("k", 2)],
+            join_axes: vec![0, 1, 2],
+            scan: Arc::new(EmptyExec::new(schema)),
+            keys: vec![KeyFrom::Build(0)],
+            build_keys: vec![col("name", 3)],
+            probe_axes: Vec::new(),
+            probe_ranges: Vec::new(),
+            probe_strides: Vec::new(),
+            probe_extent: 1,
+            args: Vec::new(),
+            value_schema: Arc::new(Schema::empty()),
+            grid: vec![5, 4, 3, 7],
+        }
+    }
+
+    fn rows(fused: &Fused, coords: &[[Option<i32>; 3]], names: &[Option<&str>]) -> RecordBatch {
+        let column = |a: usize| -> ArrayRef {
+            Arc::new(coords.iter().map(|c| c[a]).collect::<Int32Array>())
+        };
+        RecordBatch::try_new(
+            fused.build.schema(),
+            vec![
+                column(0),
+                column(1),
+                column(2),
+                Arc::new(names.iter().copied().collect::<StringArray>()),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_build_table_addresses_voxels_and_numbers_keys() {
+        let f = fused();
+        let batch = rows(
+            &f,
+            &[
+                [Some(1), Some(2), Some(0)],
+                [Some(4), Some(1), Some(2)],
+                [None, Some(1), Some(1)], // NULL coordinate: matches nothing
+                [Some(5), Some(0), Some(0)], // outside the grid
+                [Some(-1), Some(0), Some(0)],
+                [Some(2), Some(2), Some(1)],
+            ],
+            &[Some("a"), None, Some("b"), Some("c"), Some("d"), Some("a")],
+        );
+        let t = build_table(&f, &[batch], 8).unwrap().unwrap();
+        assert_eq!((t.lo.clone(), t.hi.clone()), (vec![1, 1, 0], vec![4, 2, 2]));
+        assert_eq!(t.strides, vec![1, 4, 8]);
+        // Keys interned as met: "a", NULL (a group of its own), "b" (its row dropped, its key still numbered).
+        let keys = t.key_values[0].as_string::<i32>();
+        assert_eq!(keys.len(), t.slot_count);
+        let slot = |i: u64, j: u64, k: u64| t.slots[((i - 1) + 4 * (j - 1) + 8 * k) as usize];
+        assert_eq!(keys.value(slot(1, 2, 0) as usize), "a");
+        assert_eq!(slot(2, 2, 1), slot(1, 2, 0));
+        assert!(keys.is_null(slot(4, 1, 2) as usize));
+        assert_eq!(t.slots.iter().filter(|&&s| s != NO_SLOT).count(), 3);
+        // Few voxels: listed as linear keys on the grid (5, 4, 3).
+        let mut listed = t.listed.clone().unwrap();
+        listed.sort_unstable();
+        assert_eq!(listed, vec![1 + 5 * 2, 2 + 5 * 2 + 20, 4 + 5 + 40]);
+        let filters = narrowing(&f, &t).unwrap();
+        assert_eq!(
+            filters.len(),
+            7,
+            "a box bound per side and axis, and the key list"
+        );
+    }
+
+    #[test]
+    fn a_voxel_listed_twice_or_no_voxel_at_all() {
+        let f = fused();
+        let twice = rows(
+            &f,
+            &[[Some(1), Some(2), Some(0)], [Some(1), Some(2), Some(0)]],
+            &[Some("a"), Some("a")],
+        );
+        let why = build_table(&f, &[twice], 8).unwrap().unwrap_err();
+        assert!(why.contains("appears twice"), "{why}");
+        let none = rows(&f, &[[None, Some(1), Some(1)]], &[Some("a")]);
+        let t = build_table(&f, &[none], 8).unwrap().unwrap();
+        assert_eq!(t.slot_count, 0);
+        assert!(t.slots.is_empty());
+    }
+
+    #[test]
+    fn linear_keys_are_taken_back_apart() {
+        // As the dense-join rule writes them: (CAST(c AS BIGINT) - lo) × stride, summed.
+        let cast = |c: Arc<dyn PhysicalExpr>| -> Arc<dyn PhysicalExpr> {
+            Arc::new(CastExpr::new(c, DataType::Int64, None))
+        };
+        let term = |e: Arc<dyn PhysicalExpr>, lo: i64, stride: i64| -> Arc<dyn PhysicalExpr> {
+            let e = if lo == 0 {
+                e
+            } else {
+                Arc::new(BinaryExpr::new(e, Operator::Minus, lit(lo)))
+            };
+            if stride == 1 {
+                e
+            } else {
+                Arc::new(BinaryExpr::new(e, Operator::Multiply, lit(stride)))
+            }
+        };
+        let key: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            Arc::new(BinaryExpr::new(
+                term(cast(col("i", 0)), 0, 1),
+                Operator::Plus,
+                term(cast(col("j", 1)), -2, 6),
+            )),
+            Operator::Plus,
+            term(cast(col("k", 2)), 0, 30),
+        ));
+        let terms = linear_terms(&key).unwrap();
+        let got: Vec<(String, i64, i64)> = terms
+            .iter()
+            .map(|(e, s, lo)| (e.to_string(), *s, *lo))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("CAST(i@0 AS Int64)".to_string(), 1, 0),
+                ("CAST(j@1 AS Int64)".to_string(), 6, -2),
+                ("CAST(k@2 AS Int64)".to_string(), 30, 0),
+            ]
+        );
+        assert!(linear_terms(&cast(col("i", 0))).is_none(), "one plain key");
+    }
+
+    #[test]
+    fn runs_make_the_selection_mask() {
+        let mut mask = BooleanBufferBuilder::new(0);
+        let pattern = [false, false, true, true, true, false, true, false, false];
+        let mut runs = Runs::new(&mut mask);
+        for &v in &pattern {
+            runs.push(v);
+        }
+        runs.finish();
+        let bits = mask.finish();
+        assert_eq!(bits.iter().collect::<Vec<_>>(), pattern);
     }
 }
