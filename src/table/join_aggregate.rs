@@ -81,6 +81,9 @@ pub const MAX_BOX_VOXELS: u64 = 1 << 24;
 /// their box.
 const MAX_LISTED_VOXELS: usize = 1 << 16;
 
+/// A build side is read voxel by voxel (not by its box) only when its box holds more than this many times its voxels.
+const SPARSE_BOX: u64 = 4;
+
 /// Rows handed to the accumulators at once.
 const CHUNK_ROWS: usize = 1 << 16;
 
@@ -966,7 +969,9 @@ fn build_table(
         }
         slots[at] = slot;
     }
-    let listed = (row_slots.len() <= MAX_LISTED_VOXELS).then(|| {
+    // A compact region is read faster as its box (one reader per slab) than voxel by voxel (a reader per plane).
+    let sparse = (row_slots.len() as u64).saturating_mul(SPARSE_BOX) < volume;
+    let listed = (sparse && row_slots.len() <= MAX_LISTED_VOXELS).then(|| {
         let grid_strides = grid_strides(fused);
         coords
             .chunks_exact(dims.max(1))
