@@ -72,7 +72,7 @@ use super::scan_aggregate::{
     substitute, voxel_scan,
 };
 use super::schema::{AXIS_NAMES, value_fields};
-use crate::formats::Order;
+use crate::formats::{Compression, Order};
 
 /// Largest box of build-side voxels addressed directly (4 bytes each: 64 MiB).
 pub const MAX_BOX_VOXELS: u64 = 1 << 24;
@@ -128,6 +128,11 @@ struct Fused {
     value_schema: SchemaRef,
     /// Per scan axis, the largest length any file of the scan has on it.
     grid: Vec<u64>,
+    /// Some file is gzip-compressed: its reader decompresses forward from seek points, so a box (or voxel list)
+    /// costs a re-decompression per row; such scans are narrowed on the slowest join axis only (whole planes).
+    compressed: bool,
+    /// The join axis the files' layout varies slowest along.
+    slowest_join_axis: usize,
 }
 
 /// The build side, collected: a direct table from voxel to group slot, or the reason the node falls back.
@@ -207,7 +212,9 @@ impl BuildTable {
             parts.join(", "),
             self.slot_count,
             self.slot_count.saturating_mul(fused.probe_extent),
-            if self.listed.is_some() {
+            if fused.compressed {
+                ", read=planes (compressed)"
+            } else if self.listed.is_some() {
                 ", read=listed voxels"
             } else {
                 ", read=box"
@@ -388,6 +395,16 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         }
     }
     let ndim = spec.files.first().map_or(0, |f| f.ndim());
+    let compressed = spec
+        .files
+        .iter()
+        .any(|f| f.compression == Compression::Gzip);
+    let slowest_join_axis = match spec.files.first().map(|f| f.layout.order) {
+        Some(Order::C) => join_axes.iter().min(),
+        _ => join_axes.iter().max(),
+    }
+    .copied()
+    .unwrap_or(0);
     let grid = (0..ndim)
         .map(|a| {
             spec.files
@@ -411,6 +428,8 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         args,
         value_schema: Arc::new(Schema::new(value_fields(spec.scalar))),
         grid,
+        compressed,
+        slowest_join_axis,
     }))
 }
 
@@ -1014,6 +1033,9 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
     }
     let mut out: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
     for (k, &a) in fused.join_axes.iter().enumerate() {
+        if fused.compressed && a != fused.slowest_join_axis {
+            continue;
+        }
         let range = |op, v: u64| -> Arc<dyn PhysicalExpr> {
             Arc::new(BinaryExpr::new(col(a), op, lit(v as i64)))
         };
@@ -1022,6 +1044,7 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
     }
     if let Some(keys) = &table.listed
         && fused.join_axes.len() > 1
+        && !fused.compressed
     {
         let strides = grid_strides(fused);
         let key = fused
@@ -1467,6 +1490,8 @@ mod tests {
             args: Vec::new(),
             value_schema: Arc::new(Schema::empty()),
             grid: vec![5, 4, 3, 7],
+            compressed: false,
+            slowest_join_axis: 2,
         }
     }
 
