@@ -551,10 +551,13 @@ fn key_pairs(join: &HashJoinExec) -> DfResult<Option<Vec<Pair>>> {
     Ok(Some(pairs))
 }
 
+/// One term of a linear key: the cast column, its stride and its `lo`.
+type Term = (Arc<dyn PhysicalExpr>, i64, i64);
+
 /// The terms `(CAST(c AS BIGINT) - lo) × stride` of a linear key, as (the cast column, stride, lo); `None` when
 /// `expr` is not such a sum of at least two terms.
-fn linear_terms(expr: &Arc<dyn PhysicalExpr>) -> Option<Vec<(Arc<dyn PhysicalExpr>, i64, i64)>> {
-    fn term(e: &Arc<dyn PhysicalExpr>) -> Option<(Arc<dyn PhysicalExpr>, i64, i64)> {
+fn linear_terms(expr: &Arc<dyn PhysicalExpr>) -> Option<Vec<Term>> {
+    fn term(e: &Arc<dyn PhysicalExpr>) -> Option<Term> {
         let (e, stride) = match e.downcast_ref::<BinaryExpr>() {
             Some(b) if b.op() == &Operator::Multiply => (b.left(), literal_i64(b.right())?),
             _ => (e, 1),
@@ -567,10 +570,7 @@ fn linear_terms(expr: &Arc<dyn PhysicalExpr>) -> Option<Vec<(Arc<dyn PhysicalExp
         cast.expr().downcast_ref::<Column>()?;
         Some((Arc::clone(e), stride, lo))
     }
-    fn sum(
-        e: &Arc<dyn PhysicalExpr>,
-        out: &mut Vec<(Arc<dyn PhysicalExpr>, i64, i64)>,
-    ) -> Option<()> {
+    fn sum(e: &Arc<dyn PhysicalExpr>, out: &mut Vec<Term>) -> Option<()> {
         match e.downcast_ref::<BinaryExpr>() {
             Some(b) if b.op() == &Operator::Plus => {
                 sum(b.left(), out)?;
