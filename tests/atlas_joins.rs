@@ -31,10 +31,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::Value;
 use voxelscan::table::session_context;
 
-/// Settings a query's answer must not depend on: voxelscan's dense paths off, no dynamic filter at all, and
-/// partitioned joins (both sides hashed) where DataFusion would collect the small side.
-const SETTINGS: [&[&str]; 4] = [
+/// Settings a query's answer must not depend on: the fused join-aggregate off, voxelscan's dense paths off, no
+/// dynamic filter at all, and partitioned joins (both sides hashed) where DataFusion would collect the small side.
+const SETTINGS: [&[&str]; 5] = [
     &[],
+    &["SET voxelscan.fused_joins = false"],
     &[
         "SET voxelscan.dense_joins = false",
         "SET voxelscan.dense_aggregates = false",
@@ -200,14 +201,20 @@ async fn labels_and_mask_joins_equal_nilearn() {
                 "SELECT a.value AS label, b.t, {agg}(CAST(b.value AS DOUBLE)) AS v FROM bold {JOIN} \
                  WHERE a.value <> 0 GROUP BY a.value, b.t ORDER BY label, b.t"
             );
+            // Every strategy has a GroupsAccumulator: the join and the label × t GROUP BY are one fused pass.
+            let ctx = session(&setup, &[]).await;
+            let plan = common::sql::physical_plan(&ctx, &sql).await;
+            let shown = displayable(plan.as_ref()).indent(true).to_string();
+            assert!(shown.contains("JoinAggregateExec: mode=Partial"), "{shown}");
             if strategy == "mean" {
-                // The label × t GROUP BY over the join is a dense aggregate (the int16 labels' range, or their
-                // values mapped as they appear).
-                let ctx = session(&setup, &[]).await;
+                // Without it, the label × t GROUP BY over the join is a dense aggregate (the int16 labels' range,
+                // or their values mapped as they appear).
+                let ctx = session(&setup, &["SET voxelscan.fused_joins = false"]).await;
                 let plan = common::sql::physical_plan(&ctx, &sql).await;
                 let shown = displayable(plan.as_ref()).indent(true).to_string();
                 assert!(
-                    shown.contains("DenseAggregateExec: mode=Partial"),
+                    shown.contains("DenseAggregateExec: mode=Partial")
+                        && !shown.contains("JoinAggregateExec"),
                     "{shown}"
                 );
             }
@@ -398,6 +405,10 @@ async fn one_region_reads_only_its_bounding_box() {
         explained.contains("on=[(CAST(i@") && !explained.contains("filter=i_0_l"),
         "no dense join: {explained}"
     );
+    assert!(
+        explained.contains("JoinAggregateExec: mode=Partial, gby=[t@[0, 4]]"),
+        "no fused join-aggregate: {explained}"
+    );
     let out = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
     assert_eq!(to_rows(&out).len(), 5);
     let read = scan_metric(&plan, "bold", "bytes_read");
@@ -425,15 +436,22 @@ async fn one_region_reads_only_its_bounding_box() {
         voxels as usize * 5 * 2,
         "exactly the region's voxels"
     );
-    // Without dynamic filters the whole run is read (the check above means something).
-    let ctx = session(
-        &setup,
-        &["SET datafusion.optimizer.enable_dynamic_filter_pushdown = false"],
-    )
-    .await;
+    // Without dynamic filters the fused join-aggregate still narrows the scan to the build side's voxels (it
+    // collects them itself); without it too, the whole run is read (the checks above mean something).
+    let no_dynamic = "SET datafusion.optimizer.enable_dynamic_filter_pushdown = false";
+    let ctx = session(&setup, &[no_dynamic]).await;
+    let plan = common::sql::physical_plan(&ctx, &sql).await;
+    let fused = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+    assert_close_rows(&to_rows(&fused), &to_rows(&out), "dynamic filters off");
+    assert!(scan_metric(&plan, "bold", "bytes_read") <= bbox_bytes);
+    let ctx = session(&setup, &[no_dynamic, "SET voxelscan.fused_joins = false"]).await;
     let plan = common::sql::physical_plan(&ctx, &sql).await;
     let off = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
-    assert_close_rows(&to_rows(&off), &to_rows(&out), "dynamic filters off");
+    assert_close_rows(
+        &to_rows(&off),
+        &to_rows(&out),
+        "dynamic filters and fusion off",
+    );
     assert_eq!(scan_metric(&plan, "bold", "bytes_read"), 6 * 5 * 4 * 5 * 2);
 }
 
@@ -471,4 +489,170 @@ async fn listed_keys_on_gzip_runs_are_read_forward() {
         gzip_pieces < plain_pieces,
         "the .nii reads listed planes as parts ({plain_pieces} pieces), the .nii.gz forward ({gzip_pieces})"
     );
+}
+
+/// Coordinates without duplicates: NULL coordinates, keys outside the 6×5×4 grid, NULL names (a group of their own).
+const DISTINCT_PEAKS: &str = "i,j,k,name\n\
+    1,2,3,a\n0,0,0,b\n5,4,3,\n6,0,0,out\n-1,2,2,neg\n,1,1,nul\n3,3,3,a\n2,4,1,\n4,1,2,c\n";
+
+/// The plan of `sql` after running it, as `EXPLAIN ANALYZE` shows it.
+async fn ran(ctx: &SessionContext, sql: &str) -> (String, Vec<Vec<Cell>>) {
+    let plan = common::sql::physical_plan(ctx, sql).await;
+    let out = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+    (
+        displayable(plan.as_ref()).indent(true).to_string(),
+        to_rows(&out),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fused_join_aggregates_equal_datafusions_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = oracle(dir.path(), 4, 0);
+    let runs = answers["multi"]["runs"].as_str().unwrap();
+    let run = format!("{runs}sub-02_bold.nii");
+    let atlas = answers["multi"]["atlas"].as_str().unwrap();
+    let csv = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        format!(
+            "CREATE EXTERNAL TABLE {} (i INT, j INT, k INT, name VARCHAR) STORED AS CSV LOCATION '{}' \
+             OPTIONS ('format.has_header' 'true')",
+            name.trim_end_matches(".csv"),
+            path.display()
+        )
+    };
+    let setup = [
+        create("bold", &run),
+        create("atlas", atlas),
+        create("runs", runs),
+        csv("peaks.csv", DISTINCT_PEAKS),
+        csv("dups.csv", PEAKS),
+        "CREATE TABLE empty (i BIGINT, j BIGINT, k BIGINT, name VARCHAR)".to_string(),
+    ];
+    let mut own_setup = setup.to_vec();
+    own_setup.push("CREATE TABLE copy AS SELECT * FROM bold".to_string());
+    own_setup.push("CREATE TABLE atlas_copy AS SELECT * FROM atlas".to_string());
+    own_setup.push("CREATE TABLE runs_copy AS SELECT * FROM runs".to_string());
+    let on = |p: &str| format!("b.i = {p}.i AND b.j = {p}.j AND b.k = {p}.k");
+    // (query, what the fused node must do: "dense", "fallback", "absent", or "any" when DataFusion decides)
+    let cases = [
+        (
+            format!(
+                "SELECT p.name, b.t, count(*), sum(b.value), avg(b.value), min(b.value) FROM {{T}} b \
+                 JOIN peaks p ON {} GROUP BY p.name, b.t ORDER BY p.name NULLS FIRST, b.t",
+                on("p")
+            ),
+            "dense",
+        ),
+        (
+            format!(
+                "SELECT b.i, b.j, b.k, count(*), max(b.value) FROM {{T}} b JOIN peaks p ON {} \
+                 GROUP BY b.i, b.j, b.k ORDER BY b.i, b.j, b.k",
+                on("p")
+            ),
+            "dense",
+        ),
+        (
+            format!(
+                "SELECT b.t, p.name, b.k, stddev_pop(CAST(b.value AS DOUBLE)), var_samp(b.value) FROM {{T}} b \
+                 JOIN peaks p ON {} WHERE p.name IS NOT NULL GROUP BY b.t, p.name, b.k ORDER BY b.t, p.name, b.k",
+                on("p")
+            ),
+            "dense",
+        ),
+        // A voxel listed twice: each probe row counts twice, as in DataFusion's join (the node falls back).
+        (
+            format!(
+                "SELECT p.name, b.t, count(*), sum(b.value) FROM {{T}} b JOIN dups p ON {} \
+                 GROUP BY p.name, b.t ORDER BY p.name NULLS FIRST, b.t",
+                on("p")
+            ),
+            "fallback",
+        ),
+        // Empty build sides: nothing matches, no group.
+        (
+            format!(
+                "SELECT p.name, b.t, count(*) FROM {{T}} b JOIN peaks p ON {} WHERE p.name = 'none' \
+                 GROUP BY p.name, b.t",
+                on("p")
+            ),
+            // A constant key makes the aggregate's input ordered on it: DataFusion's own aggregate keeps that.
+            "any",
+        ),
+        (
+            format!(
+                "SELECT e.name, b.t, sum(b.value) FROM {{T}} b JOIN empty e ON {} GROUP BY e.name, b.t",
+                on("e")
+            ),
+            "dense",
+        ),
+        // Build keys as expressions of the atlas' values, and regions by a label condition.
+        (
+            format!(
+                "SELECT a.value % 2 AS odd, b.t, avg(b.value), count(*) FROM {{T}} b JOIN {{A}} a ON {} \
+                 WHERE a.value > 0 GROUP BY a.value % 2, b.t ORDER BY odd, b.t",
+                on("a")
+            ),
+            "dense",
+        ),
+        // The whole grid as the build side, label 0 included.
+        (
+            format!(
+                "SELECT a.value, sum(b.value), count(*) FROM {{T}} b JOIN {{A}} a ON {} \
+                 GROUP BY a.value ORDER BY a.value",
+                on("a")
+            ),
+            "dense",
+        ),
+        // Several runs against one atlas: without `file` keys the runs' rows add up; `file` keys are not fused.
+        (
+            format!(
+                "SELECT a.value AS label, b.t, avg(b.value), count(*) FROM {{R}} b JOIN {{A}} a ON {} \
+                 WHERE a.value > 0 GROUP BY a.value, b.t ORDER BY label, b.t",
+                on("a")
+            ),
+            "dense",
+        ),
+        (
+            format!(
+                "SELECT b.file, a.value AS label, b.t, sum(b.value) FROM {{R}} b JOIN {{A}} a ON {} \
+                 WHERE a.value > 0 GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t",
+                on("a")
+            ),
+            "absent",
+        ),
+    ];
+    for (q, expect) in &cases {
+        let sql = q
+            .replace("{T}", "bold")
+            .replace("{A}", "atlas")
+            .replace("{R}", "runs");
+        let ours = answer(&setup, &sql).await;
+        let own = answer(
+            &own_setup,
+            &q.replace("{T}", "copy")
+                .replace("{A}", "atlas_copy")
+                .replace("{R}", "runs_copy"),
+        )
+        .await;
+        assert_close_rows(&ours, &own, &sql);
+        let (shown, rows) = ran(&session(&setup, &[]).await, &sql).await;
+        assert_close_rows(&rows, &own, &sql);
+        match *expect {
+            "dense" => assert!(
+                shown.contains("JoinAggregateExec: mode=Partial") && shown.contains("build_box="),
+                "{sql}: {shown}"
+            ),
+            "fallback" => assert!(
+                shown.contains("fallback=(a voxel appears twice"),
+                "{sql}: {shown}"
+            ),
+            "absent" => assert!(!shown.contains("JoinAggregateExec"), "{sql}: {shown}"),
+            _ => {}
+        }
+        if !sql.contains("'none'") && !sql.contains("JOIN empty") {
+            assert!(!ours.is_empty(), "{sql}: no rows at all");
+        }
+    }
 }

@@ -34,6 +34,7 @@ use datafusion_proto::protobuf::FileScanExecConf;
 use prost::Message;
 
 use crate::table::aggregate::DenseAggregateExec;
+use crate::table::join_aggregate::JoinAggregateExec;
 use crate::table::scan::object_path;
 use crate::table::scan_aggregate::ScanAggregateExec;
 use crate::table::sink::NiftiFormatFactory;
@@ -232,6 +233,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(node) = scan_aggregate_wire::decode(buf, inputs, ctx, self, converter) {
             return node;
         }
+        if let Some(node) = join_aggregate_wire::decode(buf, inputs, ctx, self, converter) {
+            return node;
+        }
         match ScanWire::decode(buf) {
             Some(decoded) => {
                 let (wire, rest) = decoded?;
@@ -255,6 +259,9 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         }
         if let Some(agg) = node.downcast_ref::<ScanAggregateExec>() {
             return scan_aggregate_wire::encode(agg, buf, self, converter);
+        }
+        if let Some(agg) = node.downcast_ref::<JoinAggregateExec>() {
+            return join_aggregate_wire::encode(agg, buf, self, converter);
         }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
@@ -561,6 +568,79 @@ mod scan_aggregate_wire {
     }
 }
 
+/// A [`JoinAggregateExec`]: the aggregate it replaces as DataFusion's own protobuf over an empty input of the join
+/// subtree's schema; its child (projections, the hash join, its build side and the voxel scan) is encoded on its
+/// own. Everything else is derived again from the decoded child (a task's scan holds only its own files); a child
+/// no longer of the node's shape decodes as the plain aggregate, which gives the same answer.
+mod join_aggregate_wire {
+    use super::*;
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    const MAGIC: &[u8] = b"voxelscan.join-aggregate:";
+
+    fn recompute() -> ReplaceChildrenOptions {
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+    }
+
+    fn error(what: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Internal(format!("decoding a join aggregate: {what}"))
+    }
+
+    pub fn encode(
+        node: &JoinAggregateExec,
+        buf: &mut Vec<u8>,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let agg = node.aggregate();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
+        let plain = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
+        let proto = converter.execution_plan_to_proto(&plain, codec)?;
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&proto.encode_to_vec());
+        Ok(())
+    }
+
+    pub fn decode(
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
+        let rest = buf.strip_prefix(MAGIC)?;
+        Some(decode_node(rest, inputs, ctx, codec, converter))
+    }
+
+    fn decode_node(
+        proto: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        codec: &dyn PhysicalExtensionCodec,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = inputs else {
+            return Err(error(format!("one input expected, got {}", inputs.len())));
+        };
+        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
+        let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
+        let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
+        let agg = node
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| error("not an aggregate"))?;
+        Ok(match JoinAggregateExec::try_new(agg.clone())? {
+            Some(fused) => Arc::new(fused),
+            None => node,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -745,6 +825,68 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("dense aggregate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn join_aggregates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = tables(dir.path()).await;
+        for sql in [
+            "SELECT r.value AS v, b.t, sum(b.value), count(*), max(b.value) FROM a b JOIN a_raw r \
+             ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 0 AND r.value > 40 GROUP BY r.value, b.t \
+             ORDER BY v, b.t",
+            "SELECT b.k, count(*), sum(b.value) FROM a b JOIN a_raw r \
+             ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 1 GROUP BY b.k ORDER BY b.k",
+        ] {
+            let plan = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(
+                shown(&plan).contains("JoinAggregateExec"),
+                "{}",
+                shown(&plan)
+            );
+            // The join's dynamic filter is not sent (executors only prune with it): the rest is the same plan.
+            let no_dynamic = |p: &Arc<dyn ExecutionPlan>| {
+                shown(p).replace(", dynamic_filter=DynamicFilter [ empty ]", "")
+            };
+            let pcodec = VoxelPhysicalCodec::default();
+            let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &pcodec).unwrap();
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &pcodec)
+                    .unwrap();
+            assert_eq!(no_dynamic(&decoded), no_dynamic(&plan), "{sql}");
+            let want = rows(plan, &ctx).await;
+            assert!(want.lines().count() > 4, "{sql}: {want}");
+            assert_eq!(rows(decoded, &ctx).await, want, "{sql}");
+            // The same answer as DataFusion's own join and aggregate.
+            ctx.sql("SET voxelscan.fused_joins = false").await.unwrap();
+            let plain = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            assert!(!shown(&plain).contains("JoinAggregateExec"));
+            assert_eq!(rows(plain, &ctx).await, want, "{sql}");
+            ctx.sql("SET voxelscan.fused_joins = true").await.unwrap();
+        }
+        let pcodec = VoxelPhysicalCodec::default();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let e = pcodec
+            .try_decode(
+                b"voxelscan.join-aggregate:\x05",
+                &[],
+                &ctx.task_ctx(),
+                &converter,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("join aggregate"), "{e}");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 
 use super::aggregate_rule::DenseAggregateRule;
+use super::join_aggregate::JoinAggregateRule;
 use super::scan_aggregate::ScanAggregateRule;
 
 /// An execution engine that puts dense aggregates into each stage plan, then hands it to `inner`.
@@ -39,6 +40,7 @@ impl ExecutionEngine for DenseAggregateEngine {
         config: &SessionConfig,
     ) -> DfResult<Arc<dyn QueryStageExecutor>> {
         let plan = DenseAggregateRule.optimize(plan, config.options())?;
+        let plan = JoinAggregateRule.optimize(plan, config.options())?;
         let plan = ScanAggregateRule.optimize(plan, config.options())?;
         self.inner.create_query_stage_exec(
             job_id, stage_id, task_id, partitions, plan, work_dir, config,

@@ -21,6 +21,10 @@ pub struct VoxelscanOptions {
     /// Aggregates of the value column grouped by coordinate columns (or by nothing) directly over a voxel scan are
     /// computed inside the scan: group indices from the slab layout, no coordinate columns.
     pub scan_aggregates: bool,
+    /// An aggregate over an inner join of a voxel scan with a small build side on coordinates (an atlas, a mask, a
+    /// table of coordinates) is computed in one pass over the scan: build voxels addressed directly, groups numbered
+    /// by build key and probe coordinate, no joined rows.
+    pub fused_joins: bool,
 }
 
 impl Default for VoxelscanOptions {
@@ -29,12 +33,13 @@ impl Default for VoxelscanOptions {
             dense_joins: true,
             dense_aggregates: true,
             scan_aggregates: true,
+            fused_joins: true,
         }
     }
 }
 
 /// Each setting's name and description (what `SHOW ALL` prints).
-const SETTINGS: [(&str, &str); 3] = [
+const SETTINGS: [(&str, &str); 4] = [
     (
         "dense_joins",
         "Joins on coordinate keys with known, small, exact build-side ranges address build rows directly by key.",
@@ -48,6 +53,11 @@ const SETTINGS: [(&str, &str); 3] = [
         "Aggregates of the value column grouped by coordinate columns (or nothing) over a voxel scan are computed in \
          the scan.",
     ),
+    (
+        "fused_joins",
+        "An aggregate over an inner join of a voxel scan with a small build side on coordinates is computed in one \
+         pass over the scan.",
+    ),
 ];
 
 impl VoxelscanOptions {
@@ -56,6 +66,7 @@ impl VoxelscanOptions {
             "dense_joins" => Some(&mut self.dense_joins),
             "dense_aggregates" => Some(&mut self.dense_aggregates),
             "scan_aggregates" => Some(&mut self.scan_aggregates),
+            "fused_joins" => Some(&mut self.fused_joins),
             _ => None,
         }
     }
@@ -174,7 +185,7 @@ mod tests {
             .iter()
             .filter(|e| e.key.starts_with("voxelscan."))
             .collect();
-        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.len(), SETTINGS.len());
         for e in ours {
             if let Some(v) = &e.value {
                 other.options_mut().set(&e.key, v).unwrap();

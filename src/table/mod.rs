@@ -32,6 +32,7 @@ pub mod config;
 pub mod files;
 pub mod functions;
 pub mod index_set;
+pub mod join_aggregate;
 pub mod join_dense;
 pub mod join_filter;
 pub mod layout;

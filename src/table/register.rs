@@ -163,6 +163,7 @@ pub fn with_voxels(builder: SessionStateBuilder) -> SessionStateBuilder {
         .extend(super::functions::world_functions());
     b.with_analyzer_rule(Arc::new(super::sink::NiftiCopyOptions))
         .with_physical_optimizer_rule(Arc::new(super::aggregate_rule::DenseAggregateRule))
+        .with_physical_optimizer_rule(Arc::new(super::join_aggregate::JoinAggregateRule))
         .with_physical_optimizer_rule(Arc::new(super::scan_aggregate::ScanAggregateRule))
 }
 

@@ -209,6 +209,20 @@ impl VoxelSource {
         });
         Ok(slabs.buffered(1).try_flatten().boxed())
     }
+
+    /// [`Self::value_pieces`] narrowed further by `filters` (coordinate bounds, a key list on a linear voxel key),
+    /// read like the dynamic filters are: a consumer that knows which voxels it needs ([`super::join_aggregate`])
+    /// reads only their box, or exactly them. Same metrics as the scan.
+    pub fn value_pieces_within(
+        &self,
+        base: &FileScanConfig,
+        partition: usize,
+        filters: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> DfResult<futures::stream::BoxStream<'static, DfResult<ValuePiece>>> {
+        let mut narrowed = self.clone();
+        narrowed.dynamic.extend(filters);
+        narrowed.value_pieces(base, partition)
+    }
 }
 
 /// Characters of a dynamic filter `EXPLAIN` shows.

@@ -55,7 +55,7 @@ const CHUNK_ROWS: usize = 1 << 16;
 
 /// What a column of the voxel scan's output is.
 #[derive(Debug, Clone)]
-enum ScanColumn {
+pub(super) enum ScanColumn {
     /// A coordinate: the file axis.
     Axis(usize),
     /// A value column or an expression of value columns only (the scan may hold a pushed-down projection such as
@@ -66,7 +66,7 @@ enum ScanColumn {
 }
 
 /// The scan's config, source and the meaning of each of its output columns, when `plan` is a voxel scan.
-fn voxel_scan(
+pub(super) fn voxel_scan(
     plan: &dyn ExecutionPlan,
 ) -> Option<(&FileScanConfig, &VoxelSource, Vec<ScanColumn>)> {
     let exec = plan.downcast_ref::<DataSourceExec>()?;
@@ -351,7 +351,7 @@ fn moment_stats(
 }
 
 /// Plain aggregates (Partial or Single) with a `GroupsAccumulator`, no DISTINCT, ordering, FILTER or grouping sets.
-fn shape_supported(agg: &AggregateExec) -> bool {
+pub(super) fn shape_supported(agg: &AggregateExec) -> bool {
     matches!(agg.mode(), AggregateMode::Partial | AggregateMode::Single)
         && agg.group_expr().is_single()
         && agg.limit_options().is_none()
@@ -363,7 +363,7 @@ fn shape_supported(agg: &AggregateExec) -> bool {
 }
 
 /// `expr` (over the scan's output) over a batch of the value columns only; `None` when it reads anything else.
-fn on_values(
+pub(super) fn on_values(
     expr: &Arc<dyn PhysicalExpr>,
     columns: &[ScanColumn],
 ) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
@@ -385,7 +385,7 @@ fn on_values(
 
 /// Per grouped axis, the smallest and largest coordinate any file's selection has on it; `None` when no file is
 /// read (nothing to group: DataFusion's plan is as good).
-fn axis_ranges(spec: &super::scan::ScanSpec, axes: &[usize]) -> Option<Vec<KeyRange>> {
+pub(super) fn axis_ranges(spec: &super::scan::ScanSpec, axes: &[usize]) -> Option<Vec<KeyRange>> {
     let chosen: Vec<_> = spec
         .selections
         .iter()
@@ -521,7 +521,10 @@ impl ExecutionPlan for ScanAggregateExec {
 }
 
 /// `agg` with `input` as its input (same expressions: `input` has the same schema).
-fn rebased(agg: &AggregateExec, input: Arc<dyn ExecutionPlan>) -> DfResult<AggregateExec> {
+pub(super) fn rebased(
+    agg: &AggregateExec,
+    input: Arc<dyn ExecutionPlan>,
+) -> DfResult<AggregateExec> {
     let schema = input.schema();
     AggregateExec::try_new(
         *agg.mode(),
@@ -820,7 +823,7 @@ impl State {
 
 /// Each aggregate's argument expressions as indices into one list of distinct expressions (`avg(x)` and
 /// `stddev(x)` share the cast of `x`).
-fn shared_arguments(
+pub(super) fn shared_arguments(
     per_aggregate: &[Vec<Arc<dyn PhysicalExpr>>],
 ) -> (Vec<Arc<dyn PhysicalExpr>>, Vec<Vec<usize>>) {
     let mut unique: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
@@ -1164,7 +1167,7 @@ fn in_scan(agg: &AggregateExec, limit: u64) -> DfResult<Option<ScanAggregateExec
     Ok(Some(node))
 }
 
-fn same_fields(a: &Schema, b: &Schema) -> bool {
+pub(super) fn same_fields(a: &Schema, b: &Schema) -> bool {
     a.fields().len() == b.fields().len()
         && a.fields().iter().zip(b.fields()).all(|(x, y)| {
             x.name() == y.name()
@@ -1174,11 +1177,11 @@ fn same_fields(a: &Schema, b: &Schema) -> bool {
 }
 
 /// A voxel scan and the projections above it (top first).
-type ScanAndProjections = (Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>);
+pub(super) type ScanAndProjections = (Arc<dyn ExecutionPlan>, Vec<Arc<dyn ExecutionPlan>>);
 
 /// The voxel scan under `plan` through projections and round-robin repartitions (nothing that drops or adds rows),
 /// with the projections met on the way, top first.
-fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanAndProjections> {
+pub(super) fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanAndProjections> {
     let mut node = Arc::clone(plan);
     let mut projections = Vec::new();
     loop {
@@ -1201,7 +1204,7 @@ fn scan_below(plan: &Arc<dyn ExecutionPlan>) -> Option<ScanAndProjections> {
 }
 
 /// `expr` over a projection's output, as an expression over its input.
-fn substitute(
+pub(super) fn substitute(
     expr: &Arc<dyn PhysicalExpr>,
     projection: &Arc<dyn ExecutionPlan>,
 ) -> DfResult<Arc<dyn PhysicalExpr>> {

@@ -138,8 +138,14 @@ fn dense_short_reads_are_one_pass_and_sparse_ones_share_a_probe() {
     assert_eq!(got, expect(&d, &rows));
     // Noise does not compress: one pass through the rows' megabyte reads about that much (each row probed from its
     // mark would read ~5 400 × 2 × 8 KiB).
-    assert!(stats.bytes_read < 1_300_000, "one pass for the box rows: {stats:?}");
-    assert!(stats.requests <= 3, "passes between seek points only: {stats:?}");
+    assert!(
+        stats.bytes_read < 1_300_000,
+        "one pass for the box rows: {stats:?}"
+    );
+    assert!(
+        stats.requests <= 3,
+        "passes between seek points only: {stats:?}"
+    );
     // Three short reads close together far from the seek point: both fills decompress once for all three.
     let near: Vec<Segment> = (0..3u64)
         .map(|r| seg((1 << 20) + 900_000 + r * 200, 4))
