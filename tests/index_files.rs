@@ -90,3 +90,51 @@ fn a_symlinked_image_is_indexed_in_the_cache_dir_not_beside_its_target() {
         );
     }
 }
+
+/// `voxelscan sql` over `PATH` (as table `g`) with a private cache and home; returns stdout.
+fn sql(dir: &Path, path: &Path, statement: &str) -> String {
+    let out = Command::new(common::voxelscan_bin())
+        .args(["sql", "--format", "csv", "-t"])
+        .arg(format!("g={}", path.display()))
+        .arg(statement)
+        .env_remove("VOXELSCAN_INDEX_CACHE")
+        .env_remove("VOXELSCAN_NO_INDEX")
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .env("HOME", dir.join("home"))
+        .output()
+        .expect("run voxelscan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An indexed `.nii.gz` is scanned in several slabs (each starting from a seek point, on every core), an unindexed
+/// one in one forward pass; the answers are the same.
+#[test]
+fn indexed_gzip_tables_are_cut_into_slabs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("run.nii.gz");
+    // 4 MiB of voxels: slabs of 1 MiB at least.
+    let shape = [64usize, 64, 32, 16];
+    let data = random_i16_le(shape.iter().product(), 8, -2000, 2000);
+    let dtype = DType::new(Scalar::I16, ByteOrder::Little);
+    write_nifti1(&path, &shape, dtype, 1.0, 0.0, &data, true).expect("write image");
+    // The writer leaves an index beside what it writes: start without one.
+    let _ = std::fs::remove_file(dir.path().join(".run.nii.gz.vxidx"));
+    let query =
+        "SELECT t, count(*) AS n, sum(value) AS s, min(value) AS lo FROM g GROUP BY t ORDER BY t";
+    let explain = "EXPLAIN SELECT sum(value) FROM g";
+    let groups = |plan: &str| plan.matches("run.nii.gz:").count();
+    let whole = sql(dir.path(), &path, explain);
+    assert!(
+        groups(&whole) == 0 && whole.contains("run.nii.gz]"),
+        "unindexed: one slab, no byte range: {whole}"
+    );
+    // Its first read builds the index, in one forward pass, and saves it beside the file.
+    let plain = sql(dir.path(), &path, query);
+    assert!(dir.path().join(".run.nii.gz.vxidx").is_file());
+    let cut = sql(dir.path(), &path, explain);
+    assert!(groups(&cut) >= 2, "indexed: slabs of byte ranges: {cut}");
+    assert_eq!(sql(dir.path(), &path, query), plain);
+    assert_eq!(plain.lines().count(), 17, "{plain}");
+}

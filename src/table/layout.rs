@@ -85,7 +85,8 @@ pub struct Slab {
 }
 
 /// Cut one file's selection into slabs of about `target_bytes` of selected data (at least one slow index each).
-/// Gzip files and 0-d arrays are one slab: a gzip stream is read in one forward pass.
+/// 0-d arrays are one slab, and so are gzip files without a seek-point index (a stream without one is read in one
+/// forward pass); an indexed gzip file is cut like any other, each slab starting from the seek point before it.
 pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) -> Vec<Slab> {
     let whole = |rows: u64| Slab {
         file,
@@ -97,7 +98,7 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
         return Vec::new();
     }
     let slow = match slow_axis(f.ndim(), f.layout.order) {
-        Some(a) if f.compression == Compression::None => a,
+        Some(a) if splittable(f) => a,
         _ => return vec![whole(sel.rows())],
     };
     let inner_rows: u64 = sel
@@ -123,6 +124,16 @@ pub fn slabs_of(file: usize, f: &VoxelFile, sel: &Selection, target_bytes: u64) 
         }
     }
     out
+}
+
+/// Whether a slab of `f` can start anywhere: uncompressed, or a local gzip file with an index built ahead (by
+/// `voxelscan index` or an earlier read).
+fn splittable(f: &VoxelFile) -> bool {
+    match (&f.compression, &f.data) {
+        (Compression::None, _) => true,
+        (Compression::Gzip, crate::location::Location::Path(p)) => crate::io::gzip::index_exists(p),
+        (Compression::Gzip, _) => false,
+    }
 }
 
 /// The file bytes a slab spans: whole slow-axis planes from `lo` to `hi` (the whole data for a `None` slab).

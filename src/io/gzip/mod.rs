@@ -232,6 +232,16 @@ impl fmt::Debug for GzipSource {
     }
 }
 
+/// Whether an index file of `path` lies where [`GzipSource::open`] looks for one (its validity is checked when it is
+/// loaded). With one, a read may start at any seek point; without, the first read builds it in a forward pass.
+pub fn index_exists(path: &Path) -> bool {
+    let options = GzipOptions::from_env();
+    options.use_index
+        && index_locations(path, &options)
+            .iter()
+            .any(|place| place.path.is_file())
+}
+
 impl GzipSource {
     /// Open `path` with [`GzipOptions::from_env`].
     pub fn open(path: &Path) -> Result<GzipSource> {
