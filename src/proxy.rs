@@ -35,6 +35,9 @@ pub struct ProxyOptions {
     pub order: Option<Order>,
     /// nibabel's skip threshold in bytes: gaps up to this size are read through rather than skipped.
     pub skip_threshold: u64,
+    /// Keep what gzip reads decompress in the process-wide data cache (a repeated read is then a copy). A reader
+    /// that passes over its data once (a table scan reading whole slabs) turns it off: it would only fill the cache.
+    pub gzip_data_cache: bool,
 }
 
 impl Default for ProxyOptions {
@@ -44,6 +47,7 @@ impl Default for ProxyOptions {
             keep_file_open: KEEP_FILE_OPEN_DEFAULT,
             order: None,
             skip_threshold: SKIP_THRESHOLD,
+            gzip_data_cache: true,
         }
     }
 }
@@ -284,7 +288,7 @@ impl ArrayProxy {
                 lock,
             )),
             (DataFile::Path(p), Compression::Gzip) => {
-                crate::io::gzip_source(p, self.opts.keep_file_open)?
+                crate::io::gzip_source(p, self.opts.keep_file_open, self.opts.gzip_data_cache)?
             }
             (DataFile::Handle { file, name }, Compression::Gzip) => {
                 Arc::new(GzipStreamSource::new(Arc::clone(file), name.clone(), lock))

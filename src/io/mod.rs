@@ -76,14 +76,18 @@ pub trait ByteSource: Send + Sync + Debug {
     fn read_segments(&self, segments: &[Segment], out: &mut [u8]) -> Result<ReadStats>;
 }
 
-/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip`).
-pub fn gzip_source(path: &Path, keep_open: bool) -> Result<Arc<dyn ByteSource>> {
+/// The byte source for a gzip-compressed file at `path`: random access through a seek-point index (`gzip`), with
+/// the process-wide data cache when `data_cache` (and `VOXELSCAN_GZIP_CACHE` gives it room).
+pub fn gzip_source(path: &Path, keep_open: bool, data_cache: bool) -> Result<Arc<dyn ByteSource>> {
     // Large reads decompress runs between index points on all cores.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let options = gzip::GzipOptions {
+    let mut options = gzip::GzipOptions {
         keep_open,
         threads,
         ..gzip::GzipOptions::from_env()
     };
+    if !data_cache {
+        options.data_cache = gzip::DataCache::Off;
+    }
     Ok(Arc::new(gzip::GzipSource::with_options(path, options)?))
 }

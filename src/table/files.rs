@@ -405,8 +405,9 @@ impl VoxelFile {
         Ok(())
     }
 
-    /// A proxy for reading: the registered one, or a new one over the location that keeps its file open.
-    pub fn open_proxy(&self, mmap: MmapMode) -> Result<Arc<ArrayProxy>> {
+    /// A proxy for reading: the registered one, or a new one over the location that keeps its file open (with the
+    /// gzip data cache when `gzip_data_cache`).
+    pub fn open_proxy(&self, mmap: MmapMode, gzip_data_cache: bool) -> Result<Arc<ArrayProxy>> {
         if let Some(p) = &self.proxy {
             return Ok(Arc::clone(p));
         }
@@ -417,6 +418,7 @@ impl VoxelFile {
             keep_file_open: true,
             order: Some(self.layout.order),
             skip_threshold: 0,
+            gzip_data_cache,
         };
         let file = match &self.data {
             Location::Object(url) => DataFile::Remote(RemoteObject::known(

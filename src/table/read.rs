@@ -82,6 +82,9 @@ pub struct SlabReader {
     mmap: MmapMode,
     /// The selection is every element of the slab: its zero-copy map is populated up front.
     whole_slab: bool,
+    /// The selection is every element of its byte span (a slab, or a whole file): read once, front to back, so a
+    /// gzip file's decompressed data is not kept in the data cache (nothing would read it again).
+    one_pass: bool,
 }
 
 impl SlabReader {
@@ -96,12 +99,12 @@ impl SlabReader {
         mmap: MmapMode,
         slow: Option<Range<u64>>,
     ) -> SlabReader {
-        let whole_slab = slow.as_ref().is_some_and(|r| {
-            let span = byte_span(&file, Some(r));
-            sel.rows().saturating_mul(file.itemsize()) == span.end - span.start
-        });
+        let selected = sel.rows().saturating_mul(file.itemsize());
+        let span = byte_span(&file, slow.as_ref());
+        let one_pass = selected == span.end - span.start;
         SlabReader {
-            whole_slab,
+            whole_slab: one_pass && slow.is_some(),
+            one_pass,
             slow,
             pieces: pieces(sel, file.layout.order, budget),
             file,
@@ -148,7 +151,7 @@ impl SlabReader {
             return Ok(Arc::clone(p));
         }
         self.file.check_unchanged()?;
-        let p = self.file.open_proxy(self.mmap)?;
+        let p = self.file.open_proxy(self.mmap, !self.one_pass)?;
         self.proxy = Some(Arc::clone(&p));
         Ok(p)
     }
@@ -660,6 +663,43 @@ mod zero_copy_tests {
             None,
         );
         assert!(map.is_some());
+    }
+
+    /// A gzip slab read whole (front to back, once) leaves the process-wide data cache alone; a box, whose pieces may
+    /// share decompressed spans, uses it.
+    #[test]
+    fn one_pass_reads_skip_the_gzip_data_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.nii.gz");
+        let data = crate::synth::random_i16_le(8 * 6 * 5, 3, 0, 100);
+        let dtype = crate::dtype::DType::new(crate::dtype::Scalar::I16, ByteOrder::Little);
+        crate::synth::write_nifti1(&path, &[8, 6, 5], dtype, 1.0, 0.0, &data, true).unwrap();
+        let h = crate::formats::read_header(&path).unwrap();
+        let f = Arc::new(VoxelFile::from_header("z.nii.gz".into(), &h).unwrap());
+        let out = Arc::new(Output {
+            schema: file_schema(3, crate::dtype::Scalar::I16).unwrap(),
+            columns: vec![3],
+            ndim: 3,
+            mode: ValueMode::Scaled,
+            scalar: crate::dtype::Scalar::I16,
+            batch_size: 8192,
+        });
+        let cached = |sel: Selection| {
+            let mut r = SlabReader::new(
+                Arc::clone(&f),
+                &sel,
+                Arc::clone(&out),
+                metrics(),
+                1 << 20,
+                MmapMode::ReadOnly,
+                None,
+            );
+            r.proxy().unwrap().options().gzip_data_cache
+        };
+        assert!(!cached(Selection::full(&f.layout.shape)));
+        let mut part = Selection::full(&f.layout.shape);
+        part.axes[0] = crate::table::index_set::IndexSet::range(2..4);
+        assert!(cached(part));
     }
 
     #[test]
