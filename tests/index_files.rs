@@ -27,11 +27,10 @@ fn image(path: &Path) {
     write_nifti1(path, &shape, dtype, 1.0, 0.0, &data, true).expect("write image");
 }
 
-/// `voxelscan index --span 262144 PATH` with a private cache and home; returns stdout.
-fn index(dir: &Path, path: &Path) -> String {
+/// `voxelscan ARGS…` with a private cache and home; returns stdout (the run must succeed).
+fn voxelscan(dir: &Path, args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(common::voxelscan_bin())
-        .args(["index", "--span", "262144"])
-        .arg(path)
+        .args(args)
         .env_remove("VOXELSCAN_INDEX_CACHE")
         .env_remove("VOXELSCAN_NO_INDEX")
         .env("XDG_CACHE_HOME", dir.join("xdg"))
@@ -41,6 +40,19 @@ fn index(dir: &Path, path: &Path) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `voxelscan index --span 262144 PATH`; returns stdout.
+fn index(dir: &Path, path: &Path) -> String {
+    voxelscan(
+        dir,
+        &[
+            "index".as_ref(),
+            "--span".as_ref(),
+            "262144".as_ref(),
+            path.as_os_str(),
+        ],
+    )
 }
 
 #[test]
@@ -91,21 +103,11 @@ fn a_symlinked_image_is_indexed_in_the_cache_dir_not_beside_its_target() {
     }
 }
 
-/// `voxelscan sql` over `PATH` (as table `g`) with a private cache and home; returns stdout.
+/// `voxelscan sql` over `PATH` (as table `g`); returns stdout.
 fn sql(dir: &Path, path: &Path, statement: &str) -> String {
-    let out = Command::new(common::voxelscan_bin())
-        .args(["sql", "--format", "csv", "-t"])
-        .arg(format!("g={}", path.display()))
-        .arg(statement)
-        .env_remove("VOXELSCAN_INDEX_CACHE")
-        .env_remove("VOXELSCAN_NO_INDEX")
-        .env("XDG_CACHE_HOME", dir.join("xdg"))
-        .env("HOME", dir.join("home"))
-        .output()
-        .expect("run voxelscan");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let table = format!("g={}", path.display());
+    let args = ["sql", "--format", "csv", "-t", &table, statement];
+    voxelscan(dir, &args.map(std::ffi::OsStr::new))
 }
 
 /// An indexed `.nii.gz` is scanned in several slabs (each starting from a seek point, on every core), an unindexed
