@@ -230,11 +230,24 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(dense) = dense_wire::decode(buf, inputs, ctx, self, converter) {
             return dense;
         }
-        if let Some(node) = scan_aggregate_wire::decode(buf, inputs, ctx, self, converter) {
-            return node;
+        if let Some(agg) =
+            aggregate_wire::decode(aggregate_wire::SCAN, buf, inputs, ctx, self, converter)
+        {
+            let node = ScanAggregateExec::try_new(agg?)?.ok_or_else(|| {
+                let why = "the aggregate cannot be computed in its input scan";
+                aggregate_wire::error(aggregate_wire::SCAN, why)
+            })?;
+            return Ok(Arc::new(node));
         }
-        if let Some(node) = join_aggregate_wire::decode(buf, inputs, ctx, self, converter) {
-            return node;
+        if let Some(agg) =
+            aggregate_wire::decode(aggregate_wire::JOIN, buf, inputs, ctx, self, converter)
+        {
+            // A child no longer of the node's shape decodes as the plain aggregate (the same answer).
+            let agg = agg?;
+            return Ok(match JoinAggregateExec::try_new(agg.clone())? {
+                Some(fused) => Arc::new(fused),
+                None => Arc::new(agg),
+            });
         }
         match ScanWire::decode(buf) {
             Some(decoded) => {
@@ -257,11 +270,13 @@ impl PhysicalExtensionCodec for VoxelPhysicalCodec {
         if let Some(dense) = node.downcast_ref::<DenseAggregateExec>() {
             return dense_wire::encode(dense, buf, self, converter);
         }
-        if let Some(agg) = node.downcast_ref::<ScanAggregateExec>() {
-            return scan_aggregate_wire::encode(agg, buf, self, converter);
+        if let Some(n) = node.downcast_ref::<ScanAggregateExec>() {
+            let prefix = aggregate_wire::SCAN;
+            return aggregate_wire::encode(prefix, n.aggregate(), buf, self, converter);
         }
-        if let Some(agg) = node.downcast_ref::<JoinAggregateExec>() {
-            return join_aggregate_wire::encode(agg, buf, self, converter);
+        if let Some(n) = node.downcast_ref::<JoinAggregateExec>() {
+            let prefix = aggregate_wire::JOIN;
+            return aggregate_wire::encode(prefix, n.aggregate(), buf, self, converter);
         }
         match voxel_scan(node.as_ref()) {
             Some((config, source)) => self.encode_scan(config, source, buf, converter),
@@ -497,10 +512,11 @@ mod dense_wire {
     }
 }
 
-/// A [`ScanAggregateExec`]: the aggregate it computes as DataFusion's own protobuf over an empty input of the scan's
-/// schema; its child, the voxel scan, is encoded on its own. Key ranges and value expressions are derived again from
-/// the decoded scan (a task's scan holds only its own files).
-mod scan_aggregate_wire {
+/// Nodes standing in for an aggregate ([`ScanAggregateExec`], [`JoinAggregateExec`]): after the node's prefix, the
+/// aggregate it computes as DataFusion's own protobuf over an empty input of its child's schema; the child (the voxel
+/// scan, or the join subtree) is encoded on its own. Everything else is derived again from the decoded child (a
+/// task's scan holds only its own files).
+mod aggregate_wire {
     use super::*;
     use datafusion::physical_plan::aggregates::AggregateExec;
     use datafusion::physical_plan::empty::EmptyExec;
@@ -509,135 +525,70 @@ mod scan_aggregate_wire {
     };
     use datafusion_proto::protobuf::PhysicalPlanNode;
 
-    const MAGIC: &[u8] = b"voxelscan.scan-aggregate:";
+    pub const SCAN: &[u8] = b"voxelscan.scan-aggregate:";
+    pub const JOIN: &[u8] = b"voxelscan.join-aggregate:";
 
     fn recompute() -> ReplaceChildrenOptions {
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
     }
 
-    fn error(what: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::Internal(format!("decoding a scan aggregate: {what}"))
+    /// An error decoding the node of `prefix` ("decoding a scan aggregate: …").
+    pub fn error(prefix: &[u8], what: impl std::fmt::Display) -> DataFusionError {
+        let name = String::from_utf8_lossy(prefix);
+        let name = name.trim_start_matches("voxelscan.").trim_end_matches(':');
+        DataFusionError::Internal(format!("decoding a {}: {what}", name.replace('-', " ")))
     }
 
     pub fn encode(
-        node: &ScanAggregateExec,
+        prefix: &[u8],
+        agg: &AggregateExec,
         buf: &mut Vec<u8>,
         codec: &dyn PhysicalExtensionCodec,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        let agg = node.aggregate();
         let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
         let plain = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
         let proto = converter.execution_plan_to_proto(&plain, codec)?;
-        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(prefix);
         buf.extend_from_slice(&proto.encode_to_vec());
         Ok(())
     }
 
+    /// The aggregate `buf` holds after `prefix`, over the one decoded child in `inputs`; `None` when `buf` is not
+    /// such a node.
     pub fn decode(
+        prefix: &[u8],
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
         ctx: &TaskContext,
         codec: &dyn PhysicalExtensionCodec,
         converter: &dyn PhysicalProtoConverterExtension,
-    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
-        let rest = buf.strip_prefix(MAGIC)?;
-        Some(decode_node(rest, inputs, ctx, codec, converter))
+    ) -> Option<DfResult<AggregateExec>> {
+        let rest = buf.strip_prefix(prefix)?;
+        Some(decode_aggregate(
+            prefix, rest, inputs, ctx, codec, converter,
+        ))
     }
 
-    fn decode_node(
+    fn decode_aggregate(
+        prefix: &[u8],
         proto: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
         ctx: &TaskContext,
         codec: &dyn PhysicalExtensionCodec,
         converter: &dyn PhysicalProtoConverterExtension,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    ) -> DfResult<AggregateExec> {
         let [input] = inputs else {
-            return Err(error(format!("one input expected, got {}", inputs.len())));
+            let got = inputs.len();
+            return Err(error(prefix, format!("one input expected, got {got}")));
         };
-        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
+        let proto = PhysicalPlanNode::decode(proto).map_err(|e| error(prefix, e))?;
         let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
         let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
         let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
-        let agg = node
-            .downcast_ref::<AggregateExec>()
-            .ok_or_else(|| error("not an aggregate"))?;
-        let scan = ScanAggregateExec::try_new(agg.clone())?
-            .ok_or_else(|| error("the aggregate cannot be computed in its input scan"))?;
-        Ok(Arc::new(scan))
-    }
-}
-
-/// A [`JoinAggregateExec`]: the aggregate it replaces as DataFusion's own protobuf over an empty input of the join
-/// subtree's schema; its child (projections, the hash join, its build side and the voxel scan) is encoded on its
-/// own. Everything else is derived again from the decoded child (a task's scan holds only its own files); a child
-/// no longer of the node's shape decodes as the plain aggregate, which gives the same answer.
-mod join_aggregate_wire {
-    use super::*;
-    use datafusion::physical_plan::aggregates::AggregateExec;
-    use datafusion::physical_plan::empty::EmptyExec;
-    use datafusion::physical_plan::execution_plan::{
-        ChildrenPropertiesMode, ReplaceChildrenOptions,
-    };
-    use datafusion_proto::protobuf::PhysicalPlanNode;
-
-    const MAGIC: &[u8] = b"voxelscan.join-aggregate:";
-
-    fn recompute() -> ReplaceChildrenOptions {
-        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
-    }
-
-    fn error(what: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::Internal(format!("decoding a join aggregate: {what}"))
-    }
-
-    pub fn encode(
-        node: &JoinAggregateExec,
-        buf: &mut Vec<u8>,
-        codec: &dyn PhysicalExtensionCodec,
-        converter: &dyn PhysicalProtoConverterExtension,
-    ) -> DfResult<()> {
-        let agg = node.aggregate();
-        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(agg.input().schema()));
-        let plain = Arc::new(agg.clone()).replace_children(vec![empty], recompute())?;
-        let proto = converter.execution_plan_to_proto(&plain, codec)?;
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&proto.encode_to_vec());
-        Ok(())
-    }
-
-    pub fn decode(
-        buf: &[u8],
-        inputs: &[Arc<dyn ExecutionPlan>],
-        ctx: &TaskContext,
-        codec: &dyn PhysicalExtensionCodec,
-        converter: &dyn PhysicalProtoConverterExtension,
-    ) -> Option<DfResult<Arc<dyn ExecutionPlan>>> {
-        let rest = buf.strip_prefix(MAGIC)?;
-        Some(decode_node(rest, inputs, ctx, codec, converter))
-    }
-
-    fn decode_node(
-        proto: &[u8],
-        inputs: &[Arc<dyn ExecutionPlan>],
-        ctx: &TaskContext,
-        codec: &dyn PhysicalExtensionCodec,
-        converter: &dyn PhysicalProtoConverterExtension,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let [input] = inputs else {
-            return Err(error(format!("one input expected, got {}", inputs.len())));
-        };
-        let proto = PhysicalPlanNode::decode(proto).map_err(error)?;
-        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, codec);
-        let node = converter.proto_to_execution_plan(&proto, &decode_ctx)?;
-        let node = node.replace_children(vec![Arc::clone(input)], recompute())?;
-        let agg = node
-            .downcast_ref::<AggregateExec>()
-            .ok_or_else(|| error("not an aggregate"))?;
-        Ok(match JoinAggregateExec::try_new(agg.clone())? {
-            Some(fused) => Arc::new(fused),
-            None => node,
-        })
+        node.downcast_ref::<AggregateExec>()
+            .cloned()
+            .ok_or_else(|| error(prefix, "not an aggregate"))
     }
 }
 
