@@ -526,31 +526,53 @@ impl DenseState {
             let ty = self.schema.field(k).data_type();
             columns.push(cast(&values, ty)?);
         }
-        let take_idx = UInt64Array::from(chosen);
-        for acc in &mut self.accumulators {
-            let arrays = if self.final_output {
-                vec![acc.evaluate(EmitTo::All)?]
-            } else {
-                acc.state(EmitTo::All)?
-            };
-            for a in arrays {
-                columns.push(take(&a, &take_idx, None)?);
-            }
-        }
-        // The schema's types (e.g. a key cast back from Int64, or an aggregate's declared nullability) rule.
-        let columns = columns
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(DataFusionError::from)
-                }
-            })
-            .collect::<DfResult<Vec<ArrayRef>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+        emit_groups(
+            &mut self.accumulators,
+            self.final_output,
+            chosen,
+            &mut columns,
+        )?;
+        batch_of(&self.schema, columns)
     }
+}
+
+/// Each accumulator's output for the groups `chosen` (final values, or the partial state to merge later), appended
+/// to `columns`: the accumulators hold every dense group, only those with rows are kept.
+pub(super) fn emit_groups(
+    accumulators: &mut [Box<dyn GroupsAccumulator>],
+    final_output: bool,
+    chosen: Vec<u64>,
+    columns: &mut Vec<ArrayRef>,
+) -> DfResult<()> {
+    let take_idx = UInt64Array::from(chosen);
+    for acc in accumulators {
+        let arrays = if final_output {
+            vec![acc.evaluate(EmitTo::All)?]
+        } else {
+            acc.state(EmitTo::All)?
+        };
+        for a in arrays {
+            columns.push(take(&a, &take_idx, None)?);
+        }
+    }
+    Ok(())
+}
+
+/// `columns` as a batch of `schema`, each cast to its field's type where it differs: the schema's types (a key cast
+/// back from Int64, an aggregate's declared type) rule.
+pub(super) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> DfResult<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type()).map_err(DataFusionError::from)
+            }
+        })
+        .collect::<DfResult<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// Each aggregate's argument expressions as indices into one list of distinct expressions.

@@ -62,7 +62,9 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::aggregate::{DenseAggregateExec, KeyRange, slices, state_bytes_per_group};
+use super::aggregate::{
+    DenseAggregateExec, KeyRange, batch_of, emit_groups, slices, state_bytes_per_group,
+};
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
@@ -1303,29 +1305,13 @@ impl State {
                 }
             }
         }
-        let take_idx = UInt64Array::from(chosen);
-        for acc in &mut self.accumulators {
-            let arrays = if run.final_output {
-                vec![acc.evaluate(EmitTo::All)?]
-            } else {
-                acc.state(EmitTo::All)?
-            };
-            for a in arrays {
-                columns.push(take(&a, &take_idx, None)?);
-            }
-        }
-        let columns = columns
-            .into_iter()
-            .zip(run.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(DataFusionError::from)
-                }
-            })
-            .collect::<DfResult<Vec<ArrayRef>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(&run.schema), columns)?)
+        emit_groups(
+            &mut self.accumulators,
+            run.final_output,
+            chosen,
+            &mut columns,
+        )?;
+        batch_of(&run.schema, columns)
     }
 }
 

@@ -11,8 +11,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -21,7 +20,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column, Literal, TryCastExpr};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
@@ -41,7 +40,9 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::aggregate::{DenseAggregateExec, KeyRange, group_count, slices, state_bytes_per_group};
+use super::aggregate::{
+    DenseAggregateExec, KeyRange, batch_of, emit_groups, group_count, slices, state_bytes_per_group,
+};
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
@@ -792,32 +793,10 @@ impl State {
                     );
                     columns.push(Arc::new(keys));
                 }
-                // The accumulators hold every dense group: emit them all, keep those with rows.
-                let take_idx = UInt64Array::from(chosen);
-                for acc in &mut accumulators {
-                    let arrays = if self.final_output {
-                        vec![acc.evaluate(EmitTo::All)?]
-                    } else {
-                        acc.state(EmitTo::All)?
-                    };
-                    for a in arrays {
-                        columns.push(take(&a, &take_idx, None)?);
-                    }
-                }
+                emit_groups(&mut accumulators, self.final_output, chosen, &mut columns)?;
             }
         }
-        let columns = columns
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(DataFusionError::from)
-                }
-            })
-            .collect::<DfResult<Vec<ArrayRef>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+        batch_of(&self.schema, columns)
     }
 }
 
