@@ -1,7 +1,7 @@
 //! The one range merger: byte ranges a read needs → the ranges a source asks its medium for, each with the input
 //! ranges it serves. Pure; every source that coalesces (object stores across gaps, remote gzip across the ranges its
-//! decompression runs read) calls it with its own [`Coalesce`] policy. Local files need none: a positional read or a
-//! copy out of a map costs the same whether or not its neighbour is read too.
+//! decompression runs read, local positional reads across gaps below a page) calls it with its own [`Coalesce`]
+//! policy.
 //!
 //! Requests to a store cost a round trip each and bytes cost transfer time, so a store's policy carries a
 //! [`CostModel`]: gaps are read through, smallest first, as long as that lowers the modelled time of the whole read

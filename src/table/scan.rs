@@ -605,30 +605,46 @@ impl VoxelOpener {
     }
 }
 
-/// What `next` takes from `reader` piece by piece, each piece read on a blocking thread; a reader's error names
-/// its file.
+/// What `next` takes from `reader` piece by piece, read ahead on one blocking thread: the next piece is read (a slab
+/// mapped, a gzip run inflated, values decoded) while the consumer works on the current one, and a piece costs a
+/// channel hand-off, not a blocking task of its own. At most [`READ_AHEAD`] pieces wait in the channel, so a
+/// partition holds the consumer's piece, the waiting ones and the one being read. A reader's error names its file.
 fn reader_stream<T: Send + 'static>(
-    reader: SlabReader,
+    mut reader: SlabReader,
     spec: Arc<ScanSpec>,
     next: fn(&mut SlabReader) -> crate::error::Result<Option<T>>,
-) -> impl futures::Stream<Item = DfResult<T>> {
-    futures::stream::try_unfold(reader, move |mut reader| {
-        let spec = Arc::clone(&spec);
-        async move {
-            let (reader, got) = tokio::task::spawn_blocking(move || {
-                let got = next(&mut reader);
-                (reader, got)
-            })
-            .await
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
-            match got {
-                Ok(Some(item)) => Ok(Some((item, reader))),
-                Ok(None) => Ok(None),
+) -> futures::stream::BoxStream<'static, DfResult<T>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let producer = tokio::task::spawn_blocking(move || {
+        loop {
+            let got = match next(&mut reader) {
+                Ok(Some(item)) => Ok(item),
+                Ok(None) => return,
                 Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
+            };
+            let failed = got.is_err();
+            // A dropped consumer (a LIMIT met, a query cancelled) ends the reading.
+            if tx.blocking_send(got).is_err() || failed {
+                return;
             }
         }
+    });
+    futures::stream::unfold((rx, Some(producer)), |(mut rx, mut producer)| async move {
+        if let Some(item) = rx.recv().await {
+            return Some((item, (rx, producer)));
+        }
+        // The reader is done or died: a panic on its thread is an error, not a short result.
+        let ended = producer.take()?.await;
+        match ended {
+            Ok(()) => None,
+            Err(e) => Some((Err(DataFusionError::ExecutionJoin(Box::new(e))), (rx, None))),
+        }
     })
+    .boxed()
 }
+
+/// Pieces a slab reader may have ready ahead of its consumer.
+const READ_AHEAD: usize = 1;
 
 impl FileOpener for VoxelOpener {
     fn open(&self, pf: PartitionedFile) -> DfResult<FileOpenFuture> {
