@@ -26,6 +26,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, Strin
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::Value;
@@ -495,14 +496,35 @@ async fn listed_keys_on_gzip_runs_are_read_forward() {
 const DISTINCT_PEAKS: &str = "i,j,k,name\n\
     1,2,3,a\n0,0,0,b\n5,4,3,\n6,0,0,out\n-1,2,2,neg\n,1,1,nul\n3,3,3,a\n2,4,1,\n4,1,2,c\n";
 
-/// The plan of `sql` after running it, as `EXPLAIN ANALYZE` shows it.
+/// The plan of `sql` after running it, with its metrics, as `EXPLAIN ANALYZE` shows it.
 async fn ran(ctx: &SessionContext, sql: &str) -> (String, Vec<Vec<Cell>>) {
     let plan = common::sql::physical_plan(ctx, sql).await;
     let out = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
     (
-        displayable(plan.as_ref()).indent(true).to_string(),
+        DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+            .to_string(),
         to_rows(&out),
     )
+}
+
+/// The `moment_rows` metric of the fused node in a plan shown with its metrics (0 when absent).
+fn moment_rows(shown: &str) -> f64 {
+    let Some((_, rest)) = shown.split_once("moment_rows=") else {
+        return 0.0;
+    };
+    let figure: String = rest
+        .chars()
+        .take_while(|c| !matches!(c, ',' | ']'))
+        .collect();
+    let (number, unit) = figure.split_once(' ').unwrap_or((figure.as_str(), ""));
+    let scale = match unit {
+        "K" => 1e3,
+        "M" => 1e6,
+        "B" => 1e9,
+        _ => 1.0,
+    };
+    number.parse::<f64>().unwrap_or(0.0) * scale
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,10 +662,24 @@ async fn fused_join_aggregates_equal_datafusions_own() {
         let (shown, rows) = ran(&session(&setup, &[]).await, &sql).await;
         assert_close_rows(&rows, &own, &sql);
         match *expect {
-            "dense" => assert!(
-                shown.contains("JoinAggregateExec: mode=Partial") && shown.contains("build_box="),
-                "{sql}: {shown}"
-            ),
+            "dense" => {
+                assert!(
+                    shown.contains("JoinAggregateExec: mode=Partial")
+                        && shown.contains("build_box="),
+                    "{sql}: {shown}"
+                );
+                // Every aggregate here is one the native moments compute: the kept rows went to them.
+                if !sql.contains("JOIN empty") {
+                    assert!(moment_rows(&shown) > 0.0, "{sql}: {shown}");
+                }
+                // The whole grid as the build side: read as whole planes (mapped, not gathered row by row).
+                if sql.contains("GROUP BY a.value ORDER BY a.value") {
+                    assert!(
+                        shown.contains("read=planes (the box fills them)"),
+                        "{sql}: {shown}"
+                    );
+                }
+            }
             "fallback" => assert!(
                 shown.contains("fallback=(a voxel appears twice"),
                 "{sql}: {shown}"

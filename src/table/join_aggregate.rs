@@ -68,10 +68,11 @@ use super::aggregate::{
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
+use super::moments::{Folded, Run as MomentRun, Stat};
 use super::scan::{ValuePiece, VoxelSource};
 use super::scan_aggregate::{
-    ScanColumn, axis_ranges, on_values, rebased, scan_below, shape_supported, shared_arguments,
-    substitute, voxel_scan,
+    ScanColumn, axis_ranges, moment_stats, on_values, rebased, scan_below, shape_supported,
+    shared_arguments, substitute, voxel_scan,
 };
 use super::schema::{AXIS_NAMES, value_fields};
 use crate::formats::{Compression, Order};
@@ -128,6 +129,9 @@ struct Fused {
     /// The aggregates' arguments over a batch of the scan's value columns.
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     value_schema: SchemaRef,
+    /// Per aggregate, the state the native moments kernel makes for it; `None` when some aggregate is not one it
+    /// computes (DataFusion's accumulators then see every kept row).
+    stats: Option<Vec<Stat>>,
     /// Per scan axis, the largest length any file of the scan has on it.
     grid: Vec<u64>,
     /// Some file is gzip-compressed: its reader decompresses forward from seek points, so a box (or voxel list)
@@ -216,8 +220,10 @@ impl BuildTable {
             self.slot_count.saturating_mul(fused.probe_extent),
             if fused.compressed {
                 ", read=planes (compressed)"
-            } else if self.listed.is_some() {
+            } else if self.listed.is_some() && fused.join_axes.len() > 1 {
                 ", read=listed voxels"
+            } else if fills_planes(fused, self) {
+                ", read=planes (the box fills them)"
             } else {
                 ", read=box"
             }
@@ -416,6 +422,8 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
                 .unwrap_or(0)
         })
         .collect();
+    let value_schema = Arc::new(Schema::new(value_fields(spec.scalar)));
+    let stats = moment_stats(agg, &args, &value_schema);
     Ok(Some(Fused {
         build: Arc::clone(build_plan),
         build_coords,
@@ -428,7 +436,8 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         probe_strides,
         probe_extent,
         args,
-        value_schema: Arc::new(Schema::new(value_fields(spec.scalar))),
+        value_schema,
+        stats,
         grid,
         compressed,
         slowest_join_axis,
@@ -691,6 +700,8 @@ struct Counters {
     build_groups: Count,
     box_voxels: Count,
     fallbacks: Count,
+    /// Rows the native moments kernel took (the rest went through DataFusion's accumulators).
+    moment_rows: Count,
 }
 
 impl ExecutionPlan for JoinAggregateExec {
@@ -733,6 +744,7 @@ impl ExecutionPlan for JoinAggregateExec {
             build_groups: MetricBuilder::new(&self.metrics).counter("build_groups", partition),
             box_voxels: MetricBuilder::new(&self.metrics).counter("build_box_voxels", partition),
             fallbacks: MetricBuilder::new(&self.metrics).counter("fallbacks", partition),
+            moment_rows: MetricBuilder::new(&self.metrics).counter("moment_rows", partition),
         };
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let run = Run {
@@ -809,7 +821,7 @@ impl Run {
         let reservation = MemoryConsumer::new(format!("JoinAggregateExec[{partition}]"))
             .register(context.memory_pool());
         reservation.try_grow(groups.saturating_mul(self.bytes_per_group))?;
-        let mut state = State::new(&self, groups)?;
+        let mut state = State::new(&self, groups, counters.moment_rows.clone())?;
         let (config, source) = scan_parts(self.fused.scan.as_ref())?;
         let mut pieces =
             source.value_pieces_within(config, partition, narrowing(&self.fused, table)?)?;
@@ -1033,9 +1045,14 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
     if table.slot_count == 0 {
         return Ok(vec![lit(false)]);
     }
+    let listed = table
+        .listed
+        .as_ref()
+        .filter(|_| fused.join_axes.len() > 1 && !fused.compressed);
+    let planes = fused.compressed || (listed.is_none() && fills_planes(fused, table));
     let mut out: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
     for (k, &a) in fused.join_axes.iter().enumerate() {
-        if fused.compressed && a != fused.slowest_join_axis {
+        if planes && a != fused.slowest_join_axis {
             continue;
         }
         let range = |op, v: u64| -> Arc<dyn PhysicalExpr> {
@@ -1044,10 +1061,7 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
         out.push(range(Operator::GtEq, table.lo[k]));
         out.push(range(Operator::LtEq, table.hi[k]));
     }
-    if let Some(keys) = &table.listed
-        && fused.join_axes.len() > 1
-        && !fused.compressed
-    {
+    if let Some(keys) = listed {
         let strides = grid_strides(fused);
         let key = fused
             .join_axes
@@ -1082,6 +1096,24 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
     Ok(out)
 }
 
+/// Whether the build's box covers most of each plane across the slowest join axis (a whole-brain atlas): the probe
+/// then reads whole planes, which come straight from a mapped file (contiguous pieces, no copy) where a box's rows
+/// would be gathered one by one, and the rows outside the box cost nothing (no run reaches them).
+fn fills_planes(fused: &Fused, table: &BuildTable) -> bool {
+    let (mut inside, mut plane) = (1u64, 1u64);
+    for (k, &a) in fused.join_axes.iter().enumerate() {
+        if a == fused.slowest_join_axis {
+            continue;
+        }
+        inside = inside.saturating_mul(table.hi[k] - table.lo[k] + 1);
+        plane = plane.saturating_mul(fused.grid.get(a).copied().unwrap_or(1).max(1));
+    }
+    inside.saturating_mul(PLANE_FILL) >= plane
+}
+
+/// A box whose rows cover at least 1/`PLANE_FILL` of each plane is read by whole planes.
+const PLANE_FILL: u64 = 2;
+
 /// One partition's accumulators.
 struct State {
     fused: Arc<Fused>,
@@ -1095,10 +1127,23 @@ struct State {
     unique_args: Vec<Arc<dyn PhysicalExpr>>,
     args: Vec<Vec<usize>>,
     value_schema: SchemaRef,
+    /// The native moments, when every aggregate is one they compute: kept rows go to them in runs of one group.
+    moments: Option<Folded>,
+    moment_runs: Vec<MomentRun>,
+    moment_rows: Count,
+}
+
+/// What [`State::index`] makes of a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// Runs of elements and their groups, for the moments kernel.
+    Runs,
+    /// Every kept element's group and the selection mask, for DataFusion's accumulators.
+    Rows,
 }
 
 impl State {
-    fn new(run: &Run, groups: usize) -> DfResult<Self> {
+    fn new(run: &Run, groups: usize, moment_rows: Count) -> DfResult<Self> {
         let mut seen = Vec::new();
         seen.try_reserve_exact(groups).map_err(|e| {
             DataFusionError::ResourcesExhausted(format!(
@@ -1107,6 +1152,10 @@ impl State {
         })?;
         seen.resize(groups, false);
         let (unique_args, args) = shared_arguments(&run.fused.args);
+        let moments = match (&run.fused.stats, run.fused.value_schema.fields().first()) {
+            (Some(stats), Some(value)) => Folded::new(value.data_type(), stats, groups)?,
+            _ => None,
+        };
         Ok(State {
             fused: Arc::clone(&run.fused),
             accumulators: run
@@ -1122,6 +1171,9 @@ impl State {
             unique_args,
             args,
             value_schema: Arc::clone(&run.fused.value_schema),
+            moments,
+            moment_runs: Vec::new(),
+            moment_rows,
         })
     }
 
@@ -1137,7 +1189,13 @@ impl State {
                 p.values.first().map_or(0, |v| v.len())
             )));
         }
-        let kept = self.index(p, table)?;
+        if self.moments.is_some() {
+            let kept = self.index(p, table, Placed::Runs)?;
+            if kept == 0 || self.add_moments(p, kept)? {
+                return Ok(());
+            }
+        }
+        let kept = self.index(p, table, Placed::Rows)?;
         if kept == 0 {
             return Ok(());
         }
@@ -1158,9 +1216,23 @@ impl State {
         Ok(())
     }
 
-    /// The group of every element of the piece at a voxel with a build row into `indices`, which elements those
-    /// are into `keep` (in runs), marking the groups seen. Returns the number of such elements.
-    fn index(&mut self, p: &ValuePiece, table: &BuildTable) -> DfResult<usize> {
+    /// The piece's kept runs added to the native moments; `false` when the kernel does not read them (floats with
+    /// NaN, say), and DataFusion's accumulators must see the rows.
+    fn add_moments(&mut self, p: &ValuePiece, kept: usize) -> DfResult<bool> {
+        let (Some(m), [values]) = (&mut self.moments, p.values.as_slice()) else {
+            return Ok(false);
+        };
+        let added = m.add(values, &self.moment_runs, kept, &mut self.accumulators)?;
+        if added {
+            self.moment_rows.add(kept);
+        }
+        Ok(added)
+    }
+
+    /// Where the piece's elements at voxels with a build row go, marking their groups seen: as runs of one group
+    /// into `moment_runs` ([`Placed::Runs`]), or each element's group into `indices` and which elements those are
+    /// into `keep` ([`Placed::Rows`]). Returns the number of such elements.
+    fn index(&mut self, p: &ValuePiece, table: &BuildTable, placed: Placed) -> DfResult<usize> {
         let piece = &p.piece;
         let fused_terms = &axis_terms(piece, &self.fused, table)?;
         let fast_to_slow: Vec<usize> = match p.file.layout.order {
@@ -1172,12 +1244,22 @@ impl State {
         let out = &mut self.indices;
         out.clear();
         self.keep.truncate(0);
+        let moment_runs = &mut self.moment_runs;
+        moment_runs.clear();
+        let by_rows = placed == Placed::Rows;
+        let mut kept = 0usize;
         let mut runs = Runs::new(&mut self.keep);
         let Some((&fast, outer)) = fast_to_slow.split_first() else {
             // A 0-d array: one element, at the one voxel.
             return Ok(match slots.first() {
                 Some(&s) if s != NO_SLOT => {
                     out.push(s as usize);
+                    moment_runs.push(MomentRun {
+                        at: 0,
+                        len: 1,
+                        group: s as usize,
+                        step: 0,
+                    });
                     seen[s as usize] = true;
                     1
                 }
@@ -1193,6 +1275,8 @@ impl State {
         let span = piece[fast].clone();
         let mut at = vec![0usize; outer.len()];
         let mut last = usize::MAX;
+        // The piece's element at the start of the current row.
+        let mut row_at = 0usize;
         loop {
             let base_box: usize = outer
                 .iter()
@@ -1206,7 +1290,9 @@ impl State {
                 .sum();
             if by_runs {
                 if base_box >= OUTSIDE {
-                    runs.push_n(false, box_fast.len());
+                    if by_rows {
+                        runs.push_n(false, box_fast.len());
+                    }
                 } else {
                     let mut pos = span.start;
                     for &(start, len, s) in table.rows.row(base_box / row_len) {
@@ -1215,17 +1301,31 @@ impl State {
                         if a >= b {
                             continue;
                         }
-                        runs.push_n(false, (a - pos) as usize);
                         let g = s as usize * extent + base_probe;
                         seen[g] = true;
-                        out.extend(std::iter::repeat_n(g, (b - a) as usize));
-                        runs.push_n(true, (b - a) as usize);
+                        let len = (b - a) as usize;
+                        kept += len;
+                        if by_rows {
+                            runs.push_n(false, (a - pos) as usize);
+                            out.extend(std::iter::repeat_n(g, len));
+                            runs.push_n(true, len);
+                        } else {
+                            let at = row_at + (a - span.start) as usize;
+                            moment_runs.push(MomentRun {
+                                at,
+                                len,
+                                group: g,
+                                step: 0,
+                            });
+                        }
                         pos = b;
                     }
-                    runs.push_n(false, (span.end - pos) as usize);
+                    if by_rows {
+                        runs.push_n(false, (span.end - pos) as usize);
+                    }
                 }
             } else {
-                for (b, q) in box_fast.iter().zip(probe_fast) {
+                for (x, (b, q)) in box_fast.iter().zip(probe_fast).enumerate() {
                     match slots.get(base_box + b) {
                         Some(&s) if s != NO_SLOT => {
                             let g = s as usize * extent + base_probe + q;
@@ -1234,18 +1334,25 @@ impl State {
                                 seen[g] = true;
                                 last = g;
                             }
-                            out.push(g);
-                            runs.push(true);
+                            kept += 1;
+                            if by_rows {
+                                out.push(g);
+                                runs.push(true);
+                            } else {
+                                extend_run(moment_runs, row_at + x, g);
+                            }
                         }
-                        _ => runs.push(false),
+                        _ if by_rows => runs.push(false),
+                        _ => {}
                     }
                 }
             }
+            row_at += box_fast.len();
             let mut k = 0;
             loop {
                 let Some(&a) = outer.get(k) else {
                     runs.finish();
-                    return Ok(out.len());
+                    return Ok(kept);
                 };
                 at[k] += 1;
                 if at[k] < fused_terms[a].0.len() {
@@ -1276,6 +1383,9 @@ impl State {
     }
 
     fn emit(mut self, run: &Run, table: &BuildTable) -> DfResult<RecordBatch> {
+        if let Some(m) = &mut self.moments {
+            m.fold(&mut self.accumulators)?;
+        }
         let chosen: Vec<u64> = self
             .seen
             .iter()
@@ -1313,6 +1423,30 @@ impl State {
         )?;
         batch_of(&run.schema, columns)
     }
+}
+
+/// Element `at` of a piece, in group `g`, appended to `runs`: it extends the last run when it follows it in the same
+/// group (step 0) or the next one (step 1, a probe key on the fast axis).
+fn extend_run(runs: &mut Vec<MomentRun>, at: usize, g: usize) {
+    if let Some(r) = runs.last_mut()
+        && r.at + r.len == at
+    {
+        if r.step == 0 && r.group == g {
+            r.len += 1;
+            return;
+        }
+        if (r.len == 1 || r.step == 1) && r.group + r.len == g {
+            r.step = 1;
+            r.len += 1;
+            return;
+        }
+    }
+    runs.push(MomentRun {
+        at,
+        len: 1,
+        group: g,
+        step: 0,
+    });
 }
 
 /// A selection mask appended in runs (elements at voxels with a build row come in runs along the fast axis).
@@ -1475,6 +1609,7 @@ mod tests {
             probe_extent: 1,
             args: Vec::new(),
             value_schema: Arc::new(Schema::empty()),
+            stats: None,
             grid: vec![5, 4, 3, 7],
             compressed: false,
             slowest_join_axis: 2,

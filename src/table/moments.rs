@@ -1,7 +1,8 @@
 //! Native moments of stored values per group: count, sum, sum of squares, min and max, over the value arrays of a
 //! scan's pieces (zero-copy mapped buffers where the file allows), in loops the compiler vectorises. The scan
-//! aggregate ([`super::scan_aggregate`]) turns them into each DataFusion accumulator's own state and merges that into
-//! DataFusion's accumulators, so final values and emitted partial states stay DataFusion's.
+//! aggregate ([`super::scan_aggregate`]) and the fused atlas join ([`super::join_aggregate`], through [`Folded`]) turn
+//! them into each DataFusion accumulator's own state and merge that into DataFusion's accumulators, so final values
+//! and emitted partial states stay DataFusion's.
 //!
 //! Groups come as runs of a piece's elements ([`Run`]): one group for a whole run (no keys, or keys constant over
 //! it), consecutive groups (a per-voxel map: `sum[g + x] += v[x]`), or groups a fixed step apart (the fallback).
@@ -22,6 +23,7 @@ use datafusion::arrow::datatypes::{
     UInt16Type, UInt32Type, UInt64Type,
 };
 use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::GroupsAccumulator;
 
 /// A run of a piece's elements (`at..at + len`, in storage order) and their groups: element `x` of the run is in
 /// group `group + x × step` (`step` 0: one group for the run; 1: consecutive groups).
@@ -577,6 +579,57 @@ pub fn kernel(ty: &DataType, stats: &[Stat], groups: usize) -> DfResult<Option<B
         DataType::Float32 => make::<f32>(stats, groups),
         DataType::Float64 => make::<f64>(stats, groups),
         _ => Ok(None),
+    }
+}
+
+/// A kernel for the aggregates of a grouped node, folded into their DataFusion `GroupsAccumulator`s: before its
+/// integer sums could overflow and at the end (so emitted states and final values stay DataFusion's).
+pub struct Folded {
+    kernel: Box<dyn Kernel>,
+    /// Per aggregate, the state the moments become.
+    stats: Vec<Stat>,
+    groups: usize,
+}
+
+impl Folded {
+    /// Moments of values of `ty` for `stats` over `groups` groups; `None` for a type the kernel does not read.
+    pub fn new(ty: &DataType, stats: &[Stat], groups: usize) -> DfResult<Option<Folded>> {
+        Ok(kernel(ty, stats, groups.max(1))?.map(|kernel| Folded {
+            kernel,
+            stats: stats.to_vec(),
+            groups,
+        }))
+    }
+
+    /// Add `values` over `runs` (`n` elements in all); `false`, with nothing added, when the kernel does not read
+    /// them (the caller then hands the rows to `accumulators` itself).
+    pub fn add(
+        &mut self,
+        values: &ArrayRef,
+        runs: &[Run],
+        n: usize,
+        accumulators: &mut [Box<dyn GroupsAccumulator>],
+    ) -> DfResult<bool> {
+        if self.kernel.rows().saturating_add(n as u64) > self.kernel.flush_rows() {
+            self.fold(accumulators)?;
+        }
+        Ok(self.kernel.add_piece(values, runs))
+    }
+
+    /// The moments merged into `accumulators` (one per aggregate, in order), then restarted.
+    pub fn fold(&mut self, accumulators: &mut [Box<dyn GroupsAccumulator>]) -> DfResult<()> {
+        let k = &mut self.kernel;
+        if k.rows() == 0 {
+            return Ok(());
+        }
+        let touched = k.touched();
+        if !touched.is_empty() {
+            for (acc, stat) in accumulators.iter_mut().zip(&self.stats) {
+                acc.merge_batch(&k.state(stat, &touched)?, &touched, self.groups)?;
+            }
+        }
+        k.reset();
+        Ok(())
     }
 }
 

@@ -308,7 +308,7 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
 
 /// Per aggregate, the [`Stat`] the moments kernel produces for it; `None` unless every aggregate is one: count, sum,
 /// avg, min, max, var, var_pop, stddev, stddev_pop of the single real value column, with DataFusion's usual state.
-fn moment_stats(
+pub(super) fn moment_stats(
     agg: &AggregateExec,
     args: &[Vec<Arc<dyn PhysicalExpr>>],
     value_schema: &Schema,
