@@ -272,7 +272,7 @@ fn column_bounds(plan: &Arc<dyn ExecutionPlan>, col: usize, depth: usize) -> Opt
         return d.ranges().get(col).map(|r| (r.min, r.max));
     }
     if let Some(s) = plan.downcast_ref::<ScanAggregateExec>() {
-        return s.ranges().get(col).map(|r| (r.min, r.max));
+        return s.key_bounds(col);
     }
     if let Some(a) = plan.downcast_ref::<AggregateExec>() {
         let group_by = a.group_expr();
