@@ -259,7 +259,8 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
         let want = json_rows(&multi["strategies"][strategy]);
         assert_close_rows(&got, &want, &format!("runs × atlas, strategy {strategy}"));
     }
-    // BIDS-named runs: two of sub-01 (lengths differ, one gzipped), one of sub-02, one of sub-03 on a smaller grid.
+    // BIDS-named runs: two of sub-01 (lengths differ, one gzipped), one of sub-02, one of sub-03 on a smaller grid,
+    // and a file that is not BIDS-named (its `sub` NULL, a group of its own).
     let bids = &multi["bids"];
     let setup = [
         create("runs", bids["dir"].as_str().unwrap()),
@@ -269,7 +270,7 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
         "SELECT b.file, a.value AS label, b.t, avg(b.value) FROM runs {JOIN} WHERE a.value > 0 \
          GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t"
     );
-    assert_fused(&setup, &sql, "file@per-file(4 values)").await;
+    assert_fused(&setup, &sql, "file@per-file(5 values)").await;
     let want = json_rows(&bids["by_file"]);
     let got = file_names(answer(&setup, &sql).await);
     assert_close_rows(&got, &want, "BIDS runs × atlas by file");
@@ -278,7 +279,7 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
         "SELECT b.sub, a.value AS label, b.t, avg(CAST(b.value AS DOUBLE)) FROM runs {JOIN} WHERE a.value > 0 \
          GROUP BY b.sub, a.value, b.t ORDER BY b.sub, label, b.t"
     );
-    assert_fused(&setup, &sql, "sub@per-file(3 values)").await;
+    assert_fused(&setup, &sql, "sub@per-file(4 values)").await;
     let got = answer(&setup, &sql).await;
     assert_close_rows(
         &got,
@@ -290,7 +291,7 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
         "SELECT b.file, b.t, avg(b.value) FROM runs {JOIN} WHERE a.value = 2 \
          GROUP BY b.file, b.t ORDER BY b.file, b.t"
     );
-    assert_fused(&setup, &sql, "file@per-file(4 values)").await;
+    assert_fused(&setup, &sql, "file@per-file(5 values)").await;
     let got = file_names(answer(&setup, &sql).await);
     let want: Vec<Vec<Cell>> = want
         .iter()

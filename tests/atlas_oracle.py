@@ -122,7 +122,8 @@ def multi_case(dir_, rng):
 
 def bids_case(dir_, rng, atlas):
     """BIDS-named runs against the multi-run atlas: two runs of sub-01 (one gzipped, lengths differ), one of sub-02,
-    and one of sub-03 on a smaller grid (j < 2: no voxel of region 2's box). Means by numpy over get_fdata:
+    one of sub-03 on a smaller grid (j < 2: no voxel of region 2's box) and one not BIDS-named (its `sub` NULL: a
+    group of its own, last in SQL's ascending order). Means by numpy over get_fdata:
     per file, label and t, and per subject, label and t (the voxels of all the subject's runs having that t)."""
     import os
 
@@ -132,6 +133,7 @@ def bids_case(dir_, rng, atlas):
         ("sub-01", "sub-01_task-rest_run-2_bold.nii.gz", (6, 5, 4, 4)),
         ("sub-02", "sub-02_task-rest_run-1_bold.nii", (6, 5, 4, 2)),
         ("sub-03", "sub-03_task-rest_run-1_bold.nii", (6, 2, 4, 3)),
+        (None, "extra_bold.nii", (6, 5, 4, 2)),
     ]
     by_file, sums = [], {}
     for sub, name, shape in runs:
@@ -144,7 +146,8 @@ def bids_case(dir_, rng, atlas):
                 by_file.append([name, lab, t, float(voxels[:, t].mean())])
                 s, n = sums.get((sub, lab, t), (0.0, 0))
                 sums[(sub, lab, t)] = (s + float(voxels[:, t].sum()), n + voxels.shape[0])
-    by_sub = [[sub[4:], lab, t, s / n] for (sub, lab, t), (s, n) in sorted(sums.items())]
+    order = sorted(sums.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1], kv[0][2]))
+    by_sub = [[sub and sub[4:], lab, t, s / n] for (sub, lab, t), (s, n) in order]
     return {"dir": f"{dir_}/bids/", "by_file": sorted(by_file), "by_sub": by_sub}
 
 
