@@ -255,6 +255,14 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
              WHERE a.value > 0 GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t"
         );
         assert_fused(&setup, &sql, "file@per-file(3 values)").await;
+        if strategy == "mean" {
+            // Once run, EXPLAIN shows the groups and their factors (the atlas has three labels).
+            let (shown, _) = ran(&session(&setup, &[]).await, &sql).await;
+            assert!(
+                shown.contains("groups=file×value×t=3×3×5=45, build_box="),
+                "{shown}"
+            );
+        }
         let got = file_names(answer(&setup, &sql).await);
         let want = json_rows(&multi["strategies"][strategy]);
         assert_close_rows(&got, &want, &format!("runs × atlas, strategy {strategy}"));

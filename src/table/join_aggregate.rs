@@ -216,13 +216,19 @@ impl BuildTable {
             .zip(self.lo.iter().zip(&self.hi))
             .map(|(&a, (lo, hi))| format!("{} {lo}..={hi}", AXIS_NAMES.get(a).unwrap_or(&"?")))
             .collect();
+        // With per-file keys the groups and their factors are shown with the keys.
+        let groups = if fused.file_keys.is_empty() {
+            format!(
+                ", groups={}",
+                self.slot_count.saturating_mul(fused.probe_extent)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "build_box=[{}], build_groups={}, groups={}{}",
+            "build_box=[{}], build_groups={}{groups}{}",
             parts.join(", "),
             self.slot_count,
-            self.slot_count
-                .saturating_mul(fused.probe_extent)
-                .saturating_mul(fused.file_extent),
             if fused.compressed {
                 ", read=planes (compressed)"
             } else if self.listed.is_some() {
@@ -720,7 +726,7 @@ impl DisplayAs for JoinAggregateExec {
             on.join(", ")
         )?;
         if !fused.file_keys.is_empty() {
-            // The shape of the group numbering, the build keys' slots known once collected.
+            // The groups and their factors (the build keys' slots known once collected): `file×label×t=3×100×300`.
             let names: Vec<&str> = self
                 .inner
                 .group_expr()
@@ -728,19 +734,26 @@ impl DisplayAs for JoinAggregateExec {
                 .iter()
                 .map(|(_, name)| name.as_str())
                 .collect();
+            let built = match self.build.get().map(Arc::as_ref) {
+                Some(Build::Dense(t)) => Some(t.slot_count),
+                _ => None,
+            };
             let slots: Vec<String> = fused
                 .keys
                 .iter()
                 .map(|from| match from {
-                    KeyFrom::Build(_) => match self.build.get().map(Arc::as_ref) {
-                        Some(Build::Dense(t)) => t.slot_count.to_string(),
-                        _ => "?".to_string(),
-                    },
+                    KeyFrom::Build(_) => built.map_or("?".to_string(), |s| s.to_string()),
                     KeyFrom::Probe(n) => fused.probe_ranges[*n].slots().unwrap_or(1).to_string(),
                     KeyFrom::File(n) => fused.file_keys[*n].extent().to_string(),
                 })
                 .collect();
-            write!(f, ", keys={}={}", names.join("×"), slots.join("×"))?;
+            write!(f, ", groups={}={}", names.join("×"), slots.join("×"))?;
+            if let Some(s) = built {
+                let total = s
+                    .saturating_mul(fused.probe_extent)
+                    .saturating_mul(fused.file_extent);
+                write!(f, "={total}")?;
+            }
         }
         match self.build.get().map(Arc::as_ref) {
             Some(Build::Dense(t)) => write!(f, ", {}", t.box_text(fused)),
