@@ -426,6 +426,23 @@ async fn multi_file_tables_and_keys_the_scan_does_not_know() {
     )
     .await;
     assert_eq!(rows.1.len(), 4);
+    // `run` is an integer per-file key with exact bounds (NULL too): the final aggregate above is dense.
+    let sql =
+        "SELECT run, t, sum(value) AS s, count(*) AS n FROM bids GROUP BY run, t ORDER BY run, t";
+    let plan = explain(&ctx, sql).await;
+    assert!(
+        plan.contains("ScanAggregateExec: mode=Partial, gby=[run@per-file(3 values), t@[0, 4]]")
+            && plan.contains(
+                "DenseAggregateExec: mode=FinalPartitioned, gby=[run@[1, 2]+null, t@[0, 4]]"
+            ),
+        "{plan}"
+    );
+    let rows = check(&ctx, sql, true).await;
+    assert_eq!(
+        rows.1.len(),
+        4 + 3 + 5,
+        "run 1 (t < 4), run 2 (t < 3), NULL (t < 5)"
+    );
     check(
         &ctx,
         "SELECT task, file, j, min(value) AS m FROM bids GROUP BY task, file, j ORDER BY task, file, j",

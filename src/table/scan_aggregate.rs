@@ -12,9 +12,9 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{cast, max, min, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -217,6 +217,17 @@ impl FileKey {
         self.values.len()
     }
 
+    /// The smallest and largest value of an integer column (`run`, `echo`, …), `None` for other types or when every
+    /// value is NULL: exact bounds of the key's output, for a dense aggregate above.
+    pub(super) fn integer_bounds(&self) -> Option<(i64, i64)> {
+        if !self.values.data_type().is_integer() {
+            return None;
+        }
+        let wide = cast(&self.values, &DataType::Int64).ok()?;
+        let wide = wide.as_primitive::<Int64Type>();
+        Some((min(wide)?, max(wide)?))
+    }
+
     /// The slot of the piece's file.
     pub(super) fn slot(&self, p: &ValuePiece) -> DfResult<usize> {
         match self.slots.get(p.file_index) {
@@ -399,11 +410,12 @@ impl ScanAggregateExec {
         &self.inner
     }
 
-    /// The bounds of output column `col` when it is a coordinate key (`None` for a per-file key or an aggregate).
+    /// The bounds of output column `col` when it is a coordinate key or an integer per-file key (`None` for other
+    /// per-file keys and aggregates).
     pub fn key_bounds(&self, col: usize) -> Option<(i64, i64)> {
         match self.keys.get(col)? {
             KeyOf::Axis(n) => self.ranges.get(*n).map(|r| (r.min, r.max)),
-            KeyOf::File(_) => None,
+            KeyOf::File(n) => self.file_keys.get(*n)?.integer_bounds(),
         }
     }
 
