@@ -6,7 +6,9 @@
 //!   random runs (dtypes, scaling, `.nii.gz`) and atlases written by `tests/atlas_oracle.py`.
 //! - `NiftiMasker(mask).fit_transform(run)` equals the mask join's values `ORDER BY t, i, j, k` (nilearn's voxel order
 //!   is C order of (i, j, k) within each volume).
-//! - `GROUP BY file, label, t` over several runs against one atlas equals nilearn per run.
+//! - `GROUP BY file, label, t` over several runs against one atlas equals nilearn per run, for every strategy (one
+//!   fused pass, `file` a per-file key); over BIDS-named runs (lengths differ, a `.nii.gz` among `.nii`, a run on a
+//!   smaller grid) `GROUP BY file, …` and `GROUP BY sub, …` (a subject's runs one group) equal numpy.
 //! - Joins with a CSV table of coordinates (NULLs, duplicates, keys outside the grid, INT keys cast to BIGINT, empty
 //!   build sides; inner, semi and anti) give what DataFusion's own join gives over a copy of the voxels in memory.
 //! - The one-region join reads no more than the region's bounding box (the hash join's dynamic filter).
@@ -243,22 +245,106 @@ async fn runs_against_one_atlas_equal_nilearn_per_run() {
     let dir = tempfile::tempdir().unwrap();
     let answers = oracle(dir.path(), 5, 0);
     let multi = &answers["multi"];
+    let atlas = multi["atlas"].as_str().unwrap();
     let setup = [
         create("runs", multi["runs"].as_str().unwrap()),
-        create("atlas", multi["atlas"].as_str().unwrap()),
+        create("atlas", atlas),
+    ];
+    for (strategy, agg) in STRATEGIES {
+        let sql = format!(
+            "SELECT b.file, a.value AS label, b.t, {agg}(CAST(b.value AS DOUBLE)) FROM runs {JOIN} \
+             WHERE a.value > 0 GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t"
+        );
+        assert_fused(&setup, &sql, "file@per-file(3 values)").await;
+        if strategy == "mean" {
+            // Once run, EXPLAIN shows the groups and their factors (the atlas has three labels).
+            let (shown, _) = ran(&session(&setup, &[]).await, &sql).await;
+            assert!(
+                shown.contains("groups=file×value×t=3×3×5=45, build_box="),
+                "{shown}"
+            );
+        }
+        let got = file_names(answer(&setup, &sql).await);
+        let want = json_rows(&multi["strategies"][strategy]);
+        assert_close_rows(&got, &want, &format!("runs × atlas, strategy {strategy}"));
+    }
+    // BIDS-named runs: two of sub-01 (lengths differ, one gzipped), one of sub-02, one of sub-03 on a smaller grid,
+    // and a file that is not BIDS-named (its `sub` NULL, a group of its own).
+    let bids = &multi["bids"];
+    let setup = [
+        create("runs", bids["dir"].as_str().unwrap()),
+        create("atlas", atlas),
     ];
     let sql = format!(
         "SELECT b.file, a.value AS label, b.t, avg(b.value) FROM runs {JOIN} WHERE a.value > 0 \
          GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t"
     );
-    let mut got = answer(&setup, &sql).await;
-    // `file` is the path as matched: compare its name.
-    for row in &mut got {
-        if let Cell::Text(path) = &row[0] {
-            row[0] = Cell::Text(path.rsplit('/').next().unwrap().to_string());
+    assert_fused(&setup, &sql, "file@per-file(5 values)").await;
+    let want = json_rows(&bids["by_file"]);
+    let got = file_names(answer(&setup, &sql).await);
+    assert_close_rows(&got, &want, "BIDS runs × atlas by file");
+    // Two runs of one subject are one group: their voxels at each t averaged together.
+    let sql = format!(
+        "SELECT b.sub, a.value AS label, b.t, avg(CAST(b.value AS DOUBLE)) FROM runs {JOIN} WHERE a.value > 0 \
+         GROUP BY b.sub, a.value, b.t ORDER BY b.sub, label, b.t"
+    );
+    assert_fused(&setup, &sql, "sub@per-file(4 values)").await;
+    let got = answer(&setup, &sql).await;
+    assert_close_rows(
+        &got,
+        &json_rows(&bids["by_sub"]),
+        "BIDS runs × atlas by subject",
+    );
+    // One region: sub-03's grid has no voxel in its box, so no group of it.
+    let sql = format!(
+        "SELECT b.file, b.t, avg(b.value) FROM runs {JOIN} WHERE a.value = 2 \
+         GROUP BY b.file, b.t ORDER BY b.file, b.t"
+    );
+    assert_fused(&setup, &sql, "file@per-file(5 values)").await;
+    let got = file_names(answer(&setup, &sql).await);
+    let want: Vec<Vec<Cell>> = want
+        .iter()
+        .filter(|r| r[1] == Cell::Num(2.0))
+        .map(|r| vec![r[0].clone(), r[2].clone(), r[3].clone()])
+        .collect();
+    assert!(
+        !want.is_empty()
+            && !want
+                .iter()
+                .any(|r| r[0] == Cell::Text("sub-03_task-rest_run-1_bold.nii".into())),
+        "{want:?}"
+    );
+    assert_close_rows(&got, &want, "BIDS runs × region 2");
+}
+
+/// `file` is the path as matched: its name, for comparing with the oracle's.
+fn file_names(mut rows: Vec<Vec<Cell>>) -> Vec<Vec<Cell>> {
+    for row in &mut rows {
+        for c in row.iter_mut() {
+            if let Cell::Text(path) = c
+                && path.contains('/')
+            {
+                *c = Cell::Text(path.rsplit('/').next().unwrap().to_string());
+            }
         }
     }
-    assert_close_rows(&got, &json_rows(&multi["rows"]), "runs × atlas");
+    rows
+}
+
+/// `sql` is one fused join-aggregate pass with the per-file key `key` (EXPLAIN shows it), and a hash join without
+/// `voxelscan.fused_joins`.
+async fn assert_fused(setup: &[String], sql: &str, key: &str) {
+    let ctx = session(setup, &[]).await;
+    let plan = common::sql::physical_plan(&ctx, sql).await;
+    let shown = displayable(plan.as_ref()).indent(true).to_string();
+    assert!(
+        shown.contains("JoinAggregateExec: mode=Partial") && shown.contains(key),
+        "{sql}: {shown}"
+    );
+    let ctx = session(setup, &["SET voxelscan.fused_joins = false"]).await;
+    let plan = common::sql::physical_plan(&ctx, sql).await;
+    let shown = displayable(plan.as_ref()).indent(true).to_string();
+    assert!(!shown.contains("JoinAggregateExec"), "{sql}: {shown}");
 }
 
 /// Coordinates with NULLs, duplicates and keys outside the 6×5×4 grid, as INT (cast to BIGINT by the join).
@@ -627,7 +713,7 @@ async fn fused_join_aggregates_equal_datafusions_own() {
             ),
             "dense",
         ),
-        // Several runs against one atlas: without `file` keys the runs' rows add up; `file` keys are not fused.
+        // Several runs against one atlas: without `file` keys the runs' rows add up; with them, one group each.
         (
             format!(
                 "SELECT a.value AS label, b.t, avg(b.value), count(*) FROM {{R}} b JOIN {{A}} a ON {} \
@@ -640,6 +726,15 @@ async fn fused_join_aggregates_equal_datafusions_own() {
             format!(
                 "SELECT b.file, a.value AS label, b.t, sum(b.value) FROM {{R}} b JOIN {{A}} a ON {} \
                  WHERE a.value > 0 GROUP BY b.file, a.value, b.t ORDER BY b.file, label, b.t",
+                on("a")
+            ),
+            "dense",
+        ),
+        // An expression over `file` is not a per-file key: DataFusion's join and aggregate.
+        (
+            format!(
+                "SELECT upper(b.file) AS f, a.value AS label, count(*) FROM {{R}} b JOIN {{A}} a ON {} \
+                 WHERE a.value > 0 GROUP BY upper(b.file), a.value ORDER BY f, label",
                 on("a")
             ),
             "absent",

@@ -104,12 +104,51 @@ def multi_case(dir_, rng):
     atlas_img = nib.load(atlas_path)
     labels = present_labels(atlas)
     out = []
+    per_strategy = {s: [] for s in STRATEGIES}
     for r, t in enumerate([3, 5, 2]):
         path = f"{dir_}/runs/sub-{r + 1:02d}_bold.nii"
         img = write_run(path, random_data(rng, shape + (t,), "int16"), rng, "int16")
-        series = NiftiLabelsMasker(atlas_img, strategy="mean").fit_transform(img)
-        out += [[f"sub-{r + 1:02d}_bold.nii"] + row for row in rows(labels, series)]
-    return {"atlas": atlas_path, "runs": f"{dir_}/runs/", "rows": out}
+        for s, series in labels_answers(atlas_img, img).items():
+            per_strategy[s] += [[f"sub-{r + 1:02d}_bold.nii"] + row for row in rows(labels, series)]
+        out = per_strategy["mean"]
+    return {
+        "atlas": atlas_path,
+        "runs": f"{dir_}/runs/",
+        "rows": out,
+        "strategies": per_strategy,
+        "bids": bids_case(dir_, rng, atlas),
+    }
+
+
+def bids_case(dir_, rng, atlas):
+    """BIDS-named runs against the multi-run atlas: two runs of sub-01 (one gzipped, lengths differ), one of sub-02,
+    one of sub-03 on a smaller grid (j < 2: no voxel of region 2's box) and one not BIDS-named (its `sub` NULL: a
+    group of its own, last in SQL's ascending order). Means by numpy over get_fdata:
+    per file, label and t, and per subject, label and t (the voxels of all the subject's runs having that t)."""
+    import os
+
+    os.makedirs(f"{dir_}/bids", exist_ok=True)
+    runs = [
+        ("sub-01", "sub-01_task-rest_run-1_bold.nii", (6, 5, 4, 3)),
+        ("sub-01", "sub-01_task-rest_run-2_bold.nii.gz", (6, 5, 4, 4)),
+        ("sub-02", "sub-02_task-rest_run-1_bold.nii", (6, 5, 4, 2)),
+        ("sub-03", "sub-03_task-rest_run-1_bold.nii", (6, 2, 4, 3)),
+        (None, "extra_bold.nii", (6, 5, 4, 2)),
+    ]
+    by_file, sums = [], {}
+    for sub, name, shape in runs:
+        img = write_run(f"{dir_}/bids/{name}", random_data(rng, shape, "int16"), rng, "int16")
+        data = img.get_fdata()
+        labels_here = atlas[: shape[0], : shape[1], : shape[2]]
+        for lab in present_labels(labels_here):
+            voxels = data[labels_here == lab]
+            for t in range(shape[3]):
+                by_file.append([name, lab, t, float(voxels[:, t].mean())])
+                s, n = sums.get((sub, lab, t), (0.0, 0))
+                sums[(sub, lab, t)] = (s + float(voxels[:, t].sum()), n + voxels.shape[0])
+    order = sorted(sums.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1], kv[0][2]))
+    by_sub = [[sub and sub[4:], lab, t, s / n] for (sub, lab, t), (s, n) in order]
+    return {"dir": f"{dir_}/bids/", "by_file": sorted(by_file), "by_sub": by_sub}
 
 
 def main():

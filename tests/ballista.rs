@@ -493,14 +493,28 @@ async fn a_two_executor_cluster_gives_the_local_answers() {
     assert!(scans.iter().all(|t| t.job == scans[0].job));
 
     // GROUP BY file, t: `file` crosses the hash shuffle. Scan tasks and shuffle-reading tasks ran on both
-    // executors, so some of the final stage's input came from the other executor over Arrow Flight.
-    cluster.take_seen();
-    assert_eq!(
-        must(&ctx, FILE_T_AVG).await,
-        want[BIG_QUERIES.len() - 1],
-        "{FILE_T_AVG}"
+    // executors, so some of the final stage's input came from the other executor over Arrow Flight. `file` is a
+    // per-file key: every scanning task aggregated in its scan, and the answer is DataFusion's own (nodes off).
+    let plain = session_context(SessionConfig::new().with_target_partitions(4));
+    must(&plain, "SET voxelscan.scan_aggregates = false").await;
+    must(&plain, "SET voxelscan.dense_aggregates = false").await;
+    register_big(&plain, &runs).await;
+    let own = must(&plain, FILE_T_AVG).await;
+    assert!(
+        !must(&plain, &format!("EXPLAIN {FILE_T_AVG}"))
+            .await
+            .contains("ScanAggregateExec")
     );
+    assert_eq!(own, want[BIG_QUERIES.len() - 1], "{FILE_T_AVG}: nodes off");
+    cluster.take_seen();
+    assert_eq!(must(&ctx, FILE_T_AVG).await, own, "{FILE_T_AVG}");
     let seen = cluster.take_seen();
+    assert!(
+        seen.iter()
+            .filter(|t| t.scan_partitions > 0)
+            .all(|t| t.scan_aggregates > 0),
+        "{FILE_T_AVG}: aggregated in every scanning task: {seen:?}"
+    );
     let ran = |e: &str, scan: bool| {
         seen.iter()
             .any(|t| t.executor == e && (t.scan_partitions > 0) == scan)
@@ -689,6 +703,15 @@ async fn atlas_joins_on_two_executors_one_partition_per_task() {
     cluster.scheduler.abort();
 }
 
+async fn register_runs(ctx: &SessionContext, dir: &Path) {
+    let location = dir.join("runs").display().to_string();
+    must(
+        ctx,
+        &format!("CREATE EXTERNAL TABLE runs STORED AS NIFTI LOCATION '{location}/'"),
+    )
+    .await;
+}
+
 /// The fused join-aggregate (`JoinAggregateExec`, put into each probe stage by the executors) on two executors with
 /// one partition per task: the exact local answers of DataFusion's own join and aggregate, with the node on and off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
@@ -698,12 +721,25 @@ async fn fused_join_aggregates_on_two_executors() {
     label_image(&dir.path().join("atlas.nii"), [48, 40, 16], |i, j, k| {
         ((i * 7 + j * 3 + k) % 13) as i16
     });
+    // Several runs of different lengths against the one atlas.
+    std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+    for (n, t) in [40, 24, 32].into_iter().enumerate() {
+        let path = dir.path().join(format!("runs/sub-{n:02}_bold.nii"));
+        pattern_image(&path, [48, 40, 16, t], 5 + n);
+    }
     let queries = [
         ATLAS_QUERIES[0],
         ATLAS_QUERIES[1],
         "SELECT a.value % 3 AS g, b.k, sum(b.value) AS s, count(*) AS n, min(b.value) AS lo FROM bold b \
          JOIN atlas a ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value > 2 \
          GROUP BY a.value % 3, b.k ORDER BY g, b.k",
+        // `file` and `sub` are per-file keys of the probe scan: still one fused pass.
+        "SELECT b.file, a.value AS label, b.t, avg(b.value) AS mean, count(*) AS n FROM runs b JOIN atlas a \
+         ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value > 0 GROUP BY b.file, a.value, b.t \
+         ORDER BY b.file, label, b.t",
+        "SELECT b.t, b.sub, a.value AS label, sum(b.value) AS s FROM runs b JOIN atlas a \
+         ON b.i = a.i AND b.j = a.j AND b.k = a.k WHERE a.value BETWEEN 2 AND 5 GROUP BY b.t, b.sub, a.value \
+         ORDER BY b.t, b.sub, label",
     ];
     let local = session_context(SessionConfig::new().with_target_partitions(4));
     for off in [
@@ -715,10 +751,16 @@ async fn fused_join_aggregates_on_two_executors() {
         must(&local, &format!("SET voxelscan.{off} = false")).await;
     }
     register_atlas(&local, dir.path()).await;
+    register_runs(&local, dir.path()).await;
     let mut want = Vec::new();
     for q in queries {
         want.push(must(&local, q).await);
     }
+    assert!(
+        want[3].contains("sub-02_bold.nii | 12    | 31 |"),
+        "{}",
+        want[3]
+    );
     let cluster = start_cluster(dir.path(), 2, 2).await;
     for fused in [true, false] {
         let config = SessionConfig::new_with_ballista()
@@ -727,6 +769,7 @@ async fn fused_join_aggregates_on_two_executors() {
         let ctx = client(&cluster.url, config).await;
         must(&ctx, &format!("SET voxelscan.fused_joins = {fused}")).await;
         register_atlas(&ctx, dir.path()).await;
+        register_runs(&ctx, dir.path()).await;
         for (q, want) in queries.iter().zip(&want) {
             cluster.take_seen();
             assert_eq!(&must(&ctx, q).await, want, "{q} (fused_joins = {fused})");

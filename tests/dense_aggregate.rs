@@ -380,14 +380,32 @@ async fn wide_label_keys_are_mapped_and_agree() {
 async fn multi_file_tables_group_by_file_and_t() {
     let dir = tempdir("dense_multi");
     let ctx = context(dir.path(), 2).await;
-    // The text key `file` has no integer range: DataFusion's aggregate.
-    let n = check(
-        &ctx,
-        "SELECT file, t, avg(value) AS a, count(*) AS n FROM many GROUP BY file, t ORDER BY file, t",
-        false,
-    )
-    .await;
+    // The text key `file` has no integer range: no dense node...
+    let by_file = "SELECT file, t, avg(value) AS a, count(*) AS n FROM many GROUP BY file, t ORDER BY file, t";
+    let n = check(&ctx, by_file, false).await;
     assert_eq!(n, 4 + 5 + 6);
+    // ...but it is a per-file key, which the scan aggregate groups by: the same answer as DataFusion's aggregate.
+    run(&ctx, "SET voxelscan.scan_aggregates = true").await;
+    let plan = explain(&ctx, by_file).await;
+    assert!(
+        plan.contains("ScanAggregateExec") && plan.contains("file@per-file(3 values)"),
+        "{plan}"
+    );
+    let in_scan = cells(&run(&ctx, by_file).await);
+    run(&ctx, "SET voxelscan.scan_aggregates = false").await;
+    set_dense(&ctx, false).await;
+    let plan = explain(&ctx, by_file).await;
+    assert!(!plan.contains("ScanAggregateExec"), "{plan}");
+    let hashed = cells(&run(&ctx, by_file).await);
+    set_dense(&ctx, true).await;
+    assert_eq!(in_scan.0, hashed.0);
+    assert_eq!(in_scan.1.len(), hashed.1.len());
+    for (a, b) in in_scan.1.iter().zip(&hashed.1) {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| same_cell(x, y)),
+            "{a:?} vs {b:?}"
+        );
+    }
     let n = check(
         &ctx,
         "SELECT t, avg(value) AS a, count(*) AS n, min(file) AS f FROM many GROUP BY t ORDER BY t",

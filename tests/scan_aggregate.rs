@@ -99,6 +99,32 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
             )
             .unwrap();
         }
+        // BIDS-named runs of different lengths (two of one subject, one gzipped) and a file that is not BIDS-named
+        // (its entities NULL).
+        std::fs::create_dir_all(p("bids")).unwrap();
+        for (s, name) in [
+            "sub-01_task-rest_run-1_bold.nii",
+            "sub-01_task-rest_run-2_bold.nii.gz",
+            "sub-02_task-rest_run-1_bold.nii",
+            "extra.nii",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let shape = [5, 4, 3, 2 + s];
+            let data = random_i16_le(shape.iter().product(), 21 + s as u64, -50, 900);
+            let gz = name.ends_with(".gz");
+            write_nifti1(
+                &p(&format!("bids/{name}")),
+                &shape,
+                native,
+                1.0,
+                0.0,
+                &data,
+                gz,
+            )
+            .unwrap();
+        }
     }
     let ctx = session_context(SessionConfig::new().with_target_partitions(partitions));
     let none = HashMap::new();
@@ -112,9 +138,12 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
         ("f32", "f32.nii"),
         ("c", "c.npy"),
         ("runs", "runs"),
+        ("bids", "bids"),
     ] {
         register_voxels(&ctx, table, &path(file), &none).unwrap();
     }
+    let world = HashMap::from([("world".to_string(), "true".to_string())]);
+    register_voxels(&ctx, "runs_mm", &path("runs"), &world).unwrap();
     let unscaled = HashMap::from([("scaling".to_string(), "false".to_string())]);
     register_voxels(&ctx, "stored", &path("scaled.nii"), &unscaled).unwrap();
     ctx
@@ -330,14 +359,121 @@ async fn filters_decide_whether_the_scan_aggregates() {
 async fn multi_file_tables_and_keys_the_scan_does_not_know() {
     let dir = tempdir("scanagg_multi");
     let ctx = context(dir.path(), 2).await;
-    // `file` is not a coordinate: DataFusion's (or the dense) aggregate.
+    // `file` is a per-file key: grouped in the scan, alone or among coordinates, in any order.
     let rows = check(
         &ctx,
         "SELECT file, t, avg(value) AS a, count(*) AS n FROM runs GROUP BY file, t ORDER BY file, t",
-        false,
+        true,
     )
     .await;
     assert_eq!(rows.1.len(), 3 + 4 + 5);
+    let rows = check(
+        &ctx,
+        "SELECT file, count(*) AS n, sum(value) AS s, stddev(value) AS sd FROM runs GROUP BY file ORDER BY file",
+        true,
+    )
+    .await;
+    assert_eq!(rows.1.len(), 3);
+    check(
+        &ctx,
+        "SELECT k, file, i, max(value) AS m, median(value) AS med FROM runs GROUP BY k, file, i \
+         ORDER BY k, file, i",
+        true,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT t, file, avg(value) AS a FROM runs WHERE t >= 1 AND (file LIKE '%r1%' OR file LIKE '%r2%') \
+         GROUP BY t, file ORDER BY t, file",
+        true,
+    )
+    .await;
+    // EXPLAIN shows the per-file key and the shape of the groups.
+    let plan = explain(
+        &ctx,
+        "SELECT file, t, avg(value) AS a FROM runs GROUP BY file, t",
+    )
+    .await;
+    assert!(
+        plan.contains("gby=[file@per-file(3 values), t@[0, 4]]")
+            && plan.contains("groups=file×t=3×5=15"),
+        "{plan}"
+    );
+    // One partition: the node's Single mode.
+    let one = context(dir.path(), 1).await;
+    for sql in [
+        "SELECT file, t, avg(value) AS a, count(*) AS n FROM runs GROUP BY file, t ORDER BY file, t",
+        "SELECT sub, run, var_pop(value) AS v FROM bids GROUP BY sub, run ORDER BY sub, run",
+    ] {
+        check(&one, sql, true).await;
+    }
+    // BIDS keys: two runs of one subject are one group; a file that is not BIDS-named is the NULL group.
+    let rows = check(
+        &ctx,
+        "SELECT sub, t, avg(value) AS a, count(*) AS n FROM bids GROUP BY sub, t ORDER BY sub, t",
+        true,
+    )
+    .await;
+    assert_eq!(
+        rows.1.len(),
+        3 + 4 + 5,
+        "sub-01 (t < 3), sub-02 (t < 4), NULL (t < 5)"
+    );
+    let rows = check(
+        &ctx,
+        "SELECT run, sub, count(*) AS n, avg(value) AS a FROM bids GROUP BY run, sub ORDER BY run, sub",
+        true,
+    )
+    .await;
+    assert_eq!(rows.1.len(), 4);
+    // `run` is an integer per-file key with exact bounds (NULL too): the final aggregate above is dense.
+    let sql =
+        "SELECT run, t, sum(value) AS s, count(*) AS n FROM bids GROUP BY run, t ORDER BY run, t";
+    let plan = explain(&ctx, sql).await;
+    assert!(
+        plan.contains("ScanAggregateExec: mode=Partial, gby=[run@per-file(3 values), t@[0, 4]]")
+            && plan.contains(
+                "DenseAggregateExec: mode=FinalPartitioned, gby=[run@[1, 2]+null, t@[0, 4]]"
+            ),
+        "{plan}"
+    );
+    let rows = check(&ctx, sql, true).await;
+    assert_eq!(
+        rows.1.len(),
+        4 + 3 + 5,
+        "run 1 (t < 4), run 2 (t < 3), NULL (t < 5)"
+    );
+    check(
+        &ctx,
+        "SELECT task, file, j, min(value) AS m FROM bids GROUP BY task, file, j ORDER BY task, file, j",
+        true,
+    )
+    .await;
+    // Per-file world columns are keys too; millimetre columns and expressions over `file` are not.
+    check(
+        &ctx,
+        "SELECT world_space, tr, t, avg(value) AS a FROM runs_mm GROUP BY world_space, tr, t ORDER BY t",
+        true,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT x, avg(value) AS a FROM runs_mm GROUP BY x ORDER BY x",
+        false,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT upper(file) AS f, t, avg(value) AS a FROM runs GROUP BY upper(file), t ORDER BY f, t",
+        false,
+    )
+    .await;
+    check(
+        &ctx,
+        "SELECT length(file) AS f, avg(value) AS a FROM runs GROUP BY length(file) ORDER BY f",
+        false,
+    )
+    .await;
     // Coordinates over files of different lengths: the union of their ranges.
     let rows = check(
         &ctx,

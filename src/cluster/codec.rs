@@ -788,6 +788,10 @@ mod tests {
              ORDER BY v, b.t",
             "SELECT b.k, count(*), sum(b.value) FROM a b JOIN a_raw r \
              ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 1 GROUP BY b.k ORDER BY b.k",
+            // Per-file keys of a multi-file probe (runs of different grids and lengths, one gzipped).
+            "SELECT b.file, r.value AS v, b.t, sum(b.value), count(*) FROM runs b JOIN a_raw r \
+             ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 0 AND r.value > 40 \
+             GROUP BY b.file, r.value, b.t ORDER BY b.file, v, b.t",
         ] {
             let plan = ctx
                 .sql(sql)
@@ -849,6 +853,9 @@ mod tests {
             "SELECT i, j, k, sum(value), min(value) FROM a_raw GROUP BY i, j, k ORDER BY i, j, k",
             "SELECT k, count(value), sum(value * 2) FROM a_raw WHERE t > 2 GROUP BY k ORDER BY k",
             "SELECT count(*), min(value), max(value), sum(value), avg(value) FROM a_raw",
+            // Per-file keys, alone and among coordinates.
+            "SELECT file, count(*), sum(value) FROM runs GROUP BY file ORDER BY file",
+            "SELECT k, file, t, avg(value), max(value) FROM runs GROUP BY k, file, t ORDER BY k, file, t",
         ] {
             let plan = ctx
                 .sql(sql)

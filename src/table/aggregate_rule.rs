@@ -5,7 +5,8 @@
 //! - through projections, filters, repartitions, coalesces, sorts, limits and hash joins (their output values of a
 //!   column are a subset of an input's) to a node with **exact** statistics for it: a voxel scan's coordinates,
 //!   another dense aggregate's keys, any source with exact min/max (a join's own output statistics are estimates,
-//!   so the walk goes through the join to its inputs);
+//!   so the walk goes through the join to its inputs); an integer per-file column of a voxel scan (`run`, `echo`)
+//!   by its values over the files the scan reads;
 //! - integer casts of such a column keep the range when it fits the target type;
 //! - otherwise, for 8- and 16-bit integer keys (label images), the type's whole range: its slots are few enough.
 //!
@@ -42,7 +43,7 @@ use super::aggregate::{
     DenseAggregateExec, KeyRange, MAX_MAPPED_SLOTS, block_count, state_bytes_per_group,
 };
 use super::config::VoxelscanOptions;
-use super::scan_aggregate::ScanAggregateExec;
+use super::scan_aggregate::{FileKey, ScanAggregateExec, ScanColumn, voxel_scan};
 
 /// At most this many dense groups per node (DuckDB's perfect hash aggregate stops at a similar size).
 pub const MAX_GROUPS: u64 = 1 << 24;
@@ -272,7 +273,7 @@ fn column_bounds(plan: &Arc<dyn ExecutionPlan>, col: usize, depth: usize) -> Opt
         return d.ranges().get(col).map(|r| (r.min, r.max));
     }
     if let Some(s) = plan.downcast_ref::<ScanAggregateExec>() {
-        return s.ranges().get(col).map(|r| (r.min, r.max));
+        return s.key_bounds(col);
     }
     if let Some(a) = plan.downcast_ref::<AggregateExec>() {
         let group_by = a.group_expr();
@@ -299,7 +300,17 @@ fn column_bounds(plan: &Arc<dyn ExecutionPlan>, col: usize, depth: usize) -> Opt
         let child = plan.children().into_iter().next()?;
         return column_bounds(child, col, depth + 1);
     }
-    exact_statistics(plan, col)
+    per_file_bounds(plan, col).or_else(|| exact_statistics(plan, col))
+}
+
+/// Bounds of an integer per-file column of a voxel scan (`run`, `echo`, …): the smallest and largest value over the
+/// files it reads.
+fn per_file_bounds(plan: &Arc<dyn ExecutionPlan>, col: usize) -> Option<(i64, i64)> {
+    let (config, source, columns) = voxel_scan(plan.as_ref())?;
+    let ScanColumn::PerFile(c) = columns.get(col)? else {
+        return None;
+    };
+    FileKey::new(config, source, *c).ok()??.integer_bounds()
 }
 
 /// Nodes whose output rows are (a subset of) their single input's, columns unchanged.

@@ -71,8 +71,8 @@ use super::layout::piece_len;
 use super::moments::{Folded, Run as MomentRun, Stat};
 use super::scan::{ValuePiece, VoxelSource};
 use super::scan_aggregate::{
-    ScanColumn, axis_ranges, moment_stats, on_values, rebased, scan_below, shape_supported,
-    shared_arguments, substitute, voxel_scan,
+    FileKey, ScanColumn, axis_ranges, moment_stats, on_values, per_file_text, rebased, scan_below,
+    shape_supported, shared_arguments, substitute, voxel_scan,
 };
 use super::schema::{AXIS_NAMES, value_fields};
 use crate::formats::{Compression, Order};
@@ -103,6 +103,8 @@ enum KeyFrom {
     Build(usize),
     /// The n-th probe-side key (a coordinate of the scan).
     Probe(usize),
+    /// The n-th per-file key of the probe scan (`file`, BIDS entities, …).
+    File(usize),
 }
 
 /// What the rule found below the aggregate: everything the node needs besides the aggregate itself.
@@ -126,6 +128,11 @@ struct Fused {
     probe_strides: Vec<usize>,
     /// Combinations of the probe-side keys (1 without any).
     probe_extent: usize,
+    /// Per-file keys of the probe scan, their strides among their combinations and the number of combinations
+    /// (1 without any): the slowest part of a group's index, `combination × build slots × probe_extent`.
+    file_keys: Vec<FileKey>,
+    file_strides: Vec<usize>,
+    file_extent: usize,
     /// The aggregates' arguments over a batch of the scan's value columns.
     args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     value_schema: SchemaRef,
@@ -213,11 +220,19 @@ impl BuildTable {
             .zip(self.lo.iter().zip(&self.hi))
             .map(|(&a, (lo, hi))| format!("{} {lo}..={hi}", AXIS_NAMES.get(a).unwrap_or(&"?")))
             .collect();
+        // With per-file keys the groups and their factors are shown with the keys.
+        let groups = if fused.file_keys.is_empty() {
+            format!(
+                ", groups={}",
+                self.slot_count.saturating_mul(fused.probe_extent)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "build_box=[{}], build_groups={}, groups={}{}",
+            "build_box=[{}], build_groups={}{groups}{}",
             parts.join(", "),
             self.slot_count,
-            self.slot_count.saturating_mul(fused.probe_extent),
             if fused.compressed {
                 ", read=planes (compressed)"
             } else if self.listed.is_some() && fused.join_axes.len() > 1 {
@@ -350,19 +365,37 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
     let mut keys = Vec::new();
     let mut build_keys = Vec::new();
     let mut probe_axes = Vec::new();
+    let mut file_keys = Vec::new();
     for (e, _) in agg.group_expr().expr() {
         match to_side(e)? {
             Some((side, e)) if side != probe_side && side != JoinSide::None => {
                 keys.push(KeyFrom::Build(build_keys.len()));
                 build_keys.push(e);
             }
-            Some((side, e)) if side == probe_side => match probe_axis(&e)? {
-                Some(a) => {
+            Some((side, e)) if side == probe_side => {
+                if let Some(a) = probe_axis(&e)? {
                     keys.push(KeyFrom::Probe(probe_axes.len()));
                     probe_axes.push(a);
+                    continue;
                 }
-                None => return Ok(None),
-            },
+                let over_scan = probe_projections
+                    .iter()
+                    .try_fold(e, |e, p| substitute(&e, p))?;
+                let per_file = match over_scan
+                    .downcast_ref::<Column>()
+                    .map(|c| columns.get(c.index()))
+                {
+                    Some(Some(ScanColumn::PerFile(c))) => FileKey::new(config, source, *c)?,
+                    _ => None,
+                };
+                match per_file {
+                    Some(k) => {
+                        keys.push(KeyFrom::File(file_keys.len()));
+                        file_keys.push(k);
+                    }
+                    None => return Ok(None),
+                }
+            }
             _ => return Ok(None),
         }
     }
@@ -402,6 +435,18 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
             _ => return Ok(None),
         }
     }
+    // Per-file keys: their combinations count against the same budget as the probe keys'.
+    let mut file_strides = vec![1usize; file_keys.len()];
+    let mut file_extent = 1usize;
+    for k in (0..file_keys.len()).rev() {
+        file_strides[k] = file_extent;
+        match file_extent.checked_mul(file_keys[k].extent()) {
+            Some(e) if (e as u64).saturating_mul(probe_extent as u64) <= MAX_GROUPS => {
+                file_extent = e
+            }
+            _ => return Ok(None),
+        }
+    }
     let ndim = spec.files.first().map_or(0, |f| f.ndim());
     let compressed = spec
         .files
@@ -435,6 +480,9 @@ fn analyse(agg: &AggregateExec) -> DfResult<Option<Fused>> {
         probe_ranges,
         probe_strides,
         probe_extent,
+        file_keys,
+        file_strides,
+        file_extent,
         args,
         value_schema,
         stats,
@@ -669,6 +717,7 @@ impl DisplayAs for JoinAggregateExec {
                     let r = fused.probe_ranges[*n];
                     format!("{name}@[{}, {}]", r.min, r.max)
                 }
+                KeyFrom::File(n) => per_file_text(name, &fused.file_keys[*n]),
             })
             .collect();
         let on: Vec<&str> = fused
@@ -685,6 +734,36 @@ impl DisplayAs for JoinAggregateExec {
             aggs.join(", "),
             on.join(", ")
         )?;
+        if !fused.file_keys.is_empty() {
+            // The groups and their factors (the build keys' slots known once collected): `file×label×t=3×100×300`.
+            let names: Vec<&str> = self
+                .inner
+                .group_expr()
+                .expr()
+                .iter()
+                .map(|(_, name)| name.as_str())
+                .collect();
+            let built = match self.build.get().map(Arc::as_ref) {
+                Some(Build::Dense(t)) => Some(t.slot_count),
+                _ => None,
+            };
+            let slots: Vec<String> = fused
+                .keys
+                .iter()
+                .map(|from| match from {
+                    KeyFrom::Build(_) => built.map_or("?".to_string(), |s| s.to_string()),
+                    KeyFrom::Probe(n) => fused.probe_ranges[*n].slots().unwrap_or(1).to_string(),
+                    KeyFrom::File(n) => fused.file_keys[*n].extent().to_string(),
+                })
+                .collect();
+            write!(f, ", groups={}={}", names.join("×"), slots.join("×"))?;
+            if let Some(s) = built {
+                let total = s
+                    .saturating_mul(fused.probe_extent)
+                    .saturating_mul(fused.file_extent);
+                write!(f, "={total}")?;
+            }
+        }
         match self.build.get().map(Arc::as_ref) {
             Some(Build::Dense(t)) => write!(f, ", {}", t.box_text(fused)),
             Some(Build::Fallback(why, _)) => write!(f, ", fallback=({why})"),
@@ -817,7 +896,7 @@ impl Run {
                 return plan.execute(partition, context);
             }
         };
-        let groups = table.slot_count * self.fused.probe_extent;
+        let groups = table.slot_count * self.fused.probe_extent * self.fused.file_extent;
         let reservation = MemoryConsumer::new(format!("JoinAggregateExec[{partition}]"))
             .register(context.memory_pool());
         reservation.try_grow(groups.saturating_mul(self.bytes_per_group))?;
@@ -978,7 +1057,9 @@ fn build_table(
             "build box of {volume} voxels over {MAX_BOX_VOXELS}"
         )));
     }
-    let groups = (slot_count as u64).saturating_mul(fused.probe_extent as u64);
+    let groups = (slot_count as u64)
+        .saturating_mul(fused.probe_extent as u64)
+        .saturating_mul(fused.file_extent as u64);
     let state = groups
         .saturating_mul(bytes_per_group as u64)
         .saturating_mul(
@@ -1239,6 +1320,12 @@ impl State {
             Order::F => (0..piece.len()).collect(),
             Order::C => (0..piece.len()).rev().collect(),
         };
+        // The piece's file: its combination of per-file keys, the slowest part of every group of the piece.
+        let mut combination = 0usize;
+        for (k, stride) in self.fused.file_keys.iter().zip(&self.fused.file_strides) {
+            combination += k.slot(p)? * stride;
+        }
+        let file_base = combination * table.slot_count * self.fused.probe_extent;
         let (slots, seen) = (&table.slots, &mut self.seen);
         let extent = self.fused.probe_extent;
         let out = &mut self.indices;
@@ -1253,14 +1340,15 @@ impl State {
             // A 0-d array: one element, at the one voxel.
             return Ok(match slots.first() {
                 Some(&s) if s != NO_SLOT => {
-                    out.push(s as usize);
+                    let g = file_base + s as usize * extent;
+                    out.push(g);
                     moment_runs.push(MomentRun {
                         at: 0,
                         len: 1,
-                        group: s as usize,
+                        group: g,
                         step: 0,
                     });
-                    seen[s as usize] = true;
+                    seen[g] = true;
                     1
                 }
                 _ => 0,
@@ -1283,11 +1371,12 @@ impl State {
                 .zip(&at)
                 .map(|(&a, &x)| fused_terms[a].0[x])
                 .sum();
-            let base_probe: usize = outer
-                .iter()
-                .zip(&at)
-                .map(|(&a, &x)| fused_terms[a].1[x])
-                .sum();
+            let base_probe: usize = file_base
+                + outer
+                    .iter()
+                    .zip(&at)
+                    .map(|(&a, &x)| fused_terms[a].1[x])
+                    .sum::<usize>();
             if by_runs {
                 if base_box >= OUTSIDE {
                     if by_rows {
@@ -1397,11 +1486,23 @@ impl State {
         }
         let fused = &run.fused;
         let extent = fused.probe_extent as u64;
-        let slot_idx = UInt64Array::from_iter_values(chosen.iter().map(|&g| g / extent));
+        let build_slots = (table.slot_count as u64).max(1);
+        let slot_idx =
+            UInt64Array::from_iter_values(chosen.iter().map(|&g| (g / extent) % build_slots));
+        let combination = |g: u64| g / extent / build_slots;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(run.schema.fields().len());
         for from in &fused.keys {
             match *from {
                 KeyFrom::Build(n) => columns.push(take(&table.key_values[n], &slot_idx, None)?),
+                KeyFrom::File(n) => {
+                    let key = &fused.file_keys[n];
+                    let stride = fused.file_strides[n] as u64;
+                    let values = key.extent().max(1) as u64;
+                    let idx = UInt64Array::from_iter_values(
+                        chosen.iter().map(|&g| (combination(g) / stride) % values),
+                    );
+                    columns.push(take(&key.values, &idx, None)?);
+                }
                 KeyFrom::Probe(n) => {
                     let r = fused.probe_ranges[n];
                     let slots = r.slots().unwrap_or(1);
@@ -1607,6 +1708,9 @@ mod tests {
             probe_ranges: Vec::new(),
             probe_strides: Vec::new(),
             probe_extent: 1,
+            file_keys: Vec::new(),
+            file_strides: Vec::new(),
+            file_extent: 1,
             args: Vec::new(),
             value_schema: Arc::new(Schema::empty()),
             stats: None,

@@ -559,6 +559,8 @@ impl VoxelOpener {
 /// The decoded value columns of one piece of a slab, with the piece's box and file.
 pub struct ValuePiece {
     pub file: Arc<VoxelFile>,
+    /// The index of `file` in the scan's file list ([`ScanSpec::files`]): what its per-file columns are looked up by.
+    pub file_index: usize,
     pub piece: Piece,
     pub values: Vec<datafusion::arrow::array::ArrayRef>,
 }
@@ -573,15 +575,22 @@ impl VoxelOpener {
             return Ok(futures::stream::empty().boxed());
         };
         let spec = Arc::clone(&self.spec);
+        let location = pf.object_meta.location.to_string();
+        let file_index = *spec
+            .by_path
+            .get(&location)
+            .ok_or_else(|| spec.error(format!("/{location} is not a file of this table")))?;
         let readers = self.readers(plan).map(move |reader| {
             reader_stream(reader, Arc::clone(&spec), |r| {
                 let file = Arc::clone(r.file());
                 Ok(r.next_values()?.map(|(piece, values)| ValuePiece {
                     file,
+                    file_index: 0,
                     piece,
                     values,
                 }))
             })
+            .map_ok(move |p| ValuePiece { file_index, ..p })
         });
         Ok(futures::stream::iter(readers).flatten().boxed())
     }

@@ -7,12 +7,15 @@
 //! state are exactly those of the node replaced. The rule choosing it is [`ScanAggregateRule`]
 //! (`SET voxelscan.scan_aggregates = false` turns it off).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{cast, max, min, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult};
@@ -20,11 +23,13 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column, Literal, TryCastExpr};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{
     AggregateExec, AggregateMode, AggregateOutputMode, PhysicalGroupBy,
 };
@@ -47,7 +52,7 @@ use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
 use super::moments::{Kernel, Run, Stat, kernel};
-use super::scan::{ValuePiece, VoxelSource};
+use super::scan::{ValuePiece, VoxelSource, object_path};
 use super::schema::value_fields;
 use crate::formats::Order;
 
@@ -62,7 +67,10 @@ pub(super) enum ScanColumn {
     /// A value column or an expression of value columns only (the scan may hold a pushed-down projection such as
     /// `CAST(value AS Float64)`), over a batch of the value columns.
     Value(Arc<dyn PhysicalExpr>),
-    /// Anything else (`file`, millimetre columns, computed projections).
+    /// A per-file column (`file`, BIDS entities, `world_space`, `tr`): its index among the table's partition
+    /// columns.
+    PerFile(usize),
+    /// Anything else (millimetre columns, computed projections).
     Other,
 }
 
@@ -78,11 +86,16 @@ pub(super) fn voxel_scan(
     let values = value_fields(spec.scalar).len();
     let projection = datafusion::datasource::physical_plan::FileSource::projection(source)?;
     let value_schema = Schema::new(value_fields(spec.scalar));
+    let file_columns = datafusion::datasource::physical_plan::FileSource::table_schema(source)
+        .file_schema()
+        .fields()
+        .len();
     let columns = projection
         .iter()
         .map(
             |p| match p.expr.downcast_ref::<Column>().map(Column::index) {
                 Some(c) if c < ndim => ScanColumn::Axis(c),
+                Some(c) if c >= file_columns => ScanColumn::PerFile(c - file_columns),
                 _ => match table_to_values(&p.expr, ndim, values, &value_schema) {
                     Some(e) => ScanColumn::Value(e),
                     None => ScanColumn::Other,
@@ -124,18 +137,139 @@ fn table_to_values(
     ok.then_some(out.data)
 }
 
+/// A group key that is a per-file column of the scan ([`ScanColumn::PerFile`]): the column's distinct values over the
+/// files the scan reads (two files may share a `sub`), numbered by DataFusion's own group-values table (so NULL is a
+/// value like any other, as in SQL), and each file's slot among them.
+#[derive(Debug, Clone)]
+pub(super) struct FileKey {
+    /// The column's name (for EXPLAIN).
+    pub name: String,
+    /// The distinct values, of the column's type: value n is slot n.
+    pub values: ArrayRef,
+    /// Per file of the scan's spec (by [`ValuePiece::file_index`]): its slot, `None` for a file the scan does not read.
+    pub slots: Vec<Option<u32>>,
+}
+
+impl FileKey {
+    /// The per-file column `column` (an index among the table's partition columns) over the files of `config`'s
+    /// groups (every partition's), `None` when no file is read or a file lacks the column's value.
+    pub(super) fn new(
+        config: &FileScanConfig,
+        source: &VoxelSource,
+        column: usize,
+    ) -> DfResult<Option<FileKey>> {
+        let table_schema = datafusion::datasource::physical_plan::FileSource::table_schema(source);
+        let Some(field) = table_schema.table_partition_cols().get(column) else {
+            return Ok(None);
+        };
+        let spec = source.spec();
+        let by_path: HashMap<String, usize> = spec
+            .files
+            .iter()
+            .enumerate()
+            .map(|(k, f)| (object_path(f), k))
+            .collect();
+        // Each file's value, from the partitioned files (a file cut into slabs carries it in each).
+        let mut per_file: Vec<Option<ScalarValue>> = vec![None; spec.files.len()];
+        for pf in config.file_groups.iter().flat_map(|g| g.iter()) {
+            let Some(&k) = by_path.get(&pf.object_meta.location.to_string()) else {
+                return Ok(None);
+            };
+            let Some(v) = pf.partition_values.get(column) else {
+                return Ok(None);
+            };
+            per_file[k] = Some(v.clone());
+        }
+        let read: Vec<usize> = (0..per_file.len())
+            .filter(|&k| per_file[k].is_some())
+            .collect();
+        if read.is_empty() {
+            return Ok(None);
+        }
+        let column_values =
+            ScalarValue::iter_to_array(read.iter().filter_map(|&k| per_file[k].clone()))?;
+        let key_schema = Arc::new(Schema::new(vec![Field::new(
+            field.name(),
+            column_values.data_type().clone(),
+            true,
+        )]));
+        let mut interner = new_group_values(key_schema, &GroupOrdering::None)?;
+        let mut ids = Vec::new();
+        interner.intern(&[column_values], &mut ids)?;
+        let Some(values) = interner.emit(EmitTo::All)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut slots = vec![None; spec.files.len()];
+        for (&k, &id) in read.iter().zip(&ids) {
+            slots[k] = Some(u32::try_from(id).map_err(|_| {
+                DataFusionError::Internal("per-file key: too many distinct values".into())
+            })?);
+        }
+        Ok(Some(FileKey {
+            name: field.name().clone(),
+            values,
+            slots,
+        }))
+    }
+
+    /// Number of distinct values (the key's extent in the group numbering).
+    pub(super) fn extent(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The smallest and largest value of an integer column (`run`, `echo`, …), `None` for other types or when every
+    /// value is NULL: exact bounds of the key's output, for a dense aggregate above.
+    pub(super) fn integer_bounds(&self) -> Option<(i64, i64)> {
+        if !self.values.data_type().is_integer() {
+            return None;
+        }
+        let wide = cast(&self.values, &DataType::Int64).ok()?;
+        let wide = wide.as_primitive::<Int64Type>();
+        Some((min(wide)?, max(wide)?))
+    }
+
+    /// The slot of the piece's file.
+    pub(super) fn slot(&self, p: &ValuePiece) -> DfResult<usize> {
+        match self.slots.get(p.file_index) {
+            Some(Some(s)) => Ok(*s as usize),
+            _ => Err(DataFusionError::Internal(format!(
+                "per-file key {}: file {} was not planned for",
+                self.name, p.file.name
+            ))),
+        }
+    }
+}
+
+/// Where a group key of [`ScanAggregateExec`] comes from.
+#[derive(Debug, Clone, Copy)]
+enum KeyOf {
+    /// The n-th coordinate key (`axes[n]`, `ranges[n]`).
+    Axis(usize),
+    /// The n-th per-file key.
+    File(usize),
+}
+
 /// One `Partial` or `Single` aggregate computed over the value pieces of the voxel scan below it.
 #[derive(Debug)]
 pub struct ScanAggregateExec {
     /// The aggregate computed, re-based directly on the scan (keys and arguments in the scan's columns).
     inner: AggregateExec,
-    /// Per group key, its file axis.
+    /// Per group key, where it comes from.
+    keys: Vec<KeyOf>,
+    /// Per coordinate key, its file axis.
     axes: Vec<usize>,
-    /// Per group key, the coordinates the scan's selections span on its axis.
+    /// Per coordinate key, the coordinates the scan's selections span on its axis.
     ranges: Vec<KeyRange>,
-    /// Strides of the keys in the groups' internal numbering: the key on the file's fastest axis has stride 1, so a
-    /// per-voxel map's groups follow the storage order (runs of consecutive groups for the kernel).
+    /// Strides of the coordinate keys in the groups' internal numbering: the key on the file's fastest axis has
+    /// stride 1, so a per-voxel map's groups follow the storage order (runs of consecutive groups for the kernel).
     strides: Vec<u64>,
+    /// Per-file keys (`file`, `sub`, …) and their strides, slower than every coordinate key: a piece's file adds one
+    /// constant to all its groups.
+    file_keys: Vec<FileKey>,
+    file_strides: Vec<u64>,
+    /// Per group key, its slots as a range (a per-file key's: `0..extent`) and its stride in the internal numbering.
+    key_ranges: Vec<KeyRange>,
+    key_strides: Vec<u64>,
     /// Row-major strides of the keys (the last key fastest): the order groups are emitted in.
     emit_strides: Vec<u64>,
     groups: usize,
@@ -164,13 +298,25 @@ impl ScanAggregateExec {
         if config.limit.is_some() {
             return Ok(None);
         }
+        let mut keys = Vec::new();
         let mut axes = Vec::new();
+        let mut file_keys = Vec::new();
         for (expr, _) in agg.group_expr().expr() {
             match expr
                 .downcast_ref::<Column>()
                 .map(|c| columns.get(c.index()))
             {
-                Some(Some(ScanColumn::Axis(a))) => axes.push(*a),
+                Some(Some(ScanColumn::Axis(a))) => {
+                    keys.push(KeyOf::Axis(axes.len()));
+                    axes.push(*a);
+                }
+                Some(Some(ScanColumn::PerFile(c))) => match FileKey::new(config, source, *c)? {
+                    Some(k) => {
+                        keys.push(KeyOf::File(file_keys.len()));
+                        file_keys.push(k);
+                    }
+                    None => return Ok(None),
+                },
                 _ => return Ok(None),
             }
         }
@@ -190,15 +336,42 @@ impl ScanAggregateExec {
         let Some(ranges) = axis_ranges(spec, &axes) else {
             return Ok(None);
         };
-        let Some(groups) = group_count(&ranges).and_then(|g| usize::try_from(g).ok()) else {
-            return Ok(None);
-        };
-        let mut emit_strides = vec![1u64; ranges.len()];
-        for k in (0..ranges.len().saturating_sub(1)).rev() {
-            emit_strides[k] = emit_strides[k + 1] * ranges[k + 1].slots().unwrap_or(1);
-        }
         let order = spec.files.first().map_or(Order::F, |f| f.layout.order);
         let strides = layout_strides(&axes, &ranges, order);
+        // Per-file keys are slower than all coordinate keys.
+        let Some(mut stride) = group_count(&ranges) else {
+            return Ok(None);
+        };
+        let mut file_strides = Vec::with_capacity(file_keys.len());
+        for k in &file_keys {
+            file_strides.push(stride);
+            match stride.checked_mul(k.extent() as u64) {
+                Some(s) => stride = s,
+                None => return Ok(None),
+            }
+        }
+        let Ok(groups) = usize::try_from(stride) else {
+            return Ok(None);
+        };
+        let (key_ranges, key_strides): (Vec<KeyRange>, Vec<u64>) = keys
+            .iter()
+            .map(|&k| match k {
+                KeyOf::Axis(n) => (ranges[n], strides[n]),
+                KeyOf::File(n) => (
+                    KeyRange {
+                        min: 0,
+                        max: file_keys[n].extent() as i64 - 1,
+                        nullable: false,
+                        mapped: false,
+                    },
+                    file_strides[n],
+                ),
+            })
+            .unzip();
+        let mut emit_strides = vec![1u64; key_ranges.len()];
+        for k in (0..key_ranges.len().saturating_sub(1)).rev() {
+            emit_strides[k] = emit_strides[k + 1] * key_ranges[k + 1].slots().unwrap_or(1);
+        }
         let stats = moment_stats(&agg, &args, &value_schema);
         let partitions = agg.input().properties().partitioning.partition_count();
         if agg.mode() == &AggregateMode::Single && partitions != 1 {
@@ -213,9 +386,14 @@ impl ScanAggregateExec {
         let state_bytes = groups.saturating_mul(state_bytes_per_group(&agg));
         Ok(Some(ScanAggregateExec {
             inner: agg,
+            keys,
             axes,
             ranges,
             strides,
+            file_keys,
+            file_strides,
+            key_ranges,
+            key_strides,
             emit_strides,
             groups,
             stats,
@@ -232,9 +410,13 @@ impl ScanAggregateExec {
         &self.inner
     }
 
-    /// Per group key, the range of its coordinates.
-    pub fn ranges(&self) -> &[KeyRange] {
-        &self.ranges
+    /// The bounds of output column `col` when it is a coordinate key or an integer per-file key (`None` for other
+    /// per-file keys and aggregates).
+    pub fn key_bounds(&self, col: usize) -> Option<(i64, i64)> {
+        match self.keys.get(col)? {
+            KeyOf::Axis(n) => self.ranges.get(*n).map(|r| (r.min, r.max)),
+            KeyOf::File(n) => self.file_keys.get(*n)?.integer_bounds(),
+        }
     }
 
     /// Number of directly indexed groups (1 without keys).
@@ -410,25 +592,54 @@ pub(super) fn axis_ranges(spec: &super::scan::ScanSpec, axes: &[usize]) -> Optio
         .collect()
 }
 
+/// A per-file key for EXPLAIN: `file@per-file(3 values)`.
+pub(super) fn per_file_text(name: &str, key: &FileKey) -> String {
+    format!("{name}@per-file({} values)", key.extent())
+}
+
+/// The group count and its factors for EXPLAIN: `file×label×t=3×100×300=90000`.
+fn groups_text(names: &[&str], slots: &[u64], groups: usize) -> String {
+    let factors: Vec<String> = slots.iter().map(u64::to_string).collect();
+    format!("{}={}={groups}", names.join("×"), factors.join("×"))
+}
+
 impl DisplayAs for ScanAggregateExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<String> = self
+        let names: Vec<&str> = self
             .inner
             .group_expr()
             .expr()
             .iter()
-            .zip(&self.ranges)
-            .map(|((_, name), r)| format!("{name}@[{}, {}]", r.min, r.max))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        let keys: Vec<String> = names
+            .iter()
+            .zip(&self.keys)
+            .map(|(name, k)| match *k {
+                KeyOf::Axis(n) => {
+                    format!("{name}@[{}, {}]", self.ranges[n].min, self.ranges[n].max)
+                }
+                KeyOf::File(n) => per_file_text(name, &self.file_keys[n]),
+            })
             .collect();
         let aggs: Vec<&str> = self.inner.aggr_expr().iter().map(|a| a.name()).collect();
         write!(
             f,
-            "ScanAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups={}",
+            "ScanAggregateExec: mode={:?}, gby=[{}], aggr=[{}], groups=",
             self.inner.mode(),
             keys.join(", "),
             aggs.join(", "),
-            self.groups
         )?;
+        if self.file_keys.is_empty() {
+            write!(f, "{}", self.groups)?;
+        } else {
+            let slots: Vec<u64> = self
+                .key_ranges
+                .iter()
+                .map(|r| r.slots().unwrap_or(1))
+                .collect();
+            write!(f, "{}", groups_text(&names, &slots, self.groups))?;
+        }
         if let DisplayFormatType::Verbose = t {
             write!(f, ", state_bytes={}", self.state_bytes)?;
         }
@@ -552,9 +763,14 @@ enum Accumulators {
 struct State {
     schema: SchemaRef,
     value_schema: SchemaRef,
+    keys: Vec<KeyOf>,
     axes: Vec<usize>,
     ranges: Vec<KeyRange>,
     strides: Vec<u64>,
+    file_keys: Vec<FileKey>,
+    file_strides: Vec<u64>,
+    key_ranges: Vec<KeyRange>,
+    key_strides: Vec<u64>,
     emit_strides: Vec<u64>,
     groups: usize,
     final_output: bool,
@@ -571,7 +787,7 @@ struct State {
 impl State {
     fn new(exec: &ScanAggregateExec) -> DfResult<Self> {
         let aggs = exec.inner.aggr_expr();
-        let accumulators = if exec.axes.is_empty() {
+        let accumulators = if exec.keys.is_empty() {
             Accumulators::Plain(
                 aggs.iter()
                     .map(|a| a.create_accumulator())
@@ -608,9 +824,14 @@ impl State {
         Ok(State {
             schema: exec.inner.schema(),
             value_schema: Arc::clone(&exec.value_schema),
+            keys: exec.keys.clone(),
             axes: exec.axes.clone(),
             ranges: exec.ranges.clone(),
             strides: exec.strides.clone(),
+            file_keys: exec.file_keys.clone(),
+            file_strides: exec.file_strides.clone(),
+            key_ranges: exec.key_ranges.clone(),
+            key_strides: exec.key_strides.clone(),
             emit_strides: exec.emit_strides.clone(),
             groups: exec.groups,
             final_output: exec.inner.mode().output_mode() == AggregateOutputMode::Final,
@@ -636,11 +857,16 @@ impl State {
             )));
         }
         self.runs.clear();
+        // What the piece's file adds to each of its groups (its per-file keys' slots).
+        let mut file_offset = 0usize;
+        for (k, stride) in self.file_keys.iter().zip(&self.file_strides) {
+            file_offset += k.slot(p)? * *stride as usize;
+        }
         if self.axes.is_empty() {
             self.runs.push(Run {
                 at: 0,
                 len: n,
-                group: 0,
+                group: file_offset,
                 step: 0,
             });
         } else {
@@ -652,6 +878,9 @@ impl State {
                 &self.strides,
                 &mut self.runs,
             )?;
+            for r in &mut self.runs {
+                r.group += file_offset;
+            }
         }
         if let Accumulators::Grouped { seen, .. } = &mut self.accumulators {
             mark_runs(&self.runs, seen);
@@ -661,14 +890,22 @@ impl State {
         }
         let batch = RecordBatch::try_new(Arc::clone(&self.value_schema), p.values.clone())?;
         if let Accumulators::Grouped { indices, .. } = &mut self.accumulators {
-            group_indices(
-                &p.piece,
-                p.file.layout.order,
-                &self.axes,
-                &self.ranges,
-                &self.strides,
-                indices,
-            )?;
+            if self.axes.is_empty() {
+                indices.clear();
+                indices.resize(n, file_offset);
+            } else {
+                group_indices(
+                    &p.piece,
+                    p.file.layout.order,
+                    &self.axes,
+                    &self.ranges,
+                    &self.strides,
+                    indices,
+                )?;
+                if file_offset != 0 {
+                    indices.iter_mut().for_each(|g| *g += file_offset);
+                }
+            }
         }
         let mut from = 0;
         while from < n {
@@ -780,18 +1017,31 @@ impl State {
                 seen,
                 ..
             } => {
-                let chosen = emitted_groups(&seen, &self.ranges, &self.strides, &self.emit_strides);
+                let chosen = emitted_groups(
+                    &seen,
+                    &self.key_ranges,
+                    &self.key_strides,
+                    &self.emit_strides,
+                );
                 if chosen.is_empty() {
                     return Ok(RecordBatch::new_empty(self.schema));
                 }
-                for (k, range) in self.ranges.iter().enumerate() {
+                for (k, range) in self.key_ranges.iter().enumerate() {
                     let slots = range.slots().unwrap_or(1);
-                    let keys = Int64Array::from_iter_values(
-                        chosen
-                            .iter()
-                            .map(|&g| range.min + ((g / self.strides[k]) % slots) as i64),
-                    );
-                    columns.push(Arc::new(keys));
+                    let slot = |g: u64| (g / self.key_strides[k]) % slots;
+                    match self.keys[k] {
+                        KeyOf::Axis(_) => {
+                            let keys = Int64Array::from_iter_values(
+                                chosen.iter().map(|&g| range.min + slot(g) as i64),
+                            );
+                            columns.push(Arc::new(keys));
+                        }
+                        KeyOf::File(n) => {
+                            let idx =
+                                UInt64Array::from_iter_values(chosen.iter().map(|&g| slot(g)));
+                            columns.push(take(&self.file_keys[n].values, &idx, None)?);
+                        }
+                    }
                 }
                 emit_groups(&mut accumulators, self.final_output, chosen, &mut columns)?;
             }
