@@ -207,7 +207,10 @@ impl VoxelSource {
             let opener = Arc::clone(&opener);
             async move { opener.value_slab(pf) }
         });
-        Ok(slabs.buffered(1).try_flatten().boxed())
+        // The next slab is opened (its reader started) while this one is consumed: value pieces are stored values,
+        // often the mapped file itself, so a second slab in flight costs little memory and hides its start (mapping
+        // it, a gzip seek) behind this slab's aggregation.
+        Ok(slabs.buffered(2).try_flatten().boxed())
     }
 
     /// [`Self::value_pieces`] narrowed further by `filters` (coordinate bounds, a key list on a linear voxel key),
@@ -580,7 +583,7 @@ impl VoxelOpener {
             .by_path
             .get(&location)
             .ok_or_else(|| spec.error(format!("/{location} is not a file of this table")))?;
-        let readers = self.readers(plan).map(move |reader| {
+        let mut readers = self.readers(plan).map(move |reader| {
             reader_stream(reader, Arc::clone(&spec), |r| {
                 let file = Arc::clone(r.file());
                 Ok(r.next_values()?.map(|(piece, values)| ValuePiece {
@@ -592,7 +595,12 @@ impl VoxelOpener {
             })
             .map_ok(move |p| ValuePiece { file_index, ..p })
         });
-        Ok(futures::stream::iter(readers).flatten().boxed())
+        // The first reader starts now: a slab opened ahead (see `value_pieces`) is mapped or inflated while the
+        // previous slab's last pieces are aggregated.
+        let first = readers.next();
+        Ok(futures::stream::iter(first.into_iter().chain(readers))
+            .flatten()
+            .boxed())
     }
 
     /// One reader per part of `plan` (the slab's selection when the dynamic filters listed no voxels), in file order.
