@@ -71,8 +71,8 @@ use super::layout::piece_len;
 use super::moments::{Folded, Run as MomentRun, Stat};
 use super::scan::{ValuePiece, VoxelSource};
 use super::scan_aggregate::{
-    FileKey, ScanColumn, axis_ranges, moment_stats, on_values, per_file_text, rebased, scan_below,
-    shape_supported, shared_arguments, substitute, voxel_scan,
+    FileKey, ScanColumn, axis_ranges, group_names, moment_stats, on_values, per_file_text, rebased,
+    scan_below, shape_supported, shared_arguments, substitute, voxel_scan,
 };
 use super::schema::{AXIS_NAMES, value_fields};
 use crate::formats::{Compression, Order};
@@ -736,13 +736,7 @@ impl DisplayAs for JoinAggregateExec {
         )?;
         if !fused.file_keys.is_empty() {
             // The groups and their factors (the build keys' slots known once collected): `file×label×t=3×100×300`.
-            let names: Vec<&str> = self
-                .inner
-                .group_expr()
-                .expr()
-                .iter()
-                .map(|(_, name)| name.as_str())
-                .collect();
+            let names = group_names(&self.inner);
             let built = match self.build.get().map(Arc::as_ref) {
                 Some(Build::Dense(t)) => Some(t.slot_count),
                 _ => None,

@@ -184,6 +184,7 @@ impl VoxelSource {
             budget: base
                 .limit
                 .map_or(PIECE_ELEMENTS, |l| (l as u64).clamp(1, PIECE_ELEMENTS)),
+            read_ahead: base.limit.is_none(),
         })
     }
 
@@ -376,6 +377,8 @@ struct VoxelOpener {
     out: Arc<Output>,
     metrics: ScanMetrics,
     budget: u64,
+    /// Pieces are read ahead of their consumer; not under a `LIMIT`, which must read no piece it does not return.
+    read_ahead: bool,
     dynamic: Arc<Vec<Arc<dyn PhysicalExpr>>>,
     pruned: DynamicPruning,
 }
@@ -583,8 +586,9 @@ impl VoxelOpener {
             .by_path
             .get(&location)
             .ok_or_else(|| spec.error(format!("/{location} is not a file of this table")))?;
+        let ahead = self.read_ahead;
         let mut readers = self.readers(plan).map(move |reader| {
-            reader_stream(reader, Arc::clone(&spec), |r| {
+            reader_stream(reader, Arc::clone(&spec), ahead, |r| {
                 let file = Arc::clone(r.file());
                 Ok(r.next_values()?.map(|(piece, values)| ValuePiece {
                     file,
@@ -625,12 +629,17 @@ impl VoxelOpener {
 /// What `next` takes from `reader` piece by piece, read ahead on one blocking thread: the next piece is read (a slab
 /// mapped, a gzip run inflated, values decoded) while the consumer works on the current one, and a piece costs a
 /// channel hand-off, not a blocking task of its own. At most [`READ_AHEAD`] pieces wait in the channel, so a
-/// partition holds the consumer's piece, the waiting ones and the one being read. A reader's error names its file.
+/// partition holds the consumer's piece, the waiting ones and the one being read. Without `ahead` (a `LIMIT`), each
+/// piece is read only when the consumer asks for it. A reader's error names its file.
 fn reader_stream<T: Send + 'static>(
     mut reader: SlabReader,
     spec: Arc<ScanSpec>,
+    ahead: bool,
     next: fn(&mut SlabReader) -> crate::error::Result<Option<T>>,
 ) -> futures::stream::BoxStream<'static, DfResult<T>> {
+    if !ahead {
+        return on_demand(reader, spec, next);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     let producer = tokio::task::spawn_blocking(move || {
         loop {
@@ -663,6 +672,31 @@ fn reader_stream<T: Send + 'static>(
 /// Pieces a slab reader may have ready ahead of its consumer.
 const READ_AHEAD: usize = 1;
 
+/// [`reader_stream`] reading each piece on a blocking thread only when the consumer asks for it.
+fn on_demand<T: Send + 'static>(
+    reader: SlabReader,
+    spec: Arc<ScanSpec>,
+    next: fn(&mut SlabReader) -> crate::error::Result<Option<T>>,
+) -> futures::stream::BoxStream<'static, DfResult<T>> {
+    futures::stream::try_unfold(reader, move |mut reader| {
+        let spec = Arc::clone(&spec);
+        async move {
+            let (reader, got) = tokio::task::spawn_blocking(move || {
+                let got = next(&mut reader);
+                (reader, got)
+            })
+            .await
+            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+            match got {
+                Ok(Some(item)) => Ok(Some((item, reader))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(spec.error(VoxelError::in_file(e, reader_name(&reader)))),
+            }
+        }
+    })
+    .boxed()
+}
+
 impl FileOpener for VoxelOpener {
     fn open(&self, pf: PartitionedFile) -> DfResult<FileOpenFuture> {
         let plan = self.slab(&pf)?;
@@ -674,9 +708,9 @@ impl FileOpener for VoxelOpener {
             let Some(plan) = plan.narrowed(&opener.dynamic, &opener.pruned) else {
                 return Ok(futures::stream::empty().boxed());
             };
-            let spec = Arc::clone(&opener.spec);
+            let (spec, ahead) = (Arc::clone(&opener.spec), opener.read_ahead);
             let readers = opener.readers(plan).map(move |reader| {
-                reader_stream(reader, Arc::clone(&spec), SlabReader::next_piece)
+                reader_stream(reader, Arc::clone(&spec), ahead, SlabReader::next_piece)
                     .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
                     .try_flatten()
             });

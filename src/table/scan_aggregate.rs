@@ -603,15 +603,18 @@ fn groups_text(names: &[&str], slots: &[u64], groups: usize) -> String {
     format!("{}={}={groups}", names.join("×"), factors.join("×"))
 }
 
+/// The names of `agg`'s group keys, for EXPLAIN.
+pub(super) fn group_names(agg: &AggregateExec) -> Vec<&str> {
+    agg.group_expr()
+        .expr()
+        .iter()
+        .map(|(_, name)| name.as_str())
+        .collect()
+}
+
 impl DisplayAs for ScanAggregateExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let names: Vec<&str> = self
-            .inner
-            .group_expr()
-            .expr()
-            .iter()
-            .map(|(_, name)| name.as_str())
-            .collect();
+        let names = group_names(&self.inner);
         let keys: Vec<String> = names
             .iter()
             .zip(&self.keys)
