@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{DataFusionError, Result as DfResult, TableReference};
 use datafusion::datasource::file_format::FileFormatFactory;
@@ -192,13 +192,20 @@ impl VoxelPhysicalCodec {
             .flat_map(|g| g.iter())
             .map(|pf| pf.object_meta.location.to_string())
             .collect();
-        let wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))?;
+        let mut wire = ScanWire::from_spec(source.spec(), |f| paths.contains(&object_path(f)))?;
+        if let Some(filter) = source.value_filter() {
+            wire.value_filter = Some(
+                converter
+                    .physical_expr_to_proto(filter, self)?
+                    .encode_to_vec(),
+            );
+        }
         Ok(wire.encode(&proto.encode_to_vec(), buf)?)
     }
 
     fn decode_scan(
         &self,
-        wire: ScanWire,
+        mut wire: ScanWire,
         proto_bytes: &[u8],
         ctx: &TaskContext,
         converter: &dyn PhysicalProtoConverterExtension,
@@ -206,10 +213,22 @@ impl VoxelPhysicalCodec {
         let proto = FileScanExecConf::decode(proto_bytes).map_err(|e| {
             DataFusionError::Internal(format!("decoding a voxel scan's file scan config: {e}"))
         })?;
+        let filter = wire.value_filter.take();
         let spec = wire.into_spec()?;
         let table_schema = FileScanConfig::parse_table_schema_from_proto(&proto)?;
-        let source = VoxelSource::new(Arc::new(spec), table_schema);
         let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        let value_filter = match filter {
+            Some(bytes) => {
+                let node = datafusion_proto::protobuf::PhysicalExprNode::decode(bytes.as_slice())
+                    .map_err(|e| {
+                    DataFusionError::Internal(format!("decoding a voxel scan's value filter: {e}"))
+                })?;
+                let values = Schema::new(crate::table::schema::value_fields(spec.scalar));
+                Some(converter.proto_to_physical_expr(&node, &values, &decode_ctx)?)
+            }
+            None => None,
+        };
+        let source = VoxelSource::new(Arc::new(spec), table_schema).with_value_filter(value_filter);
         let config =
             parse_protobuf_file_scan_config(&proto, &decode_ctx, converter, Arc::new(source))?;
         Ok(DataSourceExec::from_data_source(config))
@@ -895,10 +914,25 @@ mod tests {
             "SELECT file, count(*) FROM runs WHERE file LIKE '%.gz' OR k = 1 GROUP BY file ORDER BY file",
             "SELECT i, j, k, value FROM cube WHERE j >= 1 ORDER BY i, j, k",
             "SELECT t, avg(value) FROM voxels('runs/r1.nii', 'scaling', 'false') GROUP BY t ORDER BY t",
+            // A filter on `value` alone, evaluated in the scan (`value_filter=` must survive the codec).
+            "SELECT i, j, k, t, value FROM a WHERE value > 20 AND CAST(value AS BIGINT) % 3 <> 0 ORDER BY t, k, j, i",
+            "SELECT file, i, value FROM runs WHERE value < 30 ORDER BY file, i, value",
         ] {
             let sql = sql.replace("'runs/", &format!("'{}/runs/", dir.path().display()));
             round_trip(&ctx, &sql).await;
         }
+        let physical = ctx
+            .sql("SELECT i, value FROM a WHERE value > 20")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        assert!(
+            shown(&physical).contains("value_filter="),
+            "{}",
+            shown(&physical)
+        );
     }
 
     /// Millimetre columns and per-file columns survive both codecs: `world`, the `affine` of a raw file, x/y/z

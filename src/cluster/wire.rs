@@ -109,6 +109,9 @@ pub struct ScanWire {
     pub files: Vec<FileWire>,
     /// Per file, per axis: the selected index ranges `[start, end)`.
     pub selections: Vec<Option<Vec<Vec<[u64; 2]>>>>,
+    /// The filter on the value columns evaluated in the scan, as DataFusion's `PhysicalExprNode` protobuf.
+    #[serde(default)]
+    pub value_filter: Option<Vec<u8>>,
 }
 
 fn invalid(what: impl fmt::Display) -> VoxelError {
@@ -338,6 +341,7 @@ impl ScanWire {
             mmap: spec.mmap,
             files,
             selections,
+            value_filter: None,
         })
     }
 

@@ -396,6 +396,22 @@ pub fn coordinates(
     out
 }
 
+/// The coordinate on `axis` of each of the piece's elements `rows` (indices into the piece in `order`), as
+/// [`coordinates`] gives it for a range of them.
+pub fn coordinates_at(piece: &[Range<u64>], order: Order, axis: usize, rows: &[u32]) -> Vec<i64> {
+    let stride: u64 = match order {
+        Order::F => piece[..axis].iter().map(|r| r.end - r.start).product(),
+        Order::C => piece[axis + 1..].iter().map(|r| r.end - r.start).product(),
+    };
+    let (start, len) = (piece[axis].start, piece[axis].end - piece[axis].start);
+    if len == 0 || stride == 0 {
+        return Vec::new();
+    }
+    rows.iter()
+        .map(|&q| (start + (u64::from(q) / stride) % len) as i64)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::{Count, Time};
 
 use crate::error::{Result, VoxelError};
@@ -13,7 +17,7 @@ use crate::slicer::CanonicalSlice;
 
 use super::files::VoxelFile;
 use super::layout::{
-    Piece, Pieces, Selection, byte_span, coordinates, piece_len, pieces, slow_axis,
+    Piece, Pieces, Selection, byte_span, coordinates, coordinates_at, piece_len, pieces, slow_axis,
 };
 use super::schema::{ValueMode, decode_values, value_arrays};
 use crate::dtype::Scalar;
@@ -48,12 +52,22 @@ pub struct Output {
     pub mode: ValueMode,
     pub scalar: Scalar,
     pub batch_size: usize,
+    /// A filter on the value columns alone (over a batch of them): rows it drops get no coordinates and leave no
+    /// batch (the filter above the scan still decides; see `VoxelSource`).
+    pub value_filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl Output {
     fn wants_values(&self) -> bool {
         let values = self.ndim..self.ndim + self.value_columns();
         self.columns.iter().any(|c| values.contains(c))
+    }
+
+    /// Some projected column is derived from the coordinates (millimetres), made per batch range.
+    fn derives_columns(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|&c| c >= self.ndim + self.value_columns())
     }
 
     /// Value columns in the file schema (the millimetre columns `x, y, z`, when present, follow them).
@@ -129,6 +143,12 @@ impl SlabReader {
         } else {
             None
         };
+        if let (Some(filter), Some(v)) = (&self.out.value_filter, &values)
+            && !self.out.derives_columns()
+            && let Some(rows) = self.selected(filter, v)?
+        {
+            return Ok(Some(self.selected_batches(&piece, v, &rows)?));
+        }
         let batches = self.batches(&piece, values.as_deref())?;
         Ok(Some(batches))
     }
@@ -286,6 +306,72 @@ impl SlabReader {
                     crate::scaling::factors_are_identity(f.layout.slope, f.layout.inter, Some(s))
                 }
             }
+    }
+
+    /// The piece's elements the value filter keeps, `None` when it keeps them all.
+    fn selected(
+        &self,
+        filter: &Arc<dyn PhysicalExpr>,
+        values: &[ArrayRef],
+    ) -> Result<Option<Vec<u32>>> {
+        let n = values.first().map_or(0, |v| v.len());
+        let fields = super::schema::value_fields(self.out.scalar);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), values.to_vec())
+            .map_err(|e| VoxelError::Invalid(format!("value filter batch: {e}")))?;
+        let mask = filter
+            .evaluate(&batch)
+            .and_then(|v| v.into_array(n))
+            .map_err(|e| VoxelError::Invalid(format!("evaluating the value filter: {e}")))?;
+        let Some(mask) = mask.as_any().downcast_ref::<BooleanArray>() else {
+            return Err(VoxelError::Invalid(format!(
+                "the value filter {filter} is not a boolean"
+            )));
+        };
+        // NULL is not true: the filter above drops it too.
+        let kept = mask.values().set_indices();
+        let rows: Vec<u32> = match mask.nulls() {
+            Some(nulls) => kept
+                .filter(|&r| nulls.is_valid(r))
+                .map(|r| r as u32)
+                .collect(),
+            None => kept.map(|r| r as u32).collect(),
+        };
+        Ok((rows.len() < n).then_some(rows))
+    }
+
+    /// Batches of the piece's elements `rows` only: their coordinates and values.
+    fn selected_batches(
+        &self,
+        piece: &Piece,
+        values: &[ArrayRef],
+        rows: &[u32],
+    ) -> Result<Vec<RecordBatch>> {
+        let o = &self.out;
+        let mut out = Vec::new();
+        for chunk in rows.chunks(o.batch_size.max(1)) {
+            let take_rows = UInt32Array::from(chunk.to_vec());
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(o.columns.len());
+            for &c in &o.columns {
+                if c < o.ndim {
+                    let order = self.file.layout.order;
+                    cols.push(Arc::new(Int64Array::from(coordinates_at(
+                        piece, order, c, chunk,
+                    ))));
+                } else {
+                    let v = values
+                        .get(c - o.ndim)
+                        .ok_or_else(|| VoxelError::Invalid(format!("no value column {c}")))?;
+                    let taken = take(v.as_ref(), &take_rows, None)
+                        .map_err(|e| VoxelError::Invalid(format!("selecting values: {e}")))?;
+                    cols.push(taken);
+                }
+            }
+            let opts = RecordBatchOptions::new().with_row_count(Some(chunk.len()));
+            let batch = RecordBatch::try_new_with_options(Arc::clone(&o.schema), cols, &opts)
+                .map_err(|e| VoxelError::Invalid(format!("building a batch: {e}")))?;
+            out.push(batch);
+        }
+        Ok(out)
     }
 
     fn batches(&self, piece: &Piece, values: Option<&[ArrayRef]>) -> Result<Vec<RecordBatch>> {
@@ -509,6 +595,7 @@ mod tests {
             mode: ValueMode::Unscaled,
             scalar: Scalar::I16,
             batch_size: 8192,
+            value_filter: None,
         });
         let metrics = ScanMetrics {
             bytes_read: Count::new(),
@@ -583,6 +670,7 @@ mod zero_copy_tests {
             mode,
             scalar,
             batch_size: 8192,
+            value_filter: None,
         });
         let sel = sel.unwrap_or_else(|| Selection::full(&f.layout.shape));
         let mut r = SlabReader::new(f, &sel, out, metrics(), 8 * 6, mmap, Some(0..5));
@@ -685,6 +773,7 @@ mod zero_copy_tests {
             mode: ValueMode::Scaled,
             scalar: crate::dtype::Scalar::I16,
             batch_size: 8192,
+            value_filter: None,
         });
         let cached = |sel: Selection| {
             let mut r = SlabReader::new(

@@ -12,8 +12,10 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
@@ -21,8 +23,9 @@ use datafusion::datasource::physical_plan::{
 };
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::table_schema::TableSchema;
+use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::DynamicFilterTracking;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, DynamicFilterTracking};
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_plan::DisplayFormatType;
 use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
@@ -128,6 +131,10 @@ pub struct VoxelSource {
     /// Dynamic filters pushed by joins and TopK (filled in while the query runs): snapshotted when a slab is
     /// opened, their coordinate parts narrow it before it is read. Not sent to cluster executors (they only prune).
     dynamic: Vec<Arc<dyn PhysicalExpr>>,
+    /// The filters on `value` alone above the scan (over a batch of the value columns), evaluated on each piece's
+    /// values before any coordinate is made: rows they drop get no coordinates (an atlas's region, a mask's
+    /// voxels). The `FilterExec` above stays and decides: this only spares it rows it would drop.
+    value_filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl VoxelSource {
@@ -139,11 +146,35 @@ impl VoxelSource {
             metrics: ExecutionPlanMetricsSet::new(),
             batch_size: None,
             dynamic: Vec::new(),
+            value_filter: None,
         }
     }
 
     pub fn spec(&self) -> &Arc<ScanSpec> {
         &self.spec
+    }
+
+    /// The filter on `value` evaluated in the scan (over a batch of the value columns), if any.
+    pub fn value_filter(&self) -> Option<&Arc<dyn PhysicalExpr>> {
+        self.value_filter.as_ref()
+    }
+
+    /// This source with `filter` (over a batch of the value columns) evaluated in the scan.
+    pub fn with_value_filter(mut self, filter: Option<Arc<dyn PhysicalExpr>>) -> VoxelSource {
+        self.value_filter = filter;
+        self
+    }
+
+    /// `filter` (over the table's columns) as a filter over a batch of the value columns, when it reads nothing else.
+    fn on_values_only(&self, filter: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+        let ndim = self.spec.files.first().map_or(0, |f| f.ndim());
+        let fields = super::schema::value_fields(self.spec.scalar);
+        let reads_a_column = datafusion::physical_expr::utils::collect_columns(filter)
+            .into_iter()
+            .next()
+            .is_some();
+        let schema = Schema::new(fields.clone());
+        table_to_values(filter, ndim, fields.len(), &schema).filter(|_| reads_a_column)
     }
 
     /// An opener of `partition`'s slabs producing the file columns `columns`, counting into the scan's metrics.
@@ -161,6 +192,7 @@ impl VoxelSource {
             mode: self.spec.mode,
             scalar: self.spec.scalar,
             batch_size: self.batch_size.unwrap_or(8192),
+            value_filter: None,
         };
         let m = |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
         let t = |name: &'static str| MetricBuilder::new(&self.metrics).subset_time(name, partition);
@@ -229,6 +261,37 @@ impl VoxelSource {
     }
 }
 
+/// `expr` over the scan's table columns as an expression over the value columns only; `None` when it reads a
+/// coordinate, `file` or a millimetre column.
+pub(super) fn table_to_values(
+    expr: &Arc<dyn PhysicalExpr>,
+    ndim: usize,
+    values: usize,
+    value_schema: &Schema,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let mut ok = true;
+    let out = Arc::clone(expr)
+        .transform_up(|e| {
+            let Some(c) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            match c.index().checked_sub(ndim).filter(|&v| v < values) {
+                Some(v) => {
+                    let name = value_schema.field(v).name();
+                    Ok(Transformed::yes(
+                        Arc::new(Column::new(name, v)) as Arc<dyn PhysicalExpr>
+                    ))
+                }
+                None => {
+                    ok = false;
+                    Ok(Transformed::new(e, false, TreeNodeRecursion::Stop))
+                }
+            }
+        })
+        .ok()?;
+    ok.then_some(out.data)
+}
+
 /// Characters of a dynamic filter `EXPLAIN` shows.
 const EXPLAIN_FILTER_CHARS: usize = 600;
 
@@ -243,7 +306,11 @@ impl FileSource for VoxelSource {
         partition: usize,
     ) -> DfResult<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
-        let opener = self.opener(base, partition, self.projection.file_indices.clone())?;
+        let mut opener = self.opener(base, partition, self.projection.file_indices.clone())?;
+        if let Some(filter) = &self.value_filter {
+            let out = Arc::make_mut(&mut opener.out);
+            out.value_filter = Some(Arc::clone(filter));
+        }
         ProjectionOpener::try_new(self.projection.clone(), Arc::new(opener), file_schema)
     }
 
@@ -291,6 +358,9 @@ impl FileSource for VoxelSource {
             write!(f, ", … {} more", total - EXPLAIN_FILES)?;
         }
         f.write_str("]")?;
+        if let Some(v) = &self.value_filter {
+            write!(f, ", value_filter={v}")?;
+        }
         for (k, d) in self.dynamic.iter().enumerate() {
             f.write_str(if k == 0 { ", dynamic_filter=" } else { " AND " })?;
             // A build side's key list can hold thousands of keys: show its start.
@@ -311,18 +381,27 @@ impl FileSource for VoxelSource {
         filters: Vec<Arc<dyn PhysicalExpr>>,
         _config: &ConfigOptions,
     ) -> DfResult<FilterPushdownPropagation<Arc<dyn FileSource>>> {
+        // Every filter stays above the scan (`No`): dynamic filters only narrow what is read, value filters only
+        // spare the filter above rows it would drop.
         let verdicts = vec![PushedDown::No; filters.len()];
-        let dynamic: Vec<_> = filters
+        let (dynamic, fixed): (Vec<_>, Vec<_>) = filters
             .into_iter()
-            .filter(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter())
+            .partition(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter());
+        let on_values: Vec<_> = fixed
+            .iter()
+            .filter_map(|f| self.on_values_only(f))
             .collect();
-        if dynamic.is_empty() {
+        if dynamic.is_empty() && on_values.is_empty() {
             return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
                 verdicts,
             ));
         }
         let mut source = self.clone();
         source.dynamic.extend(dynamic);
+        source.value_filter = on_values
+            .into_iter()
+            .chain(self.value_filter.clone())
+            .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)));
         Ok(
             FilterPushdownPropagation::with_parent_pushdown_result(verdicts)
                 .with_updated_node(Arc::new(source)),

@@ -52,7 +52,7 @@ use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
 use super::moments::{Kernel, Run, Stat, kernel};
-use super::scan::{ValuePiece, VoxelSource, object_path};
+use super::scan::{ValuePiece, VoxelSource, object_path, table_to_values};
 use super::schema::value_fields;
 use crate::formats::Order;
 
@@ -104,37 +104,6 @@ pub(super) fn voxel_scan(
         )
         .collect();
     Some((config, source, columns))
-}
-
-/// `expr` over the scan's table columns as an expression over the value columns only; `None` when it reads a
-/// coordinate, `file` or a millimetre column.
-fn table_to_values(
-    expr: &Arc<dyn PhysicalExpr>,
-    ndim: usize,
-    values: usize,
-    value_schema: &Schema,
-) -> Option<Arc<dyn PhysicalExpr>> {
-    let mut ok = true;
-    let out = Arc::clone(expr)
-        .transform_up(|e| {
-            let Some(c) = e.downcast_ref::<Column>() else {
-                return Ok(Transformed::no(e));
-            };
-            match c.index().checked_sub(ndim).filter(|&v| v < values) {
-                Some(v) => {
-                    let name = value_schema.field(v).name();
-                    Ok(Transformed::yes(
-                        Arc::new(Column::new(name, v)) as Arc<dyn PhysicalExpr>
-                    ))
-                }
-                None => {
-                    ok = false;
-                    Ok(Transformed::new(e, false, TreeNodeRecursion::Stop))
-                }
-            }
-        })
-        .ok()?;
-    ok.then_some(out.data)
 }
 
 /// A group key that is a per-file column of the scan ([`ScanColumn::PerFile`]): the column's distinct values over the
