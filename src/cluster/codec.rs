@@ -704,6 +704,15 @@ mod tests {
         ctx
     }
 
+    async fn physical(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        ctx.sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap()
+    }
+
     fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
         displayable(plan.as_ref())
             .set_show_statistics(true)
@@ -771,13 +780,7 @@ mod tests {
             // 65 536 int16 values × 840 voxels and volumes: the value key is mapped (shown, so compared below).
             "SELECT value, i, j, k, t, count(*) FROM a_raw GROUP BY value, i, j, k, t ORDER BY value, i, j, k, t",
         ] {
-            let plan = ctx
-                .sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let plan = physical(&ctx, sql).await;
             assert!(shown(&plan).contains("DenseAggregateExec"), "{sql}");
             if sql.starts_with("SELECT value") {
                 assert!(shown(&plan).contains(" mapped"), "{sql}");
@@ -812,13 +815,7 @@ mod tests {
              ON b.i = r.i AND b.j = r.j AND b.k = r.k WHERE r.t = 0 AND r.value > 40 \
              GROUP BY b.file, r.value, b.t ORDER BY b.file, v, b.t",
         ] {
-            let plan = ctx
-                .sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let plan = physical(&ctx, sql).await;
             assert!(
                 shown(&plan).contains("JoinAggregateExec"),
                 "{}",
@@ -839,13 +836,7 @@ mod tests {
             assert_eq!(rows(decoded, &ctx).await, want, "{sql}");
             // The same answer as DataFusion's own join and aggregate.
             ctx.sql("SET voxelscan.fused_joins = false").await.unwrap();
-            let plain = ctx
-                .sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let plain = physical(&ctx, sql).await;
             assert!(!shown(&plain).contains("JoinAggregateExec"));
             assert_eq!(rows(plain, &ctx).await, want, "{sql}");
             ctx.sql("SET voxelscan.fused_joins = true").await.unwrap();
@@ -876,13 +867,7 @@ mod tests {
             "SELECT file, count(*), sum(value) FROM runs GROUP BY file ORDER BY file",
             "SELECT k, file, t, avg(value), max(value) FROM runs GROUP BY k, file, t ORDER BY k, file, t",
         ] {
-            let plan = ctx
-                .sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let plan = physical(&ctx, sql).await;
             assert!(shown(&plan).contains("ScanAggregateExec"), "{sql}");
             round_trip(&ctx, sql).await;
         }
@@ -921,13 +906,7 @@ mod tests {
             let sql = sql.replace("'runs/", &format!("'{}/runs/", dir.path().display()));
             round_trip(&ctx, &sql).await;
         }
-        let physical = ctx
-            .sql("SELECT i, value FROM a WHERE value > 20")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let physical = physical(&ctx, "SELECT i, value FROM a WHERE value > 20").await;
         assert!(
             shown(&physical).contains("value_filter="),
             "{}",
@@ -1003,13 +982,7 @@ mod tests {
             ))
             .await
             .unwrap();
-            let physical = ctx
-                .sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let physical = physical(&ctx, sql).await;
             assert!(
                 shown(&physical).contains("on=[(CAST(i@"),
                 "{}",
