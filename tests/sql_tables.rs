@@ -421,6 +421,13 @@ async fn value_filters_run_in_the_scan_and_agree_with_datafusion() {
             assert!(shown.contains("value_filter="), "{name}: {filter}: {shown}");
         }
     }
+    // A volatile filter stays above the scan only: evaluated twice it would keep the rows of two draws.
+    let plan =
+        common::sql::physical_plan(&ctx, "SELECT i FROM one WHERE value < random() * 3000").await;
+    let shown = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string();
+    assert!(!shown.contains("value_filter="), "{shown}");
     // The region of a value: few rows of many, each with its coordinates.
     let few = rows(
         &ctx,

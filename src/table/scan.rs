@@ -27,6 +27,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, DynamicFilterTracking};
 use datafusion::physical_expr::projection::ProjectionExprs;
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::DisplayFormatType;
 use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
@@ -173,8 +174,12 @@ impl VoxelSource {
             .into_iter()
             .next()
             .is_some();
+        // A volatile filter (`value < random()`) evaluated twice would keep the rows of two draws, not of one.
+        if !reads_a_column || is_volatile(filter) {
+            return None;
+        }
         let schema = Schema::new(fields.clone());
-        table_to_values(filter, ndim, fields.len(), &schema).filter(|_| reads_a_column)
+        table_to_values(filter, ndim, fields.len(), &schema)
     }
 
     /// An opener of `partition`'s slabs producing the file columns `columns`, counting into the scan's metrics.
