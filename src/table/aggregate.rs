@@ -373,13 +373,7 @@ impl DenseState {
             Some(r) => (0, vec![u32::MAX; r.slots().unwrap_or(0) as usize]),
             None => (exec.groups, Vec::new()),
         };
-        let mut seen = Vec::new();
-        seen.try_reserve_exact(groups).map_err(|e| {
-            DataFusionError::ResourcesExhausted(format!(
-                "dense aggregate: {groups} groups cannot be allocated ({e})"
-            ))
-        })?;
-        seen.resize(groups, false);
+        let seen = filled(groups, false, "dense aggregate")?;
         let (unique_args, args) = shared_arguments(aggregate_expressions(
             agg.aggr_expr(),
             agg.mode(),
@@ -560,6 +554,17 @@ pub(super) fn emit_groups(
 
 /// `columns` as a batch of `schema`, each cast to its field's type where it differs: the schema's types (a key cast
 /// back from Int64, an aggregate's declared type) rule.
+/// `n` copies of `v`, or an error naming `node` when the allocator refuses them (a group count is sized from the
+/// data, so it is checked, never assumed).
+pub(super) fn filled<V: Clone>(n: usize, v: V, node: &str) -> DfResult<Vec<V>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|e| {
+        DataFusionError::ResourcesExhausted(format!("{node}: {n} groups cannot be allocated ({e})"))
+    })?;
+    out.resize(n, v);
+    Ok(out)
+}
+
 pub(super) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> DfResult<RecordBatch> {
     let columns = columns
         .into_iter()

@@ -63,7 +63,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::aggregate::{
-    DenseAggregateExec, KeyRange, batch_of, emit_groups, slices, state_bytes_per_group,
+    DenseAggregateExec, KeyRange, batch_of, emit_groups, filled, slices, state_bytes_per_group,
 };
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
@@ -1219,13 +1219,7 @@ enum Placed {
 
 impl State {
     fn new(run: &Run, groups: usize, moment_rows: Count) -> DfResult<Self> {
-        let mut seen = Vec::new();
-        seen.try_reserve_exact(groups).map_err(|e| {
-            DataFusionError::ResourcesExhausted(format!(
-                "join aggregate: {groups} groups cannot be allocated ({e})"
-            ))
-        })?;
-        seen.resize(groups, false);
+        let seen = filled(groups, false, "join aggregate")?;
         let (unique_args, args) = shared_arguments(&run.fused.args);
         let moments = match (&run.fused.stats, run.fused.value_schema.fields().first()) {
             (Some(stats), Some(value)) => Folded::new(value.data_type(), stats, groups)?,

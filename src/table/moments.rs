@@ -218,14 +218,7 @@ fn zeroed<V: Copy>(groups: usize, on: bool, v: V) -> DfResult<Vec<V>> {
     if !on {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    out.try_reserve_exact(groups).map_err(|e| {
-        DataFusionError::ResourcesExhausted(format!(
-            "scan aggregate: moments of {groups} groups cannot be allocated ({e})"
-        ))
-    })?;
-    out.resize(groups, v);
-    Ok(out)
+    super::aggregate::filled(groups, v, "moments")
 }
 
 impl<T: Stored> Moments<T> {

@@ -46,7 +46,8 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::aggregate::{
-    DenseAggregateExec, KeyRange, batch_of, emit_groups, group_count, slices, state_bytes_per_group,
+    DenseAggregateExec, KeyRange, batch_of, emit_groups, filled, group_count, slices,
+    state_bytes_per_group,
 };
 use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
@@ -766,14 +767,7 @@ impl State {
                     .collect::<DfResult<_>>()?,
             )
         } else {
-            let mut seen = Vec::new();
-            seen.try_reserve_exact(exec.groups).map_err(|e| {
-                DataFusionError::ResourcesExhausted(format!(
-                    "scan aggregate: {} groups cannot be allocated ({e})",
-                    exec.groups
-                ))
-            })?;
-            seen.resize(exec.groups, false);
+            let seen = filled(exec.groups, false, "scan aggregate")?;
             Accumulators::Grouped {
                 accumulators: aggs
                     .iter()
