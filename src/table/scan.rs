@@ -178,8 +178,8 @@ impl VoxelSource {
         if !reads_a_column || is_volatile(filter) {
             return None;
         }
-        let schema = Schema::new(fields.clone());
-        table_to_values(filter, ndim, fields.len(), &schema)
+        let values = fields.len();
+        table_to_values(filter, ndim, values, &Schema::new(fields))
     }
 
     /// An opener of `partition`'s slabs producing the file columns `columns`, counting into the scan's metrics.
