@@ -155,6 +155,8 @@ struct TaskSeen {
     scan_aggregates: usize,
     /// Fused join-aggregate nodes in the task's plan.
     join_aggregates: usize,
+    /// Voxel scans in the task's plan that filter values before making coordinates (`value_filter=`).
+    value_filters: usize,
 }
 
 /// Ballista's execution engine, noting every task it is given.
@@ -175,6 +177,21 @@ fn scan_partitions(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .into_iter()
         .map(scan_partitions)
         .sum::<usize>()
+}
+
+/// Voxel scans in `plan` carrying a value filter (it came through the codec with the task).
+fn value_filters(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let here = plan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+        .and_then(|c| c.file_source().downcast_ref::<VoxelSource>())
+        .is_some_and(|s| s.value_filter().is_some());
+    usize::from(here)
+        + plan
+            .children()
+            .into_iter()
+            .map(value_filters)
+            .sum::<usize>()
 }
 
 fn dense_aggregates(plan: &Arc<dyn ExecutionPlan>) -> usize {
@@ -209,6 +226,7 @@ impl ExecutionEngine for Recorder {
                 dense_aggregates: dense_aggregates(&plan),
                 scan_aggregates: nodes_named(&plan, "ScanAggregateExec"),
                 join_aggregates: nodes_named(&plan, "JoinAggregateExec"),
+                value_filters: value_filters(&plan),
             });
         }
         self.inner.create_query_stage_exec(
@@ -625,6 +643,19 @@ async fn scan_aggregates_on_two_executors() {
             "{q}: scan aggregates in every scanning task: {seen:?}"
         );
     }
+    // A filter on values runs in the executors' scans too (its expression travels in the scan's wire).
+    let few = "SELECT file, i, j, k, t, value FROM big WHERE value > 59.5 AND t = 3 \
+               ORDER BY file, i, j, k, t";
+    let want_few = must(&local, few).await;
+    assert!(want_few.lines().count() > 10, "{want_few}");
+    cluster.take_seen();
+    assert_eq!(must(&ctx, few).await, want_few, "{few}");
+    let seen = cluster.take_seen();
+    let scanning: Vec<_> = seen.iter().filter(|t| t.scan_partitions > 0).collect();
+    assert!(
+        !scanning.is_empty() && scanning.iter().all(|t| t.value_filters > 0),
+        "value filters in every scanning task: {seen:?}"
+    );
     // A client's `SET voxelscan.…` travels with its tasks: the executors then leave the aggregate to DataFusion.
     must(&ctx, "SET voxelscan.scan_aggregates = false").await;
     cluster.take_seen();
