@@ -432,6 +432,15 @@ impl SlabReader {
 /// A source over `f` keeping the bytes of its slab `slow` (a run of slow-axis indices) mapped; `None` for files the
 /// scan does not map itself (compressed, remote, or a registered proxy over an open handle) or that cannot be mapped.
 fn map_slab(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<LocalSource>> {
+    let Some(path) = mappable_path(f)? else {
+        return Ok(None);
+    };
+    LocalSource::with_kept_map(path, byte_span(f, Some(slow)))
+}
+
+/// The local path of a file the scan maps itself (still as registered), or `None` for a compressed or remote file,
+/// a registered proxy over an open handle, or a layout without a slow axis.
+fn mappable_path(f: &VoxelFile) -> Result<Option<&std::path::Path>> {
     if slow_axis(f.ndim(), f.layout.order).is_none()
         || f.compression != Compression::None
         || f.is_remote()
@@ -443,7 +452,7 @@ fn map_slab(f: &VoxelFile, slow: &Range<u64>) -> Result<Option<LocalSource>> {
         return Ok(None);
     };
     f.check_unchanged()?;
-    LocalSource::with_kept_map(path, byte_span(f, Some(slow)))
+    Ok(Some(path))
 }
 
 /// A slab's bytes mapped read-only, shared by the value arrays made from it (they keep it alive).
@@ -455,19 +464,11 @@ struct SlabMap {
 }
 
 impl SlabMap {
-    /// `f`'s slab `slow` mapped, or `None` where the scan does not map it (see [`map_slab`]).
+    /// `f`'s slab `slow` mapped, or `None` where the scan does not map it (see [`mappable_path`]).
     fn new(f: &VoxelFile, slow: &Range<u64>, populate: bool) -> Result<Option<SlabMap>> {
-        if slow_axis(f.ndim(), f.layout.order).is_none()
-            || f.compression != Compression::None
-            || f.is_remote()
-            || f.proxy.as_ref().is_some_and(|p| p.path().is_none())
-        {
-            return Ok(None);
-        }
-        let Some(path) = f.local_path() else {
+        let Some(path) = mappable_path(f)? else {
             return Ok(None);
         };
-        f.check_unchanged()?;
         let span = byte_span(f, Some(slow));
         let file = std::fs::File::open(path).map_err(|e| VoxelError::io(path, e))?;
         let len = file.metadata().map_err(|e| VoxelError::io(path, e))?.len();
