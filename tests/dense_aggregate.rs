@@ -11,8 +11,6 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{DType, Scalar};
@@ -69,67 +67,10 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
     ctx
 }
 
-use common::sql::collect_sql as run;
-
-async fn explain(ctx: &SessionContext, sql: &str) -> String {
-    let batches = run(ctx, &format!("EXPLAIN {sql}")).await;
-    let mut text = String::new();
-    for b in &batches {
-        for r in 0..b.num_rows() {
-            for c in 0..b.num_columns() {
-                text.push_str(&array_value_to_string(b.column(c), r).unwrap());
-                text.push('\n');
-            }
-        }
-    }
-    text
-}
+use common::sql::{as_f64, assert_same, cells, collect_sql as run, explain, same_cell, tempdir};
 
 async fn set_dense(ctx: &SessionContext, on: bool) {
     run(ctx, &format!("SET voxelscan.dense_aggregates = {on}")).await;
-}
-
-/// Rows of cells; the column names and types go first so they are compared too.
-fn cells(batches: &[RecordBatch]) -> (Vec<String>, Vec<Vec<ScalarValue>>) {
-    let mut header = Vec::new();
-    if let Some(b) = batches.first() {
-        header = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect();
-    }
-    let mut rows = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            rows.push(
-                (0..b.num_columns())
-                    .map(|c| ScalarValue::try_from_array(b.column(c), r).unwrap())
-                    .collect(),
-            );
-        }
-    }
-    (header, rows)
-}
-
-fn as_f64(v: &ScalarValue) -> Option<f64> {
-    match v {
-        ScalarValue::Float64(Some(x)) => Some(*x),
-        ScalarValue::Float32(Some(x)) => Some(f64::from(*x)),
-        _ => None,
-    }
-}
-
-fn same_cell(a: &ScalarValue, b: &ScalarValue) -> bool {
-    match (as_f64(a), as_f64(b)) {
-        (Some(x), Some(y)) => {
-            (x.is_nan() && y.is_nan())
-                || x == y
-                || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
-        }
-        _ => a == b,
-    }
 }
 
 /// Run `sql` dense and not; assert the same answer and that the dense node was (or was not) chosen. Returns the
@@ -151,19 +92,8 @@ async fn check(ctx: &SessionContext, sql: &str, dense_expected: bool) -> usize {
     );
     let hashed = cells(&run(ctx, sql).await);
     set_dense(ctx, true).await;
-    assert_eq!(dense.0, hashed.0, "{sql}: columns differ");
-    assert_eq!(dense.1.len(), hashed.1.len(), "{sql}: row counts differ");
-    for (r, (a, b)) in dense.1.iter().zip(&hashed.1).enumerate() {
-        assert!(
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_cell(x, y)),
-            "{sql}: row {r} differs: dense {a:?} vs hash {b:?}"
-        );
-    }
+    assert_same(sql, "dense vs hash", &dense, &hashed);
     dense.1.len()
-}
-
-fn tempdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(name).tempdir().unwrap()
 }
 
 #[tokio::test]

@@ -11,15 +11,15 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use voxelscan::dtype::{ByteOrder, DType, Scalar};
 use voxelscan::synth::{random_i16_le, write_nifti1};
 use voxelscan::table::{register_voxels, session_context};
 
-use common::sql::{collect_sql as run, run_measured};
+use common::sql::{
+    Cells, as_f64, assert_same, cells, collect_sql as run, explain, run_measured, tempdir,
+};
 
 /// 14×12×10×9 (F order): two slabs, so two partitions when asked for.
 const SHAPE: [usize; 4] = [14, 12, 10, 9];
@@ -149,75 +149,9 @@ async fn context(dir: &Path, partitions: usize) -> SessionContext {
     ctx
 }
 
-async fn explain(ctx: &SessionContext, sql: &str) -> String {
-    let mut text = String::new();
-    for b in run(ctx, &format!("EXPLAIN {sql}")).await {
-        for r in 0..b.num_rows() {
-            for c in 0..b.num_columns() {
-                text.push_str(&array_value_to_string(b.column(c), r).unwrap());
-                text.push('\n');
-            }
-        }
-    }
-    text
-}
-
 async fn set(ctx: &SessionContext, scan: bool, dense: bool) {
     run(ctx, &format!("SET voxelscan.scan_aggregates = {scan}")).await;
     run(ctx, &format!("SET voxelscan.dense_aggregates = {dense}")).await;
-}
-
-type Cells = (Vec<String>, Vec<Vec<ScalarValue>>);
-
-fn cells(batches: &[RecordBatch]) -> Cells {
-    let header = batches.first().map_or_else(Vec::new, |b| {
-        b.schema()
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect()
-    });
-    let mut rows = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            rows.push(
-                (0..b.num_columns())
-                    .map(|c| ScalarValue::try_from_array(b.column(c), r).unwrap())
-                    .collect(),
-            );
-        }
-    }
-    (header, rows)
-}
-
-fn as_f64(v: &ScalarValue) -> Option<f64> {
-    match v {
-        ScalarValue::Float64(Some(x)) => Some(*x),
-        ScalarValue::Float32(Some(x)) => Some(f64::from(*x)),
-        _ => None,
-    }
-}
-
-fn same_cell(a: &ScalarValue, b: &ScalarValue) -> bool {
-    match (as_f64(a), as_f64(b)) {
-        (Some(x), Some(y)) => {
-            (x.is_nan() && y.is_nan())
-                || x == y
-                || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
-        }
-        _ => a == b,
-    }
-}
-
-fn assert_same(sql: &str, what: &str, a: &Cells, b: &Cells) {
-    assert_eq!(a.0, b.0, "{sql}: columns differ ({what})");
-    assert_eq!(a.1.len(), b.1.len(), "{sql}: row counts differ ({what})");
-    for (r, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
-        assert!(
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_cell(p, q)),
-            "{sql}: row {r} differs ({what}): {x:?} vs {y:?}"
-        );
-    }
 }
 
 /// Run `sql` with the scan aggregate, with only the dense aggregate and with neither; assert the node was (or was
@@ -251,10 +185,6 @@ async fn check(ctx: &SessionContext, sql: &str, expected: bool) -> Cells {
         "{sql}: bytes read differ: {bytes_on} vs {bytes_off}"
     );
     on
-}
-
-fn tempdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(name).tempdir().unwrap()
 }
 
 const AGGREGATES: &str = "avg(value) AS a, sum(value) AS s, min(value) AS lo, max(value) AS hi, \
