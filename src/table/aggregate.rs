@@ -552,8 +552,6 @@ pub(super) fn emit_groups(
     Ok(())
 }
 
-/// `columns` as a batch of `schema`, each cast to its field's type where it differs: the schema's types (a key cast
-/// back from Int64, an aggregate's declared type) rule.
 /// `n` copies of `v`, or an error naming `node` when the allocator refuses them (a group count is sized from the
 /// data, so it is checked, never assumed).
 pub(super) fn filled<V: Clone>(n: usize, v: V, node: &str) -> DfResult<Vec<V>> {
@@ -565,6 +563,8 @@ pub(super) fn filled<V: Clone>(n: usize, v: V, node: &str) -> DfResult<Vec<V>> {
     Ok(out)
 }
 
+/// `columns` as a batch of `schema`, each cast to its field's type where it differs: the schema's types (a key cast
+/// back from Int64, an aggregate's declared type) rule.
 pub(super) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> DfResult<RecordBatch> {
     let columns = columns
         .into_iter()

@@ -233,14 +233,11 @@ impl BuildTable {
             "build_box=[{}], build_groups={}{groups}{}",
             parts.join(", "),
             self.slot_count,
-            if fused.compressed {
-                ", read=planes (compressed)"
-            } else if self.listed.is_some() && fused.join_axes.len() > 1 {
-                ", read=listed voxels"
-            } else if fills_planes(fused, self) {
-                ", read=planes (the box fills them)"
-            } else {
-                ", read=box"
+            match probe_read(fused, self) {
+                ProbeRead::CompressedPlanes => ", read=planes (compressed)",
+                ProbeRead::Listed => ", read=listed voxels",
+                ProbeRead::FilledPlanes => ", read=planes (the box fills them)",
+                ProbeRead::Box => ", read=box",
             }
         )
     }
@@ -1120,11 +1117,8 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
     if table.slot_count == 0 {
         return Ok(vec![lit(false)]);
     }
-    let listed = table
-        .listed
-        .as_ref()
-        .filter(|_| fused.join_axes.len() > 1 && !fused.compressed);
-    let planes = fused.compressed || (listed.is_none() && fills_planes(fused, table));
+    let read = probe_read(fused, table);
+    let planes = matches!(read, ProbeRead::CompressedPlanes | ProbeRead::FilledPlanes);
     let mut out: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
     for (k, &a) in fused.join_axes.iter().enumerate() {
         if planes && a != fused.slowest_join_axis {
@@ -1136,7 +1130,7 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
         out.push(range(Operator::GtEq, table.lo[k]));
         out.push(range(Operator::LtEq, table.hi[k]));
     }
-    if let Some(keys) = listed {
+    if let (ProbeRead::Listed, Some(keys)) = (read, &table.listed) {
         let strides = grid_strides(fused);
         let key = fused
             .join_axes
@@ -1169,6 +1163,31 @@ fn narrowing(fused: &Fused, table: &BuildTable) -> DfResult<Vec<Arc<dyn Physical
         )?));
     }
     Ok(out)
+}
+
+/// How the probe reads the build's box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeRead {
+    /// Whole planes across the slowest join axis: a gzip reader decompresses forward from seek points anyway.
+    CompressedPlanes,
+    /// Only the voxels the build lists (a small scattered region, on a grid of several join axes).
+    Listed,
+    /// Whole planes across the slowest join axis, the box filling most of each ([`fills_planes`]).
+    FilledPlanes,
+    /// The box's rows.
+    Box,
+}
+
+fn probe_read(fused: &Fused, table: &BuildTable) -> ProbeRead {
+    if fused.compressed {
+        ProbeRead::CompressedPlanes
+    } else if table.listed.is_some() && fused.join_axes.len() > 1 {
+        ProbeRead::Listed
+    } else if fills_planes(fused, table) {
+        ProbeRead::FilledPlanes
+    } else {
+        ProbeRead::Box
+    }
 }
 
 /// Whether the build's box covers most of each plane across the slowest join axis (a whole-brain atlas): the probe

@@ -53,7 +53,8 @@ pub struct Output {
     pub scalar: Scalar,
     pub batch_size: usize,
     /// A filter on the value columns alone (over a batch of them): rows it drops get no coordinates and leave no
-    /// batch (the filter above the scan still decides; see `VoxelSource`).
+    /// batch (the filter above the scan still decides; see `VoxelSource`). Applied to rows (`next_piece`), not to
+    /// the stored values the in-scan aggregates read (`next_values`): those are planned with no filter between.
     pub value_filter: Option<Arc<dyn PhysicalExpr>>,
 }
 

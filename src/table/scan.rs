@@ -100,6 +100,11 @@ impl ScanSpec {
         }
     }
 
+    /// The index in [`Self::files`] of the file a `PartitionedFile` at `location` reads.
+    pub fn file_index(&self, location: &str) -> Option<usize> {
+        self.by_path.get(location).copied()
+    }
+
     fn error(&self, e: impl fmt::Display) -> DataFusionError {
         match EXECUTOR_LABEL.get() {
             Some(label) => DataFusionError::Execution(format!(
@@ -197,7 +202,7 @@ impl VoxelSource {
             mode: self.spec.mode,
             scalar: self.spec.scalar,
             batch_size: self.batch_size.unwrap_or(8192),
-            value_filter: None,
+            value_filter: self.value_filter.clone(),
         };
         let m = |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
         let t = |name: &'static str| MetricBuilder::new(&self.metrics).subset_time(name, partition);
@@ -311,11 +316,7 @@ impl FileSource for VoxelSource {
         partition: usize,
     ) -> DfResult<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
-        let mut opener = self.opener(base, partition, self.projection.file_indices.clone())?;
-        if let Some(filter) = &self.value_filter {
-            let out = Arc::make_mut(&mut opener.out);
-            out.value_filter = Some(Arc::clone(filter));
-        }
+        let opener = self.opener(base, partition, self.projection.file_indices.clone())?;
         ProjectionOpener::try_new(self.projection.clone(), Arc::new(opener), file_schema)
     }
 
@@ -611,9 +612,8 @@ impl VoxelOpener {
     fn slab(&self, pf: &PartitionedFile) -> Result<SlabPlan, DataFusionError> {
         let spec = &self.spec;
         let location = pf.object_meta.location.to_string();
-        let idx = *spec
-            .by_path
-            .get(&location)
+        let idx = spec
+            .file_index(&location)
             .ok_or_else(|| spec.error(format!("/{location} is not a file of this table")))?;
         let file = &spec.files[idx];
         let sel = spec.selections[idx]
@@ -666,22 +666,20 @@ impl VoxelOpener {
         };
         let spec = Arc::clone(&self.spec);
         let location = pf.object_meta.location.to_string();
-        let file_index = *spec
-            .by_path
-            .get(&location)
+        let file_index = spec
+            .file_index(&location)
             .ok_or_else(|| spec.error(format!("/{location} is not a file of this table")))?;
         let ahead = self.read_ahead;
         let mut readers = self.readers(plan).map(move |reader| {
-            reader_stream(reader, Arc::clone(&spec), ahead, |r| {
-                let file = Arc::clone(r.file());
-                Ok(r.next_values()?.map(|(piece, values)| ValuePiece {
-                    file,
-                    file_index: 0,
+            let file = Arc::clone(reader.file());
+            reader_stream(reader, Arc::clone(&spec), ahead, SlabReader::next_values).map_ok(
+                move |(piece, values)| ValuePiece {
+                    file: Arc::clone(&file),
+                    file_index,
                     piece,
                     values,
-                }))
-            })
-            .map_ok(move |p| ValuePiece { file_index, ..p })
+                },
+            )
         });
         // The first reader starts now: a slab opened ahead (see `value_pieces`) is mapped or inflated while the
         // previous slab's last pieces are aggregated.

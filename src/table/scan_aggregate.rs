@@ -7,7 +7,6 @@
 //! state are exactly those of the node replaced. The rule choosing it is [`ScanAggregateRule`]
 //! (`SET voxelscan.scan_aggregates = false` turns it off).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -53,7 +52,7 @@ use super::aggregate_rule::{MAX_GROUPS, state_limit};
 use super::config::VoxelscanOptions;
 use super::layout::piece_len;
 use super::moments::{Kernel, Run, Stat, kernel};
-use super::scan::{ValuePiece, VoxelSource, object_path, table_to_values};
+use super::scan::{ValuePiece, VoxelSource, table_to_values};
 use super::schema::value_fields;
 use crate::formats::Order;
 
@@ -133,16 +132,10 @@ impl FileKey {
             return Ok(None);
         };
         let spec = source.spec();
-        let by_path: HashMap<String, usize> = spec
-            .files
-            .iter()
-            .enumerate()
-            .map(|(k, f)| (object_path(f), k))
-            .collect();
         // Each file's value, from the partitioned files (a file cut into slabs carries it in each).
         let mut per_file: Vec<Option<ScalarValue>> = vec![None; spec.files.len()];
         for pf in config.file_groups.iter().flat_map(|g| g.iter()) {
-            let Some(&k) = by_path.get(&pf.object_meta.location.to_string()) else {
+            let Some(k) = spec.file_index(pf.object_meta.location.as_ref()) else {
                 return Ok(None);
             };
             let Some(v) = pf.partition_values.get(column) else {
@@ -856,22 +849,7 @@ impl State {
         }
         let batch = RecordBatch::try_new(Arc::clone(&self.value_schema), p.values.clone())?;
         if let Accumulators::Grouped { indices, .. } = &mut self.accumulators {
-            if self.axes.is_empty() {
-                indices.clear();
-                indices.resize(n, file_offset);
-            } else {
-                group_indices(
-                    &p.piece,
-                    p.file.layout.order,
-                    &self.axes,
-                    &self.ranges,
-                    &self.strides,
-                    indices,
-                )?;
-                if file_offset != 0 {
-                    indices.iter_mut().for_each(|g| *g += file_offset);
-                }
-            }
+            indices_of_runs(&self.runs, indices);
         }
         let mut from = 0;
         while from < n {
@@ -1077,44 +1055,13 @@ fn axis_terms(
         .collect()
 }
 
-/// The group index of every element of `piece` (a box laid out in `order`) into `out`.
-fn group_indices(
-    piece: &[Range<u64>],
-    order: Order,
-    axes: &[usize],
-    ranges: &[KeyRange],
-    strides: &[u64],
-    out: &mut Vec<usize>,
-) -> DfResult<()> {
-    let terms = axis_terms(piece, axes, ranges, strides)?;
-    // Axes fastest first.
-    let fast_to_slow: Vec<usize> = match order {
-        Order::F => (0..piece.len()).collect(),
-        Order::C => (0..piece.len()).rev().collect(),
-    };
+/// Every element's group, from the runs of its piece (which cover the piece in storage order).
+fn indices_of_runs(runs: &[Run], out: &mut Vec<usize>) {
     out.clear();
-    let Some((&fast, outer)) = fast_to_slow.split_first() else {
-        // A 0-d array: one element.
-        out.push(0);
-        return Ok(());
-    };
-    let inner = &terms[fast];
-    let mut at = vec![0usize; outer.len()];
-    loop {
-        let base: usize = outer.iter().zip(&at).map(|(&a, &x)| terms[a][x]).sum();
-        out.extend(inner.iter().map(|&t| base + t));
-        // Odometer over the outer axes, the next-fastest first.
-        let mut k = 0;
-        loop {
-            let Some(&a) = outer.get(k) else {
-                return Ok(());
-            };
-            at[k] += 1;
-            if at[k] < terms[a].len() {
-                break;
-            }
-            at[k] = 0;
-            k += 1;
+    for r in runs {
+        match r.step {
+            0 => out.extend(std::iter::repeat_n(r.group, r.len)),
+            step => out.extend((0..r.len).map(|x| r.group + x * step)),
         }
     }
 }
@@ -1432,6 +1379,49 @@ mod tests {
         }
     }
 
+    /// The group index of every element of `piece` (a box laid out in `order`) into `out`, by an odometer over its
+    /// coordinates: the independent reference the runs are checked against.
+    fn group_indices(
+        piece: &[Range<u64>],
+        order: Order,
+        axes: &[usize],
+        ranges: &[KeyRange],
+        strides: &[u64],
+        out: &mut Vec<usize>,
+    ) -> DfResult<()> {
+        let terms = axis_terms(piece, axes, ranges, strides)?;
+        // Axes fastest first.
+        let fast_to_slow: Vec<usize> = match order {
+            Order::F => (0..piece.len()).collect(),
+            Order::C => (0..piece.len()).rev().collect(),
+        };
+        out.clear();
+        let Some((&fast, outer)) = fast_to_slow.split_first() else {
+            // A 0-d array: one element.
+            out.push(0);
+            return Ok(());
+        };
+        let inner = &terms[fast];
+        let mut at = vec![0usize; outer.len()];
+        loop {
+            let base: usize = outer.iter().zip(&at).map(|(&a, &x)| terms[a][x]).sum();
+            out.extend(inner.iter().map(|&t| base + t));
+            // Odometer over the outer axes, the next-fastest first.
+            let mut k = 0;
+            loop {
+                let Some(&a) = outer.get(k) else {
+                    return Ok(());
+                };
+                at[k] += 1;
+                if at[k] < terms[a].len() {
+                    break;
+                }
+                at[k] = 0;
+                k += 1;
+            }
+        }
+    }
+
     /// Group indices from the box arithmetic equal those from explicit coordinates, in both orders.
     #[test]
     fn group_indices_follow_the_layout() {
@@ -1504,6 +1494,9 @@ mod tests {
                         at += r.len;
                     }
                     assert_eq!(per_element, want, "{order:?} {axes:?} {strides:?} {got:?}");
+                    let mut from_runs = Vec::new();
+                    indices_of_runs(&got, &mut from_runs);
+                    assert_eq!(from_runs, want, "{order:?} {axes:?} {strides:?}");
                 }
             }
         }
