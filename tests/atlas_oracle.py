@@ -103,18 +103,15 @@ def multi_case(dir_, rng):
     nib.save(nib.Nifti1Image(atlas, np.diag([2.0, 2.0, 2.0, 1.0])), atlas_path)
     atlas_img = nib.load(atlas_path)
     labels = present_labels(atlas)
-    out = []
     per_strategy = {s: [] for s in STRATEGIES}
     for r, t in enumerate([3, 5, 2]):
         path = f"{dir_}/runs/sub-{r + 1:02d}_bold.nii"
         img = write_run(path, random_data(rng, shape + (t,), "int16"), rng, "int16")
         for s, series in labels_answers(atlas_img, img).items():
             per_strategy[s] += [[f"sub-{r + 1:02d}_bold.nii"] + row for row in rows(labels, series)]
-        out = per_strategy["mean"]
     return {
         "atlas": atlas_path,
         "runs": f"{dir_}/runs/",
-        "rows": out,
         "strategies": per_strategy,
         "bids": bids_case(dir_, rng, atlas),
     }
